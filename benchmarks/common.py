@@ -1,0 +1,65 @@
+"""Shared benchmark plumbing: timing with warm-up and repeats, machine description, JSON results."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def time_call(fn: Callable[[], object], warmup: int = 1, repeats: int = 5) -> dict[str, float]:
+    """Median, min and max wall seconds of `fn` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples)}
+
+
+def fitted_exponent(sizes: list[float], seconds: list[float]) -> float:
+    """Slope of log(seconds) against log(size): 1.0 is linear scaling."""
+    xs, ys = [math.log(s) for s in sizes], [math.log(t) for t in seconds]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def save(name: str, rows: list[dict], summary: dict) -> Path:
+    """Write `results/<name>-<device>.json` with the machine it ran on."""
+    RESULTS.mkdir(exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = RESULTS / f"{name}-{device}.json"
+    payload = {
+        "benchmark": name,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "summary": summary,
+        "rows": rows,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

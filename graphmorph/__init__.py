@@ -1,0 +1,23 @@
+"""graphmorph: change the architecture of PyTorch models while they train, every change a
+verified torch.fx graph rewrite.
+
+The core (this package's top level) captures models, analyses their graphs, counts FLOPs and
+exports ONNX. Rewrites live in `transforms`; the search algorithms and the command line import
+the core, never the other way round.
+"""
+from graphmorph import models
+from graphmorph.analysis import Block, Stage, dataflow_graph, find_blocks, find_stages
+from graphmorph.capture import capture
+from graphmorph.errors import (
+    AnalysisError, ArchError, CaptureError, ExportError, GraphmorphError, ShapeError,
+)
+from graphmorph.export import ExportReport, export_onnx
+from graphmorph.flops import FlopReport, count_flops
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
+    "count_flops", "FlopReport", "export_onnx", "ExportReport",
+    "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError",
+]

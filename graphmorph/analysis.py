@@ -1,0 +1,449 @@
+"""Graph analysis: the dataflow view of a captured model, its blocks and its stages.
+
+How blocks are found, structure first and names second:
+
+1. The *dataflow graph* holds the nodes that carry tensors from an input to the output.
+2. Its *spine* is the chain of dominators of the output: nodes every input-to-output path
+   crosses. Between two consecutive spine nodes lies a *segment*: one op, or a parallel region
+   that ends in a merge (`add`: residual, `cat`: dense or parallel branches, `mul`: a gate such as
+   squeeze-excitation).
+3. A *core* is an `add`/`cat` segment with a weighted layer inside. A core's block is the smallest
+   module that covers a contiguous run of segments containing that core and no other, so a
+   block's leading pre-activation and trailing ReLU join it; a core without such a module is a
+   block of its own, named after its first weighted layer.
+4. In nets with cores, glue modules of the same class as a core block (a MobileNetV2 block with
+   stride 2 has no shortcut) are blocks too. Nets without cores use the modules holding exactly
+   one weighted layer (conv-BN-ReLU sub-modules), or else, for flat `nn.Sequential` nets, units
+   made of a weighted layer and the non-pooling ops that follow it.
+5. Stages are maximal runs of blocks with the same output spatial size.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import networkx as nx
+from torch import fx
+
+from graphmorph import ops
+from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.errors import AnalysisError
+from graphmorph.shapes import annotate_shapes, has_shapes
+
+__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages"]
+
+_SOURCE = "__graphmorph_source__"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One sub-module of a network (AutoGrow's unit of growth).
+
+    Shapes exclude the batch dimension. `last_affine` is the fx node of the last affine layer on the
+    residual (or new-features) branch, or of a plain block's own path: a BatchNorm, or a
+    conv/linear when the branch ends in one. It is None when a non-zero-preserving op follows it.
+    """
+
+    name: str                      # qualified module name, or its first weighted layer's name
+    kind: str                      # "residual" | "dense" | "branches" | "plain"
+    nodes: tuple[str, ...]         # fx node names, in graph order
+    input_node: str                # the node whose output enters the block
+    output_node: str               # the node whose output leaves the block
+    in_shape: tuple[int, ...] | None
+    out_shape: tuple[int, ...] | None
+    shortcut: str | None           # "identity" | "projection" | None
+    shortcut_nodes: tuple[str, ...]
+    last_affine: str | None
+    last_affine_module: str | None
+    named_by_module: bool          # True when `name` is a module that holds exactly this block
+
+    @property
+    def residual(self) -> bool:
+        return self.kind == "residual"
+
+    @property
+    def growable(self) -> bool:
+        """Shape-preserving, so a copy can be stacked after it."""
+        return self.in_shape is not None and self.in_shape == self.out_shape
+
+    @property
+    def reduces(self) -> bool:
+        """Changes the spatial size (the first block of a stage usually does)."""
+        return _spatial(self.in_shape) != _spatial(self.out_shape)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A maximal run of blocks with the same output spatial size (AutoGrow's sub-network)."""
+
+    index: int
+    blocks: tuple[str, ...]
+    out_shape: tuple[int, ...]
+    block_info: tuple[Block, ...]
+
+
+def dataflow_graph(gm: fx.GraphModule) -> nx.DiGraph:
+    """A networkx view of the nodes that carry tensors from the inputs to the output.
+
+    Vertices are fx nodes; parameters (get_attr), constants and non-tensor values such as
+    `x.size(0)` are left out, and so are computations that do not reach the output.
+    """
+    _require_shapes(gm)
+    nodes = list(gm.graph.nodes)
+    output = nodes[-1]
+    reached: set[fx.Node] = set()
+    for n in nodes:
+        carries = n.op == "output" or "tensor_meta" in n.meta
+        if n.op == "placeholder" and carries:
+            reached.add(n)
+        elif carries and n.op != "get_attr" and any(i in reached for i in n.all_input_nodes):
+            reached.add(n)
+    live = {output}
+    for n in reversed(nodes):
+        if n in live:
+            live.update(i for i in n.all_input_nodes if i in reached)
+    graph = nx.DiGraph()
+    for n in nodes:
+        if n in live:
+            graph.add_node(n)
+            graph.add_edges_from((i, n) for i in n.all_input_nodes if i in live)
+    return graph
+
+
+def find_blocks(gm: fx.GraphModule) -> list[Block]:
+    """Every block of the network in graph order, spatial or not (see the module docstring)."""
+    return _Analysis(gm).blocks()
+
+
+def find_stages(gm: fx.GraphModule) -> list[Stage]:
+    """The ordered stages: maximal runs of blocks with the same output spatial size."""
+    stages: list[list[Block]] = []
+    for block in find_blocks(gm):
+        if _spatial(block.out_shape) is None:
+            continue
+        if stages and _spatial(stages[-1][-1].out_shape) == _spatial(block.out_shape):
+            stages[-1].append(block)
+        else:
+            stages.append([block])
+    return [
+        Stage(i, tuple(b.name for b in blocks), blocks[-1].out_shape, tuple(blocks))
+        for i, blocks in enumerate(stages)
+    ]
+
+
+# --------------------------------------------------------------------------- implementation
+
+
+@dataclass(frozen=True)
+class _Segment:
+    entry: fx.Node
+    exit: fx.Node
+    inner: frozenset[fx.Node]
+    merge: str                     # "op" | "add" | "cat" | "gate" | "other"
+    weighted: int                  # weighted layers among inner + exit
+
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return [*self.inner, self.exit]
+
+    @property
+    def is_core(self) -> bool:
+        return self.merge in ("add", "cat") and self.weighted > 0
+
+
+@dataclass(frozen=True)
+class _Unit:
+    lo: int                        # first segment
+    hi: int                        # last segment
+    name: str
+    named_by_module: bool
+
+
+class _Analysis:
+    """One pass over a GraphModule: spine, segments, aligned modules, units and blocks."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.graph = dataflow_graph(gm)
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.segments = self._segments()
+        self.classes = self._module_classes()
+        self.aligned = self._aligned_modules()
+
+    # ---- spine and segments
+
+    def _segments(self) -> list[_Segment]:
+        graph = self.graph.copy()
+        for p in [n for n in graph if n.op == "placeholder"]:
+            graph.add_edge(_SOURCE, p)
+        output = max(self.graph, key=self.order.__getitem__)
+        idom = nx.immediate_dominators(graph, _SOURCE)
+        chain = [output]
+        while chain[-1] != _SOURCE:
+            chain.append(idom[chain[-1]])
+        spine = chain[::-1]
+        spine_index = {n: k for k, n in enumerate(spine)}
+        segment_of: dict[fx.Node, int] = {}
+        inner: list[set[fx.Node]] = [set() for _ in spine[:-1]]
+        for n in sorted(self.graph, key=self.order.__getitem__):
+            if n in spine_index:
+                continue
+            d = idom[n]
+            segment_of[n] = spine_index[d] if d in spine_index else segment_of[d]
+            inner[segment_of[n]].add(n)
+        segments = []
+        for k in range(len(spine) - 1):
+            entry, exit_ = spine[k], spine[k + 1]
+            if exit_.op == "output":
+                break
+            members = frozenset(inner[k])
+            weighted = sum(ops.is_weighted(self.gm, n) for n in [*members, exit_])
+            segments.append(_Segment(entry, exit_, members, self._merge_kind(exit_, members), weighted))
+        return segments
+
+    @staticmethod
+    def _merge_kind(exit_: fx.Node, inner: frozenset[fx.Node]) -> str:
+        if not inner:
+            return "op"
+        if ops.is_add(exit_):
+            return "add"
+        if ops.is_cat(exit_):
+            return "cat"
+        if ops.is_mul(exit_):
+            return "gate"
+        return "other"
+
+    # ---- modules that line up with the spine
+
+    def _module_classes(self) -> dict[str, type]:
+        classes: dict[str, type] = {}
+        for n in self.gm.graph.nodes:
+            for path, cls in (n.meta.get("nn_module_stack") or {}).values():
+                classes.setdefault(path, cls)
+            if n.op == "call_module":
+                classes.setdefault(str(n.target), type(self.gm.get_submodule(n.target)))
+        return classes
+
+    def _aligned_modules(self) -> dict[str, tuple[int, int]]:
+        """Modules whose dataflow nodes are exactly the nodes of a contiguous run of segments."""
+        count: dict[str, int] = {}
+        span: dict[str, tuple[int, int]] = {}
+        for k, segment in enumerate(self.segments):
+            for n in segment.nodes:
+                path = ops.module_path(n)
+                parts = path.split(".") if path else []
+                for depth in range(1, len(parts) + 1):
+                    prefix = ".".join(parts[:depth])
+                    count[prefix] = count.get(prefix, 0) + 1
+                    lo, hi = span.get(prefix, (k, k))
+                    span[prefix] = (min(lo, k), max(hi, k))
+        sizes = [0]
+        for segment in self.segments:
+            sizes.append(sizes[-1] + len(segment.nodes))
+        return {
+            p: (lo, hi) for p, (lo, hi) in span.items() if count[p] == sizes[hi + 1] - sizes[lo]
+        }
+
+    # ---- units
+
+    def _units(self) -> list[_Unit]:
+        cores = [k for k, s in enumerate(self.segments) if s.is_core]
+        units = [self._core_unit(k, cores) for k in cores]
+        if cores:
+            classes = {self.classes.get(u.name) for u in units if u.named_by_module}
+            classes.discard(None)
+            units += self._module_units(units, lambda p, lo, hi: self.classes.get(p) in classes)
+        else:
+            leaves = {str(n.target) for n in self.gm.graph.nodes if n.op == "call_module"}
+            units = self._module_units(
+                [], lambda p, lo, hi: p not in leaves and self._weighted_in(lo, hi) == 1
+            )
+            if not units:
+                units = self._structural_units()
+        return sorted(units, key=lambda u: u.lo)
+
+    def _core_unit(self, k: int, cores: list[int]) -> _Unit:
+        """The smallest aligned module around core k that holds no other core."""
+        segment = self.segments[k]
+        path = ops.module_path(segment.exit)
+        parts = path.split(".") if path else []
+        best = None
+        for depth in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:depth])
+            if prefix not in self.aligned:
+                continue
+            lo, hi = self.aligned[prefix]
+            if lo <= k <= hi and self._cores_in(cores, lo, hi) == 1:
+                best = _Unit(lo, hi, prefix, True)
+                break
+        return best or _Unit(k, k, self._fallback_name(k, k), False)
+
+    @staticmethod
+    def _cores_in(cores: list[int], lo: int, hi: int) -> int:
+        return bisect.bisect_right(cores, hi) - bisect.bisect_left(cores, lo)
+
+    def _module_units(self, taken: list[_Unit], accept) -> list[_Unit]:
+        """Aligned modules outside `taken` that `accept`: widest first, the deepest name on ties."""
+        used = [False] * len(self.segments)
+        for u in taken:
+            used[u.lo: u.hi + 1] = [True] * (u.hi - u.lo + 1)
+        candidates = sorted(
+            ((p, lo, hi) for p, (lo, hi) in self.aligned.items() if accept(p, lo, hi)),
+            key=lambda c: (c[1] - c[2], -c[0].count("."), c[1]),
+        )
+        units = []
+        for p, lo, hi in candidates:
+            if not any(used[lo: hi + 1]):
+                used[lo: hi + 1] = [True] * (hi - lo + 1)
+                units.append(_Unit(lo, hi, p, True))
+        return units
+
+    def _structural_units(self) -> list[_Unit]:
+        """Flat nets: a weighted layer and the ops after it, up to a pooling or a change of rank."""
+        units, start = [], None
+        for k, segment in enumerate(self.segments):
+            if segment.weighted:
+                if start is not None:
+                    units.append(_Unit(start, k - 1, self._fallback_name(start, k - 1), False))
+                start = k
+            elif start is not None and self._ends_unit(start, segment):
+                units.append(_Unit(start, k - 1, self._fallback_name(start, k - 1), False))
+                start = None
+        if start is not None:
+            end = len(self.segments) - 1
+            units.append(_Unit(start, end, self._fallback_name(start, end), False))
+        return units
+
+    def _ends_unit(self, start: int, segment: _Segment) -> bool:
+        rank = len(_shape(self.segments[start].exit) or ())
+        return ops.is_pool(self.gm, segment.exit) or len(_shape(segment.exit) or ()) != rank
+
+    def _weighted_in(self, lo: int, hi: int) -> int:
+        return sum(self.segments[k].weighted for k in range(lo, hi + 1))
+
+    def _fallback_name(self, lo: int, hi: int) -> str:
+        nodes = [n for k in range(lo, hi + 1) for n in self.segments[k].nodes]
+        first = min(
+            (n for n in nodes if ops.is_weighted(self.gm, n)), key=self.order.__getitem__, default=None
+        )
+        first = first or min(nodes, key=self.order.__getitem__)
+        return ops.module_path(first) if first.op == "call_module" else first.name
+
+    # ---- blocks
+
+    def blocks(self) -> list[Block]:
+        units = self._units()
+        block_of: dict[fx.Node, int] = {}
+        for b, unit in enumerate(units):
+            for k in range(unit.lo, unit.hi + 1):
+                block_of.update((n, b) for n in self.segments[k].nodes)
+        for n in reversed(self.gm.graph.nodes):  # parameters and sizes used only inside a block
+            if n not in self.graph and n.op not in ("placeholder", "output") and n.users:
+                owners = {block_of.get(u) for u in n.users}
+                if len(owners) == 1 and None not in owners:
+                    block_of[n] = owners.pop()
+        members: list[list[fx.Node]] = [[] for _ in units]
+        for n, b in block_of.items():
+            members[b].append(n)
+        names: set[str] = set()
+        blocks = []
+        for unit, nodes in zip(units, members):
+            name = unit.name if unit.name not in names else f"{unit.name}@{self.segments[unit.hi].exit.name}"
+            names.add(name)
+            blocks.append(self._block(unit, name, sorted(nodes, key=self.order.__getitem__)))
+        return blocks
+
+    def _block(self, unit: _Unit, name: str, nodes: list[fx.Node]) -> Block:
+        first, last = self.segments[unit.lo], self.segments[unit.hi]
+        core = next((s for s in self.segments[unit.lo: unit.hi + 1] if s.is_core), None)
+        if core is not None:
+            kind, shortcut, shortcut_nodes, branch = self._merge_structure(core)
+            affine = self._last_affine(branch, core.inner) if branch is not None else None
+        else:  # a plain block is all branch
+            kind, shortcut, shortcut_nodes = "plain", None, ()
+            affine = self._last_affine(last.exit, frozenset(nodes))
+        return Block(
+            name=name,
+            kind=kind,
+            nodes=tuple(n.name for n in nodes),
+            input_node=first.entry.name,
+            output_node=last.exit.name,
+            in_shape=_shape(first.entry),
+            out_shape=_shape(last.exit),
+            shortcut=shortcut,
+            shortcut_nodes=tuple(n.name for n in sorted(shortcut_nodes, key=self.order.__getitem__)),
+            last_affine=affine.name if affine is not None else None,
+            last_affine_module=str(affine.target) if affine is not None and affine.op == "call_module" else None,
+            named_by_module=unit.named_by_module,
+        )
+
+    def _merge_structure(self, core: _Segment):
+        """(kind, shortcut, shortcut nodes, node that ends the residual branch) of a core."""
+        inputs = [i for i in core.exit.all_input_nodes if i in self.graph]
+        if len(inputs) != 2:
+            return "branches", None, (), None
+        if ops.is_cat(core.exit):
+            if core.entry in inputs:
+                other = inputs[1] if inputs[0] is core.entry else inputs[0]
+                return "dense", "identity", (), other
+            return "branches", None, (), None
+        if core.entry in inputs:
+            other = inputs[1] if inputs[0] is core.entry else inputs[0]
+            return "residual", "identity", (), other
+        branches = [self._upstream(i, core.inner) for i in inputs]
+        weights = [sum(ops.is_weighted(self.gm, n) for n in b) for b in branches]
+        if weights[0] == weights[1]:
+            return "branches", None, (), None
+        short, long_ = (0, 1) if weights[0] < weights[1] else (1, 0)
+        return "residual", "projection", branches[short], inputs[long_]
+
+    @staticmethod
+    def _upstream(node: fx.Node, region: frozenset[fx.Node]) -> set[fx.Node]:
+        """`node` and its ancestors inside `region`."""
+        seen, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            if n in seen or n not in region:
+                continue
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+        return seen
+
+    def _last_affine(self, node: fx.Node, region: frozenset[fx.Node]) -> fx.Node | None:
+        """Walk back from the branch's end through zero-preserving ops and gates to an affine layer."""
+        while node in region:
+            if ops.is_affine(self.gm, node):
+                return node
+            inputs = [i for i in node.all_input_nodes if i in self.graph]
+            if ops.is_mul(node) and len(inputs) == 2:
+                a, b = inputs  # the gated tensor is upstream of its gate
+                node = a if a in self._upstream(b, region) else b if b in self._upstream(a, region) else None
+                if node is None:
+                    return None
+            elif ops.is_zero_preserving(self.gm, node) and len(inputs) == 1:
+                node = inputs[0]
+            else:
+                return None
+        return None
+
+
+def _require_shapes(gm: fx.GraphModule) -> None:
+    if has_shapes(gm):
+        return
+    if INPUT_SPEC_KEY not in gm.meta:
+        raise AnalysisError(
+            "the graph has no shapes in node.meta; capture the model with "
+            "graphmorph.capture(model, example_input) before analysing it"
+        )
+    annotate_shapes(gm, example_inputs(gm))
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return tuple(shape[1:]) if shape is not None and len(shape) >= 1 else None
+
+
+def _spatial(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The spatial part (after channels) of a batch-less shape; None for vectors."""
+    return tuple(shape[1:]) if shape is not None and len(shape) >= 2 else None

@@ -1,0 +1,121 @@
+"""Capture any fx-traceable model as a GraphModule whose nodes know their shapes."""
+from __future__ import annotations
+
+import copy
+import os
+import traceback
+from typing import Iterable
+
+import torch
+from torch import fx, nn
+
+from graphmorph.errors import CaptureError, first_line
+from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
+
+INPUT_SPEC_KEY = "graphmorph.input_spec"
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+def capture(
+    model: nn.Module,
+    example_input: torch.Tensor | Inputs,
+    leaf_modules: Iterable[type[nn.Module] | str] = (),
+) -> fx.GraphModule:
+    """Trace `model` with torch.fx and annotate every node with its shape for `example_input`.
+
+    The model is deep-copied first: the returned GraphModule owns its parameters, and nothing the
+    caller holds is changed. `leaf_modules` lists module classes or qualified names that fx should
+    record as single calls instead of tracing through (the fix for untraceable submodules).
+    Raises CaptureError naming the module path, the cause and the fix when tracing fails, and
+    ShapeError when the example input does not fit the model.
+    """
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_inputs(example_input)
+    leaf_types, leaf_names = _split_leaves(leaf_modules)
+    root = copy.deepcopy(model)
+    tracer = _Tracer(leaf_types, leaf_names)
+    try:
+        graph = tracer.trace(root)
+    except Exception as err:
+        raise CaptureError(_trace_failure_message(model, err)) from err
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    gm.meta[INPUT_SPEC_KEY] = tuple((tuple(t.shape), t.dtype) for t in inputs)
+    annotate_shapes(gm, inputs)
+    return gm
+
+
+def example_inputs(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
+    """Zero tensors with the shapes and dtypes of the example input `gm` was captured with."""
+    spec = gm.meta.get(INPUT_SPEC_KEY)
+    if spec is None:
+        raise CaptureError(
+            "this GraphModule was not made by graphmorph.capture, so its example input is unknown; "
+            "capture the model with graphmorph.capture(model, example_input)"
+        )
+    return tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in spec)
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer with user-chosen leaves that remembers where tracing failed."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]):
+        super().__init__()
+        self._leaf_types = leaf_types
+        self._leaf_names = leaf_names
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if isinstance(m, self._leaf_types) or module_qualified_name in self._leaf_names:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as err:
+            if not hasattr(err, "_graphmorph_module"):  # the innermost module is the first to see it
+                err._graphmorph_module = (self.path_of_module(m), type(m).__name__)
+            raise
+
+
+def _split_leaves(leaf_modules) -> tuple[tuple[type, ...], frozenset[str]]:
+    types, names = [], []
+    for leaf in leaf_modules:
+        if isinstance(leaf, type) and issubclass(leaf, nn.Module):
+            types.append(leaf)
+        elif isinstance(leaf, str):
+            names.append(leaf)
+        else:
+            raise CaptureError(
+                f"leaf_modules entries must be nn.Module classes or qualified module names, got {leaf!r}"
+            )
+    return tuple(types), frozenset(names)
+
+
+def _trace_failure_message(model: nn.Module, err: Exception) -> str:
+    path, cls = getattr(err, "_graphmorph_module", ("", type(model).__name__))
+    where = f"module '{path}' ({cls})" if path else f"the model's own forward ({cls})"
+    cause = first_line(err)
+    line = _user_line(err)
+    at = f" at {line}" if line else ""
+    if path:
+        fix = (
+            f"mark it as a leaf so fx records it as one call: "
+            f"graphmorph.capture(model, x, leaf_modules=[{cls}]) or leaf_modules=['{path}']; "
+            f"or decorate the untraceable function with torch.fx.wrap"
+        )
+    else:
+        fix = (
+            "move the data-dependent code into a submodule and list it in leaf_modules, "
+            "or decorate the untraceable function with torch.fx.wrap"
+        )
+    return f"cannot trace {where}{at}: {type(err).__name__}: {cause}. Fix: {fix}"
+
+
+def _user_line(err: Exception) -> str | None:
+    """file:line of the innermost frame outside torch, i.e. the user's code that failed."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    if not frames:
+        return None
+    frame = frames[-1]
+    return f"{os.path.basename(frame.filename)}:{frame.lineno}"

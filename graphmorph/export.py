@@ -1,0 +1,161 @@
+"""ONNX export with torch's dynamo-based exporter, checked by onnx.checker and onnxruntime."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graphmorph.errors import ExportError, first_line
+from graphmorph.shapes import Inputs, as_inputs, evaluating
+
+__all__ = ["ExportReport", "export_onnx"]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """Where the model went, how long export took, and how closely onnxruntime agrees with torch."""
+
+    path: Path
+    opset: int
+    export_seconds: float
+    check_batch: int
+    max_abs_diff: float
+    atol: float
+    providers: tuple[str, ...]
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_input: torch.Tensor | Inputs,
+    dynamic_batch: bool = True,
+    atol: float = 1e-4,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
+) -> ExportReport:
+    """Export `model` (in eval mode) to ONNX at `path` and check it.
+
+    Runs onnx.checker, then runs onnxruntime on a batch size different from the example's (when
+    `dynamic_batch`) and compares with PyTorch in float32. Returns the largest absolute difference
+    seen; raises ExportError naming the cause when export fails or the difference exceeds `atol`.
+    The model's train/eval mode is restored afterwards.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    inputs = as_inputs(example_input)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create the folder for {path}: {err.strerror}") from err
+    export_inputs = tuple(_batch_of(t, max(2, t.shape[0])) for t in inputs)  # batch 1 would specialise
+    check_batch = export_inputs[0].shape[0] + 1 if dynamic_batch else inputs[0].shape[0]
+    check_inputs = tuple(_batch_of(t, check_batch if dynamic_batch else t.shape[0]) for t in inputs)
+    if not dynamic_batch:
+        export_inputs = inputs
+
+    with evaluating(model):
+        start = time.perf_counter()
+        program = _export(model, export_inputs, dynamic_batch)
+        try:
+            program.save(str(path))
+        except OSError as err:
+            raise ExportError(f"cannot write {path}: {err.strerror}") from err
+        seconds = time.perf_counter() - start
+        expected = [t.float().numpy() for t in _flat_outputs(model(*check_inputs))]
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"onnx.checker rejected {path}: {first_line(err)}") from err
+    session = ort.InferenceSession(str(path), providers=list(providers))
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), check_inputs)}
+    outputs = session.run(None, feeds)
+    if len(outputs) != len(expected):
+        raise ExportError(f"onnxruntime returned {len(outputs)} outputs, PyTorch {len(expected)}")
+    diff = 0.0
+    for got, want in zip(outputs, expected):
+        if got.shape != want.shape:
+            raise ExportError(
+                f"onnxruntime output shape {got.shape} differs from PyTorch's {want.shape} at batch "
+                f"size {check_batch}; is the batch dimension really dynamic?"
+            )
+        diff = max(diff, float(abs(got.astype("float64") - want.astype("float64")).max(initial=0.0)))
+    if not diff <= atol:
+        raise ExportError(
+            f"parity check failed for {path}: onnxruntime and PyTorch differ by up to {diff:.3g} "
+            f"(atol {atol:g}) at batch size {check_batch}"
+        )
+    opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                  if o.domain in ("", "ai.onnx")), 0)
+    return ExportReport(path, opset, seconds, check_batch, diff, atol, tuple(session.get_providers()))
+
+
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool):
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    with _quiet_exporter():
+        try:
+            return torch.onnx.export(
+                model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, report=False
+            )
+        except Exception as err:
+            raise ExportError(f"ONNX export failed: {_export_cause(err)}") from err
+
+
+def _export_cause(err: Exception) -> str:
+    """The exporter's own summary of what went wrong, else the innermost error's first line."""
+    text = str(err)
+    marker = "## Exception summary"
+    if marker in text:
+        summary = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if summary:
+            return re.sub(r"^<class '[\w.]+\.(\w+)'>", r"\1", summary[0])
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {first_line(err)}"
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's progress prints, warnings and optional-dependency notices."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _batch_of(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """A seeded random tensor like `t` with `batch` rows (values differ from the example's)."""
+    generator = torch.Generator().manual_seed(batch)
+    shape = (batch, *t.shape[1:])
+    if t.is_floating_point():
+        return torch.randn(shape, generator=generator, dtype=t.dtype)
+    return t.repeat((batch // max(1, t.shape[0]) + 1,) + (1,) * (t.dim() - 1))[:batch]
+
+
+def _flat_outputs(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flat_outputs(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flat_outputs(o)]
+    raise ExportError(f"cannot compare an output of type {type(out).__name__}")
+

@@ -1,0 +1,225 @@
+"""FLOP and parameter counting on a captured graph.
+
+Convention (DESIGN section 7): `macs` are the multiply-accumulates of convolutions, transposed
+convolutions, linear layers and matrix products; `flops` = 2 x `macs`, which is exactly what
+`torch.utils.flop_counter.FlopCounterMode` counts for those ops. Everything else is counted apart
+as `elementwise` operations, one per output element (normalisation: 2, scale and shift; pooling:
+kernel area per output element, adaptive pooling: one per input element; a layer's bias: 1).
+Counts are for the example input as given, batch included: pass batch size 1 for per-image numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from graphmorph import ops
+from graphmorph.analysis import find_stages
+from graphmorph.capture import capture
+from graphmorph.shapes import Inputs, with_shapes
+
+__all__ = ["Cost", "NodeCost", "FlopReport", "count_flops"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work and size of a part of the network."""
+
+    macs: int = 0
+    elementwise: int = 0
+    params: int = 0
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(self.macs + other.macs, self.elementwise + other.elementwise, self.params + other.params)
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """The cost of one fx node and the part of the network (stem, stageN, head) it belongs to."""
+
+    node: str
+    target: str
+    part: str
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class FlopReport:
+    """MACs, FLOPs (2 x MACs), elementwise ops and parameters, in total, per part and per node."""
+
+    input_shapes: tuple[tuple[int, ...], ...]
+    total: Cost
+    by_stage: dict[str, Cost]
+    by_node: tuple[NodeCost, ...]
+    stage_blocks: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def macs(self) -> int:
+        return self.total.macs
+
+    @property
+    def flops(self) -> int:
+        return self.total.flops
+
+    @property
+    def elementwise(self) -> int:
+        return self.total.elementwise
+
+    @property
+    def params(self) -> int:
+        return self.total.params
+
+    def table(self) -> str:
+        """A per-part table with totals, as `graphmorph flops` prints it."""
+        header = f"{'part':<8} {'blocks':>6} {'MACs':>10} {'FLOPs':>10} {'elementwise':>12} {'params':>10}"
+        rows = [header, "-" * len(header)]
+        for part, cost in [*self.by_stage.items(), ("total", self.total)]:
+            blocks = self.stage_blocks.get(part, "")
+            rows.append(
+                f"{part:<8} {blocks!s:>6} {si(cost.macs):>10} {si(cost.flops):>10} "
+                f"{si(cost.elementwise):>12} {si(cost.params):>10}"
+            )
+        return "\n".join(rows)
+
+
+def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = None) -> FlopReport:
+    """Count MACs, FLOPs, elementwise ops and parameters of `model` for `example_input`.
+
+    `model` is a captured GraphModule (its captured example input is used when `example_input` is
+    None) or any nn.Module, which is captured first. Breakdowns are per stage (plus `stem` and
+    `head`) and per node.
+    """
+    if not isinstance(model, fx.GraphModule):
+        model = capture(model, example_input)
+    elif example_input is not None:
+        model = with_shapes(model, example_input)
+    part_of, stage_blocks = _parts(model)
+    seen_modules: set[int] = set()
+    by_node, by_stage = [], {}
+    for node in model.graph.nodes:
+        macs, elementwise = _work(model, node)
+        cost = Cost(macs, elementwise, _params(model, node, seen_modules))
+        part = part_of[node]
+        by_stage[part] = by_stage.get(part, Cost()) + cost
+        by_node.append(NodeCost(node.name, _target_name(node), part, cost))
+    total = sum(by_stage.values(), Cost())
+    shapes = tuple(tuple(n.meta["tensor_meta"].shape) for n in model.graph.nodes if n.op == "placeholder")
+    return FlopReport(shapes, total, by_stage, tuple(by_node), stage_blocks)
+
+
+def si(value: float) -> str:
+    """41223168 -> '41.22M'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return str(int(value))
+
+
+def _parts(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, int]]:
+    """Each node's part: its stage; glue before the first block is the stem, glue between stages
+    goes to the stage it leads into, glue after the last block is the head."""
+    stage_of: dict[str, str] = {}
+    stage_blocks = {}
+    for stage in find_stages(gm):
+        label = f"stage{stage.index}"
+        stage_blocks[label] = len(stage.blocks)
+        for block in stage.block_info:
+            stage_of.update((name, label) for name in block.nodes)
+    part_of: dict[fx.Node, str] = {}
+    pending: list[fx.Node] = []
+    seen_stage = False
+    for node in gm.graph.nodes:
+        label = stage_of.get(node.name)
+        if label is None:
+            pending.append(node)
+            continue
+        part_of.update((p, label if seen_stage else "stem") for p in pending)
+        pending, seen_stage = [], True
+        part_of[node] = label
+    part_of.update((p, "head") for p in pending)
+    return part_of, stage_blocks
+
+
+def _numel(node: fx.Node | None) -> int:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return math.prod(shape) if shape is not None else 0
+
+
+def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
+    module = ops.module_of(gm, node)
+    if module is not None:
+        return module.weight.shape
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    return weight.meta["tensor_meta"].shape
+
+
+def _has_bias(gm: fx.GraphModule, node: fx.Node) -> bool:
+    module = ops.module_of(gm, node)
+    if module is not None:
+        return getattr(module, "bias", None) is not None
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    return bias is not None
+
+
+def _work(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int]:
+    """(MACs, elementwise ops) of one node."""
+    out = _numel(node)
+    if ops.is_conv(gm, node) or ops.is_linear(gm, node):
+        macs = out * math.prod(_weight_shape(gm, node)[1:])
+        return macs, out if _has_bias(gm, node) else 0
+    if ops.is_conv_transpose(gm, node):
+        macs = _numel(node.all_input_nodes[0]) * math.prod(_weight_shape(gm, node)[1:])
+        return macs, out if _has_bias(gm, node) else 0
+    if node.op == "call_function" and node.target in ops.MATMUL_FUNCTIONS:
+        inner = node.args[0].meta["tensor_meta"].shape[-1]
+        return out * inner, 0
+    if ops.is_norm(gm, node):
+        return 0, 2 * out
+    if ops.is_pool(gm, node):
+        return 0, _pool_work(gm, node, out)
+    if ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
+        return 0, out
+    return 0, 0
+
+
+def _pool_work(gm: fx.GraphModule, node: fx.Node, out: int) -> int:
+    module = ops.module_of(gm, node)
+    kernel = getattr(module, "kernel_size", None) if module is not None else (
+        node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
+    )
+    is_adaptive = "adaptive" in (type(module).__name__.lower() if module is not None else node.target.__name__)
+    if is_adaptive or kernel is None:
+        return _numel(node.all_input_nodes[0])
+    rank = len(node.meta["tensor_meta"].shape) - 2
+    sizes = (kernel,) * rank if isinstance(kernel, int) else tuple(kernel)
+    return out * math.prod(sizes)
+
+
+def _params(gm: fx.GraphModule, node: fx.Node, seen_modules: set[int]) -> int:
+    """Parameters a node owns: a called module's (once, even if called twice) or a get_attr's."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if id(module) in seen_modules:
+            return 0
+        seen_modules.add(id(module))
+        return sum(p.numel() for p in module.parameters())
+    if node.op == "get_attr":
+        value = _attr(gm, node.target)
+        return value.numel() if isinstance(value, nn.Parameter) else 0
+    return 0
+
+
+def _attr(gm: fx.GraphModule, target: str):
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+def _target_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))

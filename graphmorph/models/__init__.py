@@ -1,0 +1,94 @@
+"""Seed networks by name: `build("Basic3ResNet-3-3-3")` and back with `arch_of`."""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from torch import fx, nn
+
+from graphmorph.errors import ArchError
+from graphmorph.models.blocks import BasicBlock, Bottleneck, PlainBlock
+from graphmorph.models.seeds import FAMILIES, STEMS, SeedNet
+
+__all__ = [
+    "FAMILIES", "SeedNet", "BasicBlock", "Bottleneck", "PlainBlock",
+    "build", "arch_of", "parse_arch", "valid_forms",
+]
+
+_ARCH = re.compile(r"^([A-Za-z0-9]+)-(\d+(?:-\d+)*)$")
+
+
+def valid_forms() -> str:
+    """The accepted architecture strings, for error messages and --help."""
+    forms = (
+        f"{name}-" + "-".join("N" for _ in cls.default_widths) for name, cls in FAMILIES.items()
+    )
+    return ", ".join(forms) + " (N >= 1 blocks per stage, e.g. Basic3ResNet-3-3-3)"
+
+
+def parse_arch(arch: str) -> tuple[type[SeedNet], tuple[int, ...]]:
+    """Split 'Family-n1-n2-...' into the seed-net class and per-stage depths; ArchError if invalid."""
+    match = _ARCH.match(arch.strip()) if isinstance(arch, str) else None
+    if not match or match.group(1) not in FAMILIES:
+        raise ArchError(f"unknown architecture {arch!r}; valid forms: {valid_forms()}")
+    cls = FAMILIES[match.group(1)]
+    depths = tuple(int(d) for d in match.group(2).split("-"))
+    stages = len(cls.default_widths)
+    if len(depths) != stages or min(depths) < 1:
+        raise ArchError(
+            f"{arch!r}: {cls.family} needs {stages} depths of at least 1; valid forms: {valid_forms()}"
+        )
+    return cls, depths
+
+
+def build(
+    arch: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    widths: Sequence[int] | None = None,
+    stem: str = "cifar",
+) -> SeedNet:
+    """Build a seed network from its name, e.g. `build("Plain4Net-2-1-1-1", widths=(16, 32, 64, 128))`.
+
+    `widths` are the per-stage channel counts (bottleneck blocks output 4x that); `stem` is "cifar"
+    (3x3 stride 1) or "imagenet" (7x7 stride 2 and a max-pool).
+    """
+    cls, depths = parse_arch(arch)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ArchError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ArchError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if widths is not None:
+        widths = tuple(widths)
+        if len(widths) != len(depths) or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ArchError(
+                f"widths must be {len(depths)} positive integers for {cls.family}, got {widths!r}"
+            )
+    if stem not in STEMS:
+        raise ArchError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    return cls(depths, num_classes=num_classes, in_channels=in_channels, widths=widths, stem=stem)
+
+
+def arch_of(model: nn.Module) -> str:
+    """The architecture string of a seed net or of a captured (possibly grown) GraphModule.
+
+    For a GraphModule the depths are the block counts of `graphmorph.find_stages`, so grown nets
+    read back correctly; its name is its original model class (e.g. a user model's class name).
+    """
+    if isinstance(model, SeedNet):
+        return f"{model.family}-" + "-".join(str(len(s)) for s in model.stage_modules())
+    if isinstance(model, fx.GraphModule):
+        from graphmorph.analysis import find_stages
+
+        family = type(model).__name__
+        depths = [len(stage.blocks) for stage in find_stages(model)]
+        expected = len(FAMILIES[family].default_widths) if family in FAMILIES else None
+        if expected is not None and len(depths) != expected:
+            raise ArchError(
+                f"found {len(depths)} stages in this {family}, expected {expected}: capture it with an "
+                f"input of at least {2 ** (expected - 1)} pixels so every stage has its own size"
+            )
+        return f"{family}-" + "-".join(map(str, depths))
+    raise ArchError(
+        f"arch_of expects a seed network or a captured GraphModule, got {type(model).__name__}"
+    )

@@ -1,0 +1,152 @@
+"""What kind of operation an fx node is: the vocabulary shared by graph analysis and FLOP counting.
+
+Each question has one answer here, for both the `call_module` form (nn.Conv2d) and the
+`call_function`/`call_method` forms (F.conv2d, torch.add, x.add_, `+=`).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TRANSPOSE_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+NORM_MODULES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+)
+POOL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+# f(0) == 0 for these, so a zero branch stays zero through them
+ZERO_PRESERVING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, *POOL_MODULES,
+)
+ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh,
+    nn.Sigmoid, nn.Hardsigmoid, nn.Softmax,
+)
+
+CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
+CONV_TRANSPOSE_FUNCTIONS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+LINEAR_FUNCTIONS = {F.linear}
+MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.mm, torch.bmm}
+NORM_FUNCTIONS = {F.batch_norm, F.group_norm, F.layer_norm, F.instance_norm}
+POOL_FUNCTIONS = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}
+ACTIVATION_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, torch.relu, torch.tanh,
+    F.sigmoid, torch.sigmoid, F.hardsigmoid, F.softmax, torch.softmax,
+}
+ZERO_PRESERVING_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, torch.relu, torch.tanh,
+    F.dropout, F.dropout2d, *POOL_FUNCTIONS,
+}
+ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous"}
+ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax"}
+
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+ADD_METHODS = {"add", "add_"}
+MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+MUL_METHODS = {"mul", "mul_"}
+CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+ELEMENTWISE_BINARY_FUNCTIONS = ADD_FUNCTIONS | MUL_FUNCTIONS | {
+    operator.sub, operator.isub, torch.sub, operator.truediv, operator.itruediv, torch.div,
+}
+ELEMENTWISE_BINARY_METHODS = ADD_METHODS | MUL_METHODS | {"sub", "sub_", "div", "div_"}
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The submodule a call_module node calls, else None."""
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _is(gm, node, modules: tuple, functions: set, methods: set = frozenset()) -> bool:
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), modules)
+    if node.op == "call_function":
+        return node.target in functions
+    if node.op == "call_method":
+        return node.target in methods
+    return False
+
+
+def is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A convolution (not transposed), module or functional."""
+    return _is(gm, node, CONV_MODULES, CONV_FUNCTIONS)
+
+
+def is_conv_transpose(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _is(gm, node, CONV_TRANSPOSE_MODULES, CONV_TRANSPOSE_FUNCTIONS)
+
+
+def is_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _is(gm, node, (nn.Linear,), LINEAR_FUNCTIONS)
+
+
+def is_weighted(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A layer with a weight matrix: convolution, transposed convolution or linear."""
+    return is_conv(gm, node) or is_conv_transpose(gm, node) or is_linear(gm, node)
+
+
+def is_norm(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _is(gm, node, NORM_MODULES, NORM_FUNCTIONS)
+
+
+def is_affine(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A layer whose output has a learned scale and shift: weighted layers and normalisations."""
+    return is_weighted(gm, node) or is_norm(gm, node)
+
+
+def is_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _is(gm, node, POOL_MODULES, POOL_FUNCTIONS)
+
+
+def is_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return _is(gm, node, ACTIVATION_MODULES, ACTIVATION_FUNCTIONS, ACTIVATION_METHODS)
+
+
+def is_zero_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A one-input op with f(0) == 0 (ReLU, dropout, pooling...)."""
+    return _is(gm, node, ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS)
+
+
+def is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ADD_METHODS
+    )
+
+
+def is_mul(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in MUL_FUNCTIONS) or (
+        node.op == "call_method" and node.target in MUL_METHODS
+    )
+
+
+def is_cat(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in CAT_FUNCTIONS
+
+
+def is_elementwise_binary(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ELEMENTWISE_BINARY_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ELEMENTWISE_BINARY_METHODS
+    )
+
+
+def module_path(node: fx.Node) -> str:
+    """Qualified name of the module a node belongs to: its target for call_module, else the
+    innermost module whose forward created it ('' for the root)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    return list(stack.values())[-1][0]

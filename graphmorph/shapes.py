@@ -1,0 +1,115 @@
+"""Shape propagation that leaves the model as it found it (mode, buffers, gradients)."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Iterator, Sequence
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+from graphmorph.errors import ShapeError, first_line
+
+Inputs = Sequence[torch.Tensor]
+
+
+def as_inputs(example_input: torch.Tensor | Inputs) -> tuple[torch.Tensor, ...]:
+    """Normalise one tensor or a sequence of tensors to a tuple of tensors."""
+    inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise ShapeError(
+            f"example_input must be a tensor or a sequence of tensors, got {type(example_input).__name__}"
+        )
+    return inputs
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and disable autograd; restore each module's mode on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs) -> None:
+    """Store `tensor_meta` (shape, dtype) for `example_input` in every node's meta, in place.
+
+    Runs in eval mode without gradients, so BatchNorm statistics are untouched. Raises ShapeError
+    naming the node and module where the input stopped fitting the model.
+    """
+    inputs = as_inputs(example_input)
+    with evaluating(gm):
+        try:
+            _ShapeRecorder(gm).run(*inputs)
+        except _NodeFailure as failure:
+            node, cause = failure.node, failure.cause
+            shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+            raise ShapeError(
+                f"example input of shape {shapes} does not fit the model at node '{node.name}' "
+                f"({_describe(node)}): {first_line(cause)}"
+            ) from cause
+
+
+def with_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs) -> fx.GraphModule:
+    """A twin of `gm` (same modules, copied graph, same node names) annotated for `example_input`.
+
+    Lets a caller ask about another input size without touching the shapes stored in `gm`.
+    """
+    twin = fx.GraphModule(gm, copy.deepcopy(gm.graph), class_name=type(gm).__name__)
+    annotate_shapes(twin, example_input)
+    return twin
+
+
+def has_shapes(gm: fx.GraphModule) -> bool:
+    """True when every node carries the shape-propagation result."""
+    return all("type" in n.meta for n in gm.graph.nodes if n.op != "output")
+
+
+class _NodeFailure(Exception):
+    """Carries the node that failed and the original error out of the interpreter."""
+
+    def __init__(self, node: fx.Node, cause: Exception):
+        super().__init__(node.name)
+        self.node, self.cause = node, cause
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph and records what torch.fx's ShapeProp records, without printing on failure."""
+
+    def run_node(self, n: fx.Node):
+        try:
+            result = super().run_node(n)
+        except _NodeFailure:
+            raise
+        except Exception as err:
+            raise _NodeFailure(n, err) from err
+        found_tensor = False
+
+        def extract(obj):
+            nonlocal found_tensor
+            if isinstance(obj, torch.Tensor):
+                found_tensor = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if found_tensor:
+            n.meta["tensor_meta"] = meta
+        else:
+            n.meta.pop("tensor_meta", None)
+        n.meta["type"] = type(result)
+        return result
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target}"
+    return f"{node.op} {getattr(node.target, '__name__', node.target)}"
+

@@ -1,0 +1,61 @@
+"""Hypothesis strategies for property tests of graphmorph and of users' own morphisms.
+
+Importable without pytest; needs hypothesis (`pip install graphmorph[test]`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+try:
+    from hypothesis import strategies as st
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("graphmorph.testing needs hypothesis: pip install 'graphmorph[test]'") from err
+
+from graphmorph.models import FAMILIES, SeedNet, build
+
+__all__ = ["SeedNetSpec", "seed_nets"]
+
+
+@dataclass(frozen=True)
+class SeedNetSpec:
+    """A seed network to build, and the input it takes."""
+
+    arch: str
+    widths: tuple[int, ...]
+    input_size: int
+    in_channels: int
+    num_classes: int
+
+    def build(self) -> SeedNet:
+        return build(self.arch, num_classes=self.num_classes, in_channels=self.in_channels, widths=self.widths)
+
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, self.in_channels, self.input_size, self.input_size, generator=generator)
+
+
+@st.composite
+def seed_nets(
+    draw,
+    families: tuple[str, ...] = tuple(FAMILIES),
+    max_depth: int = 4,
+    min_size: int = 8,
+    max_size: int = 64,
+    base_widths: tuple[int, ...] = (2, 4, 8),
+) -> SeedNetSpec:
+    """Random seed networks: any family, 1..max_depth blocks per stage, square inputs of
+    min_size..max_size pixels (keep min_size >= 2**(stages-1) so every stage has its own size),
+    and narrow widths (base, 2 x base, ...) so examples stay fast on a CPU."""
+    family = draw(st.sampled_from(families))
+    stages = len(FAMILIES[family].default_widths)
+    depths = draw(st.lists(st.integers(1, max_depth), min_size=stages, max_size=stages))
+    base = draw(st.sampled_from(base_widths))
+    return SeedNetSpec(
+        arch=f"{family}-" + "-".join(map(str, depths)),
+        widths=tuple(base * 2**i for i in range(stages)),
+        input_size=draw(st.integers(min_size, max_size)),
+        in_channels=draw(st.integers(1, 3)),
+        num_classes=draw(st.integers(2, 10)),
+    )

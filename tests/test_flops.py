@@ -1,0 +1,76 @@
+"""FLOP counting: equal to torch's FlopCounterMode for conv/linear/matmul, documented elementwise rules."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import graphmorph
+from graphmorph.flops import Cost
+from graphmorph.models import build
+from zoo import ZOO
+
+
+def torch_flops(model, x) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_flops_equal_flop_counter_mode(name):  # grouped, depthwise and functional convs included
+    factory, size, _ = ZOO[name]
+    x = torch.randn(2, 3, size, size)
+    gm = graphmorph.capture(factory(), x)
+    report = graphmorph.count_flops(gm)
+    assert report.flops == torch_flops(gm, x) > 0
+    assert report.params == sum(p.numel() for p in gm.parameters())
+
+
+class TransposedAndMatmul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.proj = nn.Parameter(torch.randn(6, 5))
+
+    def forward(self, x):
+        y = self.up(x)                               # (N, 6, 7, 7)
+        return torch.matmul(y.permute(0, 2, 3, 1), self.proj)
+
+
+def test_transposed_convolution_and_matmul_equal_flop_counter_mode():
+    x = torch.randn(3, 4, 4, 4)
+    report = graphmorph.count_flops(TransposedAndMatmul(), x)
+    assert report.flops == torch_flops(TransposedAndMatmul(), x)
+    assert report.macs == 3 * 4 * 16 * (3 * 3 * 3) + 3 * 7 * 7 * 5 * 6
+
+
+def test_elementwise_rules_on_a_hand_counted_net():
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(12, 4))
+    report = graphmorph.count_flops(net, torch.zeros(1, 2, 4, 4))
+    # conv: 48 outputs x 18 MACs + 48 bias adds; BN 2 x 48; ReLU 48; max-pool 12 outputs x 4; fc 4 x 12 + 4
+    assert report.macs == 48 * 18 + 4 * 12
+    assert report.elementwise == 48 + 96 + 48 + 48 + 4
+    assert report.params == (2 * 3 * 9 + 3) + 6 + (12 * 4 + 4)
+    assert report.by_stage["stage0"] == Cost(macs=864, elementwise=192, params=63)
+    assert report.by_stage["head"] == Cost(macs=48, elementwise=52, params=52)
+
+
+def test_counts_scale_with_batch_and_input_size_without_touching_stored_shapes():
+    gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(4, 8, 16)), torch.zeros(1, 3, 16, 16))
+    one = graphmorph.count_flops(gm)
+    three = graphmorph.count_flops(gm, torch.zeros(3, 3, 16, 16))
+    assert three.macs == 3 * one.macs and three.params == one.params
+    bigger = graphmorph.count_flops(gm, torch.zeros(1, 3, 32, 32))
+    assert bigger.by_stage["stage0"].macs == 4 * one.by_stage["stage0"].macs
+    assert next(iter(gm.graph.nodes)).meta["tensor_meta"].shape == (1, 3, 16, 16)
+
+
+def test_per_node_breakdown_adds_up_and_names_parts():
+    report = graphmorph.count_flops(build("Basic4ResNet-1-1-1-1", widths=(4, 8, 16, 32)), torch.zeros(1, 3, 32, 32))
+    assert set(report.by_stage) == {"stem", "stage0", "stage1", "stage2", "stage3", "head"}
+    assert sum(n.cost.macs for n in report.by_node) == report.macs
+    by_name = {n.node: n for n in report.by_node}
+    assert by_name["conv1"].part == "stem" and by_name["fc"].part == "head"
+    assert by_name["layer3_0_downsample_0"].part == "stage2"
+    assert by_name["layer1_0_conv1"].cost.macs == 32 * 32 * 4 * 4 * 9
