@@ -237,6 +237,7 @@ class _Analysis:
                     count[prefix] = count.get(prefix, 0) + 1
                     lo, hi = span.get(prefix, (k, k))
                     span[prefix] = (min(lo, k), max(hi, k))
+        self.node_count = count
         sizes = [0]
         for segment in self.segments:
             sizes.append(sizes[-1] + len(segment.nodes))
@@ -322,7 +323,16 @@ class _Analysis:
         return sum(self.segments[k].weighted for k in range(lo, hi + 1))
 
     def _fallback_name(self, lo: int, hi: int) -> str:
+        """The module holding exactly the block's nodes other than its merge (for `x = x + blk(x)`
+        written in the parent), else the block's first weighted layer."""
         nodes = [n for k in range(lo, hi + 1) for n in self.segments[k].nodes]
+        merge = self.segments[hi].exit if self.segments[hi].is_core else None
+        paths = [ops.module_path(n).split(".") for n in nodes if n is not merge]
+        common = ".".join(_common_prefix(paths))
+        if common and self.node_count.get(common) == sum(
+            ".".join(p) == common or ".".join(p).startswith(common + ".") for p in paths
+        ):
+            return common
         first = min(
             (n for n in nodes if ops.is_weighted(self.gm, n)), key=self.order.__getitem__, default=None
         )
@@ -436,6 +446,16 @@ def _require_shapes(gm: fx.GraphModule) -> None:
             "graphmorph.capture(model, example_input) before analysing it"
         )
     annotate_shapes(gm, example_inputs(gm))
+
+
+def _common_prefix(paths: list[list[str]]) -> list[str]:
+    prefix = paths[0] if paths else []
+    for path in paths[1:]:
+        k = 0
+        while k < min(len(prefix), len(path)) and prefix[k] == path[k]:
+            k += 1
+        prefix = prefix[:k]
+    return prefix
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:

@@ -39,6 +39,7 @@ def test_zoo_stages_are_found_as_a_person_names_them(name):
     ("PlusEqualsResNeXt", "stages.1.0", "residual", "projection", "stages.1.0.bn3"),
     ("VGGish", "features.3", "plain", None, "features.4"),
     ("InlineResidualNet", "c3", "residual", "identity", "c4"),
+    ("ParentAddNet", "blocks.1", "residual", "identity", "blocks.1.bn2"),
 ])
 def test_block_kind_shortcut_and_last_affine(name, block, kind, shortcut, last_affine):
     info = blocks_by_name(captured(name))[block]

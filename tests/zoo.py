@@ -307,6 +307,36 @@ class InlineResidualNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+# 10. the residual add written in the parent's loop: blocks hold only their branch
+class Branch(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1, self.bn1 = _bn_conv(channels, channels), nn.BatchNorm2d(channels)
+        self.conv2, self.bn2 = _bn_conv(channels, channels), nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+
+class ParentAddNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = _bn_conv(3, 8)
+        self.blocks = nn.ModuleList([Branch(8), Branch(8)])
+        self.down = _bn_conv(8, 16, 3, 2)
+        self.deep = nn.ModuleList([Branch(16)])
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = F.relu(x + block(x))
+        x = self.down(x)
+        for block in self.deep:
+            x = F.relu(x + block(x))
+        return self.fc(x.mean((2, 3)))
+
+
 ZOO = {
     "ProjectionResNet": (ProjectionResNet, 16, [("layer1.0", "layer1.1"), ("layer2.0", "layer2.1")]),
     "PreActResNet": (PreActResNet, 16, [("layer1.0", "layer1.1"), ("layer2.0", "layer2.1")]),
@@ -321,4 +351,5 @@ ZOO = {
         PlusEqualsResNeXt, 16, [("stages.0.0", "stages.0.1"), ("stages.1.0", "stages.1.1")]
     ),
     "InlineResidualNet": (InlineResidualNet, 16, [("c1", "c3"), ("c5",)]),
+    "ParentAddNet": (ParentAddNet, 16, [("blocks.0", "blocks.1"), ("deep.0",)]),
 }

@@ -38,7 +38,7 @@ class SeedNet(nn.Module):
         widths = tuple(widths or self.default_widths)
         self.depths = tuple(depths)
         self.widths = widths
-        self.stem = stem
+        self.stem_kind = stem
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
         else:
