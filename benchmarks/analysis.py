@@ -6,7 +6,6 @@ Prints a table and writes benchmarks/results/analysis-<device>.json.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,16 +15,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import graphmorph  # noqa: E402
-from common import fitted_exponent, save, time_call  # noqa: E402
+from common import fitted_exponent, save, start, time_call  # noqa: E402
 
 DEPTHS = (3, 10, 33, 100, 333)   # blocks per stage of Basic3ResNet: 9 to 999 blocks
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    args = start(__doc__, repeats=5)
     rows = []
     print(f"{'blocks':>6} {'nodes':>6} {'capture s':>10} {'find_stages s':>14} {'count_flops s':>14}")
     for depth in DEPTHS:

@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: timing with warm-up and repeats, machine description, JSON results."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -14,6 +15,14 @@ from typing import Callable
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def start(doc: str, repeats: int) -> argparse.Namespace:
+    """Parse a benchmark's `--repeats` option (its docstring's first line as help) and seed torch."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"timed runs per case (default {repeats})")
+    torch.manual_seed(0)
+    return parser.parse_args()
 
 
 def time_call(fn: Callable[[], object], warmup: int = 1, repeats: int = 5) -> dict[str, float]:

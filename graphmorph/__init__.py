@@ -9,15 +9,20 @@ from graphmorph import models
 from graphmorph.analysis import Block, Stage, dataflow_graph, find_blocks, find_stages
 from graphmorph.capture import capture
 from graphmorph.errors import (
-    AnalysisError, ArchError, CaptureError, ExportError, GraphmorphError, ShapeError,
+    AnalysisError, ArchError, CaptureError, ExportError, GraphmorphError, RewriteError, ShapeError,
 )
 from graphmorph.export import ExportReport, export_onnx
 from graphmorph.flops import FlopReport, count_flops
+from graphmorph.history import history
+from graphmorph.optim import rebuild_optimizer
+from graphmorph.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
-    "count_flops", "FlopReport", "export_onnx", "ExportReport",
+    "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
+    "rebuild_optimizer",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError",
+    "RewriteError",
 ]

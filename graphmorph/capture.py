@@ -13,6 +13,7 @@ from graphmorph.errors import CaptureError, first_line
 from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
 
 INPUT_SPEC_KEY = "graphmorph.input_spec"
+MODEL_NAME_KEY = "graphmorph.model_name"
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
@@ -41,8 +42,14 @@ def capture(
         raise CaptureError(_trace_failure_message(model, err)) from err
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta[INPUT_SPEC_KEY] = tuple((tuple(t.shape), t.dtype) for t in inputs)
+    gm.meta[MODEL_NAME_KEY] = type(model).__name__
     annotate_shapes(gm, inputs)
     return gm
+
+
+def model_name(gm: fx.GraphModule) -> str:
+    """The class name of the model `gm` was captured from (kept across rewrites)."""
+    return gm.meta.get(MODEL_NAME_KEY, type(gm).__name__)
 
 
 def example_inputs(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:

@@ -20,6 +20,10 @@ class AnalysisError(GraphmorphError):
     """A graph lacks what an analysis needs (for example shapes in node.meta)."""
 
 
+class RewriteError(GraphmorphError):
+    """A graph rewrite cannot apply, or its result failed verification."""
+
+
 class ExportError(GraphmorphError):
     """ONNX export failed, or the exported model disagrees with PyTorch."""
 

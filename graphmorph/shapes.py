@@ -26,16 +26,22 @@ def as_inputs(example_input: torch.Tensor | Inputs) -> tuple[torch.Tensor, ...]:
 
 
 @contextlib.contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and disable autograd; restore each module's mode on exit."""
+def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
+    """Restore every submodule's train/eval mode on exit, whatever the block did to them."""
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
     try:
-        with torch.no_grad():
-            yield module
+        yield module
     finally:
         for m, training in modes:
             m.training = training
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and disable autograd; restore each module's mode on exit."""
+    with kept_modes(module), torch.no_grad():
+        module.eval()
+        yield module
 
 
 def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs) -> None:

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for property tests of graphmorph and of users' own morphisms.
+"""Hypothesis strategies and assertion helpers for property tests of graphmorph's rewrites and of
+users' own morphisms.
 
 Importable without pytest; needs hypothesis (`pip install graphmorph[test]`).
 """
@@ -13,9 +14,11 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("graphmorph.testing needs hypothesis: pip install 'graphmorph[test]'") from err
 
+from graphmorph.errors import RewriteError
 from graphmorph.models import FAMILIES, SeedNet, build
+from graphmorph.verify import output_differences, verify
 
-__all__ = ["SeedNetSpec", "seed_nets"]
+__all__ = ["SeedNetSpec", "seed_nets", "assert_preserves_function", "assert_valid_rewrite"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,34 @@ def seed_nets(
         in_channels=draw(st.integers(1, 3)),
         num_classes=draw(st.integers(2, 10)),
     )
+
+
+def assert_preserves_function(
+    before: torch.nn.Module,
+    after: torch.nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    modes: tuple[str, ...] = ("eval", "train"),
+    atol: float = 1e-10,
+) -> dict[str, float]:
+    """Assert `after` computes what `before` computes, in float64, in each mode (train mode on the
+    same batch, with the same dropout masks). Returns the largest difference per mode."""
+    diffs = output_differences(before, after, inputs, modes)
+    for mode, diff in diffs.items():
+        assert diff <= atol, f"outputs differ by {diff:.3g} in {mode} mode (float64, atol {atol:g})"
+    return diffs
+
+
+def assert_valid_rewrite(
+    before: torch.fx.GraphModule,
+    after: torch.fx.GraphModule,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    param_delta: int,
+) -> None:
+    """Assert the structural contract: lint, shapes, same output shape, exact parameter delta, no
+    dangling submodules, and `before` left as it was (its parameters are not shared with `after`)."""
+    try:
+        verify(before, after, inputs, param_delta=param_delta)
+    except RewriteError as err:
+        raise AssertionError(str(err)) from None
+    shared = {id(p) for p in before.parameters()} & {id(p) for p in after.parameters()}
+    assert not shared, f"{len(shared)} parameters are shared between the old and the new graph"

@@ -1,8 +1,11 @@
-"""Graph rewrites on captured models (grow, prune, cells).
+"""Graph rewrites on captured models.
 
-Each rewrite is a pure function from a GraphModule to a new one, checked before it edits and
-verified after. The rewrites arrive with the growth and pruning work; this package imports only
-the graphmorph core, never the search algorithms or the command line.
+Each rewrite is a pure function from a GraphModule to a new one: it checks before it edits,
+verifies after (`graphmorph.verify`), and appends a record to the graph's history so that
+`replay` can apply it again to a fresh model. This package imports only the graphmorph core.
 """
+from transforms.growth import PRESERVED_MODES, grow
+from transforms.initializers import INITS, AdamInitOptions
+from transforms.replayer import replay
 
-__all__: list[str] = []
+__all__ = ["grow", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES"]

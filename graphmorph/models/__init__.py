@@ -79,8 +79,9 @@ def arch_of(model: nn.Module) -> str:
         return f"{model.family}-" + "-".join(str(len(s)) for s in model.stage_modules())
     if isinstance(model, fx.GraphModule):
         from graphmorph.analysis import find_stages
+        from graphmorph.capture import model_name
 
-        family = type(model).__name__
+        family = model_name(model)
         depths = [len(stage.blocks) for stage in find_stages(model)]
         expected = len(FAMILIES[family].default_widths) if family in FAMILIES else None
         if expected is not None and len(depths) != expected:

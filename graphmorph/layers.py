@@ -1,0 +1,90 @@
+"""Layer surgery through one registry keyed by module type: what a layer's input channels are and
+how to make a fresh layer of the same kind with other input channels or with stride 1.
+
+Users register their own layers with `register(MyConv, LayerSurgery(...))`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+__all__ = ["LayerSurgery", "register", "surgery_for", "fresh_copy"]
+
+
+@dataclass(frozen=True)
+class LayerSurgery:
+    """How to read and change one kind of layer. Each returns a new, freshly initialised module."""
+
+    in_channels: Callable[[nn.Module], int]
+    with_in_channels: Callable[[nn.Module, int], nn.Module]
+    with_unit_stride: Callable[[nn.Module], nn.Module] | None = None
+
+
+_REGISTRY: dict[type[nn.Module], LayerSurgery] = {}
+
+
+def register(cls: type[nn.Module], surgery: LayerSurgery) -> None:
+    """Teach graphmorph how to resize a layer type (subclasses inherit it)."""
+    _REGISTRY[cls] = surgery
+
+
+def surgery_for(module: nn.Module) -> LayerSurgery | None:
+    """The registered surgery for `module`'s type or its nearest registered base class."""
+    for cls in type(module).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+def fresh_copy(module: nn.Module) -> nn.Module:
+    """Same class and hyper-parameters, parameters and statistics drawn afresh (PyTorch's default
+    initialisation, `reset_parameters`). Seed with `graphmorph.rng.seeded` for reproducible draws."""
+    clone = copy.deepcopy(module)
+    for m in clone.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return clone
+
+
+def _conv_with(m: nn.modules.conv._ConvNd, in_channels: int, stride=None) -> nn.Module:
+    if m.groups != 1:
+        raise ValueError(f"{type(m).__name__} with groups={m.groups} cannot change its input channels alone")
+    return type(m)(
+        in_channels, m.out_channels, m.kernel_size, stride=m.stride if stride is None else stride,
+        padding=m.padding, dilation=m.dilation, groups=1, bias=m.bias is not None,
+        padding_mode=m.padding_mode, device=m.weight.device, dtype=m.weight.dtype,
+    )
+
+
+def _conv_unit_stride(m: nn.modules.conv._ConvNd) -> nn.Module:
+    clone = fresh_copy(m)
+    clone.stride = (1,) * len(m.stride)
+    return clone
+
+
+def _norm_with(m: nn.modules.batchnorm._NormBase, channels: int) -> nn.Module:
+    factory = {"device": m.weight.device, "dtype": m.weight.dtype} if m.affine else {}
+    return type(m)(channels, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                   track_running_stats=m.track_running_stats, **factory)
+
+
+def _group_norm_with(m: nn.GroupNorm, channels: int) -> nn.Module:
+    return nn.GroupNorm(m.num_groups, channels, eps=m.eps, affine=m.affine)
+
+
+def _linear_with(m: nn.Linear, features: int) -> nn.Module:
+    return nn.Linear(features, m.out_features, bias=m.bias is not None,
+                     device=m.weight.device, dtype=m.weight.dtype)
+
+
+for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register(_conv, LayerSurgery(lambda m: m.in_channels, _conv_with, _conv_unit_stride))
+for _norm in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+              nn.InstanceNorm3d):
+    register(_norm, LayerSurgery(lambda m: m.num_features, _norm_with))
+register(nn.GroupNorm, LayerSurgery(lambda m: m.num_channels, _group_norm_with))
+register(nn.Linear, LayerSurgery(lambda m: m.in_features, _linear_with))

@@ -1,0 +1,127 @@
+"""The one verification every rewrite and every test runs (DESIGN section 4).
+
+Structural: `graph.lint()`, shape propagation on the example input, output shape unchanged,
+parameter delta equal to what the rewrite says it added, no dangling submodules. Semantic, when the
+rewrite promises it: the new graph computes the same function as the old one, compared in float64
+in each requested mode (train mode on the same batch uses batch statistics in both).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import fx
+
+from graphmorph.copying import deep_copy
+from graphmorph.errors import RewriteError, first_line
+from graphmorph.rng import seeded
+from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, with_shapes
+
+__all__ = ["VerifyReport", "verify", "output_differences", "parameter_count"]
+
+FLOAT64_ATOL = 1e-10
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What was checked and the largest float64 output difference per mode compared."""
+
+    param_delta: int
+    max_abs_diff: dict[str, float]
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def verify(
+    before: fx.GraphModule,
+    after: fx.GraphModule,
+    example_input: torch.Tensor | Inputs,
+    param_delta: int,
+    preserves: Iterable[str] = (),
+    atol: float = FLOAT64_ATOL,
+    rewrite: str = "rewrite",
+) -> VerifyReport:
+    """Check `after` against `before`; raise RewriteError naming what failed.
+
+    `param_delta` is the number of parameters the rewrite added (negative when it removed some);
+    `preserves` lists the modes ("eval", "train") in which outputs must agree within `atol`.
+    Also leaves fresh shapes for `example_input` in `after`'s node.meta.
+    """
+    inputs = as_inputs(example_input)
+    try:
+        after.graph.lint()
+    except RuntimeError as err:
+        raise RewriteError(f"{rewrite} produced an invalid graph: {first_line(err)}") from err
+    try:
+        annotate_shapes(after, inputs)
+    except Exception as err:
+        raise RewriteError(f"{rewrite} produced a graph that no longer runs: {first_line(err)}") from err
+    old_shape, new_shape = _output_shape(with_shapes(before, inputs)), _output_shape(after)
+    if old_shape != new_shape:
+        raise RewriteError(f"{rewrite} changed the output shape from {old_shape} to {new_shape}")
+    delta = parameter_count(after) - parameter_count(before)
+    if delta != param_delta:
+        raise RewriteError(f"{rewrite} changed the parameter count by {delta}, expected {param_delta}")
+    dangling = _dangling_modules(after)
+    if dangling:
+        raise RewriteError(f"{rewrite} left submodules no node uses: {', '.join(dangling)}")
+    diffs = output_differences(before, after, inputs, tuple(preserves))
+    for mode in preserves:
+        if not diffs[mode] <= atol:
+            raise RewriteError(
+                f"{rewrite} should preserve the function in {mode} mode but changed the output by "
+                f"{diffs[mode]:.3g} (float64, atol {atol:g})"
+            )
+    return VerifyReport(delta, diffs)
+
+
+def output_differences(
+    before: torch.nn.Module,
+    after: torch.nn.Module,
+    example_input: torch.Tensor | Inputs,
+    modes: tuple[str, ...] = ("eval", "train"),
+) -> dict[str, float]:
+    """Largest |after(x) - before(x)| in float64 per mode ("eval", "train"), on float64 copies.
+
+    Both models run from the same random state, so dropout draws the same masks in train mode.
+    Eval runs first: a train-mode pass updates the copies' BatchNorm statistics.
+    """
+    unknown = set(modes) - {"eval", "train"}
+    if unknown:
+        raise ValueError(f"modes must be 'eval' or 'train', got {sorted(unknown)}")
+    if not modes:
+        return {}
+    inputs = tuple(t.double() if t.is_floating_point() else t for t in as_inputs(example_input))
+    twins = [deep_copy(model).double() for model in (before, after)]
+    diffs = {}
+    for mode in sorted(modes):  # "eval" before "train"
+        outputs = []
+        for twin in twins:
+            twin.train(mode == "train")
+            with torch.no_grad(), seeded(0, like=twin):
+                outputs.append(twin(*inputs))
+        diffs[mode] = float((outputs[1] - outputs[0]).abs().max())
+    return diffs
+
+
+def _output_shape(gm: fx.GraphModule) -> tuple:
+    meta = next(n for n in reversed(gm.graph.nodes) if n.op == "output").meta.get("tensor_meta")
+    return tuple(meta.shape) if hasattr(meta, "shape") else tuple(tuple(m.shape) for m in meta)
+
+
+def _dangling_modules(gm: fx.GraphModule) -> list[str]:
+    """Modules holding parameters or buffers of their own that no call_module/get_attr node uses."""
+    used: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op in ("call_module", "get_attr"):
+            parts = str(n.target).split(".")
+            used.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+    return [
+        name for name, module in gm.named_modules()
+        if name and name not in used
+        and (next(module.parameters(recurse=False), None) is not None
+             or next(module.buffers(recurse=False), None) is not None)
+    ]

@@ -1,0 +1,191 @@
+"""grow: the rewrite, its initialisers' promises, naming, verification, refusals and replay."""
+import copy
+
+import pytest
+import torch
+from hypothesis import given, strategies as st, target
+
+import graphmorph
+import transforms
+from graphmorph.history import history
+from graphmorph.models import arch_of, build, parse_arch
+from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, seed_nets
+from graphmorph.verify import parameter_count
+from zoo import ZOO
+
+def grown_depths(arch: str, stages: list[int]) -> str:
+    cls, depths = parse_arch(arch)
+    depths = list(depths)
+    for s in stages:
+        depths[s] += 1
+    return f"{cls.family}-" + "-".join(map(str, depths))
+
+
+def block_params(gm, name):
+    return sum(p.numel() for n, p in gm.named_parameters() if n.startswith(name + "."))
+
+
+@given(spec=seed_nets(families=("Basic3ResNet", "Basic4ResNet", "Bottleneck4ResNet"), max_depth=2, max_size=24),
+       stages=st.lists(st.integers(0, 3), min_size=1, max_size=6), data=st.data())
+def test_zero_init_growth_preserves_the_function_exactly(spec, stages, data):
+    x = spec.example_input(batch=3, seed=1)
+    gm = graphmorph.capture(spec.build(), x)
+    stages = [s % len(graphmorph.find_stages(gm)) for s in stages]
+    current = gm
+    for s in stages:
+        before = current
+        old_state = {k: v.clone() for k, v in before.state_dict().items()}
+        current = transforms.grow(before, stage=s, init="zero",
+                                  generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+        new_block = history(current)[-1]["new_block"]
+        assert_valid_rewrite(before, current, x, param_delta=block_params(current, new_block))
+        assert all(torch.equal(old_state[k], v) for k, v in before.state_dict().items())  # gm untouched
+        kept = current.state_dict()
+        assert all(torch.equal(old_state[k], kept[k]) for k in old_state)  # old parameters bitwise kept
+    diffs = assert_preserves_function(gm, current, x, modes=("eval", "train"), atol=1e-10)
+    target(max(diffs.values()), label="zero-init float64 max abs diff")  # --hypothesis-show-statistics
+    assert arch_of(current) == grown_depths(spec.arch, stages)
+
+
+@given(spec=seed_nets(families=("Plain3Net", "Plain4Net"), max_depth=2, max_size=24),
+       stages=st.lists(st.integers(0, 3), min_size=1, max_size=6))
+def test_identity_init_grows_plain_nets_as_morphisms_in_eval_mode(spec, stages):
+    x = spec.example_input(batch=2, seed=2)
+    gm = graphmorph.capture(spec.build(), x)
+    stages = [s % len(graphmorph.find_stages(gm)) for s in stages]
+    current = gm
+    for s in stages:
+        current = transforms.grow(current, stage=s, init="identity")
+    assert_preserves_function(gm, current, x, modes=("eval",), atol=1e-6)
+    assert arch_of(current) == grown_depths(spec.arch, stages)
+    assert parameter_count(current) > parameter_count(gm)
+
+
+@pytest.mark.parametrize("name, stage", [
+    ("PreActResNet", 0), ("PreActResNet", 1), ("PlusEqualsResNeXt", 1), ("SEResNet", 1),
+    ("MobileNetV2ish", 1), ("FunctionalNet", 1), ("InlineResidualNet", 0), ("ParentAddNet", 0),
+])
+def test_zero_growth_preserves_third_party_nets(name, stage):
+    factory, size, expected = ZOO[name]
+    x = torch.randn(3, 3, size, size)
+    gm = graphmorph.capture(factory(), x)
+    grown = transforms.grow(gm, stage=stage, init="zero")
+    assert_preserves_function(gm, grown, x, modes=("eval", "train"))
+    assert len(graphmorph.find_stages(grown)[stage].blocks) == len(expected[stage]) + 1
+
+
+def test_projection_block_as_template_stacks_its_shape_preserving_form():
+    x = torch.randn(2, 3, 16, 16)
+    gm = graphmorph.capture(ZOO["ProjectionResNet"][0](), x)
+    grown = transforms.grow(gm, after="layer2.0", init="zero")
+    new = history(grown)[-1]["new_block"]
+    assert new == "layer2.2"
+    blocks = {b.name: b for b in graphmorph.find_blocks(grown)}
+    assert blocks[new].shortcut == "identity" and blocks[new].growable
+    conv1 = grown.get_submodule("layer2.2.conv1")
+    assert (conv1.in_channels, conv1.stride) == (16, (1, 1))
+    order = [b.name for b in graphmorph.find_stages(grown)[1].block_info]
+    assert order == ["layer2.0", "layer2.2", "layer2.1"]  # inserted right after its template
+    assert_preserves_function(gm, grown, x)
+
+
+def test_new_blocks_get_fresh_parameters_and_deterministic_names():
+    gm = graphmorph.capture(build("Basic3ResNet-2-1-1", widths=(4, 8, 8)), torch.zeros(1, 3, 8, 8))
+    a = transforms.grow(gm, stage=0, init="gau", generator=torch.Generator().manual_seed(5))
+    b = transforms.grow(gm, stage=0, init="gau", generator=torch.Generator().manual_seed(5))
+    c = transforms.grow(gm, stage=0, init="gau", generator=torch.Generator().manual_seed(6))
+    assert history(a)[-1]["new_block"] == "layer1.2" and "layer1.2.conv1.weight" in a.state_dict()
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not torch.equal(a.get_submodule("layer1.2.conv1").weight, c.get_submodule("layer1.2.conv1").weight)
+    assert not torch.equal(a.get_submodule("layer1.2.conv1").weight, gm.get_submodule("layer1.1.conv1").weight)
+    assert type(a.get_submodule("layer1.2.conv1")) is torch.nn.Conv2d
+
+
+@pytest.mark.parametrize("init", ["uni", "gau"])
+def test_noise_init_draws_the_configured_distribution(init):
+    gm = graphmorph.capture(build("Bottleneck4ResNet-1-1-1-1", widths=(2, 2, 2, 256)), torch.zeros(1, 3, 8, 8))
+    grown = transforms.grow(gm, stage=3, init=init, std=0.5, generator=torch.Generator().manual_seed(0))
+    scale = grown.get_submodule("layer4.1.bn3").weight.detach().double()  # 1024 draws
+    shift = grown.get_submodule("layer4.1.bn3").bias.detach()
+    n = scale.numel()
+    assert n == 1024
+    assert abs(float(scale.mean())) < 4 * 0.5 / n ** 0.5           # within four standard errors
+    assert abs(float(scale.std()) - 0.5) < 4 * 0.5 / (2 * n) ** 0.5
+    if init == "uni":
+        assert float(scale.abs().max()) <= 0.5 * 3 ** 0.5
+    assert torch.count_nonzero(shift) == 0
+
+
+def test_grow_replays_to_the_same_architecture_and_parameters():
+    x = torch.zeros(1, 3, 16, 16)
+    gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(4, 8, 8)), x)
+    fresh = copy.deepcopy(gm)
+    for stage, init in [(0, "gau"), (2, "zero"), (0, "uni"), (1, "gau")]:
+        gm = transforms.grow(gm, stage=stage, init=init)
+    replayed = transforms.replay(fresh, history(gm))
+    assert arch_of(replayed) == arch_of(gm) == "Basic3ResNet-3-2-2"
+    assert replayed.state_dict().keys() == gm.state_dict().keys()
+    assert all(torch.equal(v, replayed.state_dict()[k]) for k, v in gm.state_dict().items())
+    assert history(replayed) == history(gm)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stage": 3}, r"stage 3 is out of range: the net has 3 stages \(0..2\)"),
+    ({"stage": -1}, "out of range"),
+    ({"after": "layer9.0"}, r"no block named 'layer9.0'; the net's blocks are: layer1.0, layer2.0, layer3.0"),
+    ({}, "exactly one of stage"),
+    ({"stage": 0, "after": "layer1.0"}, "exactly one of stage"),
+    ({"stage": 0, "init": "ones"}, "unknown init 'ones'; choose one of zero, uni, gau, adam, identity"),
+    ({"stage": 0, "std": 0}, "std must be a positive number"),
+    ({"stage": 0, "init": "identity"}, "init='identity' is for plain conv-BN-ReLU blocks, but block 'layer1.0' is residual"),
+    ({"stage": 0, "init": "adam"}, "pass data="),
+])
+def test_refusals_on_a_residual_net(kwargs, message):
+    gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(2, 2, 2)), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(graphmorph.RewriteError, match=message):
+        transforms.grow(gm, **kwargs)
+
+
+def test_zero_init_on_a_plain_block_is_refused():
+    gm = graphmorph.capture(build("Plain3Net-1-1-1", widths=(2, 2, 2)), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(graphmorph.RewriteError, match="block 'layer1.0' is plain with no shortcut.*use init='identity'"):
+        transforms.grow(gm, stage=0, init="zero")
+
+
+def test_a_block_that_cannot_be_made_shape_preserving_is_refused():
+    gm = graphmorph.capture(ZOO["TinyDenseNet"][0](), torch.zeros(1, 3, 16, 16))
+    with pytest.raises(graphmorph.RewriteError, match="'block1.1' is not shape-preserving.*concatenates its input"):
+        transforms.grow(gm, stage=0, init="gau")
+
+
+def test_depthwise_first_layer_cannot_take_other_channels():
+    from zoo import InvertedResidual
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), InvertedResidual(8, 16, 2, expand=1),
+                              InvertedResidual(16, 16, 1, expand=1))
+    gm = graphmorph.capture(net, torch.zeros(1, 3, 16, 16))
+    assert [s.blocks for s in graphmorph.find_stages(gm)] == [("1", "2")]
+    with pytest.raises(graphmorph.RewriteError,
+                       match="cannot stack a shape-preserving copy of block '1': Conv2d with groups=8"):
+        transforms.grow(gm, after="1", init="gau")
+    grown = transforms.grow(gm, after="2", init="zero")  # its shape-preserving sibling grows fine
+    assert [s.blocks for s in graphmorph.find_stages(grown)] == [("1", "2", "3")]
+
+
+def test_grow_refuses_uncaptured_models_and_replay_refuses_unknown_rewrites():
+    with pytest.raises(graphmorph.RewriteError, match="graphmorph.capture"):
+        transforms.grow(build("Plain3Net-1-1-1"), stage=0)
+    gm = graphmorph.capture(build("Plain3Net-1-1-1", widths=(2, 2, 2)), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(graphmorph.RewriteError, match="unknown rewrite 'shrink'"):
+        transforms.replay(gm, [{"rewrite": "shrink"}])
+    with pytest.raises(graphmorph.RewriteError, match="grow record lacks 'seed'"):
+        transforms.replay(gm, [{"rewrite": "grow", "after": "layer1.0", "init": "gau", "std": 1.0}])
+
+
+def test_verification_catches_a_rewrite_that_breaks_its_promise(monkeypatch):
+    import transforms.growth as grow_module
+
+    monkeypatch.setattr(grow_module, "zero_init", lambda layer: None)  # forget to zero the branch
+    gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(2, 4, 4)), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(graphmorph.RewriteError, match="should preserve the function in eval mode but changed the output"):
+        transforms.grow(gm, stage=1, init="zero")

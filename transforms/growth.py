@@ -1,0 +1,439 @@
+"""grow: stack a new block after a block (AutoGrow's unit of change) as a verified fx rewrite.
+
+The new block is an architectural copy of the template block: its graph nodes are copied and
+inserted after the template, its modules are fresh copies (same class and hyper-parameters,
+parameters drawn afresh) under a new, deterministic name: the next free index among the
+template's siblings (`layer1.2` -> `layer1.3`), or `<name>_g<k>` where blocks have no module of
+their own. When the template changes the shape (a stage's first block), its shape-preserving form
+is stacked: strides set to 1, input channels set to the block's output channels, and a projection
+shortcut replaced by the identity, which is how AutoGrow's sub-networks add sub-modules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch.fx.node import map_arg
+
+from graphmorph import ops
+from graphmorph.analysis import Block, find_blocks, find_stages
+from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.copying import clone
+from graphmorph.errors import RewriteError, ShapeError
+from graphmorph.history import record_rewrite
+from graphmorph.layers import fresh_copy, surgery_for
+from graphmorph.rng import seeded
+from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
+from graphmorph.verify import FLOAT64_ATOL, verify as verify_rewrite
+from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
+
+__all__ = ["grow", "replay_grow", "PRESERVED_MODES"]
+
+# The modes in which each init promises the same function, and the float64 tolerance it is held to.
+# Identity's BN pass-through is exact in float32 (sqrt(1 - eps + eps) == 1); cast to float64, the
+# float32-rounded running variance leaves a relative error near 1e-8.
+PRESERVED_MODES = {"zero": (("eval", "train"), FLOAT64_ATOL), "identity": (("eval",), 1e-6)}
+
+
+def grow(
+    gm: fx.GraphModule,
+    stage: int | None = None,
+    *,
+    after: str | None = None,
+    init: str = "gau",
+    std: float = 1.0,
+    data: Batches | None = None,
+    adam_options: AdamInitOptions = AdamInitOptions(),
+    example_input: torch.Tensor | Inputs | None = None,
+    generator: torch.Generator | None = None,
+    verify: bool = True,
+) -> fx.GraphModule:
+    """A new GraphModule with a block stacked after the last block of `stage` or after the block
+    named `after`; `gm` is left untouched.
+
+    `init` is one of zero | uni | gau | adam | identity (see `transforms.initializers`); `std` is the noise
+    of uni/gau; `data` (batches of (x, y), or a callable returning them) feeds AdamInit. New
+    parameters are drawn from a seed taken from `generator` (or the global RNG) and recorded in
+    the history, so `replay` reproduces them. Verification (`graphmorph.verify`) runs on
+    `example_input` (default: seeded random data shaped like the captured input) and, for zero and
+    identity, checks the function is preserved. Raises RewriteError with the reason when the
+    rewrite cannot apply.
+    """
+    template = _template(gm, stage, after)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return _grow_after(gm, template, init=init, std=std, seed=seed, stage=stage, data=data,
+                       adam_options=adam_options, example_input=example_input, verify=verify)
+
+
+def replay_grow(gm: fx.GraphModule, record: dict[str, Any], data: Batches | None = None) -> fx.GraphModule:
+    """Apply a recorded grow again: same template, init and seed, so the same new parameters."""
+    try:
+        template = _block_named(gm, record["after"])
+        return _grow_after(gm, template, init=record["init"], std=record["std"], seed=record["seed"],
+                           stage=record.get("stage"), data=data, adam_options=AdamInitOptions(),
+                           example_input=None, verify=True)
+    except KeyError as err:
+        raise RewriteError(f"grow record lacks {err.args[0]!r}: {record}") from None
+
+
+# --------------------------------------------------------------------------- choosing the template
+
+
+def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block:
+    if not isinstance(gm, fx.GraphModule):
+        raise RewriteError(
+            f"grow works on a captured GraphModule, got {type(gm).__name__}: "
+            "use graphmorph.capture(model, example_input) first"
+        )
+    if (stage is None) == (after is None):
+        raise RewriteError("grow needs exactly one of stage=<index> or after=<block name>")
+    if after is not None:
+        return _block_named(gm, after)
+    stages = find_stages(gm)
+    if not isinstance(stage, int) or not 0 <= stage < len(stages):
+        raise RewriteError(f"stage {stage!r} is out of range: the net has {len(stages)} stages (0..{len(stages) - 1})")
+    return stages[stage].block_info[-1]
+
+
+def _block_named(gm: fx.GraphModule, name: str) -> Block:
+    blocks = find_blocks(gm)
+    for block in blocks:
+        if block.name == name:
+            return block
+    shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
+    raise RewriteError(f"no block named {name!r}; the net's blocks are: {shown}")
+
+
+# --------------------------------------------------------------------------- the rewrite
+
+
+@dataclass
+class _Plan:
+    """What to copy from the working graph and under which names."""
+
+    nodes: list[fx.Node]                # template nodes to copy, in graph order
+    entry: fx.Node                      # feeds the new block: the template's output
+    sources: dict[fx.Node, fx.Node]     # template input (and a dropped shortcut's output) -> entry
+    targets: dict[str, str]             # module / attribute target -> its copy's target
+    rename: Callable[[str], str]        # module path -> its copy's path (for nn_module_stack)
+    derived: bool                       # stacking the shape-preserving form of a reducing block
+
+
+def _grow_after(gm, template: Block, *, init, std, seed, stage, data, adam_options, example_input, verify):
+    _check_options(init, std, data)
+    _check_init_applies(gm, template, init)
+    work = clone(gm)
+    plan = _plan(work, template)
+    values = _new_values(work, template, plan, seed)
+    output = _insert(work, plan)
+    for target, value in values.items():
+        _install(work, target, value)
+    work.recompile()
+
+    inputs = _verification_inputs(gm, example_input)
+    try:
+        annotate_shapes(work, inputs)
+    except ShapeError as err:
+        raise RewriteError(f"cannot stack a copy of block {template.name!r}: {err}") from err
+    _check_shape_preserving(template, plan.entry, output)
+    new_block = next((b for b in find_blocks(work) if b.input_node == plan.entry.name), None)
+    last_affine = plan.targets.get(template.last_affine_module or "")
+    layer = work.get_submodule(last_affine) if last_affine else None
+    _initialise(work, init, layer, std, seed, new_block, template)
+
+    if verify:
+        modes, atol = PRESERVED_MODES.get(init, ((), FLOAT64_ATOL))
+        verify_rewrite(gm, work, inputs, param_delta=sum(_numel(v) for v in values.values()),
+                       preserves=modes, atol=atol, rewrite=f"grow after {template.name!r} (init={init!r})")
+    record = {"rewrite": "grow", "after": template.name, "stage": stage, "init": init, "std": std,
+              "seed": seed, "new_block": new_block.name if new_block else None}
+    if init == "adam":
+        new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
+        record["adam"] = adam_init(gm, work, layer, new_modules, data, adam_options)
+    record_rewrite(work, record)
+    if INPUT_SPEC_KEY in work.meta:
+        annotate_shapes(work, example_inputs(work))
+    return work
+
+
+def _check_options(init: str, std: float, data) -> None:
+    if init not in INITS:
+        raise RewriteError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if not (isinstance(std, (int, float)) and std > 0):
+        raise RewriteError(f"std must be a positive number, got {std!r}")
+    if init == "adam" and data is None:
+        raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
+
+
+def _check_init_applies(gm: fx.GraphModule, block: Block, init: str) -> None:
+    name = block.name
+    if init == "zero" and block.kind != "residual":
+        raise RewriteError(
+            f"init='zero' silences a residual branch, but block {name!r} is {block.kind} with no shortcut "
+            "to carry its input; use init='identity' for plain conv-BN-ReLU blocks"
+        )
+    if init == "identity" and block.kind != "plain":
+        raise RewriteError(
+            f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
+            "use init='zero' for residual blocks"
+        )
+    if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None:
+        raise RewriteError(
+            f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
+            "end in a BatchNorm, conv or linear module followed only by zero-preserving ops"
+        )
+    if init == "adam" and not ops.is_norm(gm, _node(gm, block.last_affine)):
+        raise RewriteError(f"init='adam' optimises the block's last BatchNorm, but block {name!r}'s branch "
+                           f"ends in {block.last_affine_module!r}, which is not a normalisation layer")
+
+
+def _plan(work: fx.GraphModule, template: Block) -> _Plan:
+    nodes = {n.name: n for n in work.graph.nodes}
+    derived = not template.growable
+    if derived and template.kind == "dense":
+        raise RewriteError(
+            f"block {template.name!r} is not shape-preserving and cannot be made so: it concatenates its input, "
+            "so its output always has more channels than its input"
+        )
+    skip = set(template.shortcut_nodes) if derived else set()
+    entry = nodes[template.output_node]
+    sources = {nodes[template.input_node]: entry}
+    if derived and template.shortcut == "projection":
+        shortcut = [nodes[n] for n in template.shortcut_nodes]
+        end = next(n for n in shortcut if any(u.name not in skip for u in n.users))
+        sources[end] = entry
+    copied = [nodes[n] for n in template.nodes if n not in skip]
+    referenced = list(dict.fromkeys(str(n.target) for n in copied if n.op in ("call_module", "get_attr")))
+    prefix = template.name
+    if referenced and _is_module(work, prefix) and all(t == prefix or t.startswith(prefix + ".") for t in referenced):
+        new_prefix = _free_sibling(work, prefix)
+
+        def rename(path: str) -> str:
+            inside = path == prefix or path.startswith(prefix + ".")
+            return new_prefix + path[len(prefix):] if inside else path
+    else:
+        k = 1
+        while any(_exists(work, f"{t}_g{k}") for t in referenced):
+            k += 1
+        suffixed = {t: f"{t}_g{k}" for t in referenced}
+
+        def rename(path: str) -> str:
+            return suffixed.get(path, path)
+    return _Plan(copied, entry, sources, {t: rename(t) for t in referenced}, rename, derived)
+
+
+def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int) -> dict[str, Any]:
+    """Fresh modules and parameters for the copy, keyed by their new targets, drawn from `seed`."""
+    frontier = _input_layers(work, plan) if plan.derived else set()
+    channels = template.out_shape[0] if plan.derived else None
+    values = {}
+    with seeded(seed, like=work):
+        for old, new in plan.targets.items():
+            value = _attribute(work, old)
+            if isinstance(value, nn.Module):
+                values[new] = _new_layer(value, old, template.name, plan.derived, channels if old in frontier else None)
+            elif isinstance(value, nn.Parameter):
+                fresh = nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad)
+                if fresh.dim() >= 2:  # PyTorch's default for conv and linear weights
+                    nn.init.kaiming_uniform_(fresh, a=5 ** 0.5)
+                values[new] = fresh
+            else:
+                values[new] = value.clone() if torch.is_tensor(value) else value
+    return values
+
+
+def _input_layers(work: fx.GraphModule, plan: _Plan) -> set[str]:
+    """Targets of the layers that read the block's input channels: every registered layer reached
+    from the input before (and including) the first weighted layer on each path."""
+    inside = set(plan.nodes)
+    found, seen, stack = set(), set(), list(plan.sources)
+    while stack:
+        for user in stack.pop().users:
+            if user not in inside or user in seen:
+                continue
+            seen.add(user)
+            if user.op == "call_module" and surgery_for(work.get_submodule(user.target)) is not None:
+                found.add(str(user.target))
+            if not ops.is_weighted(work, user):
+                stack.append(user)
+    return found
+
+
+def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channels: int | None) -> nn.Module:
+    surgery = surgery_for(module)
+    layer = None
+    try:
+        if channels is not None and surgery.in_channels(module) != channels:
+            layer = surgery.with_in_channels(module, channels)
+        if derived and _strided(module):
+            if surgery is None or surgery.with_unit_stride is None:
+                raise ValueError(f"{type(module).__name__} {target!r} reduces the size and has no stride-1 form")
+            layer = surgery.with_unit_stride(layer or module)
+    except ValueError as err:
+        raise RewriteError(f"cannot stack a shape-preserving copy of block {block!r}: {err}") from err
+    return layer if layer is not None else fresh_copy(module)
+
+
+def _strided(module: nn.Module) -> bool:
+    stride = getattr(module, "stride", 1)
+    return any(s != 1 for s in stride) if isinstance(stride, tuple) else stride not in (1, None)
+
+
+def _insert(work: fx.GraphModule, plan: _Plan) -> fx.Node:
+    """Copy the plan's nodes right after the entry and route the entry's users to the copy's output."""
+    graph = work.graph
+    env: dict[fx.Node, fx.Node] = dict(plan.sources)
+    created = []
+    with graph.inserting_before(plan.entry.next):
+        for node in plan.nodes:
+            target = plan.targets.get(str(node.target), node.target) if node.op in ("call_module", "get_attr") else node.target
+            name = target.replace(".", "_") if node.op in ("call_module", "get_attr") else node.name
+            copy = graph.create_node(node.op, target, map_arg(node.args, lambda a: env.get(a, a)),
+                                     map_arg(node.kwargs, lambda a: env.get(a, a)), name=name, type_expr=node.type)
+            copy.meta = _copied_meta(node.meta, plan.rename)
+            env[node] = copy
+            created.append(copy)
+    output = env[plan.entry]  # the copy of the template's output
+    inside = set(created)
+    plan.entry.replace_all_uses_with(output, delete_user_cb=lambda user: user not in inside)
+    return output
+
+
+def _copied_meta(meta: dict, rename: Callable[[str], str]) -> dict:
+    copied = {k: v for k, v in meta.items() if k not in ("tensor_meta", "type")}
+    stack = meta.get("nn_module_stack")
+    if stack:
+        copied["nn_module_stack"] = type(stack)(
+            (rename(key), (rename(path), cls)) for key, (path, cls) in stack.items()
+        )
+    return copied
+
+
+def _initialise(work, init: str, layer: nn.Module | None, std: float, seed: int, block: Block | None, template: Block):
+    if init == "zero":
+        zero_init(layer)
+    elif init in ("uni", "gau"):
+        noise_init(layer, init, std, seed)
+    elif init == "identity":
+        conv, norm = _identity_layers(work, block, template)
+        identity_init(conv, norm)
+
+
+def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block):
+    """The conv and BN of a plain conv-BN-ReLU block that can pass its input through."""
+    why = f"init='identity' needs a conv-BN-ReLU block, and block {template.name!r}"
+    if block is None:
+        raise RewriteError(f"{why} was not recognised after copying")
+    nodes = {n.name: n for n in work.graph.nodes}
+    chain = [nodes[n] for n in block.nodes if nodes[n].op not in ("get_attr", "placeholder")]
+    kinds = [_identity_role(work, n) for n in chain]
+    if kinds != ["conv", "norm", "relu"]:
+        raise RewriteError(f"{why} is {' -> '.join(str(n.target) for n in chain)}")
+    conv, norm = work.get_submodule(chain[0].target), work.get_submodule(chain[1].target)
+    same = all(p == d * (k - 1) // 2 and k % 2 == 1 for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+    if conv.groups != 1 or conv.in_channels != conv.out_channels or not same or conv.padding_mode != "zeros":
+        raise RewriteError(f"{why}'s conv cannot be an identity: it needs groups=1, equal channels and 'same' zero padding")
+    if not (norm.affine and norm.track_running_stats):
+        raise RewriteError(f"{why}'s BatchNorm needs affine parameters and running statistics")
+    return conv, norm
+
+
+def _identity_role(work: fx.GraphModule, node: fx.Node) -> str | None:
+    module = ops.module_of(work, node)
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if isinstance(module, nn.BatchNorm2d):
+        return "norm"
+    idempotent = isinstance(module, (nn.ReLU, nn.ReLU6)) or (
+        node.op == "call_function" and node.target in (torch.relu, torch.nn.functional.relu)
+    ) or (node.op == "call_method" and node.target in ("relu", "relu_"))
+    return "relu" if idempotent else None
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _check_shape_preserving(template: Block, entry: fx.Node, output: fx.Node) -> None:
+    before, after = entry.meta["tensor_meta"].shape, output.meta["tensor_meta"].shape
+    if before != after:
+        raise RewriteError(
+            f"cannot stack a shape-preserving copy of block {template.name!r}: the copy maps "
+            f"{tuple(before[1:])} to {tuple(after[1:])}"
+        )
+
+
+def _verification_inputs(gm: fx.GraphModule, example_input) -> tuple[torch.Tensor, ...]:
+    """The caller's input, else seeded random data shaped like the captured input (batch >= 2 so
+    that train-mode BatchNorm has statistics)."""
+    if example_input is not None:
+        return as_inputs(example_input)
+    if INPUT_SPEC_KEY not in gm.meta:
+        raise RewriteError("this graph was not made by graphmorph.capture: pass example_input=...")
+    generator = torch.Generator().manual_seed(0)
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    return tuple(
+        torch.randn((max(2, shape[0]), *shape[1:]), generator=generator, dtype=dtype).to(device)
+        for shape, dtype in gm.meta[INPUT_SPEC_KEY]
+    )
+
+
+def _node(gm: fx.GraphModule, name: str) -> fx.Node:
+    return next(n for n in gm.graph.nodes if n.name == name)
+
+
+def _attribute(gm: nn.Module, target: str):
+    value = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _exists(gm: nn.Module, target: str) -> bool:
+    try:
+        _attribute(gm, target)
+    except AttributeError:
+        return False
+    return True
+
+
+def _is_module(gm: nn.Module, target: str) -> bool:
+    return bool(target) and _exists(gm, target) and isinstance(_attribute(gm, target), nn.Module)
+
+
+def _free_sibling(gm: nn.Module, name: str) -> str:
+    """`layer1.2` -> `layer1.3` (the next free index); `head` -> `head_g1`."""
+    parent, _, last = name.rpartition(".")
+    owner = _attribute(gm, parent) if parent else gm
+    taken = {child for child, _ in owner.named_children()}
+    if last.isdigit():
+        fresh = str(max(int(c) for c in taken if c.isdigit()) + 1)
+    else:
+        k = 1
+        while f"{last}_g{k}" in taken or hasattr(owner, f"{last}_g{k}"):
+            k += 1
+        fresh = f"{last}_g{k}"
+    return f"{parent}.{fresh}" if parent else fresh
+
+
+def _install(gm: fx.GraphModule, target: str, value) -> None:
+    if isinstance(value, nn.Module):
+        gm.add_submodule(target, value)
+        return
+    owner_path, _, name = target.rpartition(".")
+    if owner_path and not _exists(gm, owner_path):
+        gm.add_submodule(owner_path, nn.Module())
+    owner = _attribute(gm, owner_path) if owner_path else gm
+    if isinstance(value, nn.Parameter):
+        owner.register_parameter(name, value)
+    elif torch.is_tensor(value):
+        owner.register_buffer(name, value)
+    else:
+        setattr(owner, name, value)
+
+
+def _numel(value) -> int:
+    if isinstance(value, nn.Module):
+        return sum(p.numel() for p in value.parameters())
+    return value.numel() if isinstance(value, nn.Parameter) else 0

@@ -1,0 +1,138 @@
+"""Initialisers for a grown block (AutoGrow section 2.2), applied to its last affine layer.
+
+- `zero`: scale and shift 0, so a residual branch adds nothing (ZeroInit, a morphism).
+- `uni` / `gau`: scale drawn from uniform / Gaussian noise with standard deviation `std` (1.0 in
+  the paper), shift 0. For a conv/linear that ends a branch the std is relative to its fan-in
+  (weights ~ std / sqrt(fan_in)), so that "1.0" means a unit-gain layer there too.
+- `identity`: for plain conv-BN-ReLU blocks, a Net2DeeperNet-style morphism: dirac conv, BN passing
+  its input through in eval mode, ReLU idempotent after the previous block's ReLU.
+- `adam`: AdamInit, see `adam_init`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphmorph.errors import RewriteError
+from graphmorph.shapes import evaluating, kept_modes
+
+__all__ = ["INITS", "AdamInitOptions", "zero_init", "noise_init", "identity_init", "adam_init"]
+
+INITS = ("zero", "uni", "gau", "adam", "identity")
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@torch.no_grad()
+def zero_init(layer: nn.Module) -> None:
+    """Scale and shift to zero: the layer outputs zeros."""
+    layer.weight.zero_()
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.zero_()
+
+
+@torch.no_grad()
+def noise_init(layer: nn.Module, distribution: str, std: float, seed: int) -> None:
+    """Scale drawn from `distribution` ("uni" or "gau") with standard deviation `std`, shift zero.
+
+    Draws on the CPU from a generator seeded with `seed`, so the result is the same on any device.
+    """
+    weight = layer.weight
+    scale = std if weight.dim() == 1 else std / math.sqrt(weight[0].numel())
+    generator = torch.Generator().manual_seed(seed)
+    if distribution == "gau":
+        draw = torch.randn(weight.shape, generator=generator, dtype=torch.float64) * scale
+    else:  # uniform on [-a, a] has standard deviation a / sqrt(3)
+        draw = (torch.rand(weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * scale * math.sqrt(3)
+    weight.copy_(draw)
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.zero_()
+
+
+@torch.no_grad()
+def identity_init(conv: nn.Conv2d, norm: nn.modules.batchnorm._BatchNorm) -> None:
+    """Conv passes its input through (dirac), BN passes it through in eval mode."""
+    nn.init.dirac_(conv.weight)
+    if conv.bias is not None:
+        conv.bias.zero_()
+    norm.running_mean.zero_()
+    norm.running_var.fill_(1.0 - norm.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
+    norm.weight.fill_(1.0)
+    norm.bias.zero_()
+
+
+@dataclass(frozen=True)
+class AdamInitOptions:
+    """AdamInit settings (paper section 2.2): Adam on the new block's last BN only."""
+
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    max_epochs: int = 10
+    tolerance: float = 0.5          # percentage points below the shallower net's training accuracy
+
+
+def adam_init(
+    shallow: nn.Module,
+    deep: nn.Module,
+    norm: nn.Module,
+    new_modules: Iterable[nn.Module],
+    data: Batches,
+    options: AdamInitOptions = AdamInitOptions(),
+) -> dict[str, float]:
+    """Optimise only `norm` (the new block's last BN) of `deep` with Adam until the deeper net's
+    training accuracy reaches the shallower net's minus `options.tolerance` points, for at most
+    `options.max_epochs` epochs over `data` (batches of (inputs, labels), or a callable giving them).
+
+    Old modules run in eval mode throughout, so their parameters and BN statistics stay exactly as
+    they were; the new block runs in train mode. Returns the epochs used and both accuracies.
+    """
+    if data is None:
+        raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
+    shallow_accuracy = _accuracy(shallow, data)
+    trainable = list(norm.parameters())
+    frozen = [(p, p.requires_grad) for p in deep.parameters()]
+    optimizer = torch.optim.Adam(trainable, lr=options.lr, weight_decay=options.weight_decay)
+    epochs, deep_accuracy = 0, _accuracy(deep, data)
+    device = trainable[0].device
+    try:
+        with kept_modes(deep):
+            for p, _ in frozen:
+                p.requires_grad_(False)
+            for p in trainable:
+                p.requires_grad_(True)
+            while deep_accuracy < shallow_accuracy - options.tolerance and epochs < options.max_epochs:
+                deep.eval()
+                for module in new_modules:
+                    module.train()
+                for x, y in _batches(data):
+                    optimizer.zero_grad(set_to_none=True)
+                    F.cross_entropy(deep(x.to(device)), y.to(device)).backward()
+                    optimizer.step()
+                epochs += 1
+                deep_accuracy = _accuracy(deep, data)
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    return {"epochs": epochs, "shallow_accuracy": shallow_accuracy, "deep_accuracy": deep_accuracy}
+
+
+def _batches(data: Batches):
+    return data() if callable(data) else data
+
+
+def _accuracy(model: nn.Module, data: Batches) -> float:
+    """Top-1 accuracy in percent, in eval mode (the model's modes are restored)."""
+    device = next(model.parameters()).device
+    correct = total = 0
+    with evaluating(model):
+        for x, y in _batches(data):
+            correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+            total += len(y)
+    if total == 0:
+        raise RewriteError("init='adam' got no training batches from data")
+    return 100.0 * correct / total
+

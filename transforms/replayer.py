@@ -1,0 +1,40 @@
+"""Re-apply a graph's rewrite history to a fresh model."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import fx, nn
+
+from graphmorph.capture import capture
+from graphmorph.errors import RewriteError
+from graphmorph.shapes import Inputs
+from transforms.growth import replay_grow
+from transforms.initializers import Batches
+
+__all__ = ["replay", "REPLAYERS"]
+
+REPLAYERS = {"grow": replay_grow}
+
+
+def replay(
+    model: nn.Module,
+    history: Iterable[dict[str, Any]],
+    example_input: torch.Tensor | Inputs | None = None,
+    data: Batches | None = None,
+) -> fx.GraphModule:
+    """Apply `history` (from `graphmorph.history.history(gm)`) to `model`, captured first with
+    `example_input` unless it is already a captured GraphModule. Each rewrite runs with its
+    recorded seed, so a fresh model of the same architecture and parameters gets the same
+    architecture and, before any training, the same parameters. `data` feeds AdamInit records.
+    """
+    gm = model if isinstance(model, fx.GraphModule) else capture(model, example_input)
+    for index, record in enumerate(history):
+        rewrite = REPLAYERS.get(record.get("rewrite"))
+        if rewrite is None:
+            raise RewriteError(
+                f"history record {index} has unknown rewrite {record.get('rewrite')!r}; "
+                f"known: {', '.join(REPLAYERS)}"
+            )
+        gm = rewrite(gm, record, data)
+    return gm
