@@ -53,14 +53,16 @@ def model_name(gm: fx.GraphModule) -> str:
 
 
 def example_inputs(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
-    """Zero tensors with the shapes and dtypes of the example input `gm` was captured with."""
+    """Zero tensors with the shapes and dtypes of the example input `gm` was captured with, on the
+    device of its parameters."""
     spec = gm.meta.get(INPUT_SPEC_KEY)
     if spec is None:
         raise CaptureError(
             "this GraphModule was not made by graphmorph.capture, so its example input is unknown; "
             "capture the model with graphmorph.capture(model, example_input)"
         )
-    return tuple(torch.zeros(shape, dtype=dtype) for shape, dtype in spec)
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in spec)
 
 
 class _Tracer(fx.Tracer):

@@ -16,7 +16,8 @@ __all__ = ["LayerSurgery", "register", "surgery_for", "fresh_copy"]
 
 @dataclass(frozen=True)
 class LayerSurgery:
-    """How to read and change one kind of layer. Each returns a new, freshly initialised module."""
+    """How to read and change one kind of layer. Each returns a new, freshly initialised module
+    (on the default device and dtype: callers move it next to the layer it replaces)."""
 
     in_channels: Callable[[nn.Module], int]
     with_in_channels: Callable[[nn.Module, int], nn.Module]
@@ -56,7 +57,7 @@ def _conv_with(m: nn.modules.conv._ConvNd, in_channels: int, stride=None) -> nn.
     return type(m)(
         in_channels, m.out_channels, m.kernel_size, stride=m.stride if stride is None else stride,
         padding=m.padding, dilation=m.dilation, groups=1, bias=m.bias is not None,
-        padding_mode=m.padding_mode, device=m.weight.device, dtype=m.weight.dtype,
+        padding_mode=m.padding_mode,
     )
 
 
@@ -67,9 +68,8 @@ def _conv_unit_stride(m: nn.modules.conv._ConvNd) -> nn.Module:
 
 
 def _norm_with(m: nn.modules.batchnorm._NormBase, channels: int) -> nn.Module:
-    factory = {"device": m.weight.device, "dtype": m.weight.dtype} if m.affine else {}
     return type(m)(channels, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                   track_running_stats=m.track_running_stats, **factory)
+                   track_running_stats=m.track_running_stats)
 
 
 def _group_norm_with(m: nn.GroupNorm, channels: int) -> nn.Module:
@@ -77,8 +77,7 @@ def _group_norm_with(m: nn.GroupNorm, channels: int) -> nn.Module:
 
 
 def _linear_with(m: nn.Linear, features: int) -> nn.Module:
-    return nn.Linear(features, m.out_features, bias=m.bias is not None,
-                     device=m.weight.device, dtype=m.weight.dtype)
+    return nn.Linear(features, m.out_features, bias=m.bias is not None)
 
 
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):

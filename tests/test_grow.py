@@ -189,3 +189,21 @@ def test_verification_catches_a_rewrite_that_breaks_its_promise(monkeypatch):
     gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(2, 4, 4)), torch.zeros(1, 3, 8, 8))
     with pytest.raises(graphmorph.RewriteError, match="should preserve the function in eval mode but changed the output"):
         transforms.grow(gm, stage=1, init="zero")
+
+
+@pytest.mark.gpu
+def test_growth_on_cuda_keeps_the_model_on_the_gpu_and_preserves_it():
+    x = torch.randn(2, 3, 16, 16, device="cuda")
+    gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(4, 8, 8)).cuda(), x)
+    grown = transforms.grow(transforms.grow(gm, stage=1, init="zero"), stage=0, init="gau")
+    assert all(p.is_cuda for p in grown.parameters()) and all(b.is_cuda for b in grown.buffers())
+    assert_preserves_function(gm, transforms.grow(gm, stage=1, init="zero"), x)
+    assert graphmorph.find_stages(grown)[1].blocks == ("layer2.0", "layer2.1")
+
+
+def test_a_float64_model_grows_float64_layers():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gm = graphmorph.capture(build("Plain3Net-1-1-1", widths=(2, 4, 4)).double(), x)
+    grown = transforms.grow(gm, stage=2, init="identity")
+    assert {p.dtype for p in grown.parameters()} == {torch.float64}
+    assert_preserves_function(gm, grown, x, modes=("eval",), atol=1e-6)

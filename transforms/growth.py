@@ -10,6 +10,7 @@ shortcut replaced by the identity, which is how AutoGrow's sub-networks add sub-
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -273,7 +274,14 @@ def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channe
             layer = surgery.with_unit_stride(layer or module)
     except ValueError as err:
         raise RewriteError(f"cannot stack a shape-preserving copy of block {block!r}: {err}") from err
-    return layer if layer is not None else fresh_copy(module)
+    if layer is None:
+        return fresh_copy(module)
+    reference = next(itertools.chain(module.parameters(), module.buffers()), None)
+    if reference is not None:  # same device, and same precision for floating-point tensors
+        layer.to(device=reference.device)
+        if reference.is_floating_point():
+            layer.to(dtype=reference.dtype)
+    return layer
 
 
 def _strided(module: nn.Module) -> bool:
