@@ -1,9 +1,12 @@
-"""The `graphmorph` command line: `flops` and `export` for seed networks."""
+"""The `graphmorph` command line: `autogrow` (the main job), `train`, `report`, `flops`, `export`."""
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -13,14 +16,21 @@ from graphmorph.errors import GraphmorphError
 
 EXIT_USAGE = 2      # bad arguments, as argparse uses
 EXIT_FAILURE = 1    # the job itself failed
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
+        where = f": resume with graphmorph autogrow --resume {run_dir}" if run_dir else ""
+        print(f"graphmorph: interrupted; the last completed epoch is checkpointed{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except GraphmorphError as err:
         print(f"graphmorph: error: {err}", file=sys.stderr)
         return EXIT_USAGE if isinstance(err, ValueError) else EXIT_FAILURE
@@ -35,6 +45,34 @@ def _parser() -> argparse.ArgumentParser:
         description="Grow and prune PyTorch models as verified torch.fx graph rewrites.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    autogrow = commands.add_parser(
+        "autogrow", help="discover a network's depth with AutoGrow (the main job)",
+        description="Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising "
+                    "validation accuracy, then fine-tune. With no options: p-AutoGrow on digits.",
+    )
+    _autogrow_arguments(autogrow)
+    autogrow.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
+    autogrow.set_defaults(run=_run_autogrow)
+
+    train = commands.add_parser(
+        "train", help="train a fixed net from scratch with the staircase schedule",
+        description="Train a fixed network from scratch (staircase LR: x0.1 at 1/2 and 3/4), the baseline for "
+                    "AutoGrow's Delta.",
+    )
+    train.add_argument("arch", metavar="ARCH", help=f"architecture: {models.valid_forms()}")
+    _data_arguments(train)
+    train.add_argument("--epochs", type=_positive, help="epochs (default: the dataset's baseline)")
+    train.add_argument("--lr", type=_positive_float, help="initial LR (default 0.1 residual, 0.01 plain)")
+    train.set_defaults(run=_run_train)
+
+    report = commands.add_parser(
+        "report", help="compare finished runs: a table and accuracy vs FLOPs",
+        description="Print a table of finished runs and plot test accuracy against MACs.",
+    )
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    report.add_argument("-o", "--output", default="report.png", help="plot to write (default report.png)")
+    report.set_defaults(run=_run_report)
 
     flops = commands.add_parser(
         "flops", help="count MACs, FLOPs and parameters of a seed net, per stage",
@@ -66,6 +104,119 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-stage widths, comma-separated (default: the family's, e.g. 16,32,64)")
     parser.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar",
                         help="cifar: 3x3 stride 1; imagenet: 7x7 stride 2 + max-pool (default cifar)")
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", metavar="NAME[:DIR]",
+                        help="digits (default, embedded), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
+                             "cifar100:DIR, svhn:DIR, folder:DIR")
+    parser.add_argument("--fraction", type=_fraction, help="share of the training data to use (default 1)")
+    parser.add_argument("--widths", type=_widths, help="per-stage widths, comma-separated")
+    parser.add_argument("--batch-size", type=_positive, help="batch size (default 128)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when present")
+    parser.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
+
+
+def _autogrow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed-net", help="family (starts at 1 block per stage) or arch string; default Basic3ResNet")
+    _data_arguments(parser)
+    parser.add_argument("--policy", choices=("periodic", "convergent"), help="growing policy (default periodic)")
+    parser.add_argument("--K", type=int, help="epochs between growth checks (default 3)")
+    parser.add_argument("--J", type=int, help="stopping window in epochs (default: baseline epochs at top LR)")
+    parser.add_argument("--tau", type=float, help="accuracy gain that counts, percentage points (default 0.05)")
+    parser.add_argument("--init", choices=("zero", "uni", "gau", "adam", "identity"), help="default gau")
+    parser.add_argument("--std", type=_positive_float, help="noise std of uni/gau (default 1.0)")
+    parser.add_argument("--lr", type=_positive_float, help="growth LR (default 0.1 residual, 0.01 plain)")
+    parser.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default: baseline epochs)")
+    parser.add_argument("--max-depth", type=_positive, help="blocks per stage at most (default 64)")
+    parser.add_argument("--max-growth-epochs", type=_positive, help="cap on the growth phase")
+    parser.add_argument("--val-fraction", type=_fraction, help="validation share of training data (default 0.1)")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile after each growth")
+
+
+def _config(args, **fixed):
+    from graphmorph.search.autogrow import AutoGrowConfig
+
+    names = ("seed_net", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
+             "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device", "compile")
+    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return AutoGrowConfig.from_dict({**values, **fixed})
+
+
+def _run_dir(args, kind: str, net: str) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    data = args.data.partition(":")[0]
+    return Path("runs") / f"{kind}-{net}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_autogrow(args) -> int:
+    from graphmorph.search.autogrow import run
+
+    if args.resume:
+        result = run(None, args.resume, resume=True)
+        where = args.resume
+    else:
+        config = _config(args)
+        where = _run_dir(args, "autogrow", config.seed_net)
+        args.run_dir = str(where)
+        print(f"AutoGrow {config.seed_arch()} on {config.data}: {config.policy} growth, K={config.K}, "
+              f"J={config.stopping_window()}, tau={config.tau}, init={config.init}; writing {where}")
+        result = run(config, where)
+    _print_result(result, where)
+    return 0
+
+
+def _run_train(args) -> int:
+    from graphmorph.search.autogrow import run
+
+    config = _config(args, seed_net=args.arch, grow=False,
+                     **({"finetune_epochs": args.epochs} if args.epochs else {}))
+    where = _run_dir(args, "train", args.arch)
+    args.run_dir = str(where)
+    print(f"training {args.arch} on {config.data} for {config.finetune()} epochs; writing {where}")
+    _print_result(run(config, where), where)
+    return 0
+
+
+def _run_report(args) -> int:
+    from graphmorph.report import plot_tradeoff, read_results, results_table
+
+    results = read_results(args.runs)
+    print(results_table(results))
+    plot_tradeoff(results, Path(args.output))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _print_result(result: dict, where) -> None:
+    from graphmorph.flops import si
+
+    print(f"found {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+          f"{si(result['params'])} parameters; growth {result['growth_seconds']:.1f} s, "
+          f"fine-tuning {result['finetune_seconds']:.1f} s; results in {where}")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["rebuild_optimizer"]
+__all__ = ["rebuild_optimizer", "optimizer_state", "restore_optimizer"]
 
 
 def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module) -> torch.optim.Optimizer:
@@ -37,3 +37,29 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.
                 k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()
             }
     return rebuilt
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
+    """The optimizer's groups and state keyed by parameter name, for checkpoints that outlive the
+    model object (a resumed run rebuilds the graph, so parameter order and identity change)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {
+        "groups": [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+                   for g in optimizer.param_groups],
+        "state": {names[id(p)]: dict(s) for p, s in optimizer.state.items() if id(p) in names},
+    }
+
+
+def restore_optimizer(optimizer_class: type[torch.optim.Optimizer], model: nn.Module, saved: dict) -> torch.optim.Optimizer:
+    """Rebuild an optimizer saved with `optimizer_state` over `model`'s parameters of the same names."""
+    params = dict(model.named_parameters())
+    missing = [n for g in saved["groups"] for n in g["params"] if n not in params]
+    if missing:
+        raise ValueError(f"the model lacks parameters the optimizer state names: {', '.join(missing[:5])}")
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [params[n] for n in g["params"]]}
+              for g in saved["groups"]]
+    optimizer = optimizer_class(groups)
+    for name, state in saved["state"].items():
+        optimizer.state[params[name]] = {k: v.to(params[name].device) if torch.is_tensor(v) and v.dim() else v
+                                         for k, v in state.items()}
+    return optimizer

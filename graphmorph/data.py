@@ -1,0 +1,219 @@
+"""Image-classification datasets read from standard files (never downloaded), split for AutoGrow.
+
+`load("digits")` needs no files (scikit-learn's 8x8 digits). Others read a folder the user names,
+`load("mnist:DIR")`:
+
+| name | files in DIR |
+|---|---|
+| mnist, fashion-mnist | train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (gzip IDX) |
+| cifar10 | data_batch_1 .. data_batch_5, test_batch (python pickles) |
+| cifar100 | train, test (python pickles) |
+| svhn | train_32x32.mat, test_32x32.mat (MATLAB) |
+| folder | train/CLASS/*.png|jpg and test/CLASS/*, or CLASS/* (a seeded 20% becomes the test set) |
+
+Growth and stopping decisions use a validation split held out from the training data (seeded);
+the test set is only scored.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from graphmorph.errors import GraphmorphError
+
+__all__ = ["DataError", "Dataset", "DATASETS", "load"]
+
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR100_FILES = ("train", "test")
+SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+
+
+class DataError(GraphmorphError, ValueError):
+    """A dataset name, folder or file is missing or not in the expected format."""
+
+
+@dataclass
+class Dataset:
+    """Normalised float32 images (N, C, H, W) and int64 labels for train, validation and test."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    augment: bool            # random crop + flip suits natural images (CIFAR, folders)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train_x.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.train_x.shape[-1]
+
+
+def load(spec: str, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0) -> Dataset:
+    """Load `NAME` or `NAME:DIR`, keep `fraction` of the training data (the dataset-size study),
+    hold out `val_fraction` of what remains for validation, both seeded with `seed`."""
+    name, _, folder = spec.partition(":")
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} (NAME or NAME:DIR)")
+    if not 0 < fraction <= 1:
+        raise DataError(f"--fraction must be in (0, 1], got {fraction}")
+    if not 0 < val_fraction < 1:
+        raise DataError(f"the validation fraction must be in (0, 1), got {val_fraction}")
+    reader, needs_folder, augment = DATASETS[name]
+    if needs_folder and not folder:
+        raise DataError(f"{name} is read from files: pass --data {name}:DIR (graphmorph never downloads)")
+    if folder and not Path(folder).is_dir():
+        raise DataError(f"{name}: folder {folder} does not exist")
+    train_x, train_y, test_x, test_y = reader(Path(folder)) if needs_folder else reader()
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(train_y), generator=generator)[: max(2, round(fraction * len(train_y)))]
+    train_x, train_y = train_x[keep], train_y[keep]
+    n_val = max(1, round(val_fraction * len(train_y)))
+    train_x, val_x = train_x[n_val:], train_x[:n_val]
+    train_y, val_y = train_y[n_val:], train_y[:n_val]
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    normalise = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    return Dataset(name, normalise(train_x), train_y, normalise(val_x), val_y, normalise(test_x), test_y,
+                   classes, augment)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(2024))  # a fixed test split
+    test, train = order[: len(y) // 5], order[len(y) // 5:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _idx(folder: Path):
+    paths = _require(folder, "mnist/fashion-mnist", IDX_FILES, "gzip IDX")
+    train_x, train_y, test_x, test_y = (_read_idx(p) for p in paths)
+    return _images(train_x), torch.from_numpy(train_y.astype(np.int64)), _images(test_x), torch.from_numpy(test_y.astype(np.int64))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        raw = gzip.open(path).read()
+        magic = struct.unpack(">I", raw[:4])[0]
+        dims = magic & 0xFF
+        if magic >> 8 != 0x08 or dims not in (1, 3):
+            raise ValueError(f"magic number {magic:#x} is not an unsigned-byte IDX file")
+        shape = struct.unpack(">" + "I" * dims, raw[4: 4 + 4 * dims])
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as err:
+        raise DataError(f"{path} is not a valid gzip IDX file: {err}") from err
+
+
+def _cifar(folder: Path, files: tuple[str, ...], label_key: bytes):
+    paths = _require(folder, "cifar", files, "python pickles of the official release")
+    parts = [_unpickle(p) for p in paths]
+    try:
+        xs = [np.asarray(p[b"data"], np.uint8).reshape(-1, 3, 32, 32) for p in parts]
+        ys = [np.asarray(p[label_key], np.int64) for p in parts]
+    except (KeyError, ValueError) as err:
+        raise DataError(f"{folder}: CIFAR pickles lack {err} or have the wrong size") from err
+    return (torch.from_numpy(np.concatenate(xs[:-1])).float() / 255, torch.from_numpy(np.concatenate(ys[:-1])),
+            torch.from_numpy(xs[-1]).float() / 255, torch.from_numpy(ys[-1]))
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise DataError(f"{path} is not a CIFAR python pickle: {err}") from err
+
+
+def _svhn(folder: Path):
+    from scipy.io import loadmat
+
+    paths = _require(folder, "svhn", SVHN_FILES, "MATLAB .mat with X (32x32x3xN) and y")
+    out = []
+    for path in paths:
+        try:
+            mat = loadmat(path)
+            x = torch.from_numpy(np.transpose(mat["X"], (3, 2, 0, 1)).copy()).float() / 255
+            y = torch.from_numpy(mat["y"].reshape(-1).astype(np.int64) % 10)  # SVHN labels 0 as 10
+        except (OSError, KeyError, ValueError) as err:
+            raise DataError(f"{path} is not an SVHN .mat file: {err}") from err
+        out += [x, y]
+    return tuple(out)
+
+
+def _folder(folder: Path):
+    from PIL import Image
+
+    def read(root: Path, classes: list[str]):
+        xs, ys = [], []
+        for label, cls in enumerate(classes):
+            for path in sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+                try:
+                    with Image.open(path) as image:
+                        xs.append(np.asarray(image.convert("RGB"), np.uint8))
+                except OSError as err:
+                    raise DataError(f"{path} is not a readable image: {err}") from err
+                ys.append(label)
+        if not xs:
+            raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in class folders")
+        if len({x.shape for x in xs}) != 1:
+            raise DataError(f"{root}: images differ in size; resize them to one size first")
+        return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255, torch.tensor(ys)
+
+    split = (folder / "train").is_dir() and (folder / "test").is_dir()
+    root = folder / "train" if split else folder
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{folder}: expected one folder per class (CLASS/*.png), or train/CLASS and test/CLASS")
+    x, y = read(root, classes)
+    if split:
+        test_x, test_y = read(folder / "test", classes)
+        return x, y, test_x, test_y
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(2024))
+    test, train = order[: len(y) // 5], order[len(y) // 5:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _require(folder: Path, name: str, files: tuple[str, ...], kind: str) -> list[Path]:
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"{name}: {folder} lacks {', '.join(missing)}; expected {', '.join(files)} ({kind})")
+    return [folder / f for f in files]
+
+
+def _images(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array.copy()).float().unsqueeze(1) / 255
+
+
+# name -> (reader, reads a folder, augment with random crop + flip)
+DATASETS = {
+    "digits": (_digits, False, False),
+    "mnist": (_idx, True, False),
+    "fashion-mnist": (_idx, True, False),
+    "cifar10": (lambda folder: _cifar(folder, CIFAR10_FILES, b"labels"), True, True),
+    "cifar100": (lambda folder: _cifar(folder, CIFAR100_FILES, b"fine_labels"), True, True),
+    "svhn": (_svhn, True, False),          # no flips: they turn digits into other glyphs
+    "folder": (_folder, True, True),
+}

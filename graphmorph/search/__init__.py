@@ -1,0 +1,1 @@
+"""The search algorithms built on the rewrites: AutoGrow (and NAC, later)."""

@@ -1,0 +1,348 @@
+"""AutoGrow (paper Algorithm 1): grow stages round-robin until growth stops paying, then fine-tune.
+
+Every epoch ends with an atomic checkpoint (model weights, rewrite history, optimizer state by
+parameter name, search state, RNG states), so `resume` continues an interrupted run and, on the
+CPU, reaches the same found net and history as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from graphmorph.analysis import find_blocks, find_stages
+from graphmorph.capture import capture
+from graphmorph.data import Dataset, load
+from graphmorph.errors import GraphmorphError
+from graphmorph.history import history
+from graphmorph.models import FAMILIES, arch_of, build, parse_arch
+from graphmorph.report import finish_run
+from graphmorph.optim import optimizer_state, rebuild_optimizer, restore_optimizer
+from graphmorph.rundir import RunDirectory
+from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
+from graphmorph.train import Trainer, TrainingDiverged, pick_device, staircase_lr
+from transforms import grow, replay
+from transforms.initializers import INITS
+
+__all__ = ["AutoGrowConfig", "ConfigError", "SearchState", "run", "BASELINE_EPOCHS"]
+
+# Epochs of the baseline schedule per dataset (paper: 200 on the small datasets, LR x0.1 at half);
+# digits is tiny, so its baseline is scaled down to keep the default run to a few CPU minutes.
+BASELINE_EPOCHS = {"digits": 16}
+DEFAULT_BASELINE_EPOCHS = 200
+
+
+class ConfigError(GraphmorphError, ValueError):
+    """An AutoGrow option is unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class AutoGrowConfig:
+    """Every AutoGrow setting, with the paper's p-AutoGrow defaults. Units in the comments."""
+
+    seed_net: str = "Basic3ResNet"     # a family (starts at 1 block per stage) or an arch string
+    data: str = "digits"               # NAME or NAME:DIR
+    fraction: float = 1.0              # share of the training data kept (dataset-size study)
+    val_fraction: float = 0.1          # share of the training data held out for decisions
+    policy: str = "periodic"           # periodic | convergent
+    K: int = 3                         # epochs between policy checks (and growth period)
+    J: int | None = None               # stopping window, epochs; None: baseline epochs at top LR (periodic), K (convergent)
+    tau: float = 0.05                  # percentage points of validation accuracy
+    init: str = "gau"                  # zero | uni | gau | adam | identity
+    std: float = 1.0                   # noise of uni/gau
+    lr: float | None = None            # growth LR; None: 0.1 for residual nets, 0.01 for plain nets
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    finetune_epochs: int | None = None  # None: the baseline's epochs
+    max_depth: int = 64                # blocks per stage at most
+    max_growth_epochs: int | None = None  # cap on the growth phase, epochs
+    widths: tuple[int, ...] | None = None  # per-stage channels; None: the family's
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda
+    compile: bool = False              # torch.compile, re-applied after each growth
+    grow: bool = True                  # False: train the seed net as is (graphmorph train)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "AutoGrowConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown AutoGrow option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if values.get("widths") is not None:
+            values = {**values, "widths": tuple(values["widths"])}
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        checks = [
+            (self.K >= 1, f"K must be at least 1 epoch, got {self.K}"),
+            (self.J is None or self.J >= 1, f"J must be at least 1 epoch, got {self.J}"),
+            (self.tau >= 0, f"tau must be >= 0 percentage points, got {self.tau}"),
+            (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
+            (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
+            (self.std > 0, f"std must be > 0, got {self.std}"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"),
+            (self.finetune_epochs is None or self.finetune_epochs >= 0, "finetune epochs must be >= 0"),
+            (self.max_depth >= 1, f"max depth must be at least 1, got {self.max_depth}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.seed_arch()  # raises ArchError for a bad seed net
+
+    def seed_arch(self) -> str:
+        if self.seed_net in FAMILIES:
+            return f"{self.seed_net}-" + "-".join("1" for _ in FAMILIES[self.seed_net].default_widths)
+        parse_arch(self.seed_net)
+        return self.seed_net
+
+    def baseline_epochs(self) -> int:
+        return BASELINE_EPOCHS.get(self.data.partition(":")[0], DEFAULT_BASELINE_EPOCHS)
+
+    def stopping_window(self) -> int:
+        if self.J is not None:
+            return self.J
+        return self.K if self.policy == "convergent" else self.baseline_epochs() // 2
+
+    def finetune(self) -> int:
+        return self.baseline_epochs() if self.finetune_epochs is None else self.finetune_epochs
+
+
+@dataclass
+class SearchState:
+    """Where the search stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    phase: str = "grow"                # grow | finetune | done
+    growing: list[int] = field(default_factory=list)   # the circular list of growing stages
+    current: int | None = 0            # growingSubNet
+    grown: int | None = None           # grownSubNet
+    last_check: int = 0
+    finetune_start: int = 0
+    val_accuracy: list[float] = field(default_factory=list)
+    found: str | None = None
+    growth_seconds: float = 0.0
+    finetune_seconds: float = 0.0
+
+
+def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
+        progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) AutoGrow, or plain training when `config.grow` is False; returns the result
+    that is also written to `run_dir/result.json`."""
+    if resume:
+        directory = RunDirectory.existing(run_dir)
+        checkpoint = directory.load_checkpoint()
+        config = AutoGrowConfig.from_dict(checkpoint["config"])
+        session = _Session(config, directory, progress)
+        session.restore(checkpoint)
+        progress(f"resuming {directory.path} after epoch {session.state.epoch}")
+    else:
+        config.validate()
+        directory = RunDirectory.create(run_dir)
+        directory.write_json("config.json", _resolved(config))
+        session = _Session(config, directory, progress)
+        session.start()
+    return session.loop()
+
+
+def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
+    return {**dataclasses.asdict(config), "resolved": {
+        "seed_arch": config.seed_arch(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
+        "baseline_epochs": config.baseline_epochs()}}
+
+
+class _Session:
+    """One run: data, model, optimizer, search state; one epoch at a time."""
+
+    def __init__(self, config: AutoGrowConfig, directory: RunDirectory, progress: Callable[[str], None]):
+        self.config, self.directory, self.progress = config, directory, progress
+        self.data: Dataset = load(config.data, config.val_fraction, config.fraction, config.seed)
+        self.trainer = Trainer(pick_device(config.device), config.batch_size, self.data.augment, config.compile)
+        d = self.data
+        self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
+            d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
+        self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.grow_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.rows: list[dict[str, Any]] = []
+        self.state = SearchState()
+        torch.manual_seed(config.seed)
+        self.gm = self._seed_graph()
+
+    def _seed_graph(self):
+        model = build(self.config.seed_arch(), num_classes=self.data.num_classes,
+                      in_channels=self.data.in_channels, widths=self.config.widths)
+        example = torch.zeros(1, self.data.in_channels, self.data.image_size, self.data.image_size)
+        return self.trainer.place_model(capture(model, example))
+
+    def start(self) -> None:
+        stages = len(find_stages(self.gm))
+        self.state.growing = list(range(stages)) if self.config.grow else []
+        self.state.phase = "grow" if self.config.grow else "finetune"
+        self.base_lr = self._base_lr()
+        self.optimizer = self._sgd(self.gm.parameters())
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.gm = self.trainer.place_model(replay(self.gm, checkpoint["rewrites"], data=self._adam_batches))
+        self.gm.load_state_dict(checkpoint["model"])
+        self.base_lr = self._base_lr()
+        self.optimizer = restore_optimizer(torch.optim.SGD, self.gm, checkpoint["optimizer"])
+        self.state = SearchState(**checkpoint["state"])
+        self.rows = checkpoint["rows"]
+        torch.set_rng_state(checkpoint["rng"])
+        self.shuffle.set_state(checkpoint["shuffle_rng"])
+        self.grow_rng.set_state(checkpoint["grow_rng"])
+
+    def _base_lr(self) -> float:
+        if self.config.lr is not None:
+            return self.config.lr
+        return 0.1 if any(b.residual for b in find_blocks(self.gm)) else 0.01
+
+    def _sgd(self, params) -> torch.optim.SGD:
+        return torch.optim.SGD(params, lr=self.base_lr, momentum=self.config.momentum,
+                               weight_decay=self.config.weight_decay)
+
+    def _adam_batches(self):
+        size = self.config.batch_size
+        return ((self.train_x[i: i + size], self.train_y[i: i + size]) for i in range(0, len(self.train_y), size))
+
+    # ---- the loop
+
+    def loop(self) -> dict[str, Any]:
+        state = self.state
+        while state.phase != "done":
+            began = time.perf_counter()
+            lr = self._lr()
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x,
+                                                                 self.train_y, self.shuffle)
+            except TrainingDiverged as err:
+                raise TrainingDiverged(
+                    f"{err} in epoch {state.epoch + 1} ({arch_of(self.gm)}, lr {lr:g}); the last good checkpoint "
+                    f"(epoch {state.epoch}) is kept in {self.directory.path}: lower --lr and start a new run"
+                ) from None
+            _, val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)
+            _, test_acc = self.trainer.evaluate(self.gm, self.test_x, self.test_y)  # for plots, never decisions
+            state.epoch += 1
+            state.val_accuracy.append(val_acc)
+            phase = state.phase
+            arch = arch_of(self.gm)
+            events = self._policies() if phase == "grow" else []
+            if state.phase == "finetune" and state.epoch - state.finetune_start >= self.config.finetune():
+                state.phase = "done"
+            seconds = time.perf_counter() - began
+            if phase == "grow":
+                state.growth_seconds += seconds
+            else:
+                state.finetune_seconds += seconds
+            row = {"epoch": state.epoch, "phase": phase, "arch": arch, "lr": lr, "train_loss": round(train_loss, 6),
+                   "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4),
+                   "val_best": round(max(state.val_accuracy), 4), "test_acc": round(test_acc, 4),
+                   "event": "; ".join(events), "seconds": round(seconds, 3)}
+            self.rows.append(row)
+            self.progress(_progress_line(row))
+            self._checkpoint()
+        return self._finish()
+
+    def _lr(self) -> float:
+        state = self.state
+        if state.phase == "grow":
+            return self.base_lr
+        return staircase_lr(self.base_lr, state.epoch - state.finetune_start, max(1, self.config.finetune()))
+
+    def _policies(self) -> list[str]:
+        """Algorithm 1's body, every K epochs: stop the recently grown stage if its growth did not
+        pay, grow the current stage, move on round-robin; fine-tune once no stage grows."""
+        config, state = self.config, self.state
+        budget_spent = config.max_growth_epochs is not None and state.epoch >= config.max_growth_epochs
+        if state.epoch - state.last_check < config.K and not budget_spent:
+            return []
+        state.last_check = state.epoch
+        events = []
+        metric = running_max(state.val_accuracy)
+        if meets_stopping_policy(metric, config.stopping_window(), config.tau, state.grown):
+            events.append(f"stopped stage {state.grown}")
+            self._remove(state.grown)
+            state.grown = None
+        if budget_spent and state.growing:
+            events.append("growth budget spent")
+            state.growing = []
+        if state.growing and meets_growing_policy(config.policy, metric, config.K, config.tau):
+            stage = state.current
+            events.append(self._grow(stage))
+            state.grown = stage
+            state.current = next_stage(state.growing, stage)
+            if len(find_stages(self.gm)[stage].blocks) >= config.max_depth:
+                events.append(f"stage {stage} reached the depth cap {config.max_depth}")
+                self._remove(stage)
+        if not state.growing:
+            state.phase, state.finetune_start = "finetune", state.epoch
+            state.found = arch_of(self.gm)
+            events.append(f"found {state.found}; fine-tuning {config.finetune()} epochs")
+            if config.finetune() == 0:
+                state.phase = "done"
+        return events
+
+    def _remove(self, stage: int) -> None:
+        state = self.state
+        if stage not in state.growing:
+            return
+        if state.current == stage:
+            state.current = next_stage(state.growing, stage) if len(state.growing) > 1 else None
+        state.growing.remove(stage)
+
+    def _grow(self, stage: int) -> str:
+        data = self._adam_batches if self.config.init == "adam" else None
+        new = grow(self.gm, stage=stage, init=self.config.init, std=self.config.std, data=data,
+                   generator=self.grow_rng)
+        new = self.trainer.place_model(new)
+        self.optimizer = rebuild_optimizer(self.optimizer, self.gm, new)
+        self.gm = new
+        return f"grew stage {stage} -> {arch_of(new)}"
+
+    def _checkpoint(self) -> None:
+        self.directory.save_checkpoint({
+            "config": dataclasses.asdict(self.config),
+            "state": dataclasses.asdict(self.state),
+            "rewrites": history(self.gm),
+            "model": self.gm.state_dict(),
+            "optimizer": optimizer_state(self.optimizer, self.gm),
+            "rows": self.rows,
+            "rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "grow_rng": self.grow_rng.get_state(),
+        })
+        self.directory.write_history(self.rows)
+
+    def _finish(self) -> dict[str, Any]:
+        result = {
+            "kind": "autogrow" if self.config.grow else "train",
+            "data": self.config.data,
+            "seed_arch": self.config.seed_arch(),
+            "found": self.state.found or arch_of(self.gm),
+            "test_acc": self.rows[-1]["test_acc"],
+            "val_best": max(self.state.val_accuracy),
+            "epochs": self.state.epoch,
+            "growth_seconds": round(self.state.growth_seconds, 3),
+            "finetune_seconds": round(self.state.finetune_seconds, 3),
+            "compile_seconds": [round(s, 3) for s in self.trainer.compile_seconds],
+            "device": str(self.trainer.device),
+        }
+        example = torch.zeros(1, self.data.in_channels, self.data.image_size, self.data.image_size)
+        return finish_run(self.directory, self.gm, example, self.rows, result)
+
+
+def _progress_line(row: dict[str, Any]) -> str:
+    line = (f"epoch {row['epoch']:>4}  {row['phase']:<8} {row['arch']:<26} lr {row['lr']:<7.3g} "
+            f"loss {row['train_loss']:.3f}  train {row['train_acc']:5.1f}%  val {row['val_acc']:5.1f}% "
+            f"(best {row['val_best']:5.1f}%)")
+    return line + (f"  | {row['event']}" if row["event"] else "")

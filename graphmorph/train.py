@@ -1,0 +1,161 @@
+"""The trainer: epochs of SGD over in-memory tensors, on CUDA when present, else on the CPU.
+
+On a GPU: data kept on the device when it fits, bf16 autocast, channels_last, batch-level random
+crop + flip on the device, and optionally `torch.compile` (re-applied after every rewrite, its
+cost measured). On the CPU the same code runs in float32 and is deterministic for a seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphmorph.errors import GraphmorphError
+
+__all__ = ["Trainer", "TrainingDiverged", "pick_device", "staircase_lr"]
+
+
+class TrainingDiverged(GraphmorphError):
+    """The loss became NaN or infinite."""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """"auto" is CUDA when present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GraphmorphError("--device cuda was asked for, but no CUDA device is available")
+    return device
+
+
+def staircase_lr(base: float, epoch: int, epochs: int) -> float:
+    """The paper's schedule: base, x0.1 from half way, x0.01 from three quarters."""
+    if epoch >= math.ceil(0.75 * epochs):
+        return base * 0.01
+    if epoch >= math.ceil(0.5 * epochs):
+        return base * 0.1
+    return base
+
+
+@dataclass
+class Trainer:
+    """Runs epochs and evaluations; `model_for_training` wraps the model (compiled if asked)."""
+
+    device: torch.device
+    batch_size: int = 128
+    augment: bool = False
+    compile: bool = False
+    compile_seconds: list[float] = field(default_factory=list)   # first step after each (re)compile
+    _compiled: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+    _untimed: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    def place_data(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Move the dataset to the GPU when it fits in half the free memory; else keep it in host memory."""
+        if not self.on_gpu:
+            return tensors
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if sum(t.numel() * t.element_size() for t in tensors) < free // 2:
+            return tuple(t.to(self.device) for t in tensors)
+        return tensors
+
+    def place_model(self, model: nn.Module) -> nn.Module:
+        model.to(self.device)
+        if self.on_gpu:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                    y: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
+        """One epoch over (x, y) in a seeded random order; returns (mean loss, accuracy %)."""
+        runner = self._runner(model)
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, len(y), self.batch_size):
+            index = order[start: start + self.batch_size]
+            if len(index) < 2:  # BatchNorm needs two samples in train mode
+                continue
+            xb, yb = self._batch(x, y, index, generator)
+            first = id(model) in self._untimed
+            began = time.perf_counter()
+            with self._autocast():
+                out = runner(xb)
+                loss = F.cross_entropy(out.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if first:
+                if self.on_gpu:
+                    torch.cuda.synchronize(self.device)
+                self.compile_seconds.append(time.perf_counter() - began)
+                self._untimed.discard(id(model))
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.argmax(1) == yb).sum()
+        mean_loss = float(loss_sum) / len(y)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(f"the training loss became {mean_loss}")
+        return mean_loss, 100.0 * float(correct) / len(y)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(mean loss, accuracy %) in eval mode."""
+        model.eval()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(y), 4 * self.batch_size):
+            xb = x[start: start + 4 * self.batch_size].to(self.device, non_blocking=True)
+            yb = y[start: start + 4 * self.batch_size].to(self.device, non_blocking=True)
+            if self.on_gpu:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                out = model(xb).float()
+            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+        return loss_sum / len(y), 100.0 * correct / len(y)
+
+    # ---- internals
+
+    def _runner(self, model: nn.Module) -> nn.Module:
+        if not self.compile:
+            return model
+        if id(model) not in self._compiled:  # a new graph after a rewrite: compile it again
+            self._compiled = {id(model): torch.compile(model)}
+            self._untimed = {id(model)}
+        return self._compiled[id(model)]
+
+    def _autocast(self):
+        if self.on_gpu:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _batch(self, x, y, index, generator):
+        xb = x[index.to(x.device)].to(self.device, non_blocking=True)
+        yb = y[index.to(y.device)].to(self.device, non_blocking=True)
+        if self.augment:
+            xb = _crop_and_flip(xb, generator)
+        if self.on_gpu:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, yb
+
+
+def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per-sample random crops from a zero-padded batch, and random horizontal flips, on x's device."""
+    n, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = torch.arange(h, device=x.device)[None, :] + offsets[0][:, None]
+    cols = torch.arange(w, device=x.device)[None, :] + offsets[1][:, None]
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

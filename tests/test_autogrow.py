@@ -1,0 +1,139 @@
+"""AutoGrow end to end on digits with tiny budgets: growth, stopping, run files, resume, bad input."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from graphmorph.search.autogrow import AutoGrowConfig, ConfigError, run
+
+TINY = {"seed_net": "Basic3ResNet", "widths": (4, 4, 4), "K": 1, "J": 2, "tau": 0.5, "finetune_epochs": 2,
+        "batch_size": 64, "fraction": 0.5, "max_growth_epochs": 14, "device": "cpu"}
+TINY_ARGS = ["--seed-net", "Basic3ResNet", "--widths", "4,4,4", "--K", "1", "--J", "2", "--tau", "0.5",
+             "--finetune-epochs", "2", "--batch-size", "64", "--fraction", "0.5", "--max-growth-epochs", "14",
+             "--device", "cpu"]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.mark.slow
+def test_autogrow_grows_stops_and_leaves_a_complete_run_directory(tmp_path):
+    lines = []
+    result = run(AutoGrowConfig.from_dict(TINY), tmp_path / "run", progress=lines.append)
+    rows = json.loads((tmp_path / "run" / "history.json").read_text())
+    events = [r["event"] for r in rows]
+    grew = [int(e.split("grew stage ")[1][0]) for e in events if "grew stage" in e]
+    stopped = [int(part.split("stopped stage ")[1]) for e in events for part in e.split("; ") if "stopped" in part]
+    assert len(grew) >= 3 and stopped, events
+    assert grew[:3] == [0, 1, 2]  # round robin from the head of the circular list
+    for stage in stopped:  # a stopped stage leaves the list: it never grows again
+        stop_epoch = next(r["epoch"] for r in rows if f"stopped stage {stage}" in r["event"])
+        assert all(f"grew stage {stage}" not in r["event"] for r in rows if r["epoch"] > stop_epoch)
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"] and len(lines) == len(rows)
+    assert rows[-1]["arch"] == result["found"] != "Basic3ResNet-1-1-1"
+    assert (tmp_path / "run" / "history.csv").read_text().splitlines()[0].startswith("epoch,phase,arch,lr")
+
+    session = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: torch.randn(3, 1, 8, 8).numpy()})
+    assert out.shape == (3, 10) and result["onnx_max_abs_diff"] <= 1e-4
+    assert (tmp_path / "run" / "growth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["found"] == result["found"] and saved["macs"] > 0 and saved["params"] > 0
+    assert len(json.loads((tmp_path / "run" / "rewrites.json").read_text())) == len(grew)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["J"] == 2
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "graphmorph", *args], capture_output=True, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_found_net_and_history(tmp_path):
+    reference = cli("autogrow", *TINY_ARGS, "--run-dir", str(tmp_path / "whole"))
+    assert reference.returncode == 0, reference.stderr
+    victim = subprocess.Popen([sys.executable, "-m", "graphmorph", "autogrow", *TINY_ARGS,
+                               "--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    history = tmp_path / "killed" / "history.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if history.is_file() and len(json.loads(history.read_text() or "[]")) >= 5:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
+    victim.wait()
+    done_before = len(json.loads(history.read_text()))
+    whole_rows = json.loads((tmp_path / "whole" / "history.json").read_text())
+    assert 5 <= done_before < len(whole_rows), "the run must be killed mid-way"
+
+    resumed = cli("autogrow", "--resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'killed'} after epoch" in resumed.stdout
+    resumed_rows = json.loads(history.read_text())
+    assert without_timing(resumed_rows) == without_timing(whole_rows)
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    again = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert (again["found"], again["test_acc"]) == (whole["found"], whole["test_acc"])
+
+
+def test_sigterm_stops_with_the_resume_hint(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "graphmorph", "autogrow", *TINY_ARGS,
+                                "--run-dir", str(tmp_path / "run")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert f"resume with graphmorph autogrow --resume {tmp_path / 'run'}" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--data", "mnist:{tmp}"], "lacks train-images-idx3-ubyte.gz"),
+    (["--seed-net", "Basic9ResNet-1-1"], "unknown architecture 'Basic9ResNet-1-1'"),
+    (["--K", "0"], "K must be at least 1 epoch"),
+    (["--tau", "-1"], "tau must be >= 0"),
+    (["--run-dir", "{tmp}"], "already exists; continue it with --resume"),
+    (["--resume", "{tmp}"], "holds no checkpoint.pt to resume from"),
+])
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, message):
+    done = cli("autogrow", *[a.format(tmp=tmp_path) for a in args])
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+
+
+def test_unknown_config_options_are_refused():
+    with pytest.raises(ConfigError, match="unknown AutoGrow option.*growth_rate"):
+        AutoGrowConfig.from_dict({"growth_rate": 2})
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    done = cli("autogrow", *TINY_ARGS, "--lr", "1e30", "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 1
+    assert "the training loss became" in done.stderr and "lower --lr" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_train_and_report_measure_the_delta(tmp_path):
+    grown = cli("autogrow", *TINY_ARGS, "--run-dir", str(tmp_path / "grown"))
+    found = json.loads((tmp_path / "grown" / "result.json").read_text())["found"]
+    scratch = cli("train", found, "--widths", "4,4,4", "--epochs", "4", "--fraction", "0.5", "--device", "cpu",
+                  "--run-dir", str(tmp_path / "scratch"))
+    assert grown.returncode == 0 and scratch.returncode == 0, scratch.stderr
+    result = json.loads((tmp_path / "scratch" / "result.json").read_text())
+    assert result["kind"] == "train" and result["found"] == found and result["epochs"] == 4
+    rows = json.loads((tmp_path / "scratch" / "history.json").read_text())
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])  # staircase at 1/2 and 3/4
+    report = cli("report", str(tmp_path / "grown"), str(tmp_path / "scratch"), "-o", str(tmp_path / "r.png"))
+    assert report.returncode == 0 and found in report.stdout and "autogrow" in report.stdout
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
