@@ -107,7 +107,7 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="digits", metavar="NAME[:DIR]",
+    parser.add_argument("--data", metavar="NAME[:DIR]",
                         help="digits (default, embedded), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
                              "cifar100:DIR, svhn:DIR, folder:DIR")
     parser.add_argument("--fraction", type=_fraction, help="share of the training data to use (default 1)")
@@ -135,26 +135,33 @@ def _autogrow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile after each growth")
 
 
+_CONFIG_OPTIONS = ("seed_net", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
+                   "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device",
+                   "compile")
+
+
 def _config(args, **fixed):
     from graphmorph.search.autogrow import AutoGrowConfig
 
-    names = ("seed_net", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
-             "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device", "compile")
-    values = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    values = {n: getattr(args, n) for n in _CONFIG_OPTIONS if getattr(args, n, None) is not None}
     return AutoGrowConfig.from_dict({**values, **fixed})
 
 
 def _run_dir(args, kind: str, net: str) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
-    data = args.data.partition(":")[0]
+    data = (args.data or "digits").partition(":")[0]
     return Path("runs") / f"{kind}-{net}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _run_autogrow(args) -> int:
-    from graphmorph.search.autogrow import run
+    from graphmorph.search.autogrow import ConfigError, run
 
     if args.resume:
+        given = [name for name in _CONFIG_OPTIONS if getattr(args, name, None) is not None]
+        if given or args.run_dir:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given + (["run_dir"] if args.run_dir else []))
+            raise ConfigError(f"--resume continues with the run's saved settings; drop {flags}")
         result = run(None, args.resume, resume=True)
         where = args.resume
     else:

@@ -104,6 +104,7 @@ def test_sigterm_stops_with_the_resume_hint(tmp_path):
     (["--tau", "-1"], "tau must be >= 0"),
     (["--run-dir", "{tmp}"], "already exists; continue it with --resume"),
     (["--resume", "{tmp}"], "holds no checkpoint.pt to resume from"),
+    (["--resume", "{tmp}", "--K", "5"], "--resume continues with the run's saved settings; drop --K"),
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, message):
     done = cli("autogrow", *[a.format(tmp=tmp_path) for a in args])
