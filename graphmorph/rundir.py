@@ -32,11 +32,16 @@ class RunDirectory:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | Path) -> "RunDirectory":
-        run = cls(path)
-        if run.path.exists():
-            raise RunError(f"run directory {run.path} already exists; continue it with --resume {run.path} "
+    def ensure_new(cls, path: str | Path) -> None:
+        """Refuse a path that exists: a run directory is never overwritten."""
+        if Path(path).exists():
+            raise RunError(f"run directory {path} already exists; continue it with --resume {path} "
                            "or choose another --run-dir")
+
+    @classmethod
+    def create(cls, path: str | Path) -> "RunDirectory":
+        cls.ensure_new(path)
+        run = cls(path)
         run.path.mkdir(parents=True)
         return run
 

@@ -107,9 +107,12 @@ def test_sigterm_stops_with_the_resume_hint(tmp_path):
     (["--resume", "{tmp}", "--K", "5"], "--resume continues with the run's saved settings; drop --K"),
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, message):
-    done = cli("autogrow", *[a.format(tmp=tmp_path) for a in args])
+    work = tmp_path / "cwd"
+    work.mkdir()
+    done = cli("autogrow", *[a.format(tmp=tmp_path) for a in args], cwd=work)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+    assert not list(work.iterdir())  # a failed start leaves no run directory behind
 
 
 def test_unknown_config_options_are_refused():

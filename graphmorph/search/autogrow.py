@@ -146,9 +146,10 @@ def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
         progress(f"resuming {directory.path} after epoch {session.state.epoch}")
     else:
         config.validate()
-        directory = RunDirectory.create(run_dir)
-        directory.write_json("config.json", _resolved(config))
-        session = _Session(config, directory, progress)
+        RunDirectory.ensure_new(run_dir)
+        session = _Session(config, None, progress)  # data and model first: a failed start leaves no folder
+        session.directory = RunDirectory.create(run_dir)
+        session.directory.write_json("config.json", _resolved(config))
         session.start()
     return session.loop()
 
@@ -162,7 +163,7 @@ def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
 class _Session:
     """One run: data, model, optimizer, search state; one epoch at a time."""
 
-    def __init__(self, config: AutoGrowConfig, directory: RunDirectory, progress: Callable[[str], None]):
+    def __init__(self, config: AutoGrowConfig, directory: RunDirectory | None, progress: Callable[[str], None]):
         self.config, self.directory, self.progress = config, directory, progress
         self.data: Dataset = load(config.data, config.val_fraction, config.fraction, config.seed)
         self.trainer = Trainer(pick_device(config.device), config.batch_size, self.data.augment, config.compile)
@@ -226,9 +227,11 @@ class _Session:
                 train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x,
                                                                  self.train_y, self.shuffle)
             except TrainingDiverged as err:
+                kept = (f"the last good checkpoint (epoch {state.epoch}) is kept in {self.directory.path}"
+                        if state.epoch else "no epoch had completed, so there is no checkpoint")
                 raise TrainingDiverged(
-                    f"{err} in epoch {state.epoch + 1} ({arch_of(self.gm)}, lr {lr:g}); the last good checkpoint "
-                    f"(epoch {state.epoch}) is kept in {self.directory.path}: lower --lr and start a new run"
+                    f"{err} in epoch {state.epoch + 1} ({arch_of(self.gm)}, lr {lr:g}); {kept}: "
+                    "lower --lr and start a new run"
                 ) from None
             _, val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)
             _, test_acc = self.trainer.evaluate(self.gm, self.test_x, self.test_y)  # for plots, never decisions
