@@ -102,8 +102,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=_positive, default=10, help="classes (default 10)")
     parser.add_argument("--widths", type=_widths, default=None,
                         help="per-stage widths, comma-separated (default: the family's, e.g. 16,32,64)")
-    parser.add_argument("--stem", choices=("cifar", "imagenet"), default="cifar",
-                        help="cifar: 3x3 stride 1; imagenet: 7x7 stride 2 + max-pool (default cifar)")
+    parser.add_argument("--stem", choices=("cifar", "imagenet"),
+                        help="seed nets: cifar (3x3 stride 1, the default) or imagenet (7x7 stride 2 + max-pool)")
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,11 +8,12 @@ from torch import fx, nn
 
 from graphmorph.errors import ArchError
 from graphmorph.models.blocks import BasicBlock, Bottleneck, PlainBlock
+from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeNet, envelope_arch, parse_envelope
 from graphmorph.models.seeds import FAMILIES, STEMS, SeedNet
 
 __all__ = [
-    "FAMILIES", "SeedNet", "BasicBlock", "Bottleneck", "PlainBlock",
-    "build", "arch_of", "parse_arch", "valid_forms",
+    "FAMILIES", "SeedNet", "BasicBlock", "Bottleneck", "PlainBlock", "EnvelopeNet", "BRANCH_TYPES",
+    "build", "arch_of", "parse_arch", "valid_forms", "envelope_arch",
 ]
 
 _ARCH = re.compile(r"^([A-Za-z0-9]+)-(\d+(?:-\d+)*)$")
@@ -23,7 +24,8 @@ def valid_forms() -> str:
     forms = (
         f"{name}-" + "-".join("N" for _ in cls.default_widths) for name, cls in FAMILIES.items()
     )
-    return ", ".join(forms) + " (N >= 1 blocks per stage, e.g. Basic3ResNet-3-3-3)"
+    return (", ".join(forms) + " (N >= 1 blocks per stage, e.g. Basic3ResNet-3-3-3), "
+            "EnvelopeNet-C/n1-n2-.../M (e.g. EnvelopeNet-128/2-2-2/6)")
 
 
 def parse_arch(arch: str) -> tuple[type[SeedNet], tuple[int, ...]]:
@@ -46,18 +48,26 @@ def build(
     num_classes: int = 10,
     in_channels: int = 3,
     widths: Sequence[int] | None = None,
-    stem: str = "cifar",
-) -> SeedNet:
-    """Build a seed network from its name, e.g. `build("Plain4Net-2-1-1-1", widths=(16, 32, 64, 128))`.
+    stem: str | None = None,
+    branches: Sequence[str] | None = None,
+) -> nn.Module:
+    """Build a network from its name, e.g. `build("Plain4Net-2-1-1-1", widths=(16, 32, 64, 128))`
+    or `build("EnvelopeNet-128/2-2-2/6")`.
 
-    `widths` are the per-stage channel counts (bottleneck blocks output 4x that); `stem` is "cifar"
-    (3x3 stride 1) or "imagenet" (7x7 stride 2 and a max-pool).
+    Seed nets: `widths` are the per-stage channel counts (bottleneck blocks output 4x that); `stem`
+    is "cifar" (3x3 stride 1, the default) or "imagenet" (7x7 stride 2 and a max-pool).
+    EnvelopeNets: the first M of `branches` (default `BRANCH_TYPES`) form every cell.
     """
-    cls, depths = parse_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ArchError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ArchError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if isinstance(arch, str) and arch.startswith("EnvelopeNet-"):
+        return _build_envelope(arch, num_classes, in_channels, widths, stem, branches)
+    if branches is not None:
+        raise ArchError("branches= applies to EnvelopeNets only")
+    stem = stem or "cifar"
+    cls, depths = parse_arch(arch)
     if widths is not None:
         widths = tuple(widths)
         if len(widths) != len(depths) or not all(isinstance(w, int) and w >= 1 for w in widths):
@@ -69,19 +79,35 @@ def build(
     return cls(depths, num_classes=num_classes, in_channels=in_channels, widths=widths, stem=stem)
 
 
+def _build_envelope(arch, num_classes, in_channels, widths, stem, branches) -> EnvelopeNet:
+    if widths is not None or stem is not None:
+        raise ArchError("widths= and stem= apply to seed nets; an EnvelopeNet's width is its C")
+    width, depths, count = parse_envelope(arch)
+    branch_set = tuple(branches) if branches is not None else BRANCH_TYPES
+    if count > len(branch_set):
+        raise ArchError(f"{arch!r} asks for {count} branches per cell, but the branch set has {len(branch_set)}: "
+                        f"{', '.join(branch_set)}")
+    return EnvelopeNet(width, depths, branch_set[:count], num_classes=num_classes, in_channels=in_channels)
+
+
 def arch_of(model: nn.Module) -> str:
-    """The architecture string of a seed net or of a captured (possibly grown) GraphModule.
+    """The architecture string of a seed net, an EnvelopeNet, or a captured (possibly rewritten)
+    GraphModule of either.
 
     For a GraphModule the depths are the block counts of `graphmorph.find_stages`, so grown nets
     read back correctly; its name is its original model class (e.g. a user model's class name).
     """
     if isinstance(model, SeedNet):
         return f"{model.family}-" + "-".join(str(len(s)) for s in model.stage_modules())
+    if isinstance(model, EnvelopeNet):
+        return _envelope_string(model)
     if isinstance(model, fx.GraphModule):
         from graphmorph.analysis import find_stages
         from graphmorph.capture import model_name
 
         family = model_name(model)
+        if family == "EnvelopeNet":
+            return _envelope_string(model)
         depths = [len(stage.blocks) for stage in find_stages(model)]
         expected = len(FAMILIES[family].default_widths) if family in FAMILIES else None
         if expected is not None and len(depths) != expected:
@@ -93,3 +119,13 @@ def arch_of(model: nn.Module) -> str:
     raise ArchError(
         f"arch_of expects a seed network or a captured GraphModule, got {type(model).__name__}"
     )
+
+
+def _envelope_string(model: nn.Module) -> str:
+    """EnvelopeNet-C/n1-n2-.../M with M the most branches of any cell (constructed nets vary:
+    `envelope_arch` gives the per-cell detail)."""
+    arch = envelope_arch(model)
+    width = model.get_submodule("stem.0").out_channels
+    depths = "-".join(str(len(stage["cells"])) for stage in arch["stages"])
+    most = max(len(cell["branches"]) for stage in arch["stages"] for cell in stage["cells"])
+    return f"EnvelopeNet-{width}/{depths}/{most}"
