@@ -150,3 +150,11 @@ def module_path(node: fx.Node) -> str:
     if not stack:
         return ""
     return list(stack.values())[-1][0]
+
+
+def attribute(root: nn.Module, target: str):
+    """The object at a dotted path under `root` ("layer1.0.bn2.weight"); AttributeError if absent."""
+    value = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value

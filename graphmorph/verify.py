@@ -13,12 +13,13 @@ from typing import Iterable
 import torch
 from torch import fx
 
+from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.copying import deep_copy
 from graphmorph.errors import RewriteError, first_line
 from graphmorph.rng import seeded
 from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, with_shapes
 
-__all__ = ["VerifyReport", "verify", "output_differences", "parameter_count"]
+__all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs"]
 
 FLOAT64_ATOL = 1e-10
 
@@ -29,6 +30,20 @@ class VerifyReport:
 
     param_delta: int
     max_abs_diff: dict[str, float]
+
+
+def verification_inputs(gm: fx.GraphModule, example_input=None) -> tuple[torch.Tensor, ...]:
+    """The caller's input, else seeded random data shaped like the captured input (batch >= 2 so
+    that train-mode BatchNorm has statistics), on the model's device."""
+    if example_input is not None:
+        return as_inputs(example_input)
+    if INPUT_SPEC_KEY not in gm.meta:
+        raise RewriteError("this graph was not made by graphmorph.capture: pass example_input=...")
+    generator = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.randn((max(2, t.shape[0]), *t.shape[1:]), generator=generator, dtype=t.dtype).to(t.device)
+        for t in example_inputs(gm)
+    )
 
 
 def parameter_count(module: torch.nn.Module) -> int:

@@ -6,6 +6,7 @@ verifies after (`graphmorph.verify`), and appends a record to the graph's histor
 """
 from transforms.growth import PRESERVED_MODES, grow
 from transforms.initializers import INITS, AdamInitOptions
+from transforms.pruning import prune_branches, prune_skips
 from transforms.replayer import replay
 
-__all__ = ["grow", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES"]
+__all__ = ["grow", "prune_branches", "prune_skips", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES"]

@@ -26,8 +26,9 @@ from graphmorph.errors import RewriteError, ShapeError
 from graphmorph.history import record_rewrite
 from graphmorph.layers import fresh_copy, surgery_for
 from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
-from graphmorph.verify import FLOAT64_ATOL, verify as verify_rewrite
+from graphmorph.shapes import Inputs, annotate_shapes
+from graphmorph.ops import attribute
+from graphmorph.verify import FLOAT64_ATOL, verification_inputs, verify as verify_rewrite
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 
 __all__ = ["grow", "replay_grow", "PRESERVED_MODES"]
@@ -133,7 +134,7 @@ def _grow_after(gm, template: Block, *, init, std, seed, stage, data, adam_optio
         _install(work, target, value)
     work.recompile()
 
-    inputs = _verification_inputs(gm, example_input)
+    inputs = verification_inputs(gm, example_input)
     try:
         annotate_shapes(work, inputs)
     except ShapeError as err:
@@ -232,7 +233,7 @@ def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int) -
     values = {}
     with seeded(seed, like=work):
         for old, new in plan.targets.items():
-            value = _attribute(work, old)
+            value = attribute(work, old)
             if isinstance(value, nn.Module):
                 values[new] = _new_layer(value, old, template.name, plan.derived, channels if old in frontier else None)
             elif isinstance(value, nn.Parameter):
@@ -372,48 +373,26 @@ def _check_shape_preserving(template: Block, entry: fx.Node, output: fx.Node) ->
         )
 
 
-def _verification_inputs(gm: fx.GraphModule, example_input) -> tuple[torch.Tensor, ...]:
-    """The caller's input, else seeded random data shaped like the captured input (batch >= 2 so
-    that train-mode BatchNorm has statistics)."""
-    if example_input is not None:
-        return as_inputs(example_input)
-    if INPUT_SPEC_KEY not in gm.meta:
-        raise RewriteError("this graph was not made by graphmorph.capture: pass example_input=...")
-    generator = torch.Generator().manual_seed(0)
-    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    return tuple(
-        torch.randn((max(2, shape[0]), *shape[1:]), generator=generator, dtype=dtype).to(device)
-        for shape, dtype in gm.meta[INPUT_SPEC_KEY]
-    )
-
-
 def _node(gm: fx.GraphModule, name: str) -> fx.Node:
     return next(n for n in gm.graph.nodes if n.name == name)
 
 
-def _attribute(gm: nn.Module, target: str):
-    value = gm
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def _exists(gm: nn.Module, target: str) -> bool:
     try:
-        _attribute(gm, target)
+        attribute(gm, target)
     except AttributeError:
         return False
     return True
 
 
 def _is_module(gm: nn.Module, target: str) -> bool:
-    return bool(target) and _exists(gm, target) and isinstance(_attribute(gm, target), nn.Module)
+    return bool(target) and _exists(gm, target) and isinstance(attribute(gm, target), nn.Module)
 
 
 def _free_sibling(gm: nn.Module, name: str) -> str:
     """`layer1.2` -> `layer1.3` (the next free index); `head` -> `head_g1`."""
     parent, _, last = name.rpartition(".")
-    owner = _attribute(gm, parent) if parent else gm
+    owner = attribute(gm, parent) if parent else gm
     taken = {child for child, _ in owner.named_children()}
     if last.isdigit():
         fresh = str(max(int(c) for c in taken if c.isdigit()) + 1)
@@ -432,7 +411,7 @@ def _install(gm: fx.GraphModule, target: str, value) -> None:
     owner_path, _, name = target.rpartition(".")
     if owner_path and not _exists(gm, owner_path):
         gm.add_submodule(owner_path, nn.Module())
-    owner = _attribute(gm, owner_path) if owner_path else gm
+    owner = attribute(gm, owner_path) if owner_path else gm
     if isinstance(value, nn.Parameter):
         owner.register_parameter(name, value)
     elif torch.is_tensor(value):

@@ -10,11 +10,12 @@ from graphmorph.capture import capture
 from graphmorph.errors import RewriteError
 from graphmorph.shapes import Inputs
 from transforms.growth import replay_grow
+from transforms.pruning import replay_prune_branches, replay_prune_skips
 from transforms.initializers import Batches
 
 __all__ = ["replay", "REPLAYERS"]
 
-REPLAYERS = {"grow": replay_grow}
+REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips}
 
 
 def replay(
