@@ -8,5 +8,7 @@ from transforms.growth import PRESERVED_MODES, grow
 from transforms.initializers import INITS, AdamInitOptions
 from transforms.pruning import prune_branches, prune_skips
 from transforms.replayer import replay
+from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation, reset_statistics
 
-__all__ = ["grow", "prune_branches", "prune_skips", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES"]
+__all__ = ["grow", "prune_branches", "prune_skips", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
+           "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation"]
