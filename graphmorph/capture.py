@@ -10,6 +10,7 @@ import torch
 from torch import fx, nn
 
 from graphmorph.errors import CaptureError, first_line
+from graphmorph.ops import device_of
 from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
 
 INPUT_SPEC_KEY = "graphmorph.input_spec"
@@ -61,7 +62,7 @@ def example_inputs(gm: fx.GraphModule) -> tuple[torch.Tensor, ...]:
             "this GraphModule was not made by graphmorph.capture, so its example input is unknown; "
             "capture the model with graphmorph.capture(model, example_input)"
         )
-    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    device = device_of(gm)
     return tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in spec)
 
 

@@ -211,14 +211,9 @@ def _params(gm: fx.GraphModule, node: fx.Node, seen_modules: set[int]) -> int:
         seen_modules.add(id(module))
         return sum(p.numel() for p in module.parameters())
     if node.op == "get_attr":
-        value = _attr(gm, node.target)
+        value = ops.attribute(gm, node.target)
         return value.numel() if isinstance(value, nn.Parameter) else 0
     return 0
-
-
-def _attr(gm: fx.GraphModule, target: str):
-    owner, _, name = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
 
 
 def _target_name(node: fx.Node) -> str:

@@ -158,3 +158,8 @@ def attribute(root: nn.Module, target: str):
     for part in target.split("."):
         value = getattr(value, part)
     return value
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))

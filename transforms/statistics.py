@@ -52,7 +52,7 @@ def instrument_branches(gm: fx.GraphModule) -> fx.GraphModule:
         for output in outputs:
             branch = ops.module_path(output)[len(cell) + 1:].split(".")[0]
             name = f"{cell}.{branch}".replace(".", "_")
-            holder.add_module(name, BranchStatistic().to(_device(work)))
+            holder.add_module(name, BranchStatistic().to(ops.device_of(work)))
             with work.graph.inserting_before(concat):
                 probe = work.graph.call_module(f"{STATISTICS_ROOT}.{name}", (output,))
             probe.meta = {k: v for k, v in output.meta.items() if k in ("tensor_meta", "type")}
@@ -94,7 +94,3 @@ def remove_instrumentation(gm: fx.GraphModule) -> fx.GraphModule:
     work.delete_submodule(STATISTICS_ROOT)
     work.recompile()
     return work
-
-
-def _device(gm: nn.Module) -> torch.device:
-    return next((p.device for p in gm.parameters()), torch.device("cpu"))
