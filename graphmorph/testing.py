@@ -15,28 +15,57 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("graphmorph.testing needs hypothesis: pip install 'graphmorph[test]'") from err
 
 from graphmorph.errors import RewriteError
-from graphmorph.models import FAMILIES, SeedNet, build
+from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, build
 from graphmorph.verify import output_differences, verify
 
-__all__ = ["SeedNetSpec", "seed_nets", "assert_preserves_function", "assert_valid_rewrite"]
+__all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "assert_preserves_function",
+           "assert_valid_rewrite"]
 
 
 @dataclass(frozen=True)
-class SeedNetSpec:
-    """A seed network to build, and the input it takes."""
-
+class _NetSpec:
     arch: str
-    widths: tuple[int, ...]
     input_size: int
     in_channels: int
     num_classes: int
 
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        """Seeded random images of the net's input shape."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, self.in_channels, self.input_size, self.input_size, generator=generator)
+
+
+@dataclass(frozen=True)
+class SeedNetSpec(_NetSpec):
+    """A seed network to build, and the input it takes."""
+
+    widths: tuple[int, ...] = ()
+
     def build(self) -> SeedNet:
         return build(self.arch, num_classes=self.num_classes, in_channels=self.in_channels, widths=self.widths)
 
-    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(seed)
-        return torch.randn(batch, self.in_channels, self.input_size, self.input_size, generator=generator)
+
+@dataclass(frozen=True)
+class EnvelopeNetSpec(_NetSpec):
+    """An EnvelopeNet to build, and the input it takes."""
+
+    def build(self) -> EnvelopeNet:
+        return build(self.arch, num_classes=self.num_classes, in_channels=self.in_channels)
+
+
+@st.composite
+def envelope_nets(draw, max_stages: int = 2, max_cells: int = 3, min_branches: int = 1,
+                  widths: tuple[int, ...] = (2, 3, 4), min_size: int = 4, max_size: int = 12) -> EnvelopeNetSpec:
+    """Random EnvelopeNets `EnvelopeNet-C/n1-.../M`: narrow stems, 1..max_cells cells per stage,
+    min_branches..6 branches per cell, small square inputs."""
+    depths = draw(st.lists(st.integers(1, max_cells), min_size=1, max_size=max_stages))
+    branches = draw(st.integers(min_branches, len(BRANCH_TYPES)))
+    return EnvelopeNetSpec(
+        arch=f"EnvelopeNet-{draw(st.sampled_from(widths))}/{'-'.join(map(str, depths))}/{branches}",
+        input_size=draw(st.integers(min_size, max_size)),
+        in_channels=draw(st.integers(1, 3)),
+        num_classes=draw(st.integers(2, 10)),
+    )
 
 
 @st.composite

@@ -8,18 +8,16 @@ from hypothesis import given, strategies as st
 import graphmorph
 import transforms
 from graphmorph.history import history
-from graphmorph.models import BRANCH_TYPES, build, envelope_arch
-from graphmorph.testing import assert_preserves_function, assert_valid_rewrite
+from graphmorph.models import build, envelope_arch
+from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, envelope_nets
 from graphmorph.verify import parameter_count
 
 
 @st.composite
 def envelope_graphs(draw):
-    depths = draw(st.lists(st.integers(1, 3), min_size=1, max_size=2))
-    branches = draw(st.integers(2, len(BRANCH_TYPES)))
-    arch = f"EnvelopeNet-{draw(st.integers(2, 4))}/{'-'.join(map(str, depths))}/{branches}"
-    x = torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(draw(st.integers(0, 9))))
-    return graphmorph.capture(build(arch, in_channels=2), x), x
+    spec = draw(envelope_nets(min_branches=2, min_size=8, max_size=8))
+    x = spec.example_input(batch=3, seed=draw(st.integers(0, 9)))
+    return graphmorph.capture(spec.build(), x), x
 
 
 def masked_branches(gm, cell, names):

@@ -9,13 +9,15 @@ from torch import fx, nn
 from graphmorph.capture import capture
 from graphmorph.errors import RewriteError
 from graphmorph.shapes import Inputs
+from transforms.cells import replay_add_cell
 from transforms.growth import replay_grow
 from transforms.pruning import replay_prune_branches, replay_prune_skips
 from transforms.initializers import Batches
 
 __all__ = ["replay", "REPLAYERS"]
 
-REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips}
+REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips,
+             "add_cell": replay_add_cell}
 
 
 def replay(

@@ -44,7 +44,7 @@ def parse_arch(arch: str) -> tuple[type[SeedNet], tuple[int, ...]]:
 
 
 def build(
-    arch: str,
+    arch: str | dict,
     num_classes: int = 10,
     in_channels: int = 3,
     widths: Sequence[int] | None = None,
@@ -56,12 +56,17 @@ def build(
 
     Seed nets: `widths` are the per-stage channel counts (bottleneck blocks output 4x that); `stem`
     is "cifar" (3x3 stride 1, the default) or "imagenet" (7x7 stride 2 and a max-pool).
-    EnvelopeNets: the first M of `branches` (default `BRANCH_TYPES`) form every cell.
+    EnvelopeNets: the first M of `branches` (default `BRANCH_TYPES`) form every cell; a dict in
+    `envelope_arch`'s JSON form builds a constructed EnvelopeNet with fresh weights.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ArchError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ArchError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if isinstance(arch, dict):
+        if widths is not None or stem is not None or branches is not None:
+            raise ArchError("widths=, stem= and branches= do not apply to an EnvelopeNet structure")
+        return EnvelopeNet.from_structure(arch, num_classes=num_classes, in_channels=in_channels)
     if isinstance(arch, str) and arch.startswith("EnvelopeNet-"):
         return _build_envelope(arch, num_classes, in_channels, widths, stem, branches)
     if branches is not None:

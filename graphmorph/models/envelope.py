@@ -87,17 +87,22 @@ class Widener(nn.Module):
 
 
 class _Stage(nn.Module):
-    """Cells with dense, scaled skips; `reduce{k}` feeds cell k (k >= 1) and `reduce{n}` is the output."""
+    """Cells with scaled skips; `reduce{k}` feeds cell k (k >= 1) and `reduce{n}` is the output.
 
-    def __init__(self, channels: int, cells: Sequence[Sequence[str]]):
+    `skips[k - 1]` lists the skip inputs of `reduce{k}` ("input", "cell0", ...: the stage input and
+    cells before cell k - 1); by default every reduction reads all of them (dense)."""
+
+    def __init__(self, channels: int, cells: Sequence[Sequence[str]], skips: Sequence[Sequence[str]] | None = None):
         super().__init__()
         self.n = len(cells)
+        if skips is None:
+            skips = [["input", *(f"cell{j}" for j in range(k - 1))] for k in range(1, self.n + 1)]
         for k, branches in enumerate(cells):
             self.add_module(f"cell{k}", EnvelopeCell(channels, branches))
         widths = {"input": channels, **{f"cell{k}": channels * len(b) for k, b in enumerate(cells)}}
         for k in range(1, self.n + 1):
-            skips = {name: widths[name] for name in ["input", *(f"cell{j}" for j in range(k - 1))]}
-            self.add_module(f"reduce{k}", SkipReduce(widths[f"cell{k - 1}"], skips, channels))
+            self.add_module(f"reduce{k}", SkipReduce(widths[f"cell{k - 1}"], {name: widths[name] for name in skips[k - 1]},
+                                                     channels))
 
     def forward(self, x: Tensor) -> Tensor:
         outputs = {"input": x}
@@ -112,25 +117,49 @@ class _Stage(nn.Module):
 
 
 class EnvelopeNet(nn.Module):
-    """Stem, stages of EnvelopeCells separated by wideners, classifier."""
+    """Stem, stages of EnvelopeCells separated by wideners, classifier.
+
+    Every cell has `branches` and `depths[i]` cells form stage i, unless `cells` (per stage, per
+    cell, its branches) and `skips` (per stage, per reduction, its skip inputs) describe a
+    constructed net; `from_structure` reads them from `envelope_arch`'s JSON form."""
 
     family = "EnvelopeNet"
 
-    def __init__(self, width: int, depths: Sequence[int], branches: Sequence[str] = BRANCH_TYPES,
-                 num_classes: int = 10, in_channels: int = 3, dropout: float = 0.2):
+    def __init__(self, width: int, depths: Sequence[int] = (), branches: Sequence[str] = BRANCH_TYPES,
+                 num_classes: int = 10, in_channels: int = 3, dropout: float = 0.2, *,
+                 cells: Sequence[Sequence[Sequence[str]]] | None = None,
+                 skips: Sequence[Sequence[Sequence[str]] | None] | None = None):
         super().__init__()
-        self.width, self.depths, self.branches = width, tuple(depths), tuple(branches)
+        cells = cells if cells is not None else [[tuple(branches)] * depth for depth in depths]
+        skips = skips if skips is not None else [None] * len(cells)
+        self.width, self.depths = width, tuple(len(stage) for stage in cells)
+        self.branches = tuple(b for b in BRANCH_TYPES if any(b in cell for stage in cells for cell in stage))
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(width), nn.ReLU())
         channels = width
-        for i, depth in enumerate(self.depths):
+        for i, (stage_cells, stage_skips) in enumerate(zip(cells, skips)):
             if i > 0:
                 self.add_module(f"widener{i}", Widener(channels))
                 channels *= 2
-            self.add_module(f"stage{i}", _Stage(channels, [self.branches] * depth))
+            self.add_module(f"stage{i}", _Stage(channels, stage_cells, stage_skips))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
+
+    @classmethod
+    def from_structure(cls, structure: dict, num_classes: int = 10, in_channels: int = 3,
+                       dropout: float = 0.2) -> "EnvelopeNet":
+        """A fresh net with the per-cell branches and skips of `envelope_arch`'s JSON form."""
+        try:
+            width = structure["width"]
+            cells = [[cell["branches"] for cell in stage["cells"]] for stage in structure["stages"]]
+            skips = [[cell["skips"] for cell in stage["cells"][1:]] + [stage["output_skips"]]
+                     for stage in structure["stages"]]
+        except (KeyError, TypeError) as err:
+            raise ArchError(f"an EnvelopeNet structure needs width and stages with cells (branches, skips) and "
+                            f"output_skips, as graphmorph.models.envelope_arch writes it; missing {err}") from None
+        _check_structure(width, cells, skips)
+        return cls(width, num_classes=num_classes, in_channels=in_channels, dropout=dropout, cells=cells, skips=skips)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -139,6 +168,25 @@ class EnvelopeNet(nn.Module):
                 x = getattr(self, f"widener{i}")(x)
             x = getattr(self, f"stage{i}")(x)
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def _check_structure(width, cells, skips) -> None:
+    if not isinstance(width, int) or width < 1:
+        raise ArchError(f"an EnvelopeNet's width must be a positive integer, got {width!r}")
+    if not cells or any(not stage for stage in cells):
+        raise ArchError("an EnvelopeNet structure needs at least one stage, and every stage at least one cell")
+    for i, (stage_cells, stage_skips) in enumerate(zip(cells, skips)):
+        for k, branches in enumerate(stage_cells):
+            unknown = [b for b in branches if b not in BRANCH_TYPES]
+            if not branches or unknown or len(set(branches)) != len(branches):
+                raise ArchError(f"stage{i}.cell{k} has branches {branches!r}: give distinct ones of "
+                                f"{', '.join(BRANCH_TYPES)}, at least one")
+        for k, names in enumerate(stage_skips, start=1):
+            allowed = ["input", *(f"cell{j}" for j in range(k - 1))]
+            wrong = [name for name in names if name not in allowed]
+            if wrong:
+                raise ArchError(f"stage{i}.reduce{k} cannot read skip(s) {', '.join(wrong)}; "
+                                f"it may read {', '.join(allowed)}")
 
 
 def parse_envelope(arch: str) -> tuple[int, tuple[int, ...], int]:
@@ -153,8 +201,10 @@ def parse_envelope(arch: str) -> tuple[int, tuple[int, ...], int]:
 
 
 def envelope_arch(model: nn.Module) -> dict:
-    """The constructed architecture as JSON-ready data: per stage, per cell, its branches and the
-    skip inputs of the reduction that feeds it (the stage output's reduction listed as `output`)."""
+    """The constructed architecture as JSON-ready data: the stem width and, per stage, per cell, its
+    branches (in concatenation order) and the skip inputs of the reduction that feeds it (in the order the reduction
+    concatenates them), and the stage output reduction's skips. `build` turns it back into a net
+    whose state_dict fits this one's."""
     modules = dict(model.named_modules())
     stages = []
     i = 0
@@ -163,15 +213,15 @@ def envelope_arch(model: nn.Module) -> dict:
         while f"stage{i}.cell{k}" in modules:
             reduce = modules.get(f"stage{i}.reduce{k}")
             cells.append({"name": f"stage{i}.cell{k}",
-                          "branches": [b for b in BRANCH_TYPES if f"stage{i}.cell{k}.{b}" in modules],
+                          "branches": [name for name, _ in modules[f"stage{i}.cell{k}"].named_children()],
                           "skips": _skips(reduce)})
             k += 1
         stages.append({"cells": cells, "output_skips": _skips(modules.get(f"stage{i}.reduce{k}"))})
         i += 1
-    return {"family": "EnvelopeNet", "stages": stages}
+    return {"family": "EnvelopeNet", "width": model.get_submodule("stem.0").out_channels, "stages": stages}
 
 
 def _skips(reduce: nn.Module | None) -> list[str]:
     if reduce is None:
         return []
-    return sorted(name[2:] for name, _ in reduce.named_parameters(recurse=False) if name.startswith("w_"))
+    return [name[2:] for name, _ in reduce.named_parameters(recurse=False) if name.startswith("w_")]

@@ -1,0 +1,231 @@
+"""Cell addition for EnvelopeNets (NAC section 2): append a cell at a stage's tail.
+
+`add_cell(gm, stage)` gives stage i one more EnvelopeCell, `stage{i}.cell{n}`, fed by the stage's
+old output reduction, and a new output reduction `stage{i}.reduce{n+1}` that reads the new cell
+and, as scaled skips, the stage input and every earlier cell (dense, as in a fresh EnvelopeNet).
+
+With `init="preserve"` (the default) the new reduction starts as a copy of the old output
+reduction: the weights it had for the old cells and skips, scalar 1 on the previous cell (which
+the old reduction read unscaled), and zero weights for the new cell and for skips the old one did
+not read. The net then computes exactly what it computed before, in eval and train mode, while
+the new cell's weights still receive gradients. `init="random"` keeps the fresh initialisation.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+from torch import fx
+from torch.fx.node import map_arg
+
+from graphmorph import ops
+from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.copying import clone
+from graphmorph.errors import RewriteError
+from graphmorph.history import record_rewrite
+from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeCell, SkipReduce, _Stage, envelope_arch
+from graphmorph.rng import seeded
+from graphmorph.shapes import Inputs, annotate_shapes
+from graphmorph.verify import verification_inputs, verify as verify_rewrite
+
+__all__ = ["add_cell", "replay_add_cell", "CELL_INITS"]
+
+CELL_INITS = ("preserve", "random")
+
+
+def add_cell(gm: fx.GraphModule, stage: int, *, branches: Sequence[str] | None = None, init: str = "preserve",
+             example_input: torch.Tensor | Inputs | None = None, generator: torch.Generator | None = None,
+             verify: bool = True) -> fx.GraphModule:
+    """A new graph with an EnvelopeCell appended to stage `stage`, densely connected to the stage's
+    earlier cells. `branches` default to every branch type any cell of the net still has. New
+    parameters are drawn from a seed taken from `generator` and recorded, so `replay` repeats them.
+    Raises RewriteError when `gm` has no such EnvelopeNet stage or the options are wrong."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return _add_cell(gm, stage, branches, init, seed, example_input, verify)
+
+
+def replay_add_cell(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
+    """Apply a recorded add_cell again: same stage, branches, init and seed."""
+    return _add_cell(gm, record["stage"], record["branches"], record["init"], record["seed"], None, True)
+
+
+def _add_cell(gm, stage, branches, init, seed, example_input, verify) -> fx.GraphModule:
+    if init not in CELL_INITS:
+        raise RewriteError(f"unknown cell init {init!r}; choose one of {', '.join(CELL_INITS)}")
+    prefix = _stage_prefix(gm, stage)
+    branches = _branches(gm, branches)
+    work = clone(gm)
+    anchors = _Anchors(work, prefix)
+    n = len(anchors.cells)
+    channels = anchors.channels()
+    cell_name, reduce_name = f"cell{n}", f"reduce{n + 1}"
+    skip_widths = {"input": channels, **{f"cell{j}": _channels(node) for j, node in enumerate(anchors.cells)}}
+    with seeded(seed, like=work):
+        cell = EnvelopeCell(channels, branches)
+        reduce = SkipReduce(channels * len(branches), skip_widths, channels)
+    reference = next(work.parameters())
+    for module in (cell, reduce):
+        module.to(device=reference.device, dtype=reference.dtype)
+    work.get_submodule(prefix).add_module(cell_name, cell)
+    work.get_submodule(prefix).add_module(reduce_name, reduce)
+    _splice(work, prefix, anchors, _tail_graph(n, branches), (cell_name, reduce_name))
+    work.recompile()
+
+    inputs = verification_inputs(gm, example_input)
+    annotate_shapes(work, inputs)
+    if init == "preserve":
+        _copy_reduction(work, f"{prefix}.reduce{n}", f"{prefix}.{reduce_name}", f"cell{n - 1}")
+    if verify:
+        added = sum(p.numel() for m in (cell, reduce) for p in m.parameters())
+        verify_rewrite(gm, work, inputs, param_delta=added, preserves=("eval", "train") if init == "preserve" else (),
+                       rewrite=f"add_cell to {prefix} (init={init!r})")
+    record_rewrite(work, {"rewrite": "add_cell", "stage": stage, "cell": f"{prefix}.{cell_name}",
+                          "branches": list(branches), "init": init, "seed": seed})
+    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
+    return work
+
+
+# --------------------------------------------------------------------------- where the cell goes
+
+
+def _stage_prefix(gm: fx.GraphModule, stage: int) -> str:
+    if not isinstance(gm, fx.GraphModule):
+        raise RewriteError(f"add_cell works on a captured GraphModule, got {type(gm).__name__}: "
+                           "use graphmorph.capture(model, example_input) first")
+    stages = sorted({int(m.group(1)) for n in gm.graph.nodes
+                     if (m := re.fullmatch(r"stage(\d+)\.cell\d+", ops.module_path(n))) and ops.is_cat(n)})
+    if not isinstance(stage, int) or isinstance(stage, bool) or stage not in stages:
+        shown = ", ".join(map(str, stages)) or "none: it is not an EnvelopeNet"
+        raise RewriteError(f"no EnvelopeNet stage {stage!r}; the stages with cells are: {shown}")
+    return f"stage{stage}"
+
+
+def _branches(gm: fx.GraphModule, branches: Sequence[str] | None) -> tuple[str, ...]:
+    if branches is None:
+        present = {b for stage in envelope_arch(gm)["stages"] for cell in stage["cells"] for b in cell["branches"]}
+        return tuple(b for b in BRANCH_TYPES if b in present)
+    branches = tuple(branches)
+    unknown = [b for b in branches if b not in BRANCH_TYPES]
+    if unknown or not branches or len(set(branches)) != len(branches):
+        raise RewriteError(f"a new cell needs distinct branches from {', '.join(BRANCH_TYPES)}, got {list(branches)}")
+    return branches
+
+
+class _Anchors:
+    """The nodes of a stage the new cell connects to: its input, each cell's output (the cell's
+    concatenation) and the old output reduction's result."""
+
+    def __init__(self, gm: fx.GraphModule, prefix: str):
+        nodes = list(gm.graph.nodes)
+        inside = [n for n in nodes if _within(n, prefix)]
+        cells = {}
+        for node in inside:
+            match = re.fullmatch(re.escape(prefix) + r"\.cell(\d+)", ops.module_path(node))
+            if match and ops.is_cat(node):
+                cells[int(match.group(1))] = node
+        self.cells = [cells[k] for k in sorted(cells)]
+        if sorted(cells) != list(range(len(cells))):
+            raise RewriteError(f"{prefix}'s cells are not numbered 0..n-1: {sorted(cells)}")
+        outer = {a for n in inside if n.op != "get_attr" for a in n.all_input_nodes if not _within(a, prefix)}
+        reduction = f"{prefix}.reduce{len(self.cells)}"
+        exits = [n for n in inside if _within(n, reduction) and any(not _within(u, reduction) for u in n.users)]
+        if len(outer) != 1 or len(exits) != 1:
+            raise RewriteError(f"{prefix} does not have the shape of an EnvelopeNet stage (one input, and one "
+                               f"output from {reduction}); remove statistics instrumentation before adding cells")
+        self.input, = outer
+        self.exit, = exits
+
+    def channels(self) -> int:
+        return _channels(self.exit)
+
+
+def _within(node: fx.Node, path: str) -> bool:
+    where = ops.module_path(node)
+    return where == path or where.startswith(path + ".")
+
+
+def _channels(node: fx.Node) -> int:
+    return node.meta["tensor_meta"].shape[1]
+
+
+# --------------------------------------------------------------------------- the new nodes
+
+
+def _tail_graph(n: int, branches: Sequence[str]) -> fx.Graph:
+    """The traced graph of a stage with n + 1 cells, on the meta device: the source of the nodes
+    of its last cell and reduction, in the module's own op granularity."""
+    with torch.device("meta"):
+        template = _Stage(1, [branches] * (n + 1))
+    return fx.Tracer().trace(template)
+
+
+def _splice(work: fx.GraphModule, prefix: str, anchors: _Anchors, template: fx.Graph, new: tuple[str, str]) -> None:
+    """Copy the template's nodes of the new cell and reduction after the old stage output, reading
+    the stage's real input, cells and old output, and make the new reduction the stage output."""
+    n = len(anchors.cells)
+    outer_stack = [(key, value) for key, value in anchors.exit.meta["nn_module_stack"].items()
+                   if prefix == value[0] or prefix.startswith(value[0] + ".")]
+
+    def source(node: fx.Node) -> fx.Node:
+        path = ops.module_path(node)
+        if node.op == "placeholder":
+            return anchors.input
+        if re.fullmatch(r"cell\d+", path):
+            return anchors.cells[int(path[4:])]
+        if path == f"reduce{n}" or path.startswith(f"reduce{n}."):
+            return anchors.exit
+        raise RewriteError(f"internal: the new cell reads {node.name} ({path}), which has no counterpart")
+
+    env: dict[fx.Node, fx.Node] = {}
+    created = []
+    ours = [node for node in template.nodes if any(_within(node, name) for name in new)]
+    point = anchors.exit
+    for node in ours:
+        args = map_arg(node.args, lambda a: env[a] if a in env else source(a))
+        kwargs = map_arg(node.kwargs, lambda a: env[a] if a in env else source(a))
+        target = f"{prefix}.{node.target}" if node.op in ("call_module", "get_attr") else node.target
+        name = target.replace(".", "_") if node.op in ("call_module", "get_attr") else node.name
+        with work.graph.inserting_after(point):
+            copy = work.graph.create_node(node.op, target, args, kwargs, name=name)
+        stack = node.meta.get("nn_module_stack") or {}
+        copy.meta["nn_module_stack"] = dict(outer_stack + [
+            (f"{prefix}.{key}", (f"{prefix}.{path}", cls)) for key, (path, cls) in stack.items()])
+        env[node] = point = copy
+        created.append(copy)
+    output = env[ours[-1]]  # the new reduction's result, the last node the template computes
+    inside = set(created)
+    anchors.exit.replace_all_uses_with(output, delete_user_cb=lambda user: user not in inside)
+
+
+# --------------------------------------------------------------------------- function preservation
+
+
+def _copy_reduction(gm: fx.GraphModule, old: str, new: str, previous: str) -> None:
+    """Make reduction `new` compute what `old` computed: zero columns for the new cell, `old`'s
+    columns and scalars for the skips it read, scalar 1 and `old`'s main columns for `previous`."""
+    old_columns, new_columns = _columns(gm, old), _columns(gm, new)
+    old_conv, new_conv = gm.get_submodule(f"{old}.conv"), gm.get_submodule(f"{new}.conv")
+    with torch.no_grad():
+        new_conv.weight.zero_()
+        new_conv.weight[:, new_columns[previous]] = old_conv.weight[:, old_columns["main"]]
+        gm.get_parameter(f"{new}.w_{previous}").fill_(1.0)
+        for name, columns in old_columns.items():
+            if name != "main":
+                new_conv.weight[:, new_columns[name]] = old_conv.weight[:, columns]
+                gm.get_parameter(f"{new}.w_{name}").copy_(gm.get_parameter(f"{old}.w_{name}"))
+        gm.get_submodule(f"{new}.bn").load_state_dict(gm.get_submodule(f"{old}.bn").state_dict())
+
+
+def _columns(gm: fx.GraphModule, reduction: str) -> dict[str, slice]:
+    """The input channels of a reduction's conv per source: "main" (the unscaled previous cell)
+    and each skip by name, read from the concatenation that feeds the conv."""
+    concat = next(n for n in gm.graph.nodes if ops.is_cat(n) and ops.module_path(n) == reduction)
+    columns, start = {}, 0
+    for part in concat.args[0]:
+        scalar = next((a for a in part.args if isinstance(a, fx.Node) and a.op == "get_attr"), None) \
+            if ops.is_mul(part) else None
+        name = str(scalar.target).rpartition(".w_")[2] if scalar is not None else "main"
+        columns[name] = slice(start, start + _channels(part))
+        start += _channels(part)
+    return columns
