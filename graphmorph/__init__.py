@@ -9,7 +9,7 @@ from graphmorph import models
 from graphmorph.analysis import Block, Stage, dataflow_graph, find_blocks, find_stages
 from graphmorph.capture import capture
 from graphmorph.errors import (
-    AnalysisError, ArchError, CaptureError, ExportError, GraphmorphError, RewriteError, ShapeError,
+    AnalysisError, ArchError, CaptureError, ConfigError, ExportError, GraphmorphError, RewriteError, ShapeError,
 )
 from graphmorph.export import ExportReport, export_onnx
 from graphmorph.flops import FlopReport, count_flops
@@ -23,6 +23,6 @@ __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
     "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
     "rebuild_optimizer",
-    "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError",
+    "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
     "RewriteError",
 ]

@@ -1,4 +1,4 @@
-"""The `graphmorph` command line: `autogrow` (the main job), `train`, `report`, `flops`, `export`."""
+"""The `graphmorph` command line: `autogrow` (the main job), `nac`, `train`, `report`, `flops`, `export`."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from graphmorph import models
-from graphmorph.errors import GraphmorphError
+from graphmorph.errors import ConfigError, GraphmorphError
 
 EXIT_USAGE = 2      # bad arguments, as argparse uses
 EXIT_FAILURE = 1    # the job itself failed
@@ -28,8 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
-        where = f": resume with graphmorph autogrow --resume {run_dir}" if run_dir else ""
-        print(f"graphmorph: interrupted; the last completed epoch is checkpointed{where}", file=sys.stderr)
+        where = f": resume with graphmorph {args.command} --resume {run_dir}" if run_dir else ""
+        unit = "iteration or trained net" if args.command == "nac" else "epoch"
+        print(f"graphmorph: interrupted; the last completed {unit} is checkpointed{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except GraphmorphError as err:
         print(f"graphmorph: error: {err}", file=sys.stderr)
@@ -54,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     _autogrow_arguments(autogrow)
     autogrow.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
     autogrow.set_defaults(run=_run_autogrow)
+
+    nac = commands.add_parser(
+        "nac", help="construct a net from an EnvelopeNet with NAC (prune branches and skips, add cells)",
+        description="Neural Architecture Construction: train an EnvelopeNet briefly, prune the branches with the "
+                    "lowest featuremap statistic and half the skips per stage, add a cell per stage, repeat; then "
+                    "train the constructed net (and any baselines) from scratch. With no options: digits.",
+    )
+    _nac_arguments(nac)
+    nac.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
+    nac.set_defaults(run=_run_nac)
 
     train = commands.add_parser(
         "train", help="train a fixed net from scratch with the staircase schedule",
@@ -106,13 +117,14 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed nets: cifar (3x3 stride 1, the default) or imagenet (7x7 stride 2 + max-pool)")
 
 
-def _data_arguments(parser: argparse.ArgumentParser) -> None:
+def _data_arguments(parser: argparse.ArgumentParser, widths: bool = True, batch: int = 128) -> None:
     parser.add_argument("--data", metavar="NAME[:DIR]",
                         help="digits (default, embedded), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
                              "cifar100:DIR, svhn:DIR, folder:DIR")
     parser.add_argument("--fraction", type=_fraction, help="share of the training data to use (default 1)")
-    parser.add_argument("--widths", type=_widths, help="per-stage widths, comma-separated")
-    parser.add_argument("--batch-size", type=_positive, help="batch size (default 128)")
+    if widths:
+        parser.add_argument("--widths", type=_widths, help="per-stage widths, comma-separated")
+    parser.add_argument("--batch-size", type=_positive, help=f"batch size (default {batch})")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when present")
     parser.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
@@ -135,6 +147,30 @@ def _autogrow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile after each growth")
 
 
+def _nac_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", help="EnvelopeNet to start from, EnvelopeNet-C/n1-n2-.../M "
+                                       "(default EnvelopeNet-16/2-2-2/6; the paper: EnvelopeNet-128/2-2-2/6)")
+    _data_arguments(parser, widths=False, batch=64)
+    parser.add_argument("--iterations", type=_positive, help="construction iterations (default 5)")
+    parser.add_argument("--steps", type=_positive, help="truncated-training steps per iteration (default 150)")
+    parser.add_argument("--max-prune", type=int, help="branches pruned per stage and iteration at most (default 4)")
+    parser.add_argument("--max-cells", type=_widths, help="cells per stage at most, comma-separated (default: no cap)")
+    parser.add_argument("--retrain", dest="keep_weights", action="store_false", default=None,
+                        help="start every iteration from fresh weights (the reference code) instead of keeping them")
+    parser.add_argument("--cell-init", choices=("preserve", "random"),
+                        help="an added cell's reduction: preserve the function (default) or random")
+    parser.add_argument("--lr", type=_positive_float, help="SGD learning rate (default 0.05)")
+    parser.add_argument("--epochs", type=int, help="epochs training the constructed net (and baselines) from "
+                                                   "scratch; 0 skips it (default 15)")
+    parser.add_argument("--baseline", dest="baselines", action="append", choices=("random", "worst"),
+                        help="also train the base EnvelopeNet and: random nets with the same cells and branch "
+                             "counts (--n of them), or the worst case (prunes the best branches); repeatable")
+    parser.add_argument("--n", dest="n_random", type=_positive, help="random baseline nets (default 10)")
+
+
+_NAC_OPTIONS = ("base", "data", "fraction", "batch_size", "seed", "device", "iterations", "steps", "max_prune",
+                "max_cells", "keep_weights", "cell_init", "lr", "epochs", "baselines", "n_random")
+
 _CONFIG_OPTIONS = ("seed_net", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
                    "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device",
                    "compile")
@@ -155,13 +191,10 @@ def _run_dir(args, kind: str, net: str) -> Path:
 
 
 def _run_autogrow(args) -> int:
-    from graphmorph.search.autogrow import ConfigError, run
+    from graphmorph.search.autogrow import run
 
     if args.resume:
-        given = [name for name in _CONFIG_OPTIONS if getattr(args, name, None) is not None]
-        if given or args.run_dir:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given + (["run_dir"] if args.run_dir else []))
-            raise ConfigError(f"--resume continues with the run's saved settings; drop {flags}")
+        _refuse_settings_on_resume([n for n in _CONFIG_OPTIONS if getattr(args, n, None) is not None], args.run_dir)
         result = run(None, args.resume, resume=True)
         where = args.resume
     else:
@@ -173,6 +206,38 @@ def _run_autogrow(args) -> int:
         result = run(config, where)
     _print_result(result, where)
     return 0
+
+
+def _run_nac(args) -> int:
+    from graphmorph.flops import si
+    from graphmorph.search.nac import NACConfig, run
+
+    given = [name for name in _NAC_OPTIONS if getattr(args, name, None) is not None]
+    if args.resume:
+        _refuse_settings_on_resume(given, args.run_dir)
+        result = run(None, args.resume, resume=True)
+        where = args.resume
+    else:
+        config = NACConfig.from_dict({name: getattr(args, name) for name in given})
+        where = _run_dir(args, "nac", config.base.replace("/", "_"))
+        args.run_dir = str(where)
+        print(f"NAC from {config.base} on {config.data}: {config.iterations} iterations of {config.steps} steps, "
+              f"{'keeping' if config.keep_weights else 'resetting'} weights; writing {where}")
+        result = run(config, where)
+    print(f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+          f"{si(result['params'])} parameters; construction {result['construction_seconds']:.1f} s"
+          + (f", training {result['train_seconds']:.1f} s" if result["train_seconds"] else "")
+          + f"; results in {where}")
+    for group, row in result.get("comparison", {}).items():
+        print(f"  {group:<12} test {row['test_acc_mean']:6.2f}% +- {row['test_acc_std']:.2f} "
+              f"({row['count']} net(s), {si(row['params_mean'])} parameters)")
+    return 0
+
+
+def _refuse_settings_on_resume(given: list[str], run_dir) -> None:
+    if given or run_dir:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given + (["run_dir"] if run_dir else []))
+        raise ConfigError(f"--resume continues with the run's saved settings; drop {flags}")
 
 
 def _run_train(args) -> int:

@@ -36,3 +36,7 @@ def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message (torch's messages run long)."""
     lines = [line for line in _ANSI.sub("", str(err)).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+class ConfigError(GraphmorphError, ValueError):
+    """A search or command-line option is unknown, out of range or not allowed here."""

@@ -15,27 +15,34 @@ from graphmorph.flops import count_flops, si
 from graphmorph.history import history
 from graphmorph.rundir import RunDirectory
 
-__all__ = ["finish_run", "plot_growth", "read_results", "results_table", "plot_tradeoff"]
+__all__ = ["finish_run", "save_result", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
 
 
 def finish_run(directory: RunDirectory, gm: fx.GraphModule, example: torch.Tensor,
                rows: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
-    """Count FLOPs, export the found net to a parity-checked model.onnx, write the rewrite history,
-    result.json and growth.png; returns the result."""
+    """`save_result`, and growth.png; returns the result."""
+    result = save_result(directory, gm, example, result)
+    plot_growth(rows, directory.path / "growth.png", f"{result['seed_arch']} -> {result['found']} on {result['data']}")
+    return result
+
+
+def save_result(directory: RunDirectory, gm: fx.GraphModule, example: torch.Tensor, result: dict[str, Any],
+                rewrites: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Count FLOPs, export the net to a parity-checked model.onnx, write rewrites.json (default:
+    `gm`'s history) and result.json with the counts added; returns that result."""
     model = deep_copy(gm).cpu().float().to(memory_format=torch.contiguous_format)
     flops = count_flops(model, example)
     onnx = export_onnx(model, directory.path / "model.onnx", example)
     result = {**result, "macs": flops.macs, "flops": flops.flops, "params": flops.params,
               "onnx_max_abs_diff": onnx.max_abs_diff}
-    directory.write_json("rewrites.json", history(gm))
+    directory.write_json("rewrites.json", history(gm) if rewrites is None else rewrites)
     directory.write_json("result.json", result)
-    plot_growth(rows, directory.path / "growth.png", f"{result['seed_arch']} -> {result['found']} on {result['data']}")
     return result
 
 
 def plot_growth(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Accuracy vs epoch with growth and stop events marked, and depth vs epoch (paper Figure 2 style)."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (acc, depth) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
     acc.plot(epochs, [r["val_acc"] for r in rows], label="validation", color="tab:blue")
@@ -56,9 +63,7 @@ def plot_growth(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     depth.step(epochs, [sum(int(d) for d in r["arch"].split("-")[1:]) for r in rows], where="post")
     depth.set_ylabel("blocks")
     depth.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def read_results(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -84,7 +89,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
 
 def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy vs MACs per run (the trade-off of the paper's Figures 3 and 4)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(7, 5))
     for r in results:
         marker = "o" if r["kind"] == "autogrow" else "s"
@@ -94,12 +99,18 @@ def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
     axis.set_xlabel("MACs per image")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title("accuracy vs computation (o: AutoGrow, s: trained from scratch)", fontsize=9)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write as PNG, and free the figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.clf()
+    pyplot().close(fig)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

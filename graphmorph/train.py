@@ -10,6 +10,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -77,13 +78,34 @@ class Trainer:
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                     y: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
         """One epoch over (x, y) in a seeded random order; returns (mean loss, accuracy %)."""
+        order = torch.randperm(len(y), generator=generator)
+        batches = [order[start: start + self.batch_size] for start in range(0, len(y), self.batch_size)]
+        return self._train(model, optimizer, x, y, generator, batches)
+
+    def train_steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                    generator: torch.Generator, steps: int,
+                    on_step: Callable[[int], None] | None = None) -> tuple[float, float]:
+        """`steps` optimizer steps on seeded random batches (a fresh order for each pass over the
+        data), calling `on_step(step)` after each; returns (mean loss, accuracy %) over them."""
+        def batches():
+            step = 0
+            while True:
+                order = torch.randperm(len(y), generator=generator)
+                for start in range(0, len(y) - 1, self.batch_size):
+                    if step == steps:
+                        return
+                    yield order[start: start + self.batch_size]
+                    step += 1
+        return self._train(model, optimizer, x, y, generator, batches(), on_step)
+
+    def _train(self, model, optimizer, x, y, generator, batches: Iterable[torch.Tensor],
+               on_step: Callable[[int], None] | None = None) -> tuple[float, float]:
         runner = self._runner(model)
         model.train()
-        order = torch.randperm(len(y), generator=generator)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for start in range(0, len(y), self.batch_size):
-            index = order[start: start + self.batch_size]
+        seen = done = 0
+        for index in batches:
             if len(index) < 2:  # BatchNorm needs two samples in train mode
                 continue
             xb, yb = self._batch(x, y, index, generator)
@@ -102,10 +124,13 @@ class Trainer:
                 self._untimed.discard(id(model))
             loss_sum += loss.detach() * len(yb)
             correct += (out.argmax(1) == yb).sum()
-        mean_loss = float(loss_sum) / len(y)
+            seen, done = seen + len(yb), done + 1
+            if on_step is not None:
+                on_step(done)
+        mean_loss = float(loss_sum) / max(1, seen)
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"the training loss became {mean_loss}")
-        return mean_loss, 100.0 * float(correct) / len(y)
+        return mean_loss, 100.0 * float(correct) / max(1, seen)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

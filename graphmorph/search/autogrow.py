@@ -17,12 +17,13 @@ import torch
 from graphmorph.analysis import find_blocks, find_stages
 from graphmorph.capture import capture
 from graphmorph.data import Dataset, load
-from graphmorph.errors import GraphmorphError
+from graphmorph.errors import ConfigError
 from graphmorph.history import history
 from graphmorph.models import FAMILIES, arch_of, build, parse_arch
 from graphmorph.report import finish_run
 from graphmorph.optim import optimizer_state, rebuild_optimizer, restore_optimizer
 from graphmorph.rundir import RunDirectory
+from graphmorph.search.config import config_from_dict
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from graphmorph.train import Trainer, TrainingDiverged, pick_device, staircase_lr
 from transforms import grow, replay
@@ -34,10 +35,6 @@ __all__ = ["AutoGrowConfig", "ConfigError", "SearchState", "run", "BASELINE_EPOC
 # digits is tiny, so its baseline is scaled down to keep the default run to a few CPU minutes.
 BASELINE_EPOCHS = {"digits": 16}
 DEFAULT_BASELINE_EPOCHS = 200
-
-
-class ConfigError(GraphmorphError, ValueError):
-    """An AutoGrow option is unknown or out of range."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +66,7 @@ class AutoGrowConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AutoGrowConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown AutoGrow option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if values.get("widths") is not None:
-            values = {**values, "widths": tuple(values["widths"])}
-        config = cls(**values)
-        config.validate()
-        return config
+        return config_from_dict(cls, values, "AutoGrow")
 
     def validate(self) -> None:
         checks = [
