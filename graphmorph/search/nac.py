@@ -223,13 +223,15 @@ class _Session:
         _, val_acc = self.trainer.evaluate(gm, self.val_x, self.val_y)
         _, test_acc = self.trainer.evaluate(gm, self.test_x, self.test_y)  # for plots, never decisions
         known = len(history(gm))
+        rewriting = time.perf_counter()
         gm, events = self._restructure(gm, statistic)
+        rewrite_seconds = time.perf_counter() - rewriting
         self.gm = self.trainer.place_model(gm)
         state.rewrites.extend(history(gm)[known:])
         return {"iteration": state.iteration + 1, "arch": arch_before, "train_loss": round(loss, 6),
                 "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4),
                 "params": sum(p.numel() for p in gm.parameters()), "next_arch": arch_of(gm),
-                "event": "; ".join(events)}
+                "rewrite_seconds": round(rewrite_seconds, 3), "event": "; ".join(events)}
 
     def _restructure(self, gm: fx.GraphModule, statistic: dict[str, dict[str, float]]):
         """Per stage: prune branches, prune skips, add a cell (Algorithm 1's inner loop)."""
