@@ -24,7 +24,7 @@ import torch
 from torch import fx
 
 from graphmorph.capture import capture
-from graphmorph.data import load
+from graphmorph.data import Dataset, load
 from graphmorph.errors import ConfigError
 from graphmorph.flops import count_flops
 from graphmorph.history import history
@@ -137,9 +137,10 @@ def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
 class _Session:
     """One run: data, the net under construction, the search state."""
 
-    def __init__(self, config: NACConfig, directory: RunDirectory | None, progress: Callable[[str], None]):
+    def __init__(self, config: NACConfig, directory: RunDirectory | None, progress: Callable[[str], None],
+                 data: Dataset | None = None):
         self.config, self.directory, self.progress = config, directory, progress
-        self.data = load(config.data, config.val_fraction, config.fraction, config.seed)
+        self.data = data or load(config.data, config.val_fraction, config.fraction, config.seed)
         self.trainer = Trainer(pick_device(config.device), config.batch_size, self.data.augment)
         d = self.data
         self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
@@ -277,9 +278,7 @@ class _Session:
             return self.state.trained["worst"]["structure"]
         self.progress("constructing the worst-case net (prunes the best branches, keeps every skip)")
         config = dataclasses.replace(self.config, worst=True, baselines=(), epochs=0)
-        session = _Session(config, None, lambda line: self.progress("  worst: " + line))
-        session.data, session.trainer = self.data, self.trainer
-        return session.construct()
+        return _Session(config, None, lambda line: self.progress("  worst: " + line), self.data).construct()
 
     def _train_from_scratch(self, name: str, structure: dict[str, Any]) -> str:
         """Train one net from fresh weights, record it, and return its progress line."""
