@@ -8,6 +8,7 @@ the core, never the other way round.
 from graphmorph import models
 from graphmorph.analysis import Block, Stage, dataflow_graph, find_blocks, find_stages
 from graphmorph.capture import capture
+from graphmorph.channels import ChannelGroup, channel_groups
 from graphmorph.errors import (
     AnalysisError, ArchError, CaptureError, ConfigError, ExportError, GraphmorphError, RewriteError, ShapeError,
 )
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
     "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
-    "rebuild_optimizer",
+    "rebuild_optimizer", "channel_groups", "ChannelGroup",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
     "RewriteError",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from graphmorph.channel_surgery import KEPT_KEY, apply_kept
+
 __all__ = ["rebuild_optimizer", "optimizer_state", "restore_optimizer"]
 
 
@@ -17,8 +19,9 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.
 
     Each parameter group keeps its hyper-parameters and the parameters of `new` that share a
     qualified name with the group's parameters in `old`; parameters only `new` has join the first
-    group with fresh state. State of surviving parameters is copied (same shapes required), so the
-    old optimizer stays usable. Parameters `new` no longer has are dropped.
+    group with fresh state. State of surviving parameters is copied, so the old optimizer stays
+    usable; a parameter a pruning rewrite sliced gets its state sliced by the same indices (the
+    momentum of surviving channels is kept). Parameters `new` no longer has are dropped.
     """
     old_names = {id(p): name for name, p in old.named_parameters()}
     new_params = dict(new.named_parameters())
@@ -30,13 +33,28 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [new_params[n] for n in kept]})
     groups[0]["params"] += [p for n, p in new_params.items() if n not in placed]
     rebuilt = type(optimizer)(groups, **optimizer.defaults)
+    kept = getattr(new, "meta", {}).get(KEPT_KEY, {})
     for old_param, state in optimizer.state.items():
         name = old_names.get(id(old_param))
         if name in new_params and state:
             rebuilt.state[new_params[name]] = {
-                k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()
+                k: _carried(v, old_param, new_params[name], kept.get(name), name) for k, v in state.items()
             }
     return rebuilt
+
+
+def _carried(value, old_param: torch.Tensor, new_param: torch.Tensor, kept: dict | None, name: str):
+    """A state entry for the new parameter: copied, or sliced like the parameter was."""
+    if not torch.is_tensor(value):
+        return value
+    value = value.detach()
+    if value.shape == old_param.shape and old_param.shape != new_param.shape:
+        if kept is None or list(kept["old_shape"]) != list(old_param.shape):
+            raise ValueError(f"parameter {name} changed shape from {tuple(old_param.shape)} to "
+                             f"{tuple(new_param.shape)} and the new model does not say how; rebuild the "
+                             f"optimizer after each pruning rewrite")
+        return apply_kept(value, kept["steps"]).clone()
+    return value.clone()
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:

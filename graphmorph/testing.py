@@ -15,11 +15,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("graphmorph.testing needs hypothesis: pip install 'graphmorph[test]'") from err
 
 from graphmorph.errors import RewriteError
+from graphmorph.grammar import PIECES, CNNSpec
 from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, build
 from graphmorph.verify import output_differences, verify
 
-__all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "assert_preserves_function",
-           "assert_valid_rewrite"]
+__all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns",
+           "assert_preserves_function", "assert_valid_rewrite"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,24 @@ def envelope_nets(draw, max_stages: int = 2, max_cells: int = 3, min_branches: i
         input_size=draw(st.integers(min_size, max_size)),
         in_channels=draw(st.integers(1, 3)),
         num_classes=draw(st.integers(2, 10)),
+    )
+
+
+@st.composite
+def cnns(draw, max_pieces: int = 4, kinds: tuple[str, ...] = PIECES, widths: tuple[int, ...] = (2, 3, 4, 6),
+         sizes: tuple[int, ...] = (4, 6, 8)) -> CNNSpec:
+    """Random fx-traceable CNNs from `graphmorph.grammar`'s pieces (residual, concat, depthwise,
+    grouped, squeeze-excitation, inverted-residual, split, functional, plain), strided or not,
+    with a pooling or a flattening head, on small square inputs."""
+    pieces = draw(st.lists(
+        st.tuples(st.sampled_from(kinds), st.sampled_from(widths), st.sampled_from((1, 2))),
+        min_size=1, max_size=max_pieces))
+    return CNNSpec(
+        pieces=tuple(pieces),
+        head=draw(st.sampled_from(("pool", "flatten"))),
+        in_channels=draw(st.integers(1, 3)),
+        input_size=draw(st.sampled_from(sizes)),
+        num_classes=draw(st.integers(2, 5)),
     )
 
 

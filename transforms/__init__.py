@@ -5,11 +5,13 @@ verifies after (`graphmorph.verify`), and appends a record to the graph's histor
 `replay` can apply it again to a fresh model. This package imports only the graphmorph core.
 """
 from transforms.cells import CELL_INITS, add_cell
+from transforms.channel_pruning import CRITERIA, mask_channels, prune_channels, prune_filters
 from transforms.growth import PRESERVED_MODES, grow
 from transforms.initializers import INITS, AdamInitOptions
 from transforms.pruning import prune_branches, prune_skips
 from transforms.replayer import replay
 from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation, reset_statistics
 
-__all__ = ["grow", "prune_branches", "prune_skips", "add_cell", "CELL_INITS", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
+__all__ = ["grow", "prune_channels", "prune_filters", "mask_channels", "CRITERIA", "prune_branches", "prune_skips",
+           "add_cell", "CELL_INITS", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
            "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation"]

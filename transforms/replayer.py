@@ -10,6 +10,7 @@ from graphmorph.capture import capture
 from graphmorph.errors import RewriteError
 from graphmorph.shapes import Inputs
 from transforms.cells import replay_add_cell
+from transforms.channel_pruning import replay_prune_channels, replay_prune_filters
 from transforms.growth import replay_grow
 from transforms.pruning import replay_prune_branches, replay_prune_skips
 from transforms.initializers import Batches
@@ -17,7 +18,8 @@ from transforms.initializers import Batches
 __all__ = ["replay", "REPLAYERS"]
 
 REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips,
-             "add_cell": replay_add_cell}
+             "add_cell": replay_add_cell, "prune_channels": replay_prune_channels,
+             "prune_filters": replay_prune_filters}
 
 
 def replay(

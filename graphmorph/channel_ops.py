@@ -1,0 +1,508 @@
+"""How each op relates and cuts channels: the registry behind channel dependencies and pruning.
+
+A handler answers two questions about one kind of fx node. `relate` tells the dependency analysis
+how the node's output channels relate to its inputs' (`Relations`: the same channel, an offset,
+fresh channels, channels it reads and can drop, or a refusal with the reason). `cut` edits the
+node once a set of channels is removed (`Cut`: the removed indices per node, module and tensor
+replacement). `check` may refuse a cut before anything is edited.
+
+Handlers are keyed by module type, by function, or by method name. `register` adds or replaces
+one, so users can teach graphmorph their own layers; an op without a handler that touches
+channels makes its groups unprunable, with a reason that names it.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import TYPE_CHECKING, Callable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from graphmorph import ops
+
+if TYPE_CHECKING:  # pragma: no cover
+    from graphmorph.channel_surgery import Cut
+    from graphmorph.channels import Relations
+
+__all__ = ["ChannelOp", "PassThrough", "Refuse", "register", "handler_for", "output_weight", "TensorQuestions",
+           "describe"]
+
+Key = Union[type, Callable, str]
+
+
+class TensorQuestions:
+    """Shape questions about the nodes of `self.gm` (shapes as captured, before any edit)."""
+
+    gm: fx.GraphModule
+
+    @staticmethod
+    def shape(node) -> tuple[int, ...] | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        shape = getattr(meta, "shape", None)
+        return tuple(shape) if shape is not None else None
+
+    def rank(self, node) -> int:
+        return len(self.shape(node) or ())
+
+    def channels(self, node) -> int | None:
+        """Channel count of a data tensor of rank >= 2, else None (parameters and sizes included)."""
+        if not isinstance(node, fx.Node) or node.op == "get_attr":
+            return None
+        shape = self.shape(node)
+        return shape[1] if shape is not None and len(shape) >= 2 else None
+
+    def piece_channels(self, split: fx.Node) -> list[int]:
+        """Channel counts of a split's pieces, along the split dimension."""
+        dim = _split_dim(split, self.rank(split.args[0]))
+        return [m.shape[dim] for m in split.meta["tensor_meta"]]
+
+    def describe(self, node: fx.Node) -> str:
+        return describe(self.gm, node)
+
+
+def describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    """A node for messages: its name and what it calls."""
+    if node.op == "call_module":
+        return f"{node.name} ({type(gm.get_submodule(node.target)).__name__} {node.target})"
+    return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+
+
+class ChannelOp:
+    """How one kind of node relates and cuts channels; subclass it for a layer of your own."""
+
+    def relate(self, rel: "Relations", node: fx.Node) -> None:
+        raise NotImplementedError
+
+    def check(self, cut: "Cut", node: fx.Node) -> str | None:
+        """Why the removal cannot be applied to this node, or None."""
+        return None
+
+    def cut(self, cut: "Cut", node: fx.Node) -> None:
+        """Edit the node (in the graph being rewritten) for the removed channels."""
+
+
+class PassThrough(ChannelOp):
+    """Output channel c is input channel c (BatchNorm, activations, pooling, dropout...).
+
+    `tensors` names the module's parameters and buffers indexed by channel along dim 0 (BatchNorm:
+    weight, bias, running_mean, running_var); `count` the attribute holding the channel count.
+    """
+
+    def __init__(self, tensors: tuple[str, ...] = (), count: str | None = None):
+        self.tensors, self.count = tensors, count
+
+    def relate(self, rel, node):
+        source = _first_tensor(rel, node)
+        if source is None or rel.channels(source) != rel.channels(node):
+            rel.refuse(node, f"{rel.describe(node)} changes the number of channels")
+        else:
+            rel.same(node, source)
+
+    def cut(self, cut, node):
+        removed = cut.removed(node)
+        if not removed or node.op != "call_module":
+            return
+        module = cut.module(node)
+        for name in self.tensors:
+            if getattr(module, name, None) is not None and getattr(module, name).dim() > 0 \
+                    and getattr(module, name).shape[0] > 1:
+                cut.slice_tensor(f"{node.target}.{name}", 0, cut.kept(node))
+        if self.count and getattr(module, self.count, 1) > 1:
+            setattr(module, self.count, len(cut.kept(node)))
+
+
+class Refuse(ChannelOp):
+    """An op whose channels cannot be followed (it moves channels into space, or mixes them)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def relate(self, rel, node):
+        rel.refuse(node, f"{rel.describe(node)} {self.why}")
+
+
+class Ignore(ChannelOp):
+    """An op that reads only a tensor's size or type (`x.size(0)`, `x.shape`, `x.dim()`)."""
+
+    def relate(self, rel, node):
+        if rel.channels(node) is not None:
+            rel.refuse(node, f"{rel.describe(node)} is not expected to return a tensor")
+
+
+class Elementwise(ChannelOp):
+    """add, sub, mul, div with broadcasting: an operand with the output's channels shares them;
+    a parameter shaped like `[1, C, 1, 1]` is sliced with them; size-1 channels broadcast."""
+
+    def relate(self, rel, node):
+        out_rank, out_c = rel.rank(node), rel.channels(node)
+        for arg in node.all_input_nodes:
+            shape = rel.shape(arg)
+            if shape is None:
+                continue
+            dim = len(shape) - out_rank + 1  # the operand dim that lines up with the output's channels
+            size = shape[dim] if 0 <= dim < len(shape) else 1
+            if size == 1 and out_c != 1:
+                continue
+            if arg.op == "get_attr":
+                rel.couple_parameter(node, arg, dim)
+            elif dim == 1 and rel.channels(arg) == out_c:
+                rel.same(node, arg)
+            else:
+                rel.refuse(node, f"{rel.describe(node)} broadcasts {arg.name} of shape {tuple(shape)} "
+                                 f"against channels")
+
+
+class Concat(ChannelOp):
+    """torch.cat: along dim 1 each input's channels land at an offset; along another dim they are shared."""
+
+    def relate(self, rel, node):
+        parts = list(node.args[0])
+        if _cat_dim(node, rel.rank(node)) != 1:
+            for part in parts:
+                rel.same(node, part)
+            return
+        offset = 0
+        for part in parts:
+            width = rel.channels(part)
+            rel.same(node, part, out_index=range(offset, offset + width))
+            offset += width
+
+
+class Split(ChannelOp):
+    """torch.split / torch.chunk (function or method); the getitem nodes that read the pieces
+    take the matching slices of the input's channels."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        pieces = [u for u in node.users]
+        if any(not (u.op == "call_function" and u.target is operator.getitem) for u in pieces):
+            rel.refuse(node, f"{rel.describe(node)} is used other than by indexing its pieces")
+            return
+        dim = _split_dim(node, rel.rank(source))
+        sizes = rel.piece_channels(node)
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        for piece in pieces:
+            k = piece.args[1]
+            if dim == 1:
+                rel.same(piece, source, in_index=range(offsets[k], offsets[k] + sizes[k]))
+            else:
+                rel.same(piece, source)
+
+    def check(self, cut, node):
+        if _split_dim(node, len(cut.shape(node.args[0]))) != 1:
+            return None
+        if any(size == 0 for size in self._new_sizes(cut, node)):
+            return f"{node.name} would leave a piece of its split without channels"
+        return None
+
+    def cut(self, cut, node):
+        if _split_dim(node, len(cut.shape(node.args[0]))) != 1 or not cut.removed(node.args[0]):
+            return
+        sizes = self._new_sizes(cut, node)
+        cut.replace_call(node, torch.split, (node.args[0], sizes, 1))
+
+    @staticmethod
+    def _new_sizes(cut, node) -> list[int]:
+        sizes = cut.piece_channels(node)
+        removed = set(cut.removed(node.args[0]))
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        return [sum(1 for c in range(o, o + s) if c not in removed) for o, s in zip(offsets, sizes)]
+
+
+class GetItem(ChannelOp):
+    """Indexing a split's pieces is handled by the split; indexing a tensor is refused."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        if source.op in ("call_function", "call_method") and handler_for(rel.gm, source).__class__ is Split:
+            return
+        if rel.channels(node) is not None or rel.channels(source) is not None:
+            rel.refuse(node, f"{rel.describe(node)} indexes a tensor")
+
+
+class Reduce(ChannelOp):
+    """mean / sum / amax over dimensions other than batch and channels keeps the channels."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        rank = rel.rank(source)
+        dims = [dims] if isinstance(dims, int) else dims
+        if dims is None or any(d % rank in (0, 1) for d in dims) or rel.channels(node) is None:
+            rel.refuse(node, f"{rel.describe(node)} reduces over the batch or channel dimension")
+        else:
+            rel.same(node, source)
+
+
+class Reshape(ChannelOp):
+    """view / reshape / flatten: keeping the channel axis, flattening it with the spatial axes into
+    features (into a Linear), or unflattening features into channels; any other reshape is refused."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        before, after = rel.shape(source), rel.shape(node)
+        if after is None or len(after) < 2 or after[0] != before[0]:
+            rel.refuse(node, f"{rel.describe(node)} folds channels into the batch dimension")
+            return
+        c_in, c_out = before[1], after[1]
+        inner_in, inner_out = math.prod(before[2:]), math.prod(after[2:])
+        if c_in == c_out and inner_in == inner_out:
+            rel.same(node, source)
+        elif len(after) == 2 and c_out == c_in * inner_in:
+            rel.same(node, source, out_index=range(c_out), in_index=[f // inner_in for f in range(c_out)])
+        elif len(before) == 2 and c_in == c_out * inner_out:
+            rel.same(node, source, out_index=[f // inner_out for f in range(c_in)], in_index=range(c_in))
+        else:
+            rel.refuse(node, f"{rel.describe(node)} folds channels into other dimensions "
+                             f"({tuple(before)} -> {tuple(after)})")
+
+    def cut(self, cut, node):
+        removed = cut.removed(node)
+        if not removed or node.target in ("flatten", torch.flatten) or node.op == "call_module":
+            return
+        sizes = list(node.args[1:])
+        nested = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
+        sizes = list(sizes[0]) if nested else sizes
+        if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
+            sizes[1] -= len(removed)
+            node.args = (node.args[0], tuple(sizes)) if nested else (node.args[0], *sizes)
+
+
+class Convolution(ChannelOp):
+    """nn.ConvNd and F.convNd with a parameter weight. groups=1: fresh output channels, input
+    channels dropped from the weight. Depthwise (groups = in_channels): output channels follow
+    their input channel and whole groups are removed. Other groups: each group must lose as many
+    input channels, and as many output channels, as every other."""
+
+    def relate(self, rel, node):
+        weight = _weight(rel.gm, node)
+        if weight is None:
+            rel.refuse(node, f"{rel.describe(node)} takes a weight that is not a parameter")
+            return
+        source, groups = node.args[0], _conv_groups(rel.gm, node)
+        c_in, c_out = rel.channels(source), weight.shape[0]
+        if groups == 1:
+            rel.fresh(node)
+            rel.reads(node, source)
+        elif groups == c_in:
+            per = c_out // c_in
+            rel.same(node, source, out_index=range(c_out), in_index=[o // per for o in range(c_out)])
+        else:
+            rel.fresh(node)
+            rel.reads(node, source)
+            rel.even(source, groups)
+            rel.even(node, groups)
+
+    def check(self, cut, node):
+        groups = _conv_groups(cut.gm, node)
+        if groups == 1:
+            return None
+        kept_in, kept_out = self._kept_per_group(cut, node, groups)
+        alive = [k for k in range(groups) if kept_in[k] or kept_out[k]]
+        if any(not kept_in[k] or not kept_out[k] for k in alive) \
+                or len({len(kept_in[k]) for k in alive}) > 1 or len({len(kept_out[k]) for k in alive}) > 1:
+            counts = ", ".join(f"{len(kept_in[k])}/{len(kept_out[k])}" for k in range(groups))
+            return (f"{cut.describe(node)} has {groups} groups; the removal would leave them uneven "
+                    f"(kept input/output channels per group: {counts}); remove as many channels from each group")
+        return None
+
+    def cut(self, cut, node):
+        if not cut.removed(node.args[0]) and not cut.removed(node):
+            return
+        groups = _conv_groups(cut.gm, node)
+        kept_in, kept_out = self._kept_per_group(cut, node, groups)
+        per_in = cut.channels(node.args[0]) // groups
+        alive = [k for k in range(groups) if kept_out[k]]
+        rows = [o for k in alive for o in kept_out[k]]
+        columns = [[c - k * per_in for c in kept_in[k]] for k in alive for _ in kept_out[k]]
+        cut.resize_weighted(node, rows, columns, groups=len(alive))
+
+    @staticmethod
+    def _kept_per_group(cut, node, groups):
+        c_in, c_out = cut.channels(node.args[0]), cut.channels(node)
+        removed_in, removed_out = set(cut.removed(node.args[0])), set(cut.removed(node))
+        per_in, per_out = c_in // groups, c_out // groups
+        kept_in = [[c for c in range(k * per_in, (k + 1) * per_in) if c not in removed_in] for k in range(groups)]
+        kept_out = [[o for o in range(k * per_out, (k + 1) * per_out) if o not in removed_out] for k in range(groups)]
+        return kept_in, kept_out
+
+
+class _WeightedLayer(ChannelOp):
+    """Fresh output channels; input channels dropped from the weight's columns."""
+
+    def refusal(self, rel: "Relations", node: fx.Node) -> str | None:
+        return None
+
+    def relate(self, rel, node):
+        reason = self.refusal(rel, node)
+        if reason:
+            rel.refuse(node, f"{rel.describe(node)} {reason}")
+        else:
+            rel.fresh(node)
+            rel.reads(node, node.args[0])
+
+    def cut(self, cut, node):
+        if cut.removed(node.args[0]) or cut.removed(node):
+            cut.resize_weighted(node, cut.kept(node), cut.kept(node.args[0]))
+
+
+class TransposedConvolution(_WeightedLayer):
+    """nn.ConvTransposeNd with groups=1."""
+
+    def refusal(self, rel, node):
+        return "is a grouped transposed convolution" if rel.gm.get_submodule(node.target).groups != 1 else None
+
+
+class Linear(_WeightedLayer):
+    """nn.Linear / F.linear on `[batch, features]`."""
+
+    def refusal(self, rel, node):
+        if _weight(rel.gm, node) is None:
+            return "takes a weight that is not a parameter"
+        if rel.rank(node.args[0]) != 2:
+            return f"applies to the last dimension of a rank-{rel.rank(node.args[0])} tensor"
+        return None
+
+
+class FunctionalBatchNorm(ChannelOp):
+    """F.batch_norm(x, running_mean, running_var, weight, bias, ...) with parameter/buffer arguments."""
+
+    def relate(self, rel, node):
+        PassThrough().relate(rel, node)
+        for arg in node.all_input_nodes[1:]:
+            if arg.op == "get_attr":
+                rel.couple_parameter(node, arg, 0)
+            else:
+                rel.refuse(node, f"{rel.describe(node)} takes statistics that are not parameters or buffers")
+
+
+# --------------------------------------------------------------------------- the registry
+
+_BATCH_NORM = PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
+_PASS = PassThrough()
+_MODULES: dict[type, ChannelOp] = {
+    **{t: Convolution() for t in ops.CONV_MODULES},
+    **{t: TransposedConvolution() for t in ops.CONV_TRANSPOSE_MODULES},
+    nn.Linear: Linear(),
+    **{t: _BATCH_NORM for t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)},
+    **{t: PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
+       for t in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    nn.PReLU: PassThrough(("weight",), "num_parameters"),
+    **{t: _PASS for t in (*ops.ZERO_PRESERVING_MODULES, *ops.ACTIVATION_MODULES, nn.Upsample, nn.AlphaDropout)},
+    nn.Flatten: Reshape(),
+    nn.Softmax: Refuse("normalises across channels"),
+    nn.Softmax2d: Refuse("normalises across channels"),
+    nn.GroupNorm: Refuse("normalises across groups of channels"),
+    nn.LayerNorm: Refuse("normalises across channels"),
+    nn.PixelShuffle: Refuse("moves channels into space"),
+    nn.PixelUnshuffle: Refuse("moves space into channels"),
+    nn.ChannelShuffle: Refuse("permutes channels across groups"),
+}
+_FUNCTIONS: dict[Callable, ChannelOp] = {
+    **{f: Convolution() for f in ops.CONV_FUNCTIONS},
+    F.linear: Linear(),
+    F.batch_norm: FunctionalBatchNorm(),
+    **{f: _PASS for f in (*ops.ZERO_PRESERVING_FUNCTIONS, *ops.ACTIVATION_FUNCTIONS, F.interpolate,
+                          F.hardtanh, F.dropout1d, F.dropout3d, torch.sigmoid, torch.clone)},
+    F.softmax: Refuse("normalises across a dimension"),
+    torch.softmax: Refuse("normalises across a dimension"),
+    **{f: Elementwise() for f in ops.ELEMENTWISE_BINARY_FUNCTIONS},
+    **{f: Concat() for f in ops.CAT_FUNCTIONS},
+    torch.split: Split(),
+    torch.chunk: Split(),
+    operator.getitem: GetItem(),
+    torch.flatten: Reshape(),
+    torch.reshape: Reshape(),
+    torch.mean: Reduce(),
+    torch.sum: Reduce(),
+    torch.amax: Reduce(),
+    getattr: Ignore(),
+    F.pixel_shuffle: Refuse("moves channels into space"),
+    F.channel_shuffle: Refuse("permutes channels across groups"),
+    torch.transpose: Refuse("moves the channel dimension"),
+    torch.permute: Refuse("moves the channel dimension"),
+}
+_METHODS: dict[str, ChannelOp] = {
+    **{m: _PASS for m in (*ops.ZERO_PRESERVING_METHODS, *ops.ACTIVATION_METHODS, "clone", "float", "sigmoid_")},
+    "softmax": Refuse("normalises across a dimension"),
+    **{m: Elementwise() for m in ops.ELEMENTWISE_BINARY_METHODS},
+    "split": Split(),
+    "chunk": Split(),
+    "view": Reshape(),
+    "reshape": Reshape(),
+    "flatten": Reshape(),
+    "mean": Reduce(),
+    "sum": Reduce(),
+    "amax": Reduce(),
+    **{m: Ignore() for m in ("size", "dim")},
+    "transpose": Refuse("moves the channel dimension"),
+    "permute": Refuse("moves the channel dimension"),
+}
+
+
+def register(key: Key, handler: ChannelOp) -> None:
+    """Teach the channel analysis an op: `key` is a module class, a function or a method name.
+
+    For a layer that keeps its channels: `register(MyNorm, PassThrough(("weight", "bias")))`.
+    For one that must never be pruned through: `register(MyMixer, Refuse("mixes channels"))`.
+    """
+    if not isinstance(handler, ChannelOp):
+        raise TypeError(f"handler must be a graphmorph.channel_ops.ChannelOp, got {type(handler).__name__}")
+    table = _MODULES if isinstance(key, type) else _METHODS if isinstance(key, str) else _FUNCTIONS
+    table[key] = handler
+
+
+def handler_for(gm: fx.GraphModule, node: fx.Node) -> ChannelOp | None:
+    """The handler of a call_module / call_function / call_method node, or None if unknown.
+    Module classes match by the most specific registered base class."""
+    if node.op == "call_module":
+        for cls in type(gm.get_submodule(node.target)).__mro__:
+            if cls in _MODULES:
+                return _MODULES[cls]
+        return None
+    if node.op == "call_function":
+        return _FUNCTIONS.get(node.target)
+    if node.op == "call_method":
+        return _METHODS.get(node.target)
+    return None
+
+
+def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+    """The weight of a convolution or linear node with its output channels first, else None."""
+    module = ops.module_of(gm, node)
+    if isinstance(module, ops.CONV_TRANSPOSE_MODULES):
+        return module.weight.transpose(0, 1)
+    return _weight(gm, node) if ops.is_conv(gm, node) or ops.is_linear(gm, node) else None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _first_tensor(rel, node: fx.Node) -> fx.Node | None:
+    return next((a for a in node.all_input_nodes if rel.channels(a) is not None), None)
+
+
+def _cat_dim(node: fx.Node, rank: int) -> int:
+    return node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) % rank
+
+
+def _split_dim(node: fx.Node, rank: int) -> int:
+    return node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0) % rank
+
+
+def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+    """The weight of a conv/linear module node, or the parameter an F.conv2d/F.linear node reads."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target).weight
+    arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        return ops.attribute(gm, arg.target)
+    return None
+
+
+def _conv_groups(gm: fx.GraphModule, node: fx.Node) -> int:
+    if node.op == "call_module":
+        return gm.get_submodule(node.target).groups
+    return node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)

@@ -1,0 +1,318 @@
+"""Channel dependencies on the fx graph: which channels must be removed together, and which cannot be.
+
+Every data tensor of rank >= 2 (batch first) has one *slot* per channel along dim 1. Each node's
+handler (`graphmorph.channel_ops`) relates its output's slots to its inputs': the same channel
+(BatchNorm, activations, residual adds, squeeze-excitation gates), an offset (concatenation,
+split), a range (flatten into a Linear), or fresh channels (the outputs of a convolution or a
+linear layer: the *producers*). Slots related this way form *classes*; a class is removed as a
+whole. A *group* is the set of classes that a producer's output channels fall into, joined with
+every other producer sharing a class, so `prune_channels` edits exactly one group.
+
+A group is refused, with a reason naming the node, when its channels come from the model's input,
+reach its output, or pass through an op the registry cannot follow (a channel shuffle, a softmax
+over channels, an op without a handler).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from torch import fx
+
+from graphmorph import ops
+from graphmorph.analysis import _require_shapes
+from graphmorph.channel_ops import TensorQuestions, handler_for
+from graphmorph.errors import RewriteError
+
+__all__ = ["ChannelGroup", "ChannelDependencies", "channel_dependencies", "channel_groups"]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Coupled output channels of one or more layers: removing channel k of one removes it in all."""
+
+    index: int
+    producers: tuple[str, ...]     # the layers (module names, or node names for F.conv2d) making the channels
+    size: int                      # channels that can be removed one by one
+    refused: str | None            # why this group cannot be pruned, or None
+    readers: tuple[str, ...]       # layers whose input channels shrink with the group
+
+    @property
+    def prunable(self) -> bool:
+        return self.refused is None
+
+
+def channel_dependencies(gm: fx.GraphModule) -> "ChannelDependencies":
+    """Analyse a captured GraphModule (shapes in node.meta)."""
+    _require_shapes(gm)
+    return ChannelDependencies(gm)
+
+
+def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
+    """Every group of coupled channels, prunable or refused (with the reason), in graph order."""
+    return channel_dependencies(gm).groups
+
+
+class Relations(TensorQuestions):
+    """What handlers tell the analysis: a union-find over channel slots plus what they mark."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.base: dict[fx.Node, int] = {}
+        self.width: dict[fx.Node, int] = {}
+        self.parent: list[int] = []
+        self.producers: list[fx.Node] = []
+        self.readers: list[tuple[fx.Node, fx.Node]] = []
+        self.refusals: list[tuple[fx.Node, str, bool]] = []
+        self.evens: list[tuple[fx.Node, int]] = []
+        self.parameter_dim: dict[fx.Node, int] = {}
+
+    # ---- what handlers declare
+
+    def same(self, out: fx.Node, inp: fx.Node, out_index: Iterable[int] | None = None,
+             in_index: Iterable[int] | None = None) -> None:
+        """Output slot out_index[k] is input slot in_index[k] (default: channel c is channel c)."""
+        a, b = self._slots(out), self._slots(inp)
+        out_index = range(self.width[out]) if out_index is None else out_index
+        in_index = range(self.width[inp]) if in_index is None else in_index
+        for i, j in zip(out_index, in_index):
+            self._union(a + i, b + j)
+
+    def fresh(self, node: fx.Node) -> None:
+        """The node's output channels are new: it is a producer."""
+        self._slots(node)
+        self.producers.append(node)
+
+    def reads(self, node: fx.Node, source: fx.Node) -> None:
+        """The node reads `source`'s channels through a weight it can drop input channels from."""
+        self._slots(source)
+        self.readers.append((node, source))
+
+    def refuse(self, node: fx.Node, reason: str, inputs: bool = True) -> None:
+        """The node's channels (and, with `inputs`, its inputs') cannot be removed."""
+        self.refusals.append((node, reason, inputs))
+
+    def couple_parameter(self, node: fx.Node, attr: fx.Node, dim: int) -> None:
+        """A parameter or buffer read by `node` is indexed by the node's channels along `dim`."""
+        if self.parameter_dim.setdefault(attr, dim) != dim:
+            self.refuse(node, f"{attr.target} is indexed by channels along two different dimensions")
+            return
+        shape = self.shape(attr)
+        if attr not in self.base:
+            self.base[attr], self.width[attr] = len(self.parent), shape[dim]
+            self.parent.extend(range(len(self.parent), len(self.parent) + shape[dim]))
+        for c in range(shape[dim]):
+            self._union(self._slots(node) + c, self.base[attr] + c)
+
+    def even(self, node: fx.Node, groups: int) -> None:
+        """The node's channels fall into `groups` equal runs that must keep equal counts (grouped conv)."""
+        self._slots(node)
+        self.evens.append((node, groups))
+
+    # ---- union-find
+
+    def _slots(self, node: fx.Node) -> int:
+        if node not in self.base:
+            width = self.channels(node)
+            if width is None:
+                raise RewriteError(f"{self.describe(node)} has no channel dimension")
+            self.base[node], self.width[node] = len(self.parent), width
+            self.parent.extend(range(len(self.parent), len(self.parent) + width))
+        return self.base[node]
+
+    def find(self, slot: int) -> int:
+        parent = self.parent
+        root = slot
+        while parent[root] != root:
+            root = parent[root]
+        while parent[slot] != root:
+            parent[slot], slot = root, parent[slot]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+class ChannelDependencies:
+    """The channel classes and groups of one graph; maps pruning requests to per-node removals."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.rel = rel = Relations(gm)
+        for node in gm.graph.nodes:
+            self._relate(node)
+        self._couple_shared_modules()
+        self.root = {node: [rel.find(rel.base[node] + c) for c in range(rel.width[node])] for node in rel.base}
+        self._build_groups()
+
+    # ---- public questions
+
+    def group_of(self, target: str) -> ChannelGroup:
+        """The group holding the output channels of a layer (module name) or node (node name)."""
+        return self.groups[self._group_index[self._root_of(self._node(target), 0)]]
+
+    def classes(self, target: str, channels: Sequence[int]) -> list[int]:
+        """The classes of the given output channels of `target`, checked against its channel count."""
+        node = self._node(target)
+        width = self.rel.width[node]
+        bad = [c for c in channels if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < width]
+        if bad:
+            raise RewriteError(f"{target} has channels 0..{width - 1}; there is no channel {bad[0]!r}")
+        if not channels:
+            raise RewriteError(f"no channels of {target} to prune")
+        return sorted({self.root[node][c] for c in channels})
+
+    def group_classes(self, group: ChannelGroup) -> list[int]:
+        return self._classes[group.index]
+
+    def removal(self, classes: Iterable[int]) -> dict[str, list[int]]:
+        """Per node name, the channel indices (of that node's tensor) that go with `classes`."""
+        classes = set(classes)
+        removal = {}
+        for node, roots in self.root.items():
+            removed = [c for c, r in enumerate(roots) if r in classes]
+            if removed:
+                removal[node.name] = removed
+        return removal
+
+    def members(self, group: ChannelGroup) -> list[tuple[fx.Node, list[int]]]:
+        """(producer node, class position of each of its output channels) for scoring."""
+        position = {root: k for k, root in enumerate(self._classes[group.index])}
+        return [(p, [position[r] for r in self.root[p]]) for p in self._producers[group.index]]
+
+    def partition(self, group: ChannelGroup) -> list[list[int]]:
+        """Class positions in runs that must keep equal counts (a grouped convolution's groups);
+        one run holding every class when nothing constrains the group."""
+        position = {root: k for k, root in enumerate(self._classes[group.index])}
+        for node, parts in self.rel.evens:
+            roots = self.root[node]
+            if roots and self._group_index.get(roots[0]) == group.index:
+                per = len(roots) // parts
+                runs = [sorted({position[r] for r in roots[k * per:(k + 1) * per]}) for k in range(parts)]
+                return runs
+        return [list(range(group.size))]
+
+    # ---- analysis
+
+    def _relate(self, node: fx.Node) -> None:
+        rel = self.rel
+        if node.op == "get_attr":
+            return
+        if node.op == "placeholder":
+            if rel.channels(node) is not None:
+                rel._slots(node)
+                rel.refuse(node, f"its channels come from the model's input {node.name!r}")
+            return
+        if node.op == "output":
+            for arg in node.all_input_nodes:
+                if rel.channels(arg) is not None:
+                    rel.refuse(arg, "its channels reach the model's output", inputs=False)
+            return
+        touches = rel.channels(node) is not None or any(rel.channels(a) is not None for a in node.all_input_nodes)
+        if not touches:
+            return
+        handler = handler_for(self.gm, node)
+        if handler is None:
+            rel.refuse(node, f"{rel.describe(node)} has no channel handler (register one with "
+                             f"graphmorph.channel_ops.register)")
+            return
+        handler.relate(rel, node)
+
+    def _couple_shared_modules(self) -> None:
+        """A module with parameters called more than once has one set of channels for all calls."""
+        rel, calls = self.rel, {}
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module" and node in rel.base:
+                calls.setdefault(node.target, []).append(node)
+        for target, nodes in calls.items():
+            module = self.gm.get_submodule(target)
+            if len(nodes) > 1 and any(True for _ in module.parameters()):
+                for other in nodes[1:]:
+                    rel.same(nodes[0], other)
+                    if nodes[0].args[0] in rel.base and other.args[0] in rel.base:
+                        rel.same(nodes[0].args[0], other.args[0])
+
+    def _build_groups(self) -> None:
+        rel = self.rel
+        parent: dict[int, int] = {}    # union-find over classes: a producer joins all its classes
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for producer in rel.producers:
+            roots = self.root[producer]
+            for r in roots[1:]:
+                a, b = find(roots[0]), find(r)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            find(roots[0])
+        refused: dict[int, str] = {}
+        for node, reason, inputs in rel.refusals:
+            for n in [node, *node.all_input_nodes] if inputs else [node]:
+                for r in self.root.get(n, ()):
+                    refused.setdefault(r, f"{reason} ({n.name})" if n is not node else reason)
+        order: dict[int, int] = {}
+        classes: list[list[int]] = []
+        producers: list[list[fx.Node]] = []
+        for producer in rel.producers:
+            g = find(self.root[producer][0])
+            if g not in order:
+                order[g] = len(classes)
+                classes.append([])
+                producers.append([])
+            producers[order[g]].append(producer)
+        for producer in rel.producers:
+            k = order[find(self.root[producer][0])]
+            seen = set(classes[k])
+            for r in self.root[producer]:
+                if r not in seen:
+                    seen.add(r)
+                    classes[k].append(r)
+        self._group_index = {r: k for k, rs in enumerate(classes) for r in rs}
+        readers: list[list[str]] = [[] for _ in classes]
+        for node, source in rel.readers:
+            k = self._group_index.get(self.root[source][0]) if self.root.get(source) else None
+            if k is not None:
+                readers[k].append(_target(node))
+        self._classes, self._producers = classes, producers
+        self.groups = [
+            ChannelGroup(
+                index=k,
+                producers=tuple(dict.fromkeys(_target(p) for p in producers[k])),
+                size=len(classes[k]),
+                refused=next((refused[r] for r in classes[k] if r in refused), None),
+                readers=tuple(dict.fromkeys(readers[k])),
+            )
+            for k in range(len(classes))
+        ]
+
+    def _node(self, target: str) -> fx.Node:
+        for node in self.gm.graph.nodes:
+            if node in self.root and (node.name == target or (node.op == "call_module" and node.target == target)):
+                return node
+        producers = ", ".join(g.producers[0] for g in self.groups[:8])
+        raise RewriteError(f"no layer or node named {target!r} with channels; layers with output channels "
+                           f"include: {producers}{', ...' if len(self.groups) > 8 else ''}")
+
+    def _root_of(self, node: fx.Node, channel: int) -> int:
+        root = self.root[node][channel]
+        if root not in self._group_index:
+            raise RewriteError(f"{_target(node)} has no prunable output channels of its own (they come from "
+                               f"the model's input or an op without a weight)")
+        return root
+
+
+def _target(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def is_stochastic(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Dropout: a pruned tensor draws different random masks, so train mode cannot be compared."""
+    module = ops.module_of(gm, node)
+    name = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
+    return "dropout" in name.lower()

@@ -1,0 +1,191 @@
+"""Random fx-traceable CNNs from a small grammar of pieces, for property tests of rewrites on
+models that are not ours: residual, projection, dense (concat), depthwise-separable, grouped,
+squeeze-excitation, inverted-residual, split/concat, functional (F.conv2d) and plain pieces,
+then a head that pools or flattens into a Linear.
+
+A `CNNSpec` is plain data (the strategy in `graphmorph.testing` draws it), so a failing example
+prints as a readable recipe and rebuilds the same net.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PIECES", "CNNSpec", "GrammarNet"]
+
+PIECES = ("plain", "residual", "projection", "dense", "depthwise", "grouped", "se", "inverted", "split",
+          "functional")
+
+
+def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class Plain(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.body, self.act = _conv_bn(cin, width, 3, stride), nn.ReLU()
+        self.out_channels = width
+
+    def forward(self, x):
+        return self.act(self.body(x))
+
+
+class Residual(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.conv1, self.conv2 = _conv_bn(cin, width), _conv_bn(width, cin)
+        self.out_channels = cin
+
+    def forward(self, x):
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class Projection(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.conv1, self.conv2 = _conv_bn(cin, width, 3, stride), _conv_bn(width, width)
+        self.shortcut = _conv_bn(cin, width, 1, stride)
+        self.out_channels = width
+
+    def forward(self, x):
+        out = self.conv2(F.relu(self.conv1(x)))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class Dense(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.norm, self.conv = nn.BatchNorm2d(cin), nn.Conv2d(cin, width, 3, padding=1, bias=False)
+        self.out_channels = cin + width
+
+    def forward(self, x):
+        return torch.cat([x, self.conv(F.relu(self.norm(x)))], 1)
+
+
+class Depthwise(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        multiplier = 1 + width % 2
+        self.dw = _conv_bn(cin, cin * multiplier, 3, stride, groups=cin)
+        self.pw = _conv_bn(cin * multiplier, width, 1)
+        self.out_channels = width
+
+    def forward(self, x):
+        return F.relu(self.pw(F.relu(self.dw(x))))
+
+
+class Grouped(nn.Module):
+    def __init__(self, cin, width, stride, groups=2):
+        super().__init__()
+        mid = groups * max(1, width // groups)
+        self.reduce, self.grouped = _conv_bn(cin, mid, 1), _conv_bn(mid, mid, 3, 1, groups)
+        self.expand = _conv_bn(mid, cin, 1)
+        self.out_channels = cin
+
+    def forward(self, x):
+        out = F.relu(self.grouped(F.relu(self.reduce(x))))
+        return F.relu(self.expand(out) + x)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.body = _conv_bn(cin, cin)
+        self.fc1, self.fc2 = nn.Linear(cin, max(1, width // 2)), nn.Linear(max(1, width // 2), cin)
+        self.out_channels = cin
+
+    def forward(self, x):
+        out = self.body(x)
+        gate = out.mean((2, 3))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(gate)))).view(gate.size(0), -1, 1, 1)
+        return F.relu(out * gate + x)
+
+
+class Inverted(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        hidden = 2 * cin
+        self.expand = nn.Sequential(*_conv_bn(cin, hidden, 1), nn.ReLU6())
+        self.dw = nn.Sequential(*_conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU6())
+        self.project = _conv_bn(hidden, width, 1)
+        self.residual = stride == 1 and cin == width
+        self.out_channels = width
+
+    def forward(self, x):
+        out = self.project(self.dw(self.expand(x)))
+        return x + out if self.residual else out
+
+
+class Split(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.first, self.second = _conv_bn(cin - cin // 2, width), _conv_bn(cin // 2, width)
+        self.sizes = [cin - cin // 2, cin // 2]
+        self.out_channels = 2 * width
+
+    def forward(self, x):
+        a, b = torch.split(x, self.sizes, 1)
+        return F.relu(torch.cat([self.first(a), self.second(b)], 1))
+
+
+class Functional(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width, cin, 3, 3) * 0.3)
+        self.bias = nn.Parameter(torch.randn(width) * 0.1)
+        self.scale = nn.Parameter(1 + 0.1 * torch.randn(1, width, 1, 1))
+        self.stride, self.out_channels = stride, width
+
+    def forward(self, x):
+        return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, 1) * self.scale)
+
+
+_CLASSES = {"plain": Plain, "residual": Residual, "projection": Projection, "dense": Dense, "depthwise": Depthwise,
+            "grouped": Grouped, "se": SqueezeExcite, "inverted": Inverted, "split": Split, "functional": Functional}
+_STRIDED = {"plain", "projection", "depthwise", "inverted", "functional"}
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    """A net to build: its pieces as (kind, width, stride), the head, and the input it takes."""
+
+    pieces: tuple[tuple[str, int, int], ...]
+    head: str = "pool"             # "pool": global average pool; "flatten": flatten C x H x W into the Linear
+    in_channels: int = 3
+    input_size: int = 8
+    num_classes: int = 3
+
+    def build(self) -> "GrammarNet":
+        return GrammarNet(self)
+
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, self.in_channels, self.input_size, self.input_size, generator=generator)
+
+
+class GrammarNet(nn.Module):
+    """A stem conv, the spec's pieces in order, then the head."""
+
+    def __init__(self, spec: CNNSpec):
+        super().__init__()
+        self.stem = nn.Sequential(*_conv_bn(spec.in_channels, 4), nn.ReLU())
+        channels, size, pieces = 4, spec.input_size, []
+        for kind, width, stride in spec.pieces:
+            stride = stride if kind in _STRIDED and size >= 2 * stride else 1
+            piece = _CLASSES[kind](channels, width, stride)
+            pieces.append(piece)
+            channels, size = piece.out_channels, (size + stride - 1) // stride
+        self.pieces = nn.Sequential(*pieces)
+        self.head_kind = spec.head
+        features = channels if spec.head == "pool" else channels * size * size
+        self.classifier = nn.Linear(features, spec.num_classes)
+
+    def forward(self, x):
+        x = self.pieces(self.stem(x))
+        x = F.adaptive_avg_pool2d(x, 1) if self.head_kind == "pool" else x
+        return self.classifier(torch.flatten(x, 1))

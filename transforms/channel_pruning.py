@@ -1,0 +1,213 @@
+"""Dependency-aware channel pruning on any captured model: `prune_channels` and `prune_filters`.
+
+Contract (checked by `graphmorph.verify` after every call): the pruned graph computes exactly what
+the old graph computes with the removed channels zeroed wherever they exist (the old graph with a
+0/1 channel mask multiplied in after every node that carries them), in float64, in eval mode and,
+unless a dropout carries removed channels (it would draw different random masks), in train mode.
+Coupled channels (residual adds, concatenations, depthwise convolutions, squeeze-excitation
+gates, flatten into a Linear) are found by `graphmorph.channels`; groups it refuses are refused
+here with the same reason.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import fx
+
+from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.channel_ops import output_weight
+from graphmorph.channel_surgery import KEPT_KEY, apply_removal, check_removal
+from graphmorph.channels import ChannelDependencies, ChannelGroup, channel_dependencies, is_stochastic
+from graphmorph.copying import clone
+from graphmorph.errors import RewriteError
+from graphmorph.history import record_rewrite
+from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, evaluating
+from graphmorph.verify import verification_inputs, verify as verify_rewrite
+
+__all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "replay_prune_channels",
+           "replay_prune_filters"]
+
+CRITERIA = ("l2", "featuremap_l2")
+
+
+def prune_channels(gm: fx.GraphModule, target: str, channels: Sequence[int], *,
+                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+    """A new graph without output channels `channels` of layer `target` (a module name, or a node
+    name for F.conv2d-style layers) and every channel coupled to them; every reader (convolutions,
+    linears, BatchNorm statistics, split sizes, reshapes) is fixed to match."""
+    deps = channel_dependencies(gm)
+    group = deps.group_of(target)
+    if group.refused:
+        raise RewriteError(f"cannot prune channels of {target}: {group.refused}")
+    channels = list(channels)
+    classes = deps.classes(target, channels)
+    record = {"rewrite": "prune_channels", "target": target, "channels": sorted(set(channels))}
+    return _prune(gm, deps, classes, example_input, verify, record)
+
+
+def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data: Any = None,
+                  per_layer: bool = False, ignore: Iterable[str] = (), *,
+                  example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+    """Remove about `ratio` of the prunable channels, lowest importance first, in one verified rewrite.
+
+    `criterion` "l2" scores a channel by the L2 norm of the weights that produce it; "featuremap_l2"
+    by the mean square of its featuremaps on `data` (a batch of inputs, or an iterable of batches or
+    (inputs, labels) pairs). Globally (scores normalised by each group's mean) or, with `per_layer`,
+    `ratio` of every group. Never empties a layer; never touches a group that reaches the model's
+    output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even.
+    Groups whose removal is refused are skipped; the history record lists them with the reason.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
+    if criterion not in CRITERIA:
+        raise RewriteError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if criterion == "featuremap_l2" and data is None:
+        raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
+    deps = channel_dependencies(gm)
+    ignore = set(ignore)
+    groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
+    scores = _scores(gm, deps, groups, criterion, data)
+    chosen = _choose(deps, groups, scores, ratio, per_layer)
+    pruned, skipped, classes = [], [], []
+    for group, picked in chosen:
+        reason = check_removal(gm, deps, deps.removal(picked))
+        if reason:
+            skipped.append([group.producers[0], reason])
+            continue
+        classes += picked
+        pruned.append([group.producers[0], _channels_of(deps, group, picked)])
+    record = {"rewrite": "prune_filters", "ratio": ratio, "criterion": criterion, "per_layer": per_layer,
+              "pruned": pruned, "skipped": skipped}
+    return _prune(gm, deps, classes, example_input, verify, record)
+
+
+def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]]) -> fx.GraphModule:
+    """The reference of the pruning contract: a copy of `gm` that multiplies a 0/1 channel mask in
+    after every node carrying removed channels (`removal`: node name -> channel indices)."""
+    masked = clone(gm)
+    for k, node in enumerate(list(masked.graph.nodes)):
+        removed = removal.get(node.name)
+        if not removed or node.op == "get_attr" or not node.users:
+            continue
+        shape = node.meta["tensor_meta"].shape
+        mask = torch.ones(shape[1], dtype=node.meta["tensor_meta"].dtype)
+        mask[removed] = 0.0
+        name = f"_graphmorph_mask{k}"
+        masked.register_buffer(name, mask.view(1, -1, *[1] * (len(shape) - 2)))
+        with masked.graph.inserting_after(node):
+            attr = masked.graph.get_attr(name)
+        with masked.graph.inserting_after(attr):
+            product = masked.graph.call_function(operator.mul, (node, attr))
+        node.replace_all_uses_with(product, delete_user_cb=lambda user: user is not product)
+    masked.recompile()
+    return masked
+
+
+def replay_prune_channels(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
+    return prune_channels(gm, record["target"], record["channels"])
+
+
+def replay_prune_filters(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
+    """Apply the recorded choice again (no scoring, so no data is needed)."""
+    deps = channel_dependencies(gm)
+    classes = [c for target, channels in record["pruned"] for c in deps.classes(target, channels)]
+    return _prune(gm, deps, classes, None, True, dict(record))
+
+
+# --------------------------------------------------------------------------- implementation
+
+
+def _prune(gm, deps: ChannelDependencies, classes: list[int], example_input, verify, record) -> fx.GraphModule:
+    removal = deps.removal(classes)
+    reason = check_removal(gm, deps, removal) if removal else None
+    if reason:
+        raise RewriteError(f"{record['rewrite']} refused: {reason}")
+    work = clone(gm)
+    cut = apply_removal(work, deps, removal)
+    work.meta[KEPT_KEY] = cut.kept_indices
+    inputs = verification_inputs(gm, example_input)
+    if verify:
+        stochastic = any(is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
+        verify_rewrite(mask_channels(gm, removal), work, inputs, param_delta=cut.param_delta,
+                       preserves=("eval",) if stochastic else ("eval", "train"), rewrite=record["rewrite"])
+    record_rewrite(work, record)
+    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
+    return work
+
+
+def _channels_of(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[int]:
+    """The output channels of the group's first producer that belong to `classes`."""
+    node = deps._node(group.producers[0])
+    picked = set(classes)
+    return [c for c, root in enumerate(deps.root[node]) if root in picked]
+
+
+def _scores(gm, deps, groups: list[ChannelGroup], criterion: str, data) -> list[list[float]]:
+    """Per group, one importance per class: the summed squares over its producers, square-rooted."""
+    per_node = _featuremap_squares(gm, deps, groups, data) if criterion == "featuremap_l2" else None
+    scores = []
+    for group in groups:
+        total = [0.0] * group.size
+        for producer, positions in deps.members(group):
+            if per_node is not None:
+                values = per_node[producer.name]
+            else:
+                weight = output_weight(gm, producer).detach()
+                values = weight.reshape(weight.shape[0], -1).pow(2).sum(1).tolist()
+            for position, value in zip(positions, values):
+                total[position] += value
+        scores.append([math.sqrt(v) for v in total])
+    return scores
+
+
+def _featuremap_squares(gm, deps, groups, data) -> dict[str, list[float]]:
+    """Mean over `data` of each producer's per-channel mean square featuremap (eval mode)."""
+    wanted = {p.name for g in groups for p, _ in deps.members(g)}
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node):
+            value = super().run_node(node)
+            if node.name in wanted:
+                dims = [d for d in range(value.dim()) if d != 1]
+                square = value.detach().double().pow(2).mean(dims)
+                sums[node.name] = sums.get(node.name, 0) + square
+            return value
+
+    batches = [data] if isinstance(data, torch.Tensor) else data
+    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+    with evaluating(gm):
+        for batch in batches:
+            inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
+            Recorder(gm).run(*[t.to(device) for t in as_inputs(inputs)])
+            count += 1
+    if not count:
+        raise RewriteError("data for 'featuremap_l2' held no batches")
+    return {name: (total / count).tolist() for name, total in sums.items()}
+
+
+def _choose(deps, groups, scores, ratio: float, per_layer: bool) -> list[tuple[ChannelGroup, list[int]]]:
+    """Classes to remove per group: the lowest scores, at least one channel kept in every run of a
+    group's partition, equal counts in every run."""
+    if per_layer:
+        budgets = [None] * len(groups)
+    else:
+        ranked = sorted((s / (sum(ss) / len(ss) + 1e-12), k) for k, ss in enumerate(scores) for s in ss)
+        cutoff = ranked[int(ratio * len(ranked)) - 1][0] if int(ratio * len(ranked)) else -1.0
+        budgets = [sum(1 for s in ss if s / (sum(ss) / len(ss) + 1e-12) <= cutoff) for ss in scores]
+    chosen = []
+    for group, score, budget in zip(groups, scores, budgets):
+        runs = deps.partition(group)
+        size = min(len(r) for r in runs)
+        wanted = int(ratio * group.size) if budget is None else budget
+        per_run = min(size - 1, wanted // len(runs))
+        if per_run <= 0:
+            continue
+        classes = deps.group_classes(group)
+        picked = [classes[p] for run in runs for p in sorted(run, key=lambda p: score[p])[:per_run]]
+        chosen.append((group, picked))
+    return chosen
