@@ -10,8 +10,9 @@ from transforms.growth import PRESERVED_MODES, grow
 from transforms.initializers import INITS, AdamInitOptions
 from transforms.pruning import prune_branches, prune_skips
 from transforms.replayer import replay
+from transforms.skips import prune_skip_edges, remove_block
 from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation, reset_statistics
 
 __all__ = ["grow", "prune_channels", "prune_filters", "mask_channels", "CRITERIA", "prune_branches", "prune_skips",
-           "add_cell", "CELL_INITS", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
+           "prune_skip_edges", "remove_block", "add_cell", "CELL_INITS", "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
            "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation"]

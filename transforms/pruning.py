@@ -23,6 +23,7 @@ from graphmorph.history import record_rewrite
 from graphmorph.shapes import Inputs, annotate_shapes
 from graphmorph.ops import attribute
 from graphmorph.verify import verification_inputs, verify as verify_rewrite
+from transforms.skips import prune_skip_edges
 
 __all__ = ["prune_branches", "prune_skips", "replay_prune_branches", "replay_prune_skips"]
 
@@ -59,9 +60,14 @@ def prune_branches(gm: fx.GraphModule, cell: str, branches: Sequence[str | int],
 
 def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
                 example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
-    """A new graph without the given skip inputs, each `(reduction, source)` such as
-    `("stage0.reduce2", "input")`: the scaled input, its scalar, and the reduction conv's channels for it."""
+    """A new graph without the given skip inputs. On an EnvelopeNet each is `(reduction, source)`
+    such as `("stage0.reduce2", "input")`: the scaled input, its scalar, and the reduction conv's
+    channels for it go. On any model each is `(merge node, input node)`, fx node names of an add or
+    a channel concatenation and one of its inputs (see `transforms.skips.prune_skip_edges`)."""
     skips = [tuple(s) for s in skips]
+    merges = {n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)}
+    if skips and all(reduce in merges for reduce, _ in skips):
+        return prune_skip_edges(gm, skips, example_input=example_input, verify=verify)
     work, masked, delta = clone(gm), clone(gm), 0
     for reduce, source in skips:
         scalar = f"{reduce}.w_{source}"

@@ -14,12 +14,14 @@ from transforms.channel_pruning import replay_prune_channels, replay_prune_filte
 from transforms.growth import replay_grow
 from transforms.pruning import replay_prune_branches, replay_prune_skips
 from transforms.initializers import Batches
+from transforms.skips import replay_prune_skip_edges, replay_remove_block
 
 __all__ = ["replay", "REPLAYERS"]
 
 REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips,
              "add_cell": replay_add_cell, "prune_channels": replay_prune_channels,
-             "prune_filters": replay_prune_filters}
+             "prune_filters": replay_prune_filters, "prune_skip_edges": replay_prune_skip_edges,
+             "remove_block": replay_remove_block}
 
 
 def replay(

@@ -1,0 +1,213 @@
+"""Remove an input of a merge on any model: a skip edge of an add or a concatenation
+(`prune_skip_edges`), or a whole residual block (`remove_block`, the inverse of `grow`).
+
+Contract (checked by `graphmorph.verify`): the new graph computes exactly what the old graph
+computes with the removed input multiplied by zero where it enters the merge, in float64, in eval
+mode and, when the graph has no dropout, in train mode. Removing a concatenation input also
+removes its channels from every reader downstream (BatchNorm statistics, convolution and linear
+input columns); a path that adds them to another tensor, or an op the channel registry cannot
+follow, is refused with the node named.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Iterable
+
+import torch
+from torch import fx
+
+from graphmorph import ops
+from graphmorph.analysis import find_blocks
+from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler_for
+from graphmorph.channel_surgery import apply_removal
+from graphmorph.channels import channel_dependencies, is_stochastic
+from graphmorph.copying import clone
+from graphmorph.errors import RewriteError
+from graphmorph.history import record_rewrite
+from graphmorph.shapes import Inputs, annotate_shapes
+from graphmorph.verify import parameter_count, verification_inputs, verify as verify_rewrite
+
+__all__ = ["prune_skip_edges", "remove_block", "replay_prune_skip_edges", "replay_remove_block"]
+
+
+def prune_skip_edges(gm: fx.GraphModule, edges: Iterable[tuple[str, str]], *,
+                     example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+    """A new graph without the given skip edges, each `(merge node, input node)` by fx node name:
+    an input of an add (the add becomes its other input) or of a concatenation along channels
+    (its channels leave every reader downstream)."""
+    edges = [tuple(e) for e in edges]
+    if not edges:
+        raise RewriteError("no skip edges to prune")
+    work = gm
+    for merge, source in edges:
+        work = _drop_input(work, merge, source, example_input, verify)
+    record_rewrite(work, {"rewrite": "prune_skip_edges", "edges": [list(e) for e in edges]})
+    return work
+
+
+def remove_block(gm: fx.GraphModule, block: str, *, example_input: torch.Tensor | Inputs | None = None,
+                 verify: bool = True) -> fx.GraphModule:
+    """A new graph without the shape-preserving residual block `block` (a name from `find_blocks`):
+    its residual branch goes, its identity shortcut and any op after the add (a trailing ReLU) stay."""
+    blocks = find_blocks(gm)
+    found = next((b for b in blocks if b.name == block), None)
+    if found is None:
+        shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
+        raise RewriteError(f"no block named {block!r}; the net's blocks are: {shown}")
+    if not found.residual or found.shortcut != "identity":
+        raise RewriteError(f"block {block!r} is a {found.kind} block with a {found.shortcut or 'no'} shortcut; "
+                           f"only residual blocks with an identity shortcut can be removed")
+    names = set(found.nodes)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    merge = next((nodes[n] for n in found.nodes if ops.is_add(nodes[n])
+                  and any(i.name not in names for i in nodes[n].all_input_nodes)), None)
+    if merge is None:
+        raise RewriteError(f"block {block!r} has no add that joins its shortcut")
+    branch = next(i for i in merge.all_input_nodes if i.name in names)
+    work = _drop_input(gm, merge.name, branch.name, example_input, verify)
+    record_rewrite(work, {"rewrite": "remove_block", "block": block})
+    return work
+
+
+def replay_prune_skip_edges(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
+    return prune_skip_edges(gm, [tuple(e) for e in record["edges"]])
+
+
+def replay_remove_block(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
+    return remove_block(gm, record["block"])
+
+
+# --------------------------------------------------------------------------- implementation
+
+
+def _drop_input(gm, merge_name: str, source_name: str, example_input, verify: bool):
+    nodes = {n.name: n for n in gm.graph.nodes}
+    merge, source = nodes.get(merge_name), nodes.get(source_name)
+    if merge is None or not (ops.is_add(merge) or ops.is_cat(merge)):
+        merges = [n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)]
+        raise RewriteError(f"no add or concatenation node named {merge_name!r}; the merges are: "
+                           f"{', '.join(merges[:12]) or 'none'}")
+    if source is None or source not in merge.all_input_nodes:
+        raise RewriteError(f"{source_name!r} is not an input of {merge_name!r}; its inputs are: "
+                           f"{', '.join(i.name for i in merge.all_input_nodes)}")
+    work = clone(gm)
+    w_nodes = {n.name: n for n in work.graph.nodes}
+    w_merge, w_source = w_nodes[merge_name], w_nodes[source_name]
+    if ops.is_add(merge):
+        delta = _drop_add_input(work, w_merge, w_source)
+    else:
+        delta = _drop_cat_input(gm, work, merge, w_merge, w_source)
+    delta += _erase_dead(work, w_source)
+    work.recompile()
+    inputs = verification_inputs(gm, example_input)
+    if verify:
+        stochastic = any(is_stochastic(gm, n) for n in gm.graph.nodes)
+        verify_rewrite(_zeroed_input(gm, merge_name, source_name), work, inputs, param_delta=delta,
+                       preserves=("eval",) if stochastic else ("eval", "train"), rewrite="prune_skip_edges")
+    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
+    return work
+
+
+def _drop_add_input(work, merge: fx.Node, source: fx.Node) -> int:
+    tensors = [a for a in (*merge.args, *merge.kwargs.values()) if isinstance(a, fx.Node)]
+    other = [a for a in tensors if a is not source]
+    if len(tensors) != 2 or len(other) != 1 or merge.kwargs.get("alpha", 1) != 1:
+        raise RewriteError(f"{merge.name} is not a plain add of two tensors")
+    if merge.meta["tensor_meta"].shape != other[0].meta["tensor_meta"].shape:
+        raise RewriteError(f"{merge.name} broadcasts {other[0].name} to a larger shape; dropping "
+                           f"{source.name} would change the output shape")
+    merge.replace_all_uses_with(other[0])
+    work.graph.erase_node(merge)
+    return 0
+
+
+def _drop_cat_input(gm, work, merge: fx.Node, w_merge: fx.Node, w_source: fx.Node) -> int:
+    """Follow the input's channels forward from the concatenation to the layers that read them."""
+    rank = len(merge.meta["tensor_meta"].shape)
+    dim = merge.kwargs.get("dim", merge.args[1] if len(merge.args) > 1 else 0) % rank
+    parts = list(merge.args[0])
+    if dim != 1:
+        raise RewriteError(f"{merge.name} concatenates along dim {dim}; only channel concatenations can lose an input")
+    if len(parts) < 2:
+        raise RewriteError(f"{merge.name} has a single input; there is no skip to drop")
+    offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:[p.name for p in parts].index(w_source.name)])
+    width = w_source.meta["tensor_meta"].shape[1]
+    removal = _forward_removal(gm, merge, list(range(offset, offset + width)))
+    deps = channel_dependencies(gm)
+    before = parameter_count(work)
+    apply_removal(work, deps, removal)
+    w_merge.args = ([p for p in w_merge.args[0] if p is not w_source], *w_merge.args[1:])
+    return parameter_count(work) - before
+
+
+def _forward_removal(gm, start: fx.Node, channels: list[int]) -> dict[str, list[int]]:
+    """Node name -> removed channels, from `start` forward through channel-keeping ops and
+    concatenations to the layers that read them (which lose input columns only)."""
+    removal, stack = {start.name: channels}, [(start, channels)]
+    while stack:
+        node, removed = stack.pop()
+        for user in node.users:
+            handler = handler_for(gm, user)
+            if isinstance(handler, Concat):
+                parts = list(user.args[0])
+                offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(node)])
+                shifted = [offset + c for c in removed]
+            elif isinstance(handler, (PassThrough, Reduce)) and user.all_input_nodes[0] is node:
+                shifted = removed
+            elif isinstance(handler, Reshape) and _flattened(node, user) is not None:
+                inner = _flattened(node, user)
+                shifted = [c * inner + k for c in removed for k in range(inner)]
+            elif ops.is_weighted(gm, user) and getattr(ops.module_of(gm, user), "groups", 1) == 1:
+                continue
+            else:
+                raise RewriteError(f"the dropped channels reach {user.name} "
+                                   f"({getattr(user.target, '__name__', user.target)}), which cannot lose them alone")
+            removal[user.name] = shifted
+            stack.append((user, shifted))
+    return removal
+
+
+def _flattened(source: fx.Node, reshape: fx.Node) -> int | None:
+    """Features per channel when `reshape` keeps the channel axis (1) or flattens it with the
+    spatial axes (their size); None for any other reshape."""
+    before, after = source.meta["tensor_meta"].shape, reshape.meta["tensor_meta"].shape
+    inner = math.prod(before[2:])
+    if before[1] == after[1] and inner == math.prod(after[2:]):
+        return 1
+    return inner if len(after) == 2 and after[1] == before[1] * inner else None
+
+
+def _zeroed_input(gm: fx.GraphModule, merge_name: str, source_name: str) -> fx.GraphModule:
+    """The contract's reference: `gm` with the source multiplied by zero where it enters the merge."""
+    masked = clone(gm)
+    nodes = {n.name: n for n in masked.graph.nodes}
+    merge, source = nodes[merge_name], nodes[source_name]
+    with masked.graph.inserting_before(merge):
+        zeroed = masked.graph.call_function(operator.mul, (source, 0.0))
+    merge.replace_input_with(source, zeroed)
+    masked.recompile()
+    return masked
+
+
+def _erase_dead(work: fx.GraphModule, start: fx.Node) -> int:
+    """Erase `start` and its ancestors once nothing uses them, and the modules and attributes only
+    they used; returns the parameter change."""
+    before = parameter_count(work)
+    stack, targets, erased = [start], set(), set()
+    while stack:
+        node = stack.pop()
+        if node in erased or node.users or node.op in ("placeholder", "output"):
+            continue
+        inputs = node.all_input_nodes
+        if node.op in ("call_module", "get_attr"):
+            targets.add(str(node.target))
+        work.graph.erase_node(node)
+        erased.add(node)
+        stack.extend(inputs)
+    used = {str(n.target) for n in work.graph.nodes if n.op in ("call_module", "get_attr")}
+    for target in sorted(targets - used, key=len, reverse=True):
+        owner, _, name = target.rpartition(".")
+        delattr(work.get_submodule(owner) if owner else work, name)
+    return parameter_count(work) - before
