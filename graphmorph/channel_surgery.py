@@ -116,7 +116,7 @@ class Cut(TensorQuestions):
 def check_removal(gm: fx.GraphModule, deps: ChannelDependencies, removal: dict[str, list[int]]) -> str | None:
     """Why `removal` cannot be applied to `gm` (a node left without channels, a handler's refusal), or None."""
     cut = Cut(gm, removal)
-    for node in gm.graph.nodes:
+    for node in deps.near(removal):
         removed = removal.get(node.name)
         if removed and node.op != "get_attr" and len(removed) >= cut.channels(node):
             return f"it would remove every channel of {cut.describe(node)}"

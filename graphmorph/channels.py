@@ -145,6 +145,12 @@ class ChannelDependencies:
             self._relate(node)
         self._couple_shared_modules()
         self.root = {node: [rel.find(rel.base[node] + c) for c in range(rel.width[node])] for node in rel.base}
+        self._slots_of_class: dict[int, list[tuple[fx.Node, int]]] = {}
+        for node, roots in self.root.items():
+            for channel, root in enumerate(roots):
+                self._slots_of_class.setdefault(root, []).append((node, channel))
+        self.by_name = {node.name: node for node in gm.graph.nodes}
+        self.order = {node: k for k, node in enumerate(gm.graph.nodes)}
         self._build_groups()
 
     # ---- public questions
@@ -169,13 +175,17 @@ class ChannelDependencies:
 
     def removal(self, classes: Iterable[int]) -> dict[str, list[int]]:
         """Per node name, the channel indices (of that node's tensor) that go with `classes`."""
-        classes = set(classes)
-        removal = {}
-        for node, roots in self.root.items():
-            removed = [c for c, r in enumerate(roots) if r in classes]
-            if removed:
-                removal[node.name] = removed
-        return removal
+        removal: dict[str, list[int]] = {}
+        for root in set(classes):
+            for node, channel in self._slots_of_class[root]:
+                removal.setdefault(node.name, []).append(channel)
+        return {name: sorted(channels) for name, channels in removal.items()}
+
+    def near(self, removal: dict[str, list[int]]) -> list[fx.Node]:
+        """The nodes a removal touches and the nodes that read them, in graph order."""
+        nodes = {self.by_name[name] for name in removal}
+        nodes.update(user for node in list(nodes) for user in node.users)
+        return sorted(nodes, key=self.order.__getitem__)
 
     def members(self, group: ChannelGroup) -> list[tuple[fx.Node, list[int]]]:
         """(producer node, class position of each of its output channels) for scoring."""
