@@ -176,7 +176,7 @@ class Split(ChannelOp):
 
     def relate(self, rel, node):
         source = node.args[0]
-        pieces = [u for u in node.users]
+        pieces = list(node.users)
         if any(not (u.op == "call_function" and u.target is operator.getitem) for u in pieces):
             rel.refuse(node, f"{rel.describe(node)} is used other than by indexing its pieces")
             return
@@ -216,7 +216,7 @@ class GetItem(ChannelOp):
 
     def relate(self, rel, node):
         source = node.args[0]
-        if source.op in ("call_function", "call_method") and handler_for(rel.gm, source).__class__ is Split:
+        if source.op in ("call_function", "call_method") and isinstance(handler_for(rel.gm, source), Split):
             return
         if rel.channels(node) is not None or rel.channels(source) is not None:
             rel.refuse(node, f"{rel.describe(node)} indexes a tensor")
@@ -366,11 +366,11 @@ class Linear(_WeightedLayer):
         return None
 
 
-class FunctionalBatchNorm(ChannelOp):
+class FunctionalBatchNorm(PassThrough):
     """F.batch_norm(x, running_mean, running_var, weight, bias, ...) with parameter/buffer arguments."""
 
     def relate(self, rel, node):
-        PassThrough().relate(rel, node)
+        super().relate(rel, node)
         for arg in node.all_input_nodes[1:]:
             if arg.op == "get_attr":
                 rel.couple_parameter(node, arg, 0)
@@ -405,7 +405,7 @@ _FUNCTIONS: dict[Callable, ChannelOp] = {
     F.linear: Linear(),
     F.batch_norm: FunctionalBatchNorm(),
     **{f: _PASS for f in (*ops.ZERO_PRESERVING_FUNCTIONS, *ops.ACTIVATION_FUNCTIONS, F.interpolate,
-                          F.hardtanh, F.dropout1d, F.dropout3d, torch.sigmoid, torch.clone)},
+                          F.hardtanh, F.dropout1d, F.dropout3d, torch.clone)},
     F.softmax: Refuse("normalises across a dimension"),
     torch.softmax: Refuse("normalises across a dimension"),
     **{f: Elementwise() for f in ops.ELEMENTWISE_BINARY_FUNCTIONS},

@@ -127,10 +127,13 @@ def check_removal(gm: fx.GraphModule, deps: ChannelDependencies, removal: dict[s
     return None
 
 
-def apply_removal(work: fx.GraphModule, deps: ChannelDependencies, removal: dict[str, list[int]]) -> Cut:
-    """Cut every node of `work` (a copy of the analysed graph, same node names) in place; recompiles."""
+def apply_removal(work: fx.GraphModule, removal: dict[str, list[int]],
+                  parameter_dims: dict[str, int] | None = None) -> Cut:
+    """Cut every node of `work` (a copy of the analysed graph, same node names) in place; recompiles.
+    `parameter_dims` maps get_attr node names to the dim their channels run along
+    (`ChannelDependencies.parameter_dims`)."""
     cut = Cut(work, removal)
-    dims = {attr.name: dim for attr, dim in deps.rel.parameter_dim.items()}
+    dims = parameter_dims or {}
     for node in list(work.graph.nodes):
         if node.op == "get_attr" and node.name in dims and removal.get(node.name):
             keep = [c for c in range(cut.shape(node)[dims[node.name]]) if c not in set(removal[node.name])]

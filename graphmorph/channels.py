@@ -19,7 +19,6 @@ from typing import Iterable, Sequence
 
 from torch import fx
 
-from graphmorph import ops
 from graphmorph.analysis import _require_shapes
 from graphmorph.channel_ops import TensorQuestions, handler_for
 from graphmorph.errors import RewriteError
@@ -157,11 +156,11 @@ class ChannelDependencies:
 
     def group_of(self, target: str) -> ChannelGroup:
         """The group holding the output channels of a layer (module name) or node (node name)."""
-        return self.groups[self._group_index[self._root_of(self._node(target), 0)]]
+        return self.groups[self._group_index[self._root_of(self.node(target), 0)]]
 
     def classes(self, target: str, channels: Sequence[int]) -> list[int]:
         """The classes of the given output channels of `target`, checked against its channel count."""
-        node = self._node(target)
+        node = self.node(target)
         width = self.rel.width[node]
         bad = [c for c in channels if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < width]
         if bad:
@@ -172,6 +171,16 @@ class ChannelDependencies:
 
     def group_classes(self, group: ChannelGroup) -> list[int]:
         return self._classes[group.index]
+
+    def output_channels(self, target: str, classes: Iterable[int]) -> list[int]:
+        """The output channels of `target` that belong to `classes` (the inverse of `classes`)."""
+        picked = set(classes)
+        return [c for c, root in enumerate(self.root[self.node(target)]) if root in picked]
+
+    @property
+    def parameter_dims(self) -> dict[str, int]:
+        """get_attr node name -> the dim of that parameter its channels run along."""
+        return {attr.name: dim for attr, dim in self.rel.parameter_dim.items()}
 
     def removal(self, classes: Iterable[int]) -> dict[str, list[int]]:
         """Per node name, the channel indices (of that node's tensor) that go with `classes`."""
@@ -301,7 +310,8 @@ class ChannelDependencies:
             for k in range(len(classes))
         ]
 
-    def _node(self, target: str) -> fx.Node:
+    def node(self, target: str) -> fx.Node:
+        """The node of a layer (module name) or node (node name) with channels; RewriteError if none."""
         for node in self.gm.graph.nodes:
             if node in self.root and (node.name == target or (node.op == "call_module" and node.target == target)):
                 return node
@@ -319,10 +329,3 @@ class ChannelDependencies:
 
 def _target(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
-
-
-def is_stochastic(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Dropout: a pruned tensor draws different random masks, so train mode cannot be compared."""
-    module = ops.module_of(gm, node)
-    name = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
-    return "dropout" in name.lower()

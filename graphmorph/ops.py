@@ -141,6 +141,13 @@ def is_elementwise_binary(node: fx.Node) -> bool:
     )
 
 
+def is_stochastic(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Dropout, module or functional: it draws random masks in train mode."""
+    module = module_of(gm, node)
+    name = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
+    return "dropout" in name.lower()
+
+
 def module_path(node: fx.Node) -> str:
     """Qualified name of the module a node belongs to: its target for call_module, else the
     innermost module whose forward created it ('' for the root)."""

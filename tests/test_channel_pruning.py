@@ -35,8 +35,7 @@ def _pick(deps, group, choose):
     partition (a grouped convolution's groups must lose as many channels each)."""
     classes = deps.group_classes(group)
     picked = {classes[p] for run in deps.partition(group) for p in choose(run)}
-    node = deps._node(group.producers[0])
-    return [c for c, root in enumerate(deps.root[node]) if root in picked]
+    return deps.output_channels(group.producers[0], picked)
 
 
 def _assert_prune_equals_mask(gm, pruned, deps, target, channels, modes=("eval",)):
@@ -93,7 +92,7 @@ def test_every_prunable_group_of_each_style_prunes_as_masking(name):
         removal = _assert_prune_equals_mask(gm, pruned, deps, target, channels)
         assert graphmorph.count_flops(pruned).macs == _expected_macs(gm, removal)
         for producer in group.producers:
-            node = deps._node(producer)
+            node = deps.node(producer)
             assert pruned.graph.nodes and len(removal[node.name]) >= 1
 
 

@@ -20,7 +20,8 @@ from torch import fx
 from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.channel_ops import output_weight
 from graphmorph.channel_surgery import KEPT_KEY, apply_removal, check_removal
-from graphmorph.channels import ChannelDependencies, ChannelGroup, channel_dependencies, is_stochastic
+from graphmorph import ops
+from graphmorph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
@@ -78,7 +79,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
             skipped.append([group.producers[0], reason])
             continue
         classes += picked
-        pruned.append([group.producers[0], _channels_of(deps, group, picked)])
+        pruned.append([group.producers[0], deps.output_channels(group.producers[0], picked)])
     record = {"rewrite": "prune_filters", "ratio": ratio, "criterion": criterion, "per_layer": per_layer,
               "pruned": pruned, "skipped": skipped}
     return _prune(gm, deps, classes, example_input, verify, record)
@@ -126,23 +127,16 @@ def _prune(gm, deps: ChannelDependencies, classes: list[int], example_input, ver
     if reason:
         raise RewriteError(f"{record['rewrite']} refused: {reason}")
     work = clone(gm)
-    cut = apply_removal(work, deps, removal)
+    cut = apply_removal(work, removal, deps.parameter_dims)
     work.meta[KEPT_KEY] = cut.kept_indices
     inputs = verification_inputs(gm, example_input)
     if verify:
-        stochastic = any(is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
+        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
         verify_rewrite(mask_channels(gm, removal), work, inputs, param_delta=cut.param_delta,
                        preserves=("eval",) if stochastic else ("eval", "train"), rewrite=record["rewrite"])
     record_rewrite(work, record)
     annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
     return work
-
-
-def _channels_of(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[int]:
-    """The output channels of the group's first producer that belong to `classes`."""
-    node = deps._node(group.producers[0])
-    picked = set(classes)
-    return [c for c, root in enumerate(deps.root[node]) if root in picked]
 
 
 def _scores(gm, deps, groups: list[ChannelGroup], criterion: str, data) -> list[list[float]]:

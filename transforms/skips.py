@@ -22,7 +22,6 @@ from graphmorph.analysis import find_blocks
 from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler_for
 from graphmorph.channel_surgery import apply_removal
-from graphmorph.channels import channel_dependencies, is_stochastic
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
@@ -103,7 +102,7 @@ def _drop_input(gm, merge_name: str, source_name: str, example_input, verify: bo
     work.recompile()
     inputs = verification_inputs(gm, example_input)
     if verify:
-        stochastic = any(is_stochastic(gm, n) for n in gm.graph.nodes)
+        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
         verify_rewrite(_zeroed_input(gm, merge_name, source_name), work, inputs, param_delta=delta,
                        preserves=("eval",) if stochastic else ("eval", "train"), rewrite="prune_skip_edges")
     annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
@@ -134,12 +133,9 @@ def _drop_cat_input(gm, work, merge: fx.Node, w_merge: fx.Node, w_source: fx.Nod
         raise RewriteError(f"{merge.name} has a single input; there is no skip to drop")
     offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:[p.name for p in parts].index(w_source.name)])
     width = w_source.meta["tensor_meta"].shape[1]
-    removal = _forward_removal(gm, merge, list(range(offset, offset + width)))
-    deps = channel_dependencies(gm)
-    before = parameter_count(work)
-    apply_removal(work, deps, removal)
+    cut = apply_removal(work, _forward_removal(gm, merge, list(range(offset, offset + width))))
     w_merge.args = ([p for p in w_merge.args[0] if p is not w_source], *w_merge.args[1:])
-    return parameter_count(work) - before
+    return cut.param_delta
 
 
 def _forward_removal(gm, start: fx.Node, channels: list[int]) -> dict[str, list[int]]:
