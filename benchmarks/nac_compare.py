@@ -43,7 +43,8 @@ def main() -> None:
         result = run(config, Path(scratch) / "nac", progress=lambda line: print(line, flush=True))
     summary = {key: result.get(key) for key in ("base", "found", "test_acc", "params", "macs", "construction_seconds",
                                                 "train_seconds", "construction_to_training", "comparison")}
-    name = f"nac_compare-{args.data.partition(':')[0]}" + ("-retrain" if args.retrain else "")
+    name = (f"nac_compare-{args.data.partition(':')[0]}" + ("-retrain" if args.retrain else "")
+            + ("" if config.baselines else "-construction"))
     print("wrote", save(name, [summary], {"config": dataclasses.asdict(config)}))
 
 

@@ -1,8 +1,9 @@
 """The trainer: epochs of SGD over in-memory tensors, on CUDA when present, else on the CPU.
 
-On a GPU: data kept on the device when it fits, bf16 autocast, channels_last, batch-level random
-crop + flip on the device, and optionally `torch.compile` (re-applied after every rewrite, its
-cost measured). On the CPU the same code runs in float32 and is deterministic for a seed.
+On a GPU, the fast path: data kept on the device when it fits, bf16 autocast, channels_last,
+batch-level random crop + flip on the device, and optionally `torch.compile` (re-applied after
+every rewrite, its cost measured); each part can be switched off to measure it. On the CPU the
+same code runs in float32 and is deterministic for a seed and a thread count.
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ class Trainer:
     batch_size: int = 128
     augment: bool = False
     compile: bool = False
+    bf16: bool = True               # GPU only: bf16 autocast
+    channels_last: bool = True      # GPU only: NHWC memory format for model and batches
+    data_on_device: bool = True     # GPU only: keep the dataset in device memory when it fits
     compile_seconds: list[float] = field(default_factory=list)   # first step after each (re)compile
     _compiled: dict[int, nn.Module] = field(default_factory=dict, repr=False)
     _untimed: set[int] = field(default_factory=set, repr=False)
@@ -62,7 +66,7 @@ class Trainer:
 
     def place_data(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Move the dataset to the GPU when it fits in half the free memory; else keep it in host memory."""
-        if not self.on_gpu:
+        if not (self.on_gpu and self.data_on_device):
             return tensors
         free, _ = torch.cuda.mem_get_info(self.device)
         if sum(t.numel() * t.element_size() for t in tensors) < free // 2:
@@ -71,7 +75,7 @@ class Trainer:
 
     def place_model(self, model: nn.Module) -> nn.Module:
         model.to(self.device)
-        if self.on_gpu:
+        if self._nhwc:
             model.to(memory_format=torch.channels_last)
         return model
 
@@ -140,7 +144,7 @@ class Trainer:
         for start in range(0, len(y), 4 * self.batch_size):
             xb = x[start: start + 4 * self.batch_size].to(self.device, non_blocking=True)
             yb = y[start: start + 4 * self.batch_size].to(self.device, non_blocking=True)
-            if self.on_gpu:
+            if self._nhwc:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 out = model(xb).float()
@@ -158,8 +162,12 @@ class Trainer:
             self._untimed = {id(model)}
         return self._compiled[id(model)]
 
+    @property
+    def _nhwc(self) -> bool:
+        return self.on_gpu and self.channels_last
+
     def _autocast(self):
-        if self.on_gpu:
+        if self.on_gpu and self.bf16:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -168,7 +176,7 @@ class Trainer:
         yb = y[index.to(y.device)].to(self.device, non_blocking=True)
         if self.augment:
             xb = _crop_and_flip(xb, generator)
-        if self.on_gpu:
+        if self._nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, yb
 

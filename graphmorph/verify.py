@@ -8,7 +8,7 @@ in each requested mode (train mode on the same batch uses batch statistics in bo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import fx
@@ -17,9 +17,10 @@ from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.copying import deep_copy
 from graphmorph.errors import RewriteError, first_line
 from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, with_shapes
+from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, with_shapes
 
-__all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs"]
+__all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs",
+           "annotate_rewritten", "finish_rewrite"]
 
 FLOAT64_ATOL = 1e-10
 
@@ -46,6 +47,33 @@ def verification_inputs(gm: fx.GraphModule, example_input=None) -> tuple[torch.T
     )
 
 
+def annotate_rewritten(gm: fx.GraphModule, work: fx.GraphModule, inputs: Inputs, rewrite: str) -> bool:
+    """Propagate shapes through the rewritten graph `work` once: for the input `gm` was captured
+    with, else for `inputs`. Returns True when `gm`'s stored shapes are for that same input, so
+    that `verify(..., source=gm)` need not propagate either graph again."""
+    captured = INPUT_SPEC_KEY in work.meta
+    try:
+        annotate_shapes(work, example_inputs(work) if captured else inputs)
+    except Exception as err:
+        raise RewriteError(f"{rewrite} produced a graph that no longer runs: {first_line(err)}") from err
+    return captured and gm.meta.get(INPUT_SPEC_KEY) == work.meta[INPUT_SPEC_KEY] and has_shapes(gm)
+
+
+def finish_rewrite(gm: fx.GraphModule, work: fx.GraphModule, inputs: Inputs, rewrite: str,
+                   reference: Callable[[], fx.GraphModule] | None, annotated: bool | None = None,
+                   **checks) -> None:
+    """Leave shapes for the captured input in the rewritten graph `work`, propagated once (not at
+    all when `annotated`, what `annotate_rewritten` returned, says that was done), and, when
+    `reference` is given, `verify(reference(), work, inputs, **checks)` against it."""
+    if annotated is None:
+        annotated = annotate_rewritten(gm, work, inputs, rewrite)
+    if reference is None:
+        return
+    verify(reference(), work, inputs, rewrite=rewrite, source=gm if annotated else None, **checks)
+    if not annotated:  # verify left shapes for the verification input
+        annotate_rewritten(gm, work, inputs, rewrite)
+
+
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -58,23 +86,28 @@ def verify(
     preserves: Iterable[str] = (),
     atol: float = FLOAT64_ATOL,
     rewrite: str = "rewrite",
+    source: fx.GraphModule | None = None,
 ) -> VerifyReport:
     """Check `after` against `before`; raise RewriteError naming what failed.
 
     `param_delta` is the number of parameters the rewrite added (negative when it removed some);
     `preserves` lists the modes ("eval", "train") in which outputs must agree within `atol`.
-    Also leaves fresh shapes for `example_input` in `after`'s node.meta.
+    Leaves fresh shapes for `example_input` in `after`'s node.meta; unless `source` (the graph
+    the rewrite started from) is given, in which case `after`'s and `source`'s stored shapes are
+    for the same input (see `annotate_rewritten`) and are trusted, so no shapes are propagated.
     """
     inputs = as_inputs(example_input)
     try:
         after.graph.lint()
     except RuntimeError as err:
         raise RewriteError(f"{rewrite} produced an invalid graph: {first_line(err)}") from err
-    try:
-        annotate_shapes(after, inputs)
-    except Exception as err:
-        raise RewriteError(f"{rewrite} produced a graph that no longer runs: {first_line(err)}") from err
-    old_shape, new_shape = _output_shape(with_shapes(before, inputs)), _output_shape(after)
+    if source is None:
+        try:
+            annotate_shapes(after, inputs)
+        except Exception as err:
+            raise RewriteError(f"{rewrite} produced a graph that no longer runs: {first_line(err)}") from err
+    old_shape = _output_shape(source if source is not None else with_shapes(before, inputs))
+    new_shape = _output_shape(after)
     if old_shape != new_shape:
         raise RewriteError(f"{rewrite} changed the output shape from {old_shape} to {new_shape}")
     delta = parameter_count(after) - parameter_count(before)

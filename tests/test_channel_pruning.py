@@ -31,11 +31,13 @@ def _captured(factory, size, seed=0):
 
 
 def _pick(deps, group, choose):
-    """Channels of the group's first producer: `choose(run)` class positions from each run of its
-    partition (a grouped convolution's groups must lose as many channels each)."""
+    """(producer, its channels): `choose(run)` class positions from each run of the group's
+    partition (a grouped convolution's groups must lose as many channels each), named through the
+    producer that carries most of them (a split piece's producers each carry some classes only)."""
     classes = deps.group_classes(group)
     picked = {classes[p] for run in deps.partition(group) for p in choose(run)}
-    return deps.output_channels(group.producers[0], picked)
+    return max(((producer, deps.output_channels(producer, picked)) for producer in group.producers),
+               key=lambda pair: len(pair[1]))
 
 
 def _assert_prune_equals_mask(gm, pruned, deps, target, channels, modes=("eval",)):
@@ -84,10 +86,9 @@ def test_every_prunable_group_of_each_style_prunes_as_masking(name):
     for group in deps.groups:
         if group.refused:
             continue
-        channels = _pick(deps, group, lambda run: run[:1] if len(run) > 1 else [])
+        target, channels = _pick(deps, group, lambda run: run[:1] if len(run) > 1 else [])
         if not channels:
             continue
-        target = group.producers[0]
         pruned = transforms.prune_channels(gm, target, channels)
         removal = _assert_prune_equals_mask(gm, pruned, deps, target, channels)
         assert graphmorph.count_flops(pruned).macs == _expected_macs(gm, removal)
@@ -122,13 +123,13 @@ def test_prune_equals_mask_on_generated_cnns(spec, data):
     group = data.draw(st.sampled_from(groups), label="group")
     size = min(len(r) for r in deps.partition(group))
     count = data.draw(st.integers(1, size - 1), label="per run")
-    channels = _pick(deps, group, lambda run: data.draw(st.permutations(run))[:count])
+    target, channels = _pick(deps, group, lambda run: data.draw(st.permutations(run))[:count])
     try:
-        pruned = transforms.prune_channels(gm, group.producers[0], channels)
+        pruned = transforms.prune_channels(gm, target, channels)
     except graphmorph.RewriteError as err:   # a split piece or a layer that would be left empty
         assert "without channels" in str(err) or "every channel" in str(err)
         return
-    removal = _assert_prune_equals_mask(gm, pruned, deps, group.producers[0], channels, ("eval", "train"))
+    removal = _assert_prune_equals_mask(gm, pruned, deps, target, channels, ("eval", "train"))
     assert graphmorph.count_flops(pruned).macs == _expected_macs(gm, removal)
     assert verification_inputs(gm)[0].shape[1:] == spec.example_input().shape[1:]
 

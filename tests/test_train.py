@@ -2,8 +2,21 @@
 import pytest
 import torch
 
+from graphmorph.capture import capture
+from graphmorph.models import build
 from graphmorph.search.autogrow import AutoGrowConfig, run
-from graphmorph.train import _crop_and_flip, staircase_lr
+from graphmorph.train import Trainer, _crop_and_flip, staircase_lr
+
+
+def _trained(trainer: Trainer, steps: int = 6) -> torch.nn.Module:
+    """A tiny Basic3ResNet after `steps` seeded SGD steps on seeded random data."""
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 10
+    gm = trainer.place_model(capture(build("Basic3ResNet-1-1-1", widths=(4, 4, 4)), x[:1]))
+    optimizer = torch.optim.SGD(gm.parameters(), lr=0.1, momentum=0.9)
+    x, y = trainer.place_data(x, y)
+    trainer.train_steps(gm, optimizer, x, y, torch.Generator().manual_seed(2), steps)
+    return gm
 
 
 def test_staircase_drops_tenfold_at_half_and_three_quarters():
@@ -21,6 +34,30 @@ def test_crop_and_flip_takes_a_window_of_the_padded_batch_per_sample():
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
     outs = {tuple(_crop_and_flip(x, torch.Generator().manual_seed(s), pad=2).flatten().tolist()) for s in range(8)}
     assert len(outs) > 1  # it does move things
+
+
+def test_cpu_training_is_bitwise_repeatable_for_a_seed():
+    first, second = (_trained(Trainer(torch.device("cpu"), batch_size=8)) for _ in range(2))
+    before = _trained(Trainer(torch.device("cpu"), batch_size=8), steps=0)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), before.state_dict().values()))
+
+
+@pytest.mark.gpu
+def test_each_part_of_the_gpu_fast_path_can_be_switched_off():
+    cuda = torch.device("cuda")
+    fast = Trainer(cuda, batch_size=8)
+    plain = Trainer(cuda, batch_size=8, bf16=False, channels_last=False, data_on_device=False)
+    x = torch.zeros(4, 3, 8, 8)
+    assert fast.place_data(x)[0].is_cuda and not plain.place_data(x)[0].is_cuda
+    fast_conv, plain_conv = (next(m for m in _trained(t).modules() if isinstance(m, torch.nn.Conv2d))
+                             for t in (fast, plain))
+    assert fast_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain_conv.weight.is_contiguous() and not plain_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with fast._autocast():
+        assert fast_conv(torch.zeros(1, 3, 8, 8, device=cuda)).dtype == torch.bfloat16
+    with plain._autocast():
+        assert plain_conv(torch.zeros(1, 3, 8, 8, device=cuda)).dtype == torch.float32
 
 
 @pytest.mark.gpu

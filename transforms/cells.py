@@ -20,14 +20,13 @@ from torch import fx
 from torch.fx.node import map_arg
 
 from graphmorph import ops
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
 from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeCell, SkipReduce, _Stage, envelope_arch
 from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs, annotate_shapes
-from graphmorph.verify import verification_inputs, verify as verify_rewrite
+from graphmorph.shapes import Inputs
+from graphmorph.verify import annotate_rewritten, finish_rewrite, verification_inputs
 
 __all__ = ["add_cell", "replay_add_cell", "CELL_INITS"]
 
@@ -73,16 +72,14 @@ def _add_cell(gm, stage, branches, init, seed, example_input, verify) -> fx.Grap
     work.recompile()
 
     inputs = verification_inputs(gm, example_input)
-    annotate_shapes(work, inputs)
+    same_shapes = annotate_rewritten(gm, work, inputs, "add_cell")
     if init == "preserve":
         _copy_reduction(work, f"{prefix}.reduce{n}", f"{prefix}.{reduce_name}", f"cell{n - 1}")
-    if verify:
-        added = sum(p.numel() for m in (cell, reduce) for p in m.parameters())
-        verify_rewrite(gm, work, inputs, param_delta=added, preserves=("eval", "train") if init == "preserve" else (),
-                       rewrite=f"add_cell to {prefix} (init={init!r})")
+    added = sum(p.numel() for m in (cell, reduce) for p in m.parameters())
+    finish_rewrite(gm, work, inputs, f"add_cell to {prefix} (init={init!r})", (lambda: gm) if verify else None,
+                   annotated=same_shapes, param_delta=added, preserves=("eval", "train") if init == "preserve" else ())
     record_rewrite(work, {"rewrite": "add_cell", "stage": stage, "cell": f"{prefix}.{cell_name}",
                           "branches": list(branches), "init": init, "seed": seed})
-    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
     return work
 
 

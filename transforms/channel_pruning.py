@@ -17,7 +17,6 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import fx
 
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.channel_ops import output_weight
 from graphmorph.channel_surgery import KEPT_KEY, apply_removal, check_removal
 from graphmorph import ops
@@ -25,8 +24,8 @@ from graphmorph.channels import ChannelDependencies, ChannelGroup, channel_depen
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
-from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, evaluating
-from graphmorph.verify import verification_inputs, verify as verify_rewrite
+from graphmorph.shapes import Inputs, as_inputs, evaluating
+from graphmorph.verify import finish_rewrite, verification_inputs
 
 __all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "replay_prune_channels",
            "replay_prune_filters"]
@@ -130,12 +129,10 @@ def _prune(gm, deps: ChannelDependencies, classes: list[int], example_input, ver
     cut = apply_removal(work, removal, deps.parameter_dims)
     work.meta[KEPT_KEY] = cut.kept_indices
     inputs = verification_inputs(gm, example_input)
-    if verify:
-        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
-        verify_rewrite(mask_channels(gm, removal), work, inputs, param_delta=cut.param_delta,
-                       preserves=("eval",) if stochastic else ("eval", "train"), rewrite=record["rewrite"])
+    stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
+    finish_rewrite(gm, work, inputs, record["rewrite"], (lambda: mask_channels(gm, removal)) if verify else None,
+                   param_delta=cut.param_delta, preserves=("eval",) if stochastic else ("eval", "train"))
     record_rewrite(work, record)
-    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
     return work
 
 

@@ -20,15 +20,14 @@ from torch.fx.node import map_arg
 
 from graphmorph import ops
 from graphmorph.analysis import Block, find_blocks, find_stages
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.copying import clone
-from graphmorph.errors import RewriteError, ShapeError
+from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
 from graphmorph.layers import fresh_copy, surgery_for
 from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs, annotate_shapes
+from graphmorph.shapes import Inputs
 from graphmorph.ops import attribute
-from graphmorph.verify import FLOAT64_ATOL, verification_inputs, verify as verify_rewrite
+from graphmorph.verify import FLOAT64_ATOL, annotate_rewritten, finish_rewrite, verification_inputs
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 
 __all__ = ["grow", "replay_grow", "PRESERVED_MODES"]
@@ -135,28 +134,23 @@ def _grow_after(gm, template: Block, *, init, std, seed, stage, data, adam_optio
     work.recompile()
 
     inputs = verification_inputs(gm, example_input)
-    try:
-        annotate_shapes(work, inputs)
-    except ShapeError as err:
-        raise RewriteError(f"cannot stack a copy of block {template.name!r}: {err}") from err
+    same_shapes = annotate_rewritten(gm, work, inputs, f"stacking a copy of block {template.name!r}")
     _check_shape_preserving(template, plan.entry, output)
     new_block = next((b for b in find_blocks(work) if b.input_node == plan.entry.name), None)
     last_affine = plan.targets.get(template.last_affine_module or "")
     layer = work.get_submodule(last_affine) if last_affine else None
     _initialise(work, init, layer, std, seed, new_block, template)
 
-    if verify:
-        modes, atol = PRESERVED_MODES.get(init, ((), FLOAT64_ATOL))
-        verify_rewrite(gm, work, inputs, param_delta=sum(_numel(v) for v in values.values()),
-                       preserves=modes, atol=atol, rewrite=f"grow after {template.name!r} (init={init!r})")
+    modes, atol = PRESERVED_MODES.get(init, ((), FLOAT64_ATOL))
+    finish_rewrite(gm, work, inputs, f"grow after {template.name!r} (init={init!r})",
+                   (lambda: gm) if verify else None, annotated=same_shapes,
+                   param_delta=sum(_numel(v) for v in values.values()), preserves=modes, atol=atol)
     record = {"rewrite": "grow", "after": template.name, "stage": stage, "init": init, "std": std,
               "seed": seed, "new_block": new_block.name if new_block else None}
     if init == "adam":
         new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
         record["adam"] = adam_init(gm, work, layer, new_modules, data, adam_options)
     record_rewrite(work, record)
-    if INPUT_SPEC_KEY in work.meta:
-        annotate_shapes(work, example_inputs(work))
     return work
 
 

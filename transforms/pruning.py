@@ -16,13 +16,12 @@ import torch
 from torch import fx, nn
 
 from graphmorph import ops
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
-from graphmorph.shapes import Inputs, annotate_shapes
+from graphmorph.shapes import Inputs
 from graphmorph.ops import attribute
-from graphmorph.verify import verification_inputs, verify as verify_rewrite
+from graphmorph.verify import finish_rewrite, verification_inputs
 from transforms.skips import prune_skip_edges
 
 __all__ = ["prune_branches", "prune_skips", "replay_prune_branches", "replay_prune_skips"]
@@ -193,11 +192,9 @@ def _erase_nodes(gm: fx.GraphModule, belongs) -> None:
 def _finish(before, work, masked, delta, example_input, verify, record) -> fx.GraphModule:
     work.recompile()
     inputs = verification_inputs(before, example_input)
-    if verify:
-        verify_rewrite(masked, work, inputs, param_delta=delta, preserves=("eval", "train"),
-                       rewrite=record["rewrite"])
+    finish_rewrite(before, work, inputs, record["rewrite"], (lambda: masked) if verify else None,
+                   param_delta=delta, preserves=("eval", "train"))
     record_rewrite(work, record)
-    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
     return work
 
 

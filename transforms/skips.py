@@ -19,14 +19,13 @@ from torch import fx
 
 from graphmorph import ops
 from graphmorph.analysis import find_blocks
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler_for
 from graphmorph.channel_surgery import apply_removal
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.history import record_rewrite
-from graphmorph.shapes import Inputs, annotate_shapes
-from graphmorph.verify import parameter_count, verification_inputs, verify as verify_rewrite
+from graphmorph.shapes import Inputs
+from graphmorph.verify import finish_rewrite, parameter_count, verification_inputs
 
 __all__ = ["prune_skip_edges", "remove_block", "replay_prune_skip_edges", "replay_remove_block"]
 
@@ -101,11 +100,10 @@ def _drop_input(gm, merge_name: str, source_name: str, example_input, verify: bo
     delta += _erase_dead(work, w_source)
     work.recompile()
     inputs = verification_inputs(gm, example_input)
-    if verify:
-        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
-        verify_rewrite(_zeroed_input(gm, merge_name, source_name), work, inputs, param_delta=delta,
-                       preserves=("eval",) if stochastic else ("eval", "train"), rewrite="prune_skip_edges")
-    annotate_shapes(work, example_inputs(work) if INPUT_SPEC_KEY in work.meta else inputs)
+    stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
+    finish_rewrite(gm, work, inputs, "prune_skip_edges",
+                   (lambda: _zeroed_input(gm, merge_name, source_name)) if verify else None,
+                   param_delta=delta, preserves=("eval",) if stochastic else ("eval", "train"))
     return work
 
 

@@ -120,6 +120,7 @@ class SearchState:
     found: str | None = None
     growth_seconds: float = 0.0
     finetune_seconds: float = 0.0
+    rewrite_seconds: float = 0.0       # of growth_seconds: grow, its verification, the optimizer rebuild
 
 
 def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
@@ -293,12 +294,14 @@ class _Session:
         state.growing.remove(stage)
 
     def _grow(self, stage: int) -> str:
+        began = time.perf_counter()
         data = self._adam_batches if self.config.init == "adam" else None
         new = grow(self.gm, stage=stage, init=self.config.init, std=self.config.std, data=data,
                    generator=self.grow_rng)
         new = self.trainer.place_model(new)
         self.optimizer = rebuild_optimizer(self.optimizer, self.gm, new)
         self.gm = new
+        self.state.rewrite_seconds += time.perf_counter() - began
         return f"grew stage {stage} -> {arch_of(new)}"
 
     def _checkpoint(self) -> None:
@@ -326,6 +329,7 @@ class _Session:
             "epochs": self.state.epoch,
             "growth_seconds": round(self.state.growth_seconds, 3),
             "finetune_seconds": round(self.state.finetune_seconds, 3),
+            "rewrite_seconds": round(self.state.rewrite_seconds, 3),
             "compile_seconds": [round(s, 3) for s in self.trainer.compile_seconds],
             "device": str(self.trainer.device),
         }
