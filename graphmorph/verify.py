@@ -17,7 +17,7 @@ from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.copying import deep_copy
 from graphmorph.errors import RewriteError, first_line
 from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, with_shapes
+from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, kept_modes, with_shapes
 
 __all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs",
            "annotate_rewritten", "finish_rewrite"]
@@ -138,7 +138,7 @@ def output_differences(
     are held to float64 round-off rather than to an absolute bound they cannot meet.
 
     Both models run from the same random state, so dropout draws the same masks in train mode.
-    Eval runs first: a train-mode pass updates the copies' BatchNorm statistics.
+    The models themselves are left untouched (train mode updates only the copies' statistics).
     """
     unknown = set(modes) - {"eval", "train"}
     if unknown:
@@ -146,17 +146,32 @@ def output_differences(
     if not modes:
         return {}
     inputs = tuple(t.double() if t.is_floating_point() else t for t in as_inputs(example_input))
-    twins = [deep_copy(model).double() for model in (before, after)]
     diffs = {}
-    for mode in sorted(modes):  # "eval" before "train"
-        outputs = []
-        for twin in twins:
-            twin.train(mode == "train")
-            with torch.no_grad(), seeded(0, like=twin):
-                outputs.append(twin(*inputs))
+    for mode in sorted(modes):
+        outputs = [_float64_output(model, inputs, mode == "train") for model in (before, after)]
         scale = max(1.0, float(outputs[0].abs().max())) if scaled else 1.0
         diffs[mode] = float((outputs[1] - outputs[0]).abs().max()) / scale
     return diffs
+
+
+def _float64_output(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], train: bool) -> torch.Tensor:
+    """`model(*inputs)` with float64 copies of its parameters and buffers swapped in: no module copy,
+    which for a GraphModule also means no code generation. A model holding tensors that are not
+    parameters or buffers is deep-copied instead, since those would stay float32."""
+    with torch.no_grad(), seeded(0, like=model):
+        if _has_plain_tensors(model):
+            twin = deep_copy(model).double()
+            twin.train(train)
+            return twin(*inputs)
+        state = {name: t.double() if t.is_floating_point() else t.clone()
+                 for name, t in (*model.named_parameters(), *model.named_buffers())}
+        with kept_modes(model):
+            model.train(train)
+            return torch.func.functional_call(model, state, inputs)
+
+
+def _has_plain_tensors(model: torch.nn.Module) -> bool:
+    return any(isinstance(value, torch.Tensor) for m in model.modules() for value in vars(m).values())
 
 
 def _output_shape(gm: fx.GraphModule) -> tuple:

@@ -191,6 +191,36 @@ def test_verification_catches_a_rewrite_that_breaks_its_promise(monkeypatch):
         transforms.grow(gm, stage=1, init="zero")
 
 
+class _PlainTensorScale(torch.nn.Module):
+    """Holds a float32 tensor that is neither a parameter nor a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.scale = torch.tensor([2.0])
+
+    def forward(self, x):
+        return self.conv(x) * self.scale
+
+
+@pytest.mark.parametrize("model", [build("Basic3ResNet-1-1-1", widths=(2, 2, 2)), _PlainTensorScale()],
+                         ids=["parameters and buffers", "plain tensor attribute"])
+def test_float64_comparison_leaves_the_models_untouched_and_sees_a_change(model):
+    from graphmorph.verify import output_differences
+
+    x = torch.randn(3, model.conv.in_channels if hasattr(model, "conv") else 3, 8, 8)
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    same = output_differences(model, model, x)
+    assert same == {"eval": 0.0, "train": 0.0}
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert all(t.dtype != torch.float64 for t in model.state_dict().values())
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-6)
+    assert min(output_differences(model, changed, x).values()) > 0
+
+
 @pytest.mark.gpu
 def test_growth_on_cuda_keeps_the_model_on_the_gpu_and_preserves_it():
     x = torch.randn(2, 3, 16, 16, device="cuda")
