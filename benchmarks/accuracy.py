@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import grow_and_scratch, save  # noqa: E402
+from graphmorph.models import parse_arch  # noqa: E402
 from graphmorph.search.autogrow import AutoGrowConfig  # noqa: E402
 
 # Paper Table 6 (found net, accuracy %, Delta) and Table 11 (Plain3Net on MNIST).
@@ -32,11 +33,6 @@ TABLE6 = {
     ("Plain3Net", "fashion-mnist"): ("17-17-17", 94.49, 0.56),
 }
 TABLE11 = {1.0: ("20-20-20", 99.66), 0.75: ("12-12-12", 99.54), 0.5: ("12-11-11", 99.46), 0.25: ("10-9-9", 99.33)}
-
-
-def depth(found: str) -> int:
-    """Blocks in a found net's name, e.g. Plain3Net-5-4-4 -> 13."""
-    return sum(int(n) for n in found.split("-")[1:])
 
 
 def main() -> None:
@@ -60,7 +56,7 @@ def main() -> None:
         if "table6" in args.parts:
             print(f"{'net':<13} {'data':<14} {'found':<22} {'acc %':>6} {'Delta':>6}  | paper: found, acc %, Delta")
             for (family, data), (paper_found, paper_acc, paper_delta) in TABLE6.items():
-                row = {"part": "table6", **grow_and_scratch(config(family, data), Path(folder)),
+                row = {"part": "table6", **grow_and_scratch(config(family, data), Path(folder) / "table6"),
                        "paper": {"found": paper_found, "test_acc": paper_acc, "delta": paper_delta}}
                 rows.append(row)
                 print(f"{family:<13} {data:<14} {row['found']:<22} {row['autogrow_test_acc']:>6.2f} "
@@ -69,12 +65,12 @@ def main() -> None:
             print(f"{'share':>5} {'found':<22} {'blocks':>6} {'acc %':>6}  | paper: found, acc %")
             for share, (paper_found, paper_acc) in TABLE11.items():
                 row = {"part": "table11", "share": share,
-                       **grow_and_scratch(config("Plain3Net", "mnist", share), Path(folder)),
+                       **grow_and_scratch(config("Plain3Net", "mnist", share), Path(folder) / "table11"),
                        "paper": {"found": paper_found, "test_acc": paper_acc}}
                 rows.append(row)
-                print(f"{share:>5.0%} {row['found']:<22} {depth(row['found']):>6} {row['autogrow_test_acc']:>6.2f}  "
+                print(f"{share:>5.0%} {row['found']:<22} {sum(parse_arch(row['found'])[1]):>6} {row['autogrow_test_acc']:>6.2f}  "
                       f"| {paper_found}, {paper_acc}", flush=True)
-    sizes = [(r["share"], depth(r["found"])) for r in rows if r["part"] == "table11"]
+    sizes = [(r["share"], sum(parse_arch(r["found"])[1])) for r in rows if r["part"] == "table11"]
     summary = {"budget": budget,
                "table11_blocks_by_share": dict(sizes),
                "table11_shallower_with_less_data": all(a[1] >= b[1] for a, b in zip(sizes, sizes[1:])) if sizes else None}

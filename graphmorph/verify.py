@@ -48,30 +48,30 @@ def verification_inputs(gm: fx.GraphModule, example_input=None) -> tuple[torch.T
 
 
 def annotate_rewritten(gm: fx.GraphModule, work: fx.GraphModule, inputs: Inputs, rewrite: str) -> bool:
-    """Propagate shapes through the rewritten graph `work` once: for the input `gm` was captured
-    with, else for `inputs`. Returns True when `gm`'s stored shapes are for that same input, so
-    that `verify(..., source=gm)` need not propagate either graph again."""
+    """Propagate shapes through `work`, rewritten from `gm`, once: for the input `gm` was captured
+    with (giving `gm` its shapes too if it lacks them), else for `inputs`. Returns True when it was
+    captured: both graphs' stored shapes are then for the same input, and `verify(..., source=gm)`
+    need not propagate either again."""
     captured = INPUT_SPEC_KEY in work.meta
+    if captured and not has_shapes(gm):
+        annotate_shapes(gm, example_inputs(gm))
     try:
         annotate_shapes(work, example_inputs(work) if captured else inputs)
     except Exception as err:
         raise RewriteError(f"{rewrite} produced a graph that no longer runs: {first_line(err)}") from err
-    return captured and gm.meta.get(INPUT_SPEC_KEY) == work.meta[INPUT_SPEC_KEY] and has_shapes(gm)
+    return captured
 
 
 def finish_rewrite(gm: fx.GraphModule, work: fx.GraphModule, inputs: Inputs, rewrite: str,
                    reference: Callable[[], fx.GraphModule] | None, annotated: bool | None = None,
                    **checks) -> None:
-    """Leave shapes for the captured input in the rewritten graph `work`, propagated once (not at
-    all when `annotated`, what `annotate_rewritten` returned, says that was done), and, when
-    `reference` is given, `verify(reference(), work, inputs, **checks)` against it."""
+    """Leave shapes in the rewritten graph `work`, propagated once (not again when `annotated`,
+    what `annotate_rewritten` returned, is given), and, when `reference` is given,
+    `verify(reference(), work, inputs, **checks)` against the graph it builds."""
     if annotated is None:
         annotated = annotate_rewritten(gm, work, inputs, rewrite)
-    if reference is None:
-        return
-    verify(reference(), work, inputs, rewrite=rewrite, source=gm if annotated else None, **checks)
-    if not annotated:  # verify left shapes for the verification input
-        annotate_rewritten(gm, work, inputs, rewrite)
+    if reference is not None:  # uncaptured: verify propagates `inputs` again, the same input as above
+        verify(reference(), work, inputs, rewrite=rewrite, source=gm if annotated else None, **checks)
 
 
 def parameter_count(module: torch.nn.Module) -> int:

@@ -10,7 +10,7 @@ exactly those input channels.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import fx, nn
@@ -43,9 +43,12 @@ def prune_branches(gm: fx.GraphModule, cell: str, branches: Sequence[str | int],
         if name in remove:
             removed.update(range(start, start + width))
         start += width
-    masked = clone(gm)
-    for name in remove:
-        _zero_final_norm(masked, outputs[names.index(name)], f"{cell}.{name}")
+    def masked() -> fx.GraphModule:
+        reference = clone(gm)
+        for name in remove:
+            _zero_final_norm(reference, outputs[names.index(name)], f"{cell}.{name}")
+        return reference
+
     delta = _narrow_readers(work, concat, removed)
     concat.args = ([node for node, name in zip(outputs, names) if name not in remove], *concat.args[1:])
     for name in remove:
@@ -67,7 +70,7 @@ def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
     merges = {n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)}
     if skips and all(reduce in merges for reduce, _ in skips):
         return prune_skip_edges(gm, skips, example_input=example_input, verify=verify)
-    work, masked, delta = clone(gm), clone(gm), 0
+    work, delta = clone(gm), 0
     for reduce, source in skips:
         scalar = f"{reduce}.w_{source}"
         weight = next((n for n in work.graph.nodes if n.op == "get_attr" and n.target == scalar), None)
@@ -76,8 +79,6 @@ def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
                            for n in work.graph.nodes if n.op == "get_attr" and ".w_" in str(n.target))
             raise RewriteError(f"no skip ({reduce!r}, {source!r}); the skips are: {', '.join(known) or 'none'}")
         scaled = next(u for u in weight.users if ops.is_mul(u))
-        with torch.no_grad():
-            attribute(masked, scalar).zero_()
         delta += _narrow_readers(work, scaled, set(range(_channels(scaled))))
         for concat in [u for u in scaled.users if ops.is_cat(u)]:
             concat.args = ([n for n in concat.args[0] if n is not scaled], *concat.args[1:])
@@ -86,6 +87,13 @@ def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
         owner, _, name = scalar.rpartition(".")
         delattr(work.get_submodule(owner), name)
         delta -= 1
+    def masked() -> fx.GraphModule:
+        reference = clone(gm)
+        with torch.no_grad():
+            for reduce, source in skips:
+                attribute(reference, f"{reduce}.w_{source}").zero_()
+        return reference
+
     return _finish(gm, work, masked, delta, example_input, verify,
                    {"rewrite": "prune_skips", "skips": [list(s) for s in skips]})
 
@@ -189,10 +197,12 @@ def _erase_nodes(gm: fx.GraphModule, belongs) -> None:
             gm.graph.erase_node(node)
 
 
-def _finish(before, work, masked, delta, example_input, verify, record) -> fx.GraphModule:
+def _finish(before, work, masked: Callable[[], fx.GraphModule], delta, example_input, verify,
+            record) -> fx.GraphModule:
+    """Shapes, and when `verify`, prune == mask against the reference `masked()` builds."""
     work.recompile()
     inputs = verification_inputs(before, example_input)
-    finish_rewrite(before, work, inputs, record["rewrite"], (lambda: masked) if verify else None,
+    finish_rewrite(before, work, inputs, record["rewrite"], masked if verify else None,
                    param_delta=delta, preserves=("eval", "train"))
     record_rewrite(work, record)
     return work
