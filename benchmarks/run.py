@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SUITE = ("rewrite", "analysis", "channel_pruning", "statistics_overhead", "train_throughput", "export",
-         "search_cost", "accuracy")
+         "search_cost", "accuracy", "distributed")
 ON_REQUEST = ("nac_compare",)
 
 

@@ -3,7 +3,7 @@ scratch with the fine-tuning schedule (the paper's Table 10: 0.4x to 1.0x; targe
 with the Delta in test accuracy and the share of the growth phase spent in rewrites.
 
     python benchmarks/search_cost.py [--families Basic3ResNet,Plain3Net,Basic4ResNet,Plain4Net]
-                                     [--data digits] [--compile]
+                                     [--data digits] [--compile] [--K 3] [--J N]
 
 With `--compile` the trainer runs torch.compile, re-applied after every growth; the row then
 gives the seconds of the first step after each (re)compile and their share of the growth phase.
@@ -29,22 +29,27 @@ def main() -> None:
     parser.add_argument("--families", default="Basic3ResNet,Plain3Net,Basic4ResNet,Plain4Net")
     parser.add_argument("--data", default="digits")
     parser.add_argument("--compile", action="store_true", help="torch.compile, re-applied after each growth")
+    parser.add_argument("--K", type=int, default=3, help="growth period in epochs (default 3, the paper's)")
+    parser.add_argument("--J", type=int, default=None, help="stopping window (default: half the baseline)")
     args = parser.parse_args()
     rows = []
     print(f"{'family':<14} {'found':<24} {'AutoGrow %':>10} {'scratch %':>9} {'Delta':>6} {'search/scratch':>15} "
           f"{'rewrite share':>13} {'compile share':>13}")
     with tempfile.TemporaryDirectory() as folder:
         for family in args.families.split(","):
-            row = grow_and_scratch(AutoGrowConfig(seed_net=family, data=args.data, compile=args.compile), Path(folder))
+            config = AutoGrowConfig(seed_net=family, data=args.data, compile=args.compile, K=args.K, J=args.J)
+            row = grow_and_scratch(config, Path(folder))
             row["rewrite_share_of_growth"] = round(row["rewrite_seconds"] / row["growth_seconds"], 3)
             rows.append(row)
             compile_share = "-" if row["compile_share_of_growth"] is None else f"{row['compile_share_of_growth']:.1%}"
             print(f"{family:<14} {row['found']:<24} {row['autogrow_test_acc']:>10.2f} {row['scratch_test_acc']:>9.2f} "
                   f"{row['delta']:>6.2f} {row['search_over_scratch']:>15.2f} "
                   f"{row['rewrite_share_of_growth']:>13.1%} {compile_share:>13}", flush=True)
-    summary = {"settings": f"defaults (p-AutoGrow) on {args.data}", "target": "search_over_scratch <= 1.0",
+    schedule = "" if (args.K, args.J) == (3, None) else f"-K{args.K}" + (f"-J{args.J}" if args.J else "")
+    summary = {"settings": f"p-AutoGrow on {args.data}, K={args.K}, J={args.J or 'default'}",
+               "target": "search_over_scratch <= 1.0",
                "search_over_scratch": {r["family"]: r["search_over_scratch"] for r in rows}}
-    print("wrote", save("search_cost" + ("-compile" if args.compile else ""), rows, summary))
+    print("wrote", save("search_cost" + ("-compile" if args.compile else "") + schedule, rows, summary))
 
 
 if __name__ == "__main__":

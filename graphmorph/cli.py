@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -27,17 +28,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
-        where = f": resume with graphmorph {args.command} --resume {run_dir}" if run_dir else ""
         unit = "iteration or trained net" if args.command == "nac" else "epoch"
-        print(f"graphmorph: interrupted; the last completed {unit} is checkpointed{where}", file=sys.stderr)
+        _say(f"interrupted; the last completed {unit} is checkpointed{_resume_hint(args)}")
         return EXIT_INTERRUPTED
     except GraphmorphError as err:
-        print(f"graphmorph: error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         return EXIT_USAGE if isinstance(err, ValueError) else EXIT_FAILURE
+    except torch.distributed.DistBackendError as err:  # a peer failed or was stopped mid-collective
+        _say(f"error: lost contact with another rank, which failed or was stopped ({str(err).splitlines()[0]}); "
+             f"the last checkpoint is kept{_resume_hint(args)}")
+        return EXIT_FAILURE
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()
         return 0
+
+
+def _say(message: str) -> None:
+    """A message on stderr, naming the rank in a distributed run."""
+    rank = f" (rank {os.environ['RANK']})" if _world_size() > 1 else ""
+    print(f"graphmorph{rank}: {message}", file=sys.stderr)
+
+
+def _tell(line: str) -> None:
+    """Print on rank 0 only (every rank of a distributed run would say the same)."""
+    if _is_main():
+        print(line)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _resume_hint(args) -> str:
+    run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
+    if not run_dir or args.command not in ("autogrow", "nac"):
+        return ""
+    launcher = f"torchrun --nproc-per-node {_world_size()} -m graphmorph" if _world_size() > 1 else "graphmorph"
+    return f": resume with {launcher} {args.command} --resume {run_dir}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -201,7 +232,7 @@ def _run_autogrow(args) -> int:
         config = _config(args)
         where = _run_dir(args, "autogrow", config.seed_net)
         args.run_dir = str(where)
-        print(f"AutoGrow {config.seed_arch()} on {config.data}: {config.policy} growth, K={config.K}, "
+        _tell(f"AutoGrow {config.seed_arch()} on {config.data}: {config.policy} growth, K={config.K}, "
               f"J={config.stopping_window()}, tau={config.tau}, init={config.init}; writing {where}")
         result = run(config, where)
     _print_result(result, where)
@@ -221,15 +252,15 @@ def _run_nac(args) -> int:
         config = NACConfig.from_dict({name: getattr(args, name) for name in given})
         where = _run_dir(args, "nac", config.base.replace("/", "_"))
         args.run_dir = str(where)
-        print(f"NAC from {config.base} on {config.data}: {config.iterations} iterations of {config.steps} steps, "
+        _tell(f"NAC from {config.base} on {config.data}: {config.iterations} iterations of {config.steps} steps, "
               f"{'keeping' if config.keep_weights else 'resetting'} weights; writing {where}")
         result = run(config, where)
-    print(f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+    _tell(f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; construction {result['construction_seconds']:.1f} s"
           + (f", training {result['train_seconds']:.1f} s" if result["train_seconds"] else "")
           + f"; results in {where}")
     for group, row in result.get("comparison", {}).items():
-        print(f"  {group:<12} test {row['test_acc_mean']:6.2f}% +- {row['test_acc_std']:.2f} "
+        _tell(f"  {group:<12} test {row['test_acc_mean']:6.2f}% +- {row['test_acc_std']:.2f} "
               f"({row['count']} net(s), {si(row['params_mean'])} parameters)")
     return 0
 
@@ -247,7 +278,7 @@ def _run_train(args) -> int:
                      **({"finetune_epochs": args.epochs} if args.epochs else {}))
     where = _run_dir(args, "train", args.arch)
     args.run_dir = str(where)
-    print(f"training {args.arch} on {config.data} for {config.finetune()} epochs; writing {where}")
+    _tell(f"training {args.arch} on {config.data} for {config.finetune()} epochs; writing {where}")
     _print_result(run(config, where), where)
     return 0
 
@@ -265,7 +296,7 @@ def _run_report(args) -> int:
 def _print_result(result: dict, where) -> None:
     from graphmorph.flops import si
 
-    print(f"found {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+    _tell(f"found {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; growth {result['growth_seconds']:.1f} s, "
           f"fine-tuning {result['finetune_seconds']:.1f} s; results in {where}")
 

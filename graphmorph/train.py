@@ -4,6 +4,10 @@ On a GPU, the fast path: data kept on the device when it fits, bf16 autocast, ch
 batch-level random crop + flip on the device, and optionally `torch.compile` (re-applied after
 every rewrite, its cost measured); each part can be switched off to measure it. On the CPU the
 same code runs in float32 and is deterministic for a seed and a thread count.
+
+In a distributed `world` each global batch is split between the ranks, gradients are averaged by
+DDP, buffers averaged after training, and every metric is summed over the ranks, so all ranks see
+the same numbers and take the same decisions.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graphmorph.distributed import World
 from graphmorph.errors import GraphmorphError
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "staircase_lr"]
@@ -26,14 +31,14 @@ class TrainingDiverged(GraphmorphError):
     """The loss became NaN or infinite."""
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """"auto" is CUDA when present, else the CPU."""
+def pick_device(requested: str = "auto", world: World = World()) -> torch.device:
+    """"auto" is CUDA when present, else the CPU; in a distributed world, the rank's own GPU."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return world.device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GraphmorphError("--device cuda was asked for, but no CUDA device is available")
-    return device
+    return world.device(device)
 
 
 def staircase_lr(base: float, epoch: int, epochs: int) -> float:
@@ -56,6 +61,7 @@ class Trainer:
     bf16: bool = True               # GPU only: bf16 autocast
     channels_last: bool = True      # GPU only: NHWC memory format for model and batches
     data_on_device: bool = True     # GPU only: keep the dataset in device memory when it fits
+    world: World = World()          # the processes sharing each batch (one without torchrun)
     compile_seconds: list[float] = field(default_factory=list)   # first step after each (re)compile
     _compiled: dict[int, nn.Module] = field(default_factory=dict, repr=False)
     _untimed: set[int] = field(default_factory=set, repr=False)
@@ -110,7 +116,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = done = 0
         for index in batches:
-            if len(index) < 2:  # BatchNorm needs two samples in train mode
+            if len(index) < 2 * self.world.size:  # BatchNorm needs two samples per rank in train mode
                 continue
             xb, yb = self._batch(x, y, index, generator)
             first = id(model) in self._untimed
@@ -131,16 +137,22 @@ class Trainer:
             seen, done = seen + len(yb), done + 1
             if on_step is not None:
                 on_step(done)
-        mean_loss = float(loss_sum) / max(1, seen)
+        self.world.average_buffers(model)
+        loss_sum, correct, seen = self.world.all_sum(torch.stack([
+            loss_sum.double(), correct.double(), torch.tensor(float(seen), device=self.device, dtype=torch.float64)]))
+        mean_loss = float(loss_sum) / max(1, float(seen))
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"the training loss became {mean_loss}")
-        return mean_loss, 100.0 * float(correct) / max(1, seen)
+        return mean_loss, 100.0 * float(correct) / max(1, float(seen))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(mean loss, accuracy %) in eval mode."""
+        """(mean loss, accuracy %) in eval mode; in a distributed world each rank evaluates a share."""
         model.eval()
-        loss_sum, correct = 0.0, 0
+        total = len(y)
+        x, y = self.world.shard(x), self.world.shard(y)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
         for start in range(0, len(y), 4 * self.batch_size):
             xb = x[start: start + 4 * self.batch_size].to(self.device, non_blocking=True)
             yb = y[start: start + 4 * self.batch_size].to(self.device, non_blocking=True)
@@ -148,18 +160,22 @@ class Trainer:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 out = model(xb).float()
-            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
-            correct += int((out.argmax(1) == yb).sum())
-        return loss_sum / len(y), 100.0 * correct / len(y)
+            loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
+            correct += (out.argmax(1) == yb).sum()
+        loss_sum, correct = self.world.all_sum(torch.stack([loss_sum, correct])).tolist()
+        return loss_sum / total, 100.0 * correct / total
 
     # ---- internals
 
     def _runner(self, model: nn.Module) -> nn.Module:
-        if not self.compile:
+        """`model` as trained: in DDP when distributed, compiled when asked; a new graph after a
+        rewrite is wrapped (and compiled) again."""
+        if not (self.compile or self.world.distributed):
             return model
-        if id(model) not in self._compiled:  # a new graph after a rewrite: compile it again
-            self._compiled = {id(model): torch.compile(model)}
-            self._untimed = {id(model)}
+        if id(model) not in self._compiled:
+            runner = self.world.wrap(model)
+            self._compiled = {id(model): torch.compile(runner) if self.compile else runner}
+            self._untimed = {id(model)} if self.compile else set()
         return self._compiled[id(model)]
 
     @property
@@ -172,23 +188,33 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _batch(self, x, y, index, generator):
+        """This rank's share of the global batch `index`; the augmentation is drawn for the whole
+        batch, so every rank's generator advances alike."""
+        draws = _crop_and_flip_draws(len(index), generator) if self.augment else None
+        index = self.world.shard(index)
         xb = x[index.to(x.device)].to(self.device, non_blocking=True)
         yb = y[index.to(y.device)].to(self.device, non_blocking=True)
-        if self.augment:
-            xb = _crop_and_flip(xb, generator)
+        if draws is not None:
+            xb = _crop_and_flip(xb, self.world.shard(draws))
         if self._nhwc:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, yb
 
 
-def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Per-sample random crops from a zero-padded batch, and random horizontal flips, on x's device."""
+def _crop_and_flip_draws(n: int, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Per sample: row offset, column offset (0..2*pad) and flip (0 or 1), as an (n, 3) tensor."""
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    return torch.cat([offsets.T, flips[:, None].long()], dim=1)
+
+
+def _crop_and_flip(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Per-sample crops from a zero-padded batch, and horizontal flips, as `draws` say, on x's device."""
     n, _, h, w = x.shape
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
-    flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    draws = draws.to(x.device)
     padded = F.pad(x, (pad, pad, pad, pad))
-    rows = torch.arange(h, device=x.device)[None, :] + offsets[0][:, None]
-    cols = torch.arange(w, device=x.device)[None, :] + offsets[1][:, None]
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    rows = torch.arange(h, device=x.device)[None, :] + draws[:, 0:1]
+    cols = torch.arange(w, device=x.device)[None, :] + draws[:, 1:2]
+    cols = torch.where(draws[:, 2:3].bool(), cols.flip(1), cols)
     batch = torch.arange(n, device=x.device)[:, None, None]
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

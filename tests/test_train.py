@@ -5,7 +5,7 @@ import torch
 from graphmorph.capture import capture
 from graphmorph.models import build
 from graphmorph.search.autogrow import AutoGrowConfig, run
-from graphmorph.train import Trainer, _crop_and_flip, staircase_lr
+from graphmorph.train import Trainer, _crop_and_flip, _crop_and_flip_draws, staircase_lr
 
 
 def _trained(trainer: Trainer, steps: int = 6) -> torch.nn.Module:
@@ -24,15 +24,17 @@ def test_staircase_drops_tenfold_at_half_and_three_quarters():
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
-def test_crop_and_flip_takes_a_window_of_the_padded_batch_per_sample():
-    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
-    out = _crop_and_flip(x, torch.Generator().manual_seed(0), pad=2)
-    assert out.shape == x.shape
+def test_crop_and_flip_takes_the_drawn_window_of_the_padded_batch_per_sample():
+    x = torch.arange(3 * 1 * 6 * 6, dtype=torch.float32).reshape(3, 1, 6, 6)
+    draws = _crop_and_flip_draws(3, torch.Generator().manual_seed(0), pad=2)
+    assert draws.shape == (3, 3) and draws[:, :2].max() <= 4 and set(draws[:, 2].tolist()) <= {0, 1}
+    out = _crop_and_flip(x, draws, pad=2)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for i in range(2):
-        windows = [padded[i, :, r:r + 6, c:c + 6] for r in range(5) for c in range(5)]
-        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
-    outs = {tuple(_crop_and_flip(x, torch.Generator().manual_seed(s), pad=2).flatten().tolist()) for s in range(8)}
+    for i, (row, col, flip) in enumerate(draws.tolist()):
+        window = padded[i, :, row:row + 6, col:col + 6]
+        assert torch.equal(out[i], window.flip(-1) if flip else window)
+    outs = {tuple(_crop_and_flip(x, _crop_and_flip_draws(3, torch.Generator().manual_seed(s), pad=2), pad=2)
+                  .flatten().tolist()) for s in range(8)}
     assert len(outs) > 1  # it does move things
 
 

@@ -3,6 +3,10 @@
 Every epoch ends with an atomic checkpoint (model weights, rewrite history, optimizer state by
 parameter name, search state, RNG states), so `resume` continues an interrupted run and, on the
 CPU, reaches the same found net and history as an uninterrupted one.
+
+Under torchrun every rank runs this loop on its share of each batch (`graphmorph.distributed`);
+decisions come from all-reduced accuracies, rewrites are checked to leave identical replicas, and
+rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 from graphmorph.analysis import find_blocks, find_stages
 from graphmorph.capture import capture
 from graphmorph.data import Dataset, load
+from graphmorph.distributed import World, joined
 from graphmorph.errors import ConfigError
 from graphmorph.history import history
 from graphmorph.models import FAMILIES, arch_of, build, parse_arch
@@ -127,21 +132,34 @@ def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) AutoGrow, or plain training when `config.grow` is False; returns the result
     that is also written to `run_dir/result.json`."""
-    if resume:
-        directory = RunDirectory.existing(run_dir)
-        checkpoint = directory.load_checkpoint()
-        config = AutoGrowConfig.from_dict(checkpoint["config"])
-        session = _Session(config, directory, progress)
-        session.restore(checkpoint)
-        progress(f"resuming {directory.path} after epoch {session.state.epoch}")
-    else:
-        config.validate()
-        RunDirectory.ensure_new(run_dir)
-        session = _Session(config, None, progress)  # data and model first: a failed start leaves no folder
-        session.directory = RunDirectory.create(run_dir)
-        session.directory.write_json("config.json", _resolved(config))
-        session.start()
-    return session.loop()
+    with joined() as world:
+        if not world.is_main:
+            progress = _silent
+        if resume:
+            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir).load_checkpoint())
+            config = AutoGrowConfig.from_dict(checkpoint["config"])
+            session = _Session(config, world, progress)
+            session.restore(checkpoint)
+            session.directory = RunDirectory(run_dir)
+            progress(f"resuming {run_dir} after epoch {session.state.epoch}")
+        else:
+            config.validate()
+            world.check_same("AutoGrow settings", dataclasses.asdict(config))
+            world.from_main(lambda: RunDirectory.ensure_new(run_dir))
+            session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
+            session.directory = world.from_main(lambda: _create(run_dir, config))
+            session.start()
+        return session.loop()
+
+
+def _create(run_dir: str | Path, config: AutoGrowConfig) -> RunDirectory:
+    directory = RunDirectory.create(run_dir)
+    directory.write_json("config.json", _resolved(config))
+    return directory
+
+
+def _silent(_: str) -> None:
+    """Progress of the ranks other than 0."""
 
 
 def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
@@ -153,10 +171,12 @@ def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
 class _Session:
     """One run: data, model, optimizer, search state; one epoch at a time."""
 
-    def __init__(self, config: AutoGrowConfig, directory: RunDirectory | None, progress: Callable[[str], None]):
-        self.config, self.directory, self.progress = config, directory, progress
+    def __init__(self, config: AutoGrowConfig, world: World, progress: Callable[[str], None]):
+        self.config, self.world, self.progress = config, world, progress
+        self.directory: RunDirectory | None = None  # set once the run directory exists
         self.data: Dataset = load(config.data, config.val_fraction, config.fraction, config.seed)
-        self.trainer = Trainer(pick_device(config.device), config.batch_size, self.data.augment, config.compile)
+        self.trainer = Trainer(pick_device(config.device, world), config.batch_size, self.data.augment,
+                               config.compile, world=world)
         d = self.data
         self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
             d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
@@ -166,6 +186,7 @@ class _Session:
         self.state = SearchState()
         torch.manual_seed(config.seed)
         self.gm = self._seed_graph()
+        world.check_replicas(self.gm, "building the seed net")
 
     def _seed_graph(self):
         model = build(self.config.seed_arch(), num_classes=self.data.num_classes,
@@ -190,6 +211,7 @@ class _Session:
         torch.set_rng_state(checkpoint["rng"])
         self.shuffle.set_state(checkpoint["shuffle_rng"])
         self.grow_rng.set_state(checkpoint["grow_rng"])
+        self.world.check_replicas(self.gm, "restoring the checkpoint")
 
     def _base_lr(self) -> float:
         if self.config.lr is not None:
@@ -299,12 +321,15 @@ class _Session:
         new = grow(self.gm, stage=stage, init=self.config.init, std=self.config.std, data=data,
                    generator=self.grow_rng)
         new = self.trainer.place_model(new)
+        self.world.check_replicas(new, f"growing stage {stage}")
         self.optimizer = rebuild_optimizer(self.optimizer, self.gm, new)
         self.gm = new
         self.state.rewrite_seconds += time.perf_counter() - began
         return f"grew stage {stage} -> {arch_of(new)}"
 
     def _checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
         self.directory.save_checkpoint({
             "config": dataclasses.asdict(self.config),
             "state": dataclasses.asdict(self.state),
@@ -332,9 +357,10 @@ class _Session:
             "rewrite_seconds": round(self.state.rewrite_seconds, 3),
             "compile_seconds": [round(s, 3) for s in self.trainer.compile_seconds],
             "device": str(self.trainer.device),
+            "world_size": self.world.size,
         }
         example = torch.zeros(1, self.data.in_channels, self.data.image_size, self.data.image_size)
-        return finish_run(self.directory, self.gm, example, self.rows, result)
+        return self.world.from_main(lambda: finish_run(self.directory, self.gm, example, self.rows, result))
 
 
 def _progress_line(row: dict[str, Any]) -> str:

@@ -8,7 +8,9 @@ same cells and branch counts, the "worst" construction that prunes the best bran
 from scratch the same way and compared.
 
 A checkpoint follows every iteration and every trained net (structure, weights, state, RNGs), so
-`resume` loses at most the unit in progress.
+`resume` loses at most the unit in progress. Under torchrun every rank trains its share of each
+batch; the branch statistics are averaged over the ranks before each decision, and rank 0 alone
+writes the run directory.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import fx
 
 from graphmorph.capture import capture
 from graphmorph.data import Dataset, load
+from graphmorph.distributed import World, joined
 from graphmorph.errors import ConfigError
 from graphmorph.flops import count_flops
 from graphmorph.history import history
@@ -118,30 +121,43 @@ class NACState:
 def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) NAC; returns the result also written to `run_dir/result.json`."""
-    if resume:
-        directory = RunDirectory.existing(run_dir)
-        checkpoint = directory.load_checkpoint()
-        session = _Session(NACConfig.from_dict(checkpoint["config"]), directory, progress)
-        session.restore(checkpoint)
-        progress(f"resuming {directory.path}: {session.state.phase}, iteration {session.state.iteration}, "
-                 f"{len(session.state.trained)} net(s) trained")
-    else:
-        config.validate()
-        RunDirectory.ensure_new(run_dir)
-        session = _Session(config, None, progress)  # data and model first: a failed start leaves no folder
-        session.directory = RunDirectory.create(run_dir)
-        session.directory.write_json("config.json", dataclasses.asdict(config))
-    return session.loop()
+    with joined() as world:
+        if not world.is_main:
+            progress = _silent
+        if resume:
+            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir).load_checkpoint())
+            session = _Session(NACConfig.from_dict(checkpoint["config"]), world, progress)
+            session.restore(checkpoint)
+            session.directory = RunDirectory(run_dir)
+            progress(f"resuming {run_dir}: {session.state.phase}, iteration {session.state.iteration}, "
+                     f"{len(session.state.trained)} net(s) trained")
+        else:
+            config.validate()
+            world.check_same("NAC settings", dataclasses.asdict(config))
+            world.from_main(lambda: RunDirectory.ensure_new(run_dir))
+            session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
+            session.directory = world.from_main(lambda: _create(run_dir, config))
+        return session.loop()
+
+
+def _create(run_dir: str | Path, config: NACConfig) -> RunDirectory:
+    directory = RunDirectory.create(run_dir)
+    directory.write_json("config.json", dataclasses.asdict(config))
+    return directory
+
+
+def _silent(_: str) -> None:
+    """Progress of the ranks other than 0."""
 
 
 class _Session:
     """One run: data, the net under construction, the search state."""
 
-    def __init__(self, config: NACConfig, directory: RunDirectory | None, progress: Callable[[str], None],
-                 data: Dataset | None = None):
-        self.config, self.directory, self.progress = config, directory, progress
+    def __init__(self, config: NACConfig, world: World, progress: Callable[[str], None], data: Dataset | None = None):
+        self.config, self.world, self.progress = config, world, progress
+        self.directory: RunDirectory | None = None  # set once the run directory exists; none for the worst case
         self.data = data or load(config.data, config.val_fraction, config.fraction, config.seed)
-        self.trainer = Trainer(pick_device(config.device), config.batch_size, self.data.augment)
+        self.trainer = Trainer(pick_device(config.device, world), config.batch_size, self.data.augment, world=world)
         d = self.data
         self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
             d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
@@ -152,6 +168,7 @@ class _Session:
         self.final_model: dict[str, torch.Tensor] | None = None
         torch.manual_seed(config.seed)
         self.gm = self._capture(build(config.base, num_classes=d.num_classes, in_channels=d.in_channels))
+        world.check_replicas(self.gm, "building the base EnvelopeNet")
 
     def _capture(self, model: torch.nn.Module) -> fx.GraphModule:
         return self.trainer.place_model(capture(model, self.example))
@@ -167,6 +184,7 @@ class _Session:
         torch.set_rng_state(checkpoint["rng"])
         self.shuffle.set_state(checkpoint["shuffle_rng"])
         self.cell_rng.set_state(checkpoint["cell_rng"])
+        self.world.check_replicas(self.gm, "restoring the checkpoint")
 
     # ---- the loop
 
@@ -209,6 +227,7 @@ class _Session:
 
         def snapshot(step: int) -> None:
             if step % config.log_every == 0 or step == config.steps:
+                self.world.average_buffers(instrumented)
                 flat = {f"{cell}.{branch}": value
                         for cell, values in branch_statistics(instrumented).items() for branch, value in values.items()}
                 state.statistics.append({"iteration": state.iteration + 1, "step": first_step + step, **flat})
@@ -228,6 +247,7 @@ class _Session:
         gm, events = self._restructure(gm, statistic)
         rewrite_seconds = time.perf_counter() - rewriting
         self.gm = self.trainer.place_model(gm)
+        self.world.check_replicas(self.gm, f"iteration {state.iteration + 1}'s rewrites")
         state.rewrites.extend(history(gm)[known:])
         return {"iteration": state.iteration + 1, "arch": arch_before, "train_loss": round(loss, 6),
                 "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4),
@@ -278,7 +298,7 @@ class _Session:
             return self.state.trained["worst"]["structure"]
         self.progress("constructing the worst-case net (prunes the best branches, keeps every skip)")
         config = dataclasses.replace(self.config, worst=True, baselines=(), epochs=0)
-        return _Session(config, None, lambda line: self.progress("  worst: " + line), self.data).construct()
+        return _Session(config, self.world, lambda line: self.progress("  worst: " + line), self.data).construct()
 
     def _train_from_scratch(self, name: str, structure: dict[str, Any]) -> str:
         """Train one net from fresh weights, record it, and return its progress line."""
@@ -315,7 +335,7 @@ class _Session:
     # ---- persistence and results
 
     def _checkpoint(self) -> None:
-        if self.directory is None:
+        if self.directory is None or not self.world.is_main:
             return
         self.directory.save_checkpoint({
             "config": dataclasses.asdict(self.config),
@@ -330,7 +350,7 @@ class _Session:
         self.directory.write_history(self.state.rows)
 
     def _finish(self) -> dict[str, Any]:
-        config, state, directory = self.config, self.state, self.directory
+        config, state = self.config, self.state
         final = self._fresh(state.constructed)
         final.load_state_dict(self.final_model if self.final_model is not None else self.gm.state_dict())
         trained = state.trained.get("constructed")
@@ -347,9 +367,15 @@ class _Session:
             "growth_seconds": round(state.construction_seconds, 3),
             "finetune_seconds": trained["seconds"] if trained else 0.0,
             "device": str(self.trainer.device),
+            "world_size": self.world.size,
         }
         if config.baselines:
             result["comparison"] = compare(list(state.trained.values()))
+        return self.world.from_main(lambda: self._write_results(final, result))
+
+    def _write_results(self, final: fx.GraphModule, result: dict[str, Any]) -> dict[str, Any]:
+        """Architecture, statistics, trained nets, model.onnx, result.json and the plots."""
+        config, state, directory = self.config, self.state, self.directory
         directory.write_json("architecture.json", state.constructed)
         directory.write_text("architecture.txt", result["found"] + "\n")
         directory.write_json("statistics.json", state.statistics)
