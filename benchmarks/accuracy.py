@@ -4,8 +4,8 @@ paper's Table 6; and the dataset-size study (Plain3Net on MNIST with 100/75/50/2
 K divided by the share so the mini-batches between growths stay the same; paper Table 11:
 smaller data should give shallower nets).
 
-    python benchmarks/accuracy.py --data-root ../shared/data [--fraction 0.05] [--finetune-epochs 16]
-                                  [--J 8] [--K 3] [--parts table6,table11]
+    python benchmarks/accuracy.py --data-root ../shared/data [--fraction 0.02] [--finetune-epochs 8]
+                                  [--J 4] [--K 2] [--parts table6,table11]
 
 The paper trains on the full data with a 200-epoch schedule; `--fraction` and the epoch options
 scale the budget down (the defaults are the CPU profile), and the JSON records the budget next
@@ -38,10 +38,10 @@ TABLE11 = {1.0: ("20-20-20", 99.66), 0.75: ("12-12-12", 99.54), 0.5: ("12-11-11"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True, help="folder holding mnist/ and fashion-mnist/ (IDX files)")
-    parser.add_argument("--fraction", type=float, default=0.05, help="share of the training data (1.0 = paper)")
-    parser.add_argument("--finetune-epochs", type=int, default=16, help="scratch and fine-tuning epochs (paper 200)")
-    parser.add_argument("--J", type=int, default=8, help="stopping window, epochs (paper 100)")
-    parser.add_argument("--K", type=int, default=3, help="growth period at the full fraction, epochs (paper 3)")
+    parser.add_argument("--fraction", type=float, default=0.02, help="share of the training data (1.0 = paper)")
+    parser.add_argument("--finetune-epochs", type=int, default=8, help="scratch and fine-tuning epochs (paper 200)")
+    parser.add_argument("--J", type=int, default=4, help="stopping window, epochs (paper 100)")
+    parser.add_argument("--K", type=int, default=2, help="growth period at the full fraction, epochs (paper 3)")
     parser.add_argument("--parts", default="table6,table11")
     args = parser.parse_args()
     root = Path(args.data_root)
@@ -49,7 +49,8 @@ def main() -> None:
 
     def config(family: str, data: str, share: float = 1.0) -> AutoGrowConfig:
         return AutoGrowConfig(seed_net=family, data=f"{data}:{root / data}", fraction=args.fraction * share,
-                              K=max(1, round(args.K / share)), J=args.J, finetune_epochs=args.finetune_epochs)
+                              K=max(1, round(args.K / share)), J=args.J, finetune_epochs=args.finetune_epochs,
+                              test_every=0)  # the 10,000 test images only for the final nets
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -86,6 +86,8 @@ def grow_and_scratch(config, folder: Path) -> dict[str, object]:
     fixed = run(dataclasses.replace(config, seed_net=grown["found"], grow=False), folder / f"scratch-{name}",
                 progress=lambda _: None)
     compiles = grown["compile_seconds"]
+    # with compile "always", every compile but at most one happens in the growth phase (an upper bound)
+    growth_compiles = compiles if config.compile == "always" else []
     return {
         "family": config.seed_net, "data": config.data.partition(":")[0], "fraction": config.fraction,
         "K": config.K, "found": grown["found"],
@@ -95,8 +97,7 @@ def grow_and_scratch(config, folder: Path) -> dict[str, object]:
         "finetune_seconds": grown["finetune_seconds"], "scratch_seconds": fixed["finetune_seconds"],
         "search_over_scratch": round(grown["growth_seconds"] / fixed["finetune_seconds"], 3),
         "growth_epochs": grown["epochs"] - config.finetune(), "finetune_epochs": config.finetune(),
-        "compile_seconds": compiles,
-        # every (re)compile but at most one happens in the growth phase: an upper bound
-        "compile_share_of_growth": round(sum(compiles) / grown["growth_seconds"], 3) if compiles else None,
+        "compile": config.compile, "compile_seconds": compiles,
+        "compile_share_of_growth": round(sum(growth_compiles) / grown["growth_seconds"], 3) if growth_compiles else None,
         "macs": grown["macs"], "params": grown["params"],
     }

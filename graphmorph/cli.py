@@ -175,7 +175,11 @@ def _autogrow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-depth", type=_positive, help="blocks per stage at most (default 64)")
     parser.add_argument("--max-growth-epochs", type=_positive, help="cap on the growth phase")
     parser.add_argument("--val-fraction", type=_fraction, help="validation share of training data (default 0.1)")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile after each growth")
+    parser.add_argument("--test-every", type=int, metavar="N",
+                        help="score the test set every N epochs, for plots (default 1; 0: the final net only)")
+    parser.add_argument("--compile", nargs="?", const="finetune", choices=("off", "finetune", "always"),
+                        help="torch.compile the found net for fine-tuning (bare --compile), or also after "
+                             "every growth (always); default off")
 
 
 def _nac_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,7 +208,7 @@ _NAC_OPTIONS = ("base", "data", "fraction", "batch_size", "seed", "device", "ite
 
 _CONFIG_OPTIONS = ("seed_net", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
                    "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device",
-                   "compile")
+                   "compile", "test_every")
 
 
 def _config(args, **fixed):

@@ -30,8 +30,8 @@ __all__ = ["World", "ReplicasDiverged", "RankFailed", "joined"]
 
 T = TypeVar("T")
 
-# How long a rank waits in a collective for a peer before giving up.
-TIMEOUT = datetime.timedelta(minutes=10)
+# How long a rank waits in a collective for a peer before giving up (rank 0's ONNX export included).
+TIMEOUT = datetime.timedelta(minutes=30)
 
 
 DDP = nn.parallel.DistributedDataParallel
@@ -64,6 +64,10 @@ class World:
     @property
     def distributed(self) -> bool:
         return self.size > 1
+
+    def main_only(self, report: Callable[[str], None]) -> Callable[[str], None]:
+        """`report` on rank 0, a no-op on the others (every rank would say the same)."""
+        return report if self.is_main else _ignore
 
     def device(self, device: torch.device) -> torch.device:
         """The CUDA device of this rank (its LOCAL_RANK) when `device` is CUDA; else `device`."""
@@ -151,6 +155,10 @@ class World:
                     f"after {after}, rank {rank}'s model differs from rank 0's ({len(names)} tensor(s), first "
                     f"{names[0]}). Every rank must run the same graphmorph version and command with the same "
                     "seed and data; the last checkpoint is kept, so the run can be resumed once that holds")
+
+
+def _ignore(_: str) -> None:
+    """What the ranks other than 0 do with a progress line."""
 
 
 def tensor_digests(model: nn.Module) -> dict[str, str]:

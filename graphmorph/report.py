@@ -46,7 +46,9 @@ def plot_growth(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     epochs = [r["epoch"] for r in rows]
     fig, (acc, depth) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
     acc.plot(epochs, [r["val_acc"] for r in rows], label="validation", color="tab:blue")
-    acc.plot(epochs, [r["test_acc"] for r in rows], label="test", color="tab:green", alpha=0.7)
+    scored = [r for r in rows if r["test_acc"] is not None]  # the test set may be scored every few epochs
+    acc.plot([r["epoch"] for r in scored], [r["test_acc"] for r in scored], label="test", color="tab:green",
+             alpha=0.7, marker="." if len(scored) < len(rows) else None)
     acc.plot(epochs, [r["train_acc"] for r in rows], label="train", color="tab:gray", alpha=0.5)
     for r in rows:
         if "grew" in r["event"]:

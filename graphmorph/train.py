@@ -63,7 +63,7 @@ class Trainer:
     data_on_device: bool = True     # GPU only: keep the dataset in device memory when it fits
     world: World = World()          # the processes sharing each batch (one without torchrun)
     compile_seconds: list[float] = field(default_factory=list)   # first step after each (re)compile
-    _compiled: dict[int, nn.Module] = field(default_factory=dict, repr=False)
+    _runners: dict[tuple[int, bool], nn.Module] = field(default_factory=dict, repr=False)
     _untimed: set[int] = field(default_factory=set, repr=False)
 
     @property
@@ -87,9 +87,12 @@ class Trainer:
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                     y: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
-        """One epoch over (x, y) in a seeded random order; returns (mean loss, accuracy %)."""
+        """One epoch over (x, y) in a seeded random order; returns (mean loss, accuracy %). When
+        compiling, the last partial batch is left out: one batch shape, so one compile per graph."""
         order = torch.randperm(len(y), generator=generator)
         batches = [order[start: start + self.batch_size] for start in range(0, len(y), self.batch_size)]
+        if self.compile and len(batches) > 1 and len(batches[-1]) < self.batch_size:
+            batches.pop()
         return self._train(model, optimizer, x, y, generator, batches)
 
     def train_steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -169,14 +172,15 @@ class Trainer:
 
     def _runner(self, model: nn.Module) -> nn.Module:
         """`model` as trained: in DDP when distributed, compiled when asked; a new graph after a
-        rewrite is wrapped (and compiled) again."""
+        rewrite (or switching compile on) wraps and compiles again."""
         if not (self.compile or self.world.distributed):
             return model
-        if id(model) not in self._compiled:
+        key = (id(model), self.compile)
+        if key not in self._runners:
             runner = self.world.wrap(model)
-            self._compiled = {id(model): torch.compile(runner) if self.compile else runner}
+            self._runners = {key: torch.compile(runner) if self.compile else runner}
             self._untimed = {id(model)} if self.compile else set()
-        return self._compiled[id(model)]
+        return self._runners[key]
 
     @property
     def _nhwc(self) -> bool:

@@ -102,6 +102,7 @@ def test_sigterm_stops_with_the_resume_hint(tmp_path):
     (["--seed-net", "Basic9ResNet-1-1"], "unknown architecture 'Basic9ResNet-1-1'"),
     (["--K", "0"], "K must be at least 1 epoch"),
     (["--tau", "-1"], "tau must be >= 0"),
+    (["--test-every", "-1"], "test every must be >= 0 epochs"),
     (["--run-dir", "{tmp}"], "already exists; continue it with --resume"),
     (["--resume", "{tmp}"], "holds no checkpoint.pt to resume from"),
     (["--resume", "{tmp}", "--K", "5"], "--resume continues with the run's saved settings; drop --K"),
@@ -113,6 +114,17 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, message):
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
     assert not list(work.iterdir())  # a failed start leaves no run directory behind
+
+
+@pytest.mark.parametrize("every", [0, 2])
+def test_the_test_set_is_scored_every_n_epochs_and_always_for_the_final_net(tmp_path, every):
+    config = AutoGrowConfig.from_dict({**TINY, "max_growth_epochs": 3, "finetune_epochs": 3, "test_every": every})
+    result = run(config, tmp_path / "run", progress=lambda _: None)
+    rows = json.loads((tmp_path / "run" / "history.json").read_text())
+    scored = [r["epoch"] for r in rows if r["test_acc"] is not None]
+    assert scored == sorted({*([] if every == 0 else range(every, len(rows) + 1, every)), len(rows)})
+    assert result["test_acc"] == rows[-1]["test_acc"] and 0 < result["test_acc"] <= 100
+    assert (tmp_path / "run" / "growth.png").is_file()
 
 
 def test_unknown_config_options_are_refused():

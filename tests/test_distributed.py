@@ -62,7 +62,6 @@ def test_tensor_digests_tell_one_changed_element_apart():
 
 @pytest.mark.slow
 def test_two_gloo_processes_find_the_net_and_history_of_one_process(tmp_path):
-    torch.set_num_threads(1)
     assert main([*TINY, "--run-dir", str(tmp_path / "one")]) == 0
     code, output = _finish(_torchrun("plain", [*TINY, "--run-dir", str(tmp_path / "two")]))
     assert code == 0, output

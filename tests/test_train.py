@@ -1,9 +1,11 @@
-"""The trainer's pieces: staircase schedule, on-device augmentation, the GPU fast path."""
+"""The trainer's pieces: staircase schedule, on-device augmentation, the GPU fast path, compile modes."""
+import json
+
 import pytest
 import torch
 
 from graphmorph.capture import capture
-from graphmorph.models import build
+from graphmorph.models import arch_of, build
 from graphmorph.search.autogrow import AutoGrowConfig, run
 from graphmorph.train import Trainer, _crop_and_flip, _crop_and_flip_draws, staircase_lr
 
@@ -65,9 +67,32 @@ def test_each_part_of_the_gpu_fast_path_can_be_switched_off():
 @pytest.mark.gpu
 def test_autogrow_on_cuda_with_compile_records_the_cost_per_growth(tmp_path):
     config = AutoGrowConfig(widths=(4, 4, 4), K=1, J=2, tau=0.5, finetune_epochs=1, max_growth_epochs=3,
-                            device="cuda", compile=True)
+                            device="cuda", compile="always")
     result = run(config, tmp_path / "run", progress=lambda _: None)
     assert result["device"].startswith("cuda")
     growths = sum(int(depth) for depth in result["found"].split("-")[1:]) - 3
     assert len(result["compile_seconds"]) == growths + 1  # one compile for the seed net, one per growth
     assert result["onnx_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["off", "finetune", "always"])
+def test_compile_modes_compile_the_graphs_they_promise_with_one_batch_shape(tmp_path, monkeypatch, mode):
+    compiled, batch_sizes = [], []
+
+    def recording_compile(module):  # stands in for torch.compile: records, then runs eagerly
+        compiled.append(arch_of(module))
+        return lambda x: (batch_sizes.append(len(x)), module(x))[1]
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    config = AutoGrowConfig(widths=(4, 4, 4), fraction=0.3, K=1, tau=0, init="zero", max_growth_epochs=2,
+                            finetune_epochs=1, batch_size=64, compile=mode)
+    result = run(config, tmp_path / "run", progress=lambda _: None)
+    trained = list(dict.fromkeys(row["arch"] for row in json.loads((tmp_path / "run" / "history.json").read_text())))
+    expected = {"off": [], "finetune": [result["found"]], "always": trained}[mode]
+    assert compiled == expected and len(result["compile_seconds"]) == len(expected)
+    assert set(batch_sizes) <= {64}  # the last partial batch is left out when compiling
+
+
+def test_a_checkpoint_from_before_the_compile_modes_still_loads():
+    assert AutoGrowConfig.from_dict({"compile": True}).compile == "always"
+    assert AutoGrowConfig.from_dict({"compile": False}).compile == "off"

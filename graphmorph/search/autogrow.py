@@ -34,7 +34,11 @@ from graphmorph.train import Trainer, TrainingDiverged, pick_device, staircase_l
 from transforms import grow, replay
 from transforms.initializers import INITS
 
-__all__ = ["AutoGrowConfig", "ConfigError", "SearchState", "run", "BASELINE_EPOCHS"]
+__all__ = ["AutoGrowConfig", "ConfigError", "SearchState", "run", "BASELINE_EPOCHS", "COMPILE_MODES"]
+
+# When torch.compile runs: never; for the fine-tuning of the found net only (one compile); or after
+# every growth as well (a compile per growth, measured in `compile_seconds`).
+COMPILE_MODES = ("off", "finetune", "always")
 
 # Epochs of the baseline schedule per dataset (paper: 200 on the small datasets, LR x0.1 at half);
 # digits is tiny, so its baseline is scaled down to keep the default run to a few CPU minutes.
@@ -66,11 +70,14 @@ class AutoGrowConfig:
     widths: tuple[int, ...] | None = None  # per-stage channels; None: the family's
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda
-    compile: bool = False              # torch.compile, re-applied after each growth
+    compile: str = "off"               # torch.compile: off | finetune (the found net only) | always (after each growth)
     grow: bool = True                  # False: train the seed net as is (graphmorph train)
+    test_every: int = 1                # epochs between test-set scores (plots only); 0: the final net only
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AutoGrowConfig":
+        if isinstance(values.get("compile"), bool):  # checkpoints before the compile modes
+            values = {**values, "compile": "always" if values["compile"] else "off"}
         return config_from_dict(cls, values, "AutoGrow")
 
     def validate(self) -> None:
@@ -86,6 +93,8 @@ class AutoGrowConfig:
             (self.finetune_epochs is None or self.finetune_epochs >= 0, "finetune epochs must be >= 0"),
             (self.max_depth >= 1, f"max depth must be at least 1, got {self.max_depth}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.test_every >= 0, f"test every must be >= 0 epochs, got {self.test_every}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -133,8 +142,7 @@ def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
     """Run (or resume) AutoGrow, or plain training when `config.grow` is False; returns the result
     that is also written to `run_dir/result.json`."""
     with joined() as world:
-        if not world.is_main:
-            progress = _silent
+        progress = world.main_only(progress)
         if resume:
             checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir).load_checkpoint())
             config = AutoGrowConfig.from_dict(checkpoint["config"])
@@ -158,10 +166,6 @@ def _create(run_dir: str | Path, config: AutoGrowConfig) -> RunDirectory:
     return directory
 
 
-def _silent(_: str) -> None:
-    """Progress of the ranks other than 0."""
-
-
 def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
     return {**dataclasses.asdict(config), "resolved": {
         "seed_arch": config.seed_arch(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
@@ -175,8 +179,7 @@ class _Session:
         self.config, self.world, self.progress = config, world, progress
         self.directory: RunDirectory | None = None  # set once the run directory exists
         self.data: Dataset = load(config.data, config.val_fraction, config.fraction, config.seed)
-        self.trainer = Trainer(pick_device(config.device, world), config.batch_size, self.data.augment,
-                               config.compile, world=world)
+        self.trainer = Trainer(pick_device(config.device, world), config.batch_size, self.data.augment, world=world)
         d = self.data
         self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
             d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
@@ -235,6 +238,8 @@ class _Session:
             lr = self._lr()
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            self.trainer.compile = self.config.compile == "always" or (
+                self.config.compile == "finetune" and state.phase == "finetune")
             try:
                 train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x,
                                                                  self.train_y, self.shuffle)
@@ -246,8 +251,9 @@ class _Session:
                     "lower --lr and start a new run"
                 ) from None
             _, val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)
-            _, test_acc = self.trainer.evaluate(self.gm, self.test_x, self.test_y)  # for plots, never decisions
             state.epoch += 1
+            scheduled = self.config.test_every and state.epoch % self.config.test_every == 0
+            test_acc = self._test_score() if scheduled else None
             state.val_accuracy.append(val_acc)
             phase = state.phase
             arch = arch_of(self.gm)
@@ -261,7 +267,7 @@ class _Session:
                 state.finetune_seconds += seconds
             row = {"epoch": state.epoch, "phase": phase, "arch": arch, "lr": lr, "train_loss": round(train_loss, 6),
                    "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4),
-                   "val_best": round(max(state.val_accuracy), 4), "test_acc": round(test_acc, 4),
+                   "val_best": round(max(state.val_accuracy), 4), "test_acc": test_acc,
                    "event": "; ".join(events), "seconds": round(seconds, 3)}
             self.rows.append(row)
             self.progress(_progress_line(row))
@@ -343,7 +349,15 @@ class _Session:
         })
         self.directory.write_history(self.rows)
 
+    def _test_score(self) -> float:
+        """Test accuracy (%) of the current net: for plots and the result, never for decisions."""
+        return round(self.trainer.evaluate(self.gm, self.test_x, self.test_y)[1], 4)
+
     def _finish(self) -> dict[str, Any]:
+        if self.rows[-1]["test_acc"] is None:  # scored only every few epochs, or never during the run
+            self.rows[-1]["test_acc"] = self._test_score()
+            if self.world.is_main:
+                self.directory.write_history(self.rows)
         result = {
             "kind": "autogrow" if self.config.grow else "train",
             "data": self.config.data,

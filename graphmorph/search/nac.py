@@ -122,8 +122,7 @@ def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) NAC; returns the result also written to `run_dir/result.json`."""
     with joined() as world:
-        if not world.is_main:
-            progress = _silent
+        progress = world.main_only(progress)
         if resume:
             checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir).load_checkpoint())
             session = _Session(NACConfig.from_dict(checkpoint["config"]), world, progress)
@@ -144,10 +143,6 @@ def _create(run_dir: str | Path, config: NACConfig) -> RunDirectory:
     directory = RunDirectory.create(run_dir)
     directory.write_json("config.json", dataclasses.asdict(config))
     return directory
-
-
-def _silent(_: str) -> None:
-    """Progress of the ranks other than 0."""
 
 
 class _Session:
