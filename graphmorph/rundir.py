@@ -39,10 +39,12 @@ class RunDirectory:
                            "or choose another --run-dir")
 
     @classmethod
-    def create(cls, path: str | Path) -> "RunDirectory":
+    def create(cls, path: str | Path, config: dict[str, Any]) -> "RunDirectory":
+        """A new run directory at `path` holding the run's settings as config.json."""
         cls.ensure_new(path)
         run = cls(path)
         run.path.mkdir(parents=True)
+        run.write_json("config.json", config)
         return run
 
     @classmethod

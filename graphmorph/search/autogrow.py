@@ -155,15 +155,9 @@ def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
             world.check_same("AutoGrow settings", dataclasses.asdict(config))
             world.from_main(lambda: RunDirectory.ensure_new(run_dir))
             session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
-            session.directory = world.from_main(lambda: _create(run_dir, config))
+            session.directory = world.from_main(lambda: RunDirectory.create(run_dir, _resolved(config)))
             session.start()
         return session.loop()
-
-
-def _create(run_dir: str | Path, config: AutoGrowConfig) -> RunDirectory:
-    directory = RunDirectory.create(run_dir)
-    directory.write_json("config.json", _resolved(config))
-    return directory
 
 
 def _resolved(config: AutoGrowConfig) -> dict[str, Any]:

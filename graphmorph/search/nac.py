@@ -135,14 +135,8 @@ def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
             world.check_same("NAC settings", dataclasses.asdict(config))
             world.from_main(lambda: RunDirectory.ensure_new(run_dir))
             session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
-            session.directory = world.from_main(lambda: _create(run_dir, config))
+            session.directory = world.from_main(lambda: RunDirectory.create(run_dir, dataclasses.asdict(config)))
         return session.loop()
-
-
-def _create(run_dir: str | Path, config: NACConfig) -> RunDirectory:
-    directory = RunDirectory.create(run_dir)
-    directory.write_json("config.json", dataclasses.asdict(config))
-    return directory
 
 
 class _Session:
