@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SUITE = ("rewrite", "analysis", "channel_pruning", "statistics_overhead", "train_throughput", "export",
+SUITE = ("rewrite", "analysis", "channel_pruning", "statistics_overhead", "testing_helpers", "train_throughput", "export",
          "search_cost", "accuracy", "distributed")
 ON_REQUEST = ("nac_compare",)
 

@@ -14,8 +14,9 @@ from graphmorph.errors import (
 )
 from graphmorph.export import ExportReport, export_onnx
 from graphmorph.flops import FlopReport, count_flops
-from graphmorph.history import history
+from graphmorph.history import HistoryError, history, history_document, read_history
 from graphmorph.optim import rebuild_optimizer
+from graphmorph.sources import ModelError, ModelSource
 from graphmorph.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
@@ -23,7 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
     "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
+    "history_document", "read_history", "ModelSource",
     "rebuild_optimizer", "channel_groups", "ChannelGroup",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
-    "RewriteError",
+    "RewriteError", "HistoryError", "ModelError",
 ]

@@ -1,7 +1,9 @@
-"""The `graphmorph` command line: `autogrow` (the main job), `nac`, `train`, `report`, `flops`, `export`."""
+"""The `graphmorph` command line: `autogrow` (the main job), `nac`, `train`, `replay`, `report`, `flops`,
+`export`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -108,6 +110,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, help="initial LR (default 0.1 residual, 0.01 plain)")
     train.set_defaults(run=_run_train)
 
+    replay = commands.add_parser(
+        "replay", help="re-apply a rewrite history to a fresh model and save the weights",
+        description="Build a fresh model (the history's, or --model) under its seed, apply every rewrite of "
+                    "HISTORY.json with its recorded seed, and save the weights with the history: the run's "
+                    "architecture and, before any training, the same parameters.")
+    replay.add_argument("history", metavar="HISTORY.json", help="a history document, e.g. a run's rewrites.json")
+    _source_overrides(replay)
+    replay.add_argument("-o", "--output", required=True, help="weights file to write, e.g. out.pt")
+    replay.set_defaults(run=_run_replay)
+
     report = commands.add_parser(
         "report", help="compare finished runs: a table and accuracy vs FLOPs",
         description="Print a table of finished runs and plot test accuracy against MACs.",
@@ -126,19 +138,25 @@ def _parser() -> argparse.ArgumentParser:
     flops.set_defaults(run=_run_flops)
 
     export = commands.add_parser(
-        "export", help="export a seed net to ONNX and check it in onnxruntime",
-        description="Export a seed net to ONNX (dynamic batch), check it with onnx.checker and "
-                    "compare onnxruntime with PyTorch.",
+        "export", help="export a net, or a checkpoint with its history, to ONNX checked in onnxruntime",
+        description="Export a net (ARCH, or package.module:factory) or a trained checkpoint (--checkpoint, its "
+                    "architecture rebuilt from its history) to ONNX with a dynamic batch, check it with "
+                    "onnx.checker and compare onnxruntime with PyTorch.",
     )
-    _model_arguments(export)
+    _model_arguments(export, optional=True)
+    export.add_argument("--checkpoint", metavar="FILE",
+                        help="weights to export: a run's checkpoint.pt or a graphmorph replay output")
+    export.add_argument("--history", metavar="FILE", help="the checkpoint's history (default: inside it, or "
+                                                          "rewrites.json beside it)")
     export.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
     export.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (default 1e-4)")
     export.set_defaults(run=_run_export)
     return parser
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("arch", metavar="ARCH", help=f"architecture: {models.valid_forms()}")
+def _model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("arch", metavar="ARCH", nargs="?" if optional else None,
+                        help=f"architecture: {models.valid_forms()}; or package.module:factory")
     parser.add_argument("--input-size", type=_positive, default=32, help="input height and width (default 32)")
     parser.add_argument("--in-channels", type=_positive, default=3, help="input channels (default 3)")
     parser.add_argument("--num-classes", type=_positive, default=10, help="classes (default 10)")
@@ -146,6 +164,14 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-stage widths, comma-separated (default: the family's, e.g. 16,32,64)")
     parser.add_argument("--stem", choices=("cifar", "imagenet"),
                         help="seed nets: cifar (3x3 stride 1, the default) or imagenet (7x7 stride 2 + max-pool)")
+
+
+def _source_overrides(parser: argparse.ArgumentParser) -> None:
+    """Options that replace parts of a history's model description."""
+    parser.add_argument("--model", help="build this instead of the history's model: ARCH or package.module:factory")
+    parser.add_argument("--input-shape", type=_shape, help="C,H,W of one input (default: the history's)")
+    parser.add_argument("--num-classes", type=_positive, help="classes (default: the history's)")
+    parser.add_argument("--seed", type=int, help="seed the fresh model is built under (default: the history's)")
 
 
 def _data_arguments(parser: argparse.ArgumentParser, widths: bool = True, batch: int = 128) -> None:
@@ -162,7 +188,13 @@ def _data_arguments(parser: argparse.ArgumentParser, widths: bool = True, batch:
 
 
 def _autogrow_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed-net", help="family (starts at 1 block per stage) or arch string; default Basic3ResNet")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--seed-net", help="family (starts at 1 block per stage) or arch string; default Basic3ResNet")
+    start.add_argument("--model", metavar="MODULE:FACTORY",
+                       help="grow your own model: package.module:factory, a callable returning an nn.Module "
+                            "(given num_classes= and in_channels= if it takes them)")
+    parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
+                        help="the input your model takes, checked against the data's (default: the data's)")
     _data_arguments(parser)
     parser.add_argument("--policy", choices=("periodic", "convergent"), help="growing policy (default periodic)")
     parser.add_argument("--K", type=int, help="epochs between growth checks (default 3)")
@@ -206,7 +238,7 @@ def _nac_arguments(parser: argparse.ArgumentParser) -> None:
 _NAC_OPTIONS = ("base", "data", "fraction", "batch_size", "seed", "device", "iterations", "steps", "max_prune",
                 "max_cells", "keep_weights", "cell_init", "lr", "epochs", "baselines", "n_random")
 
-_CONFIG_OPTIONS = ("seed_net", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
+_CONFIG_OPTIONS = ("seed_net", "model", "input_shape", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
                    "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device",
                    "compile", "test_every")
 
@@ -234,9 +266,9 @@ def _run_autogrow(args) -> int:
         where = args.resume
     else:
         config = _config(args)
-        where = _run_dir(args, "autogrow", config.seed_net)
+        where = _run_dir(args, "autogrow", (config.model or config.seed_net).replace(":", "."))
         args.run_dir = str(where)
-        _tell(f"AutoGrow {config.seed_arch()} on {config.data}: {config.policy} growth, K={config.K}, "
+        _tell(f"AutoGrow {config.label()} on {config.data}: {config.policy} growth, K={config.K}, "
               f"J={config.stopping_window()}, tau={config.tau}, init={config.init}; writing {where}")
         result = run(config, where)
     _print_result(result, where)
@@ -285,6 +317,30 @@ def _run_train(args) -> int:
     _tell(f"training {args.arch} on {config.data} for {config.finetune()} epochs; writing {where}")
     _print_result(run(config, where), where)
     return 0
+
+
+def _run_replay(args) -> int:
+    from graphmorph.artifacts import replay_onto_fresh, save_weights
+    from graphmorph.history import read_history
+
+    recorded, rewrites = read_history(args.history)
+    source = _overridden(recorded, args)
+    fresh = source.capture()
+    gm = replay_onto_fresh(source, rewrites)
+    save_weights(args.output, gm, source)
+    print(f"replayed {len(rewrites)} rewrite(s) on {source.model}: {models.arch_of(fresh)} -> {models.arch_of(gm)}, "
+          f"{sum(p.numel() for p in gm.parameters()):,} parameters; wrote {args.output}")
+    return 0
+
+
+def _overridden(source, args):
+    """`source` with the model options given on the command line put in."""
+    given = {"model": args.model, "input_shape": args.input_shape, "num_classes": args.num_classes,
+             "seed": args.seed}
+    changes = {name: value for name, value in given.items() if value is not None}
+    if "model" in changes and changes["model"] != source.model:
+        changes["widths"] = None
+    return dataclasses.replace(source, **changes)
 
 
 def _run_report(args) -> int:
@@ -340,16 +396,31 @@ def _widths(text: str) -> tuple[int, ...]:
     return tuple(_positive(part) for part in text.split(","))
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    sizes = _widths(text.replace("x", ","))
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three sizes, e.g. 1,8,8), got {text!r}")
+    return sizes
+
+
 def _seed_net(args) -> tuple[torch.nn.Module, torch.Tensor]:
+    from graphmorph.sources import ModelSource, is_factory
+
+    example = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
+    if is_factory(args.arch):
+        source = ModelSource(args.arch, tuple(example.shape[1:]), args.num_classes)
+        return source.build(), example
     model = models.build(args.arch, num_classes=args.num_classes, in_channels=args.in_channels,
                          widths=args.widths, stem=args.stem)
-    return model, torch.zeros(1, args.in_channels, args.input_size, args.input_size)
+    return model, example
 
 
 def _run_flops(args) -> int:
+    from graphmorph.capture import capture
     from graphmorph.flops import count_flops, si
 
     model, example = _seed_net(args)
+    model = capture(model, example)  # arch_of reads a user's model from its graph
     report = count_flops(model, example)
     if args.json:
         print(json.dumps({
@@ -372,8 +443,19 @@ def _run_export(args) -> int:
     from graphmorph.capture import capture
     from graphmorph.export import export_onnx
 
-    model, example = _seed_net(args)
-    report = export_onnx(capture(model, example), args.output, example, atol=args.atol)
+    if args.checkpoint and args.arch or args.history and not args.checkpoint:
+        raise ConfigError("export takes ARCH, or --checkpoint FILE (optionally with --history FILE), not both")
+    if args.checkpoint:
+        from graphmorph.artifacts import load_checkpoint
+
+        gm, source = load_checkpoint(args.checkpoint, args.history)
+        example = source.example_input()
+    elif args.arch:
+        model, example = _seed_net(args)
+        gm = capture(model, example)
+    else:
+        raise ConfigError("export needs ARCH (or package.module:factory), or --checkpoint FILE")
+    report = export_onnx(gm, args.output, example, atol=args.atol)
     print(f"wrote {report.path} (opset {report.opset}, {report.path.stat().st_size / 1e6:.2f} MB) "
           f"in {report.export_seconds:.1f} s; onnxruntime vs PyTorch at batch {report.check_batch}: "
           f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g})")

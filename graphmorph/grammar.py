@@ -1,7 +1,7 @@
 """Random fx-traceable CNNs from a small grammar of pieces, for property tests of rewrites on
-models that are not ours: residual, projection, dense (concat), depthwise-separable, grouped,
-squeeze-excitation, inverted-residual, split/concat, functional (F.conv2d) and plain pieces,
-then a head that pools or flattens into a Linear.
+models that are not ours: residual, pre-activation residual, bottleneck, projection, dense
+(concat), depthwise-separable, grouped, squeeze-excitation, inverted-residual, split/concat,
+functional (F.conv2d) and plain pieces, then a head that pools or flattens into a Linear.
 
 A `CNNSpec` is plain data (the strategy in `graphmorph.testing` draws it), so a failing example
 prints as a readable recipe and rebuilds the same net.
@@ -16,8 +16,8 @@ from torch import nn
 
 __all__ = ["PIECES", "CNNSpec", "GrammarNet"]
 
-PIECES = ("plain", "residual", "projection", "dense", "depthwise", "grouped", "se", "inverted", "split",
-          "functional")
+PIECES = ("plain", "residual", "preact", "bottleneck", "projection", "dense", "depthwise", "grouped", "se",
+          "inverted", "split", "functional")
 
 
 def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -42,6 +42,35 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class PreActivation(nn.Module):
+    """BN-ReLU-conv twice on the branch (He et al. 2016, identity mappings); the shortcut carries x."""
+
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, width, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(width), nn.Conv2d(width, cin, 3, padding=1, bias=False)
+        self.out_channels = cin
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        return x + self.conv2(F.relu(self.bn2(out)))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand to 2 x width; a projection shortcut where the shape changes."""
+
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.reduce, self.conv = _conv_bn(cin, width, 1), _conv_bn(width, width, 3, stride)
+        self.expand = _conv_bn(width, 2 * width, 1)
+        self.shortcut = _conv_bn(cin, 2 * width, 1, stride) if stride != 1 or cin != 2 * width else nn.Identity()
+        self.out_channels = 2 * width
+
+    def forward(self, x):
+        out = self.expand(F.relu(self.conv(F.relu(self.reduce(x)))))
+        return F.relu(out + self.shortcut(x))
 
 
 class Projection(nn.Module):
@@ -145,9 +174,10 @@ class Functional(nn.Module):
         return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, 1) * self.scale)
 
 
-_CLASSES = {"plain": Plain, "residual": Residual, "projection": Projection, "dense": Dense, "depthwise": Depthwise,
+_CLASSES = {"plain": Plain, "residual": Residual, "preact": PreActivation, "bottleneck": Bottleneck,
+            "projection": Projection, "dense": Dense, "depthwise": Depthwise,
             "grouped": Grouped, "se": SqueezeExcite, "inverted": Inverted, "split": Split, "functional": Functional}
-_STRIDED = {"plain", "projection", "depthwise", "inverted", "functional"}
+_STRIDED = {"plain", "bottleneck", "projection", "depthwise", "inverted", "functional"}
 
 
 @dataclass(frozen=True)

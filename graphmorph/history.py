@@ -1,13 +1,37 @@
-"""The architecture history of a GraphModule: every rewrite applied, as data that can be replayed."""
+"""The architecture history of a GraphModule: every rewrite applied, as data that can be replayed,
+and the versioned JSON document (`rewrites.json`) that ships it with the model it applies to.
+
+Version 1 of the document:
+
+    {"format": "graphmorph.history", "version": 1,
+     "model": {"model": "Basic3ResNet-1-1-1" | "package.module:factory", "input_shape": [C, H, W],
+               "num_classes": N, "widths": [...] | null, "seed": S},
+     "rewrites": [{"rewrite": "grow", ...}, ...]}
+
+Each rewrite record holds its name and the arguments (including any seed) that `transforms.replay`
+needs to apply it again; see the `replay_*` function of each rewrite for its fields.
+"""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from torch import fx
 
-HISTORY_KEY = "graphmorph.history"
+from graphmorph.errors import GraphmorphError
+from graphmorph.sources import ModelSource
 
-__all__ = ["HISTORY_KEY", "history", "record_rewrite"]
+HISTORY_KEY = "graphmorph.history"
+FORMAT = "graphmorph.history"
+VERSION = 1
+
+__all__ = ["HISTORY_KEY", "FORMAT", "VERSION", "HistoryError", "history", "record_rewrite", "history_document",
+           "parse_history", "read_history"]
+
+
+class HistoryError(GraphmorphError, ValueError):
+    """A history document is unreadable, of an unknown version, or does not fit the model."""
 
 
 def history(gm: fx.GraphModule) -> list[dict[str, Any]]:
@@ -18,3 +42,43 @@ def history(gm: fx.GraphModule) -> list[dict[str, Any]]:
 def record_rewrite(gm: fx.GraphModule, record: dict[str, Any]) -> None:
     """Append one rewrite's record to `gm`'s history (gm is the rewrite's own new graph)."""
     gm.meta[HISTORY_KEY] = [*gm.meta.get(HISTORY_KEY, []), dict(record)]
+
+
+def history_document(source: ModelSource, rewrites: list[dict[str, Any]]) -> dict[str, Any]:
+    """The versioned document for `rewrites` applied to the model `source` builds."""
+    return {"format": FORMAT, "version": VERSION, "model": source.to_dict(), "rewrites": list(rewrites)}
+
+
+def parse_history(document: Any, where: str = "the history") -> tuple[ModelSource, list[dict[str, Any]]]:
+    """The model source and rewrite records of a history document; HistoryError naming what is wrong."""
+    if isinstance(document, list):
+        raise HistoryError(f"{where} is a bare list of rewrites, from graphmorph before history version 1; "
+                           f"wrap it as {{\"format\": \"{FORMAT}\", \"version\": 1, \"model\": {{...}}, "
+                           "\"rewrites\": [...]}")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise HistoryError(f"{where} is not a graphmorph history: expected a JSON object with "
+                           f"\"format\": \"{FORMAT}\"")
+    version = document.get("version")
+    if version != VERSION:
+        newer = isinstance(version, int) and version > VERSION
+        raise HistoryError(f"{where} has history version {version!r}; this graphmorph reads version {VERSION}"
+                           + ("; upgrade graphmorph to read it" if newer else ""))
+    rewrites = document.get("rewrites")
+    if not isinstance(rewrites, list) or not all(isinstance(r, dict) and "rewrite" in r for r in rewrites):
+        raise HistoryError(f"{where}: \"rewrites\" must be a list of records, each with a \"rewrite\" name")
+    try:
+        source = ModelSource.from_dict(document.get("model") or {})
+    except GraphmorphError as err:
+        raise HistoryError(f"{where}: {err}") from None
+    return source, rewrites
+
+
+def read_history(path: str | Path) -> tuple[ModelSource, list[dict[str, Any]]]:
+    """`parse_history` of the JSON file at `path`."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise HistoryError(f"cannot read {path}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise HistoryError(f"{path} is not JSON: {err}") from None
+    return parse_history(document, str(path))

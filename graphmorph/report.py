@@ -12,32 +12,40 @@ from graphmorph.copying import deep_copy
 from graphmorph.errors import GraphmorphError
 from graphmorph.export import export_onnx
 from graphmorph.flops import count_flops, si
-from graphmorph.history import history
+from graphmorph.history import history, history_document
 from graphmorph.rundir import RunDirectory
+from graphmorph.sources import ModelSource
 
-__all__ = ["finish_run", "save_result", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
+__all__ = ["finish_run", "save_result", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
 
 
-def finish_run(directory: RunDirectory, gm: fx.GraphModule, example: torch.Tensor,
+def finish_run(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource,
                rows: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
     """`save_result`, and growth.png; returns the result."""
-    result = save_result(directory, gm, example, result)
+    result = save_result(directory, gm, source, result)
     plot_growth(rows, directory.path / "growth.png", f"{result['seed_arch']} -> {result['found']} on {result['data']}")
     return result
 
 
-def save_result(directory: RunDirectory, gm: fx.GraphModule, example: torch.Tensor, result: dict[str, Any],
+def save_result(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource, result: dict[str, Any],
                 rewrites: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Count FLOPs, export the net to a parity-checked model.onnx, write rewrites.json (default:
-    `gm`'s history) and result.json with the counts added; returns that result."""
+    """Count FLOPs, export the net to a parity-checked model.onnx, write rewrites.json (the
+    versioned history of `rewrites`, default `gm`'s, on the model `source` builds) and result.json
+    with the counts added; returns that result."""
     model = deep_copy(gm).cpu().float().to(memory_format=torch.contiguous_format)
+    example = source.example_input()
     flops = count_flops(model, example)
     onnx = export_onnx(model, directory.path / "model.onnx", example)
     result = {**result, "macs": flops.macs, "flops": flops.flops, "params": flops.params,
               "onnx_max_abs_diff": onnx.max_abs_diff}
-    directory.write_json("rewrites.json", history(gm) if rewrites is None else rewrites)
+    write_rewrites(directory, source, history(gm) if rewrites is None else rewrites)
     directory.write_json("result.json", result)
     return result
+
+
+def write_rewrites(directory: RunDirectory, source: ModelSource, rewrites: list[dict[str, Any]]) -> None:
+    """rewrites.json: the versioned history document (`graphmorph.history`)."""
+    directory.write_json("rewrites.json", history_document(source, rewrites))
 
 
 def plot_growth(rows: list[dict[str, Any]], path: Path, title: str) -> None:

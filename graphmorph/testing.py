@@ -1,11 +1,18 @@
 """Hypothesis strategies and assertion helpers for property tests of graphmorph's rewrites and of
-users' own morphisms.
+users' own morphisms (guide: docs/your-models.md).
+
+Strategies draw plain, printable specs (`CNNSpec`, `SeedNetSpec`, `EnvelopeNetSpec`): a failing
+example shrinks to a small recipe such as `CNNSpec(pieces=(('dense', 2, 1),), ...)` that
+`.build()` turns back into the net. The helpers raise AssertionError with the measured error and
+the tolerance, and compare in float64 on copies, so the models given are never changed.
 
 Importable without pytest; needs hypothesis (`pip install graphmorph[test]`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -19,8 +26,8 @@ from graphmorph.grammar import PIECES, CNNSpec
 from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, build
 from graphmorph.verify import output_differences, verify
 
-__all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns",
-           "assert_preserves_function", "assert_valid_rewrite"]
+__all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns", "inputs_for",
+           "assert_preserves_function", "assert_prune_equals_mask", "assert_valid_rewrite"]
 
 
 @dataclass(frozen=True)
@@ -71,13 +78,18 @@ def envelope_nets(draw, max_stages: int = 2, max_cells: int = 3, min_branches: i
 
 @st.composite
 def cnns(draw, max_pieces: int = 4, kinds: tuple[str, ...] = PIECES, widths: tuple[int, ...] = (2, 3, 4, 6),
-         sizes: tuple[int, ...] = (4, 6, 8)) -> CNNSpec:
-    """Random fx-traceable CNNs from `graphmorph.grammar`'s pieces (residual, concat, depthwise,
-    grouped, squeeze-excitation, inverted-residual, split, functional, plain), strided or not,
-    with a pooling or a flattening head, on small square inputs."""
+         sizes: tuple[int, ...] = (4, 6, 8), min_pieces: int = 1) -> CNNSpec:
+    """Random fx-traceable CNNs from `graphmorph.grammar`'s pieces (plain, residual, pre-activation,
+    bottleneck, projection, DenseNet-style concat, depthwise, grouped, squeeze-excitation,
+    inverted-residual, split, functional), min_pieces..max_pieces of them, strided or not, with a
+    pooling or a flattening head, on small square inputs. Shrinks towards fewer, earlier-listed
+    kinds and smaller widths."""
+    unknown = set(kinds) - set(PIECES)
+    if unknown:
+        raise ValueError(f"unknown piece kind(s) {sorted(unknown)}; known: {', '.join(PIECES)}")
     pieces = draw(st.lists(
         st.tuples(st.sampled_from(kinds), st.sampled_from(widths), st.sampled_from((1, 2))),
-        min_size=1, max_size=max_pieces))
+        min_size=min_pieces, max_size=max_pieces))
     return CNNSpec(
         pieces=tuple(pieces),
         head=draw(st.sampled_from(("pool", "flatten"))),
@@ -112,6 +124,12 @@ def seed_nets(
     )
 
 
+def inputs_for(spec: _NetSpec | CNNSpec, max_batch: int = 4) -> st.SearchStrategy[torch.Tensor]:
+    """Example inputs for a drawn spec: a batch of 1..max_batch seeded random images of its shape."""
+    return st.builds(lambda batch, seed: spec.example_input(batch, seed),
+                     st.integers(1, max_batch), st.integers(0, 2**16))
+
+
 def assert_preserves_function(
     before: torch.nn.Module,
     after: torch.nn.Module,
@@ -125,6 +143,43 @@ def assert_preserves_function(
     for mode, diff in diffs.items():
         assert diff <= atol, f"outputs differ by {diff:.3g} in {mode} mode (float64, atol {atol:g})"
     return diffs
+
+
+def assert_prune_equals_mask(
+    before: torch.nn.Module,
+    pruned: torch.nn.Module,
+    mask: torch.nn.Module | Callable[[torch.nn.Module], None],
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    modes: tuple[str, ...] = ("eval", "train"),
+    atol: float = 1e-10,
+) -> dict[str, float]:
+    """Assert `pruned` computes what `before` computes with the pruned parts masked to zero, in
+    float64, in each mode. `mask` is that masked model (zeroed weights, or a graph that feeds
+    zeros), or a function that zeroes those parts in place on the copy of `before` it is given. A
+    mask equal to `before` is refused: the test would pass for a rewrite that prunes nothing.
+    Returns the largest difference per mode."""
+    if callable(mask) and not isinstance(mask, torch.nn.Module):
+        masked = copy.deepcopy(before)
+        with torch.no_grad():
+            mask(masked)
+    else:
+        masked = mask
+    assert _differs(before, masked), \
+        "the mask changed no parameter, buffer or graph of the model: it must zero what the rewrite removes"
+    diffs = output_differences(masked, pruned, inputs, modes)
+    for mode, diff in diffs.items():
+        assert diff <= atol, (f"the pruned model differs from the masked one by {diff:.3g} in {mode} mode "
+                              f"(float64, atol {atol:g})")
+    return diffs
+
+
+def _differs(before: torch.nn.Module, masked: torch.nn.Module) -> bool:
+    """Whether `masked` has other state or (for GraphModules) another graph than `before`."""
+    if isinstance(before, torch.fx.GraphModule) and isinstance(masked, torch.fx.GraphModule) \
+            and before.code != masked.code:
+        return True
+    original, state = before.state_dict(), masked.state_dict()
+    return set(original) != set(state) or any(not torch.equal(value, original[name]) for name, value in state.items())
 
 
 def assert_valid_rewrite(

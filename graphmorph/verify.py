@@ -20,7 +20,7 @@ from graphmorph.rng import seeded
 from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, kept_modes, with_shapes
 
 __all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs",
-           "annotate_rewritten", "finish_rewrite"]
+           "annotate_rewritten", "finish_rewrite", "output_shape"]
 
 FLOAT64_ATOL = 1e-10
 
@@ -106,8 +106,8 @@ def verify(
             annotate_shapes(after, inputs)
         except Exception as err:
             raise RewriteError(f"{rewrite} produced a graph that no longer runs: {first_line(err)}") from err
-    old_shape = _output_shape(source if source is not None else with_shapes(before, inputs))
-    new_shape = _output_shape(after)
+    old_shape = output_shape(source if source is not None else with_shapes(before, inputs))
+    new_shape = output_shape(after)
     if old_shape != new_shape:
         raise RewriteError(f"{rewrite} changed the output shape from {old_shape} to {new_shape}")
     delta = parameter_count(after) - parameter_count(before)
@@ -174,7 +174,8 @@ def _has_plain_tensors(model: torch.nn.Module) -> bool:
     return any(isinstance(value, torch.Tensor) for m in model.modules() for value in vars(m).values())
 
 
-def _output_shape(gm: fx.GraphModule) -> tuple:
+def output_shape(gm: fx.GraphModule) -> tuple:
+    """The shape of `gm`'s output (a tuple of shapes for several outputs), from its shape annotations."""
     meta = next(n for n in reversed(gm.graph.nodes) if n.op == "output").meta.get("tensor_meta")
     return tuple(meta.shape) if hasattr(meta, "shape") else tuple(tuple(m.shape) for m in meta)
 

@@ -23,3 +23,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def refused(capsys):
+    """Run the command line in-process: `refused(argv)` is (exit code, stderr), stderr one line."""
+    from graphmorph.cli import main
+
+    def run(argv):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return code, err
+
+    return run

@@ -4,10 +4,10 @@ import math
 import random
 
 import pytest
-import torch
 from hypothesis import given, strategies as st
 
 import graphmorph
+from graphmorph.artifacts import replay_onto_fresh
 from graphmorph.cli import main
 from graphmorph.models import BRANCH_TYPES, build, envelope_arch
 from graphmorph.search.nac import NACConfig, compare, run
@@ -87,12 +87,11 @@ def test_a_tiny_run_writes_a_complete_run_directory(tmp_path):
     assert structure != envelope_arch(build(TINY["base"]))
     rebuilt = build(structure, num_classes=10, in_channels=1)
     assert sum(p.numel() for p in rebuilt.parameters()) == result["params"]
-    rewrites = json.loads((tmp_path / "run" / "rewrites.json").read_text())
+    source, rewrites = graphmorph.read_history(tmp_path / "run" / "rewrites.json")
     assert [r["rewrite"] for r in rewrites].count("add_cell") == 4
     assert {"prune_branches", "prune_skips"} <= {r["rewrite"] for r in rewrites}
-    replayed = graphmorph.capture(build(TINY["base"], in_channels=1), torch.zeros(1, 1, 8, 8))
-    from transforms import replay
-    assert envelope_arch(replay(replayed, rewrites)) == structure
+    assert (source.model, source.input_shape, source.num_classes) == (TINY["base"], (1, 8, 8), 10)
+    assert envelope_arch(replay_onto_fresh(source, rewrites)) == structure
     assert set(result["comparison"]) == {"constructed", "base", "worst", "random"}
     assert result["comparison"]["random"]["count"] == 2
     snapshots = json.loads((tmp_path / "run" / "statistics.json").read_text())

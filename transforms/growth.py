@@ -30,7 +30,7 @@ from graphmorph.ops import attribute
 from graphmorph.verify import FLOAT64_ATOL, annotate_rewritten, finish_rewrite, verification_inputs
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 
-__all__ = ["grow", "replay_grow", "PRESERVED_MODES"]
+__all__ = ["grow", "replay_grow", "growth_refusal", "PRESERVED_MODES"]
 
 # The modes in which each init promises the same function, and the float64 tolerance it is held to.
 # Identity's BN pass-through is exact in float32 (sqrt(1 - eps + eps) == 1); cast to float64, the
@@ -77,6 +77,19 @@ def replay_grow(gm: fx.GraphModule, record: dict[str, Any], data: Batches | None
                            example_input=None, verify=True)
     except KeyError as err:
         raise RewriteError(f"grow record lacks {err.args[0]!r}: {record}") from None
+
+
+def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | None:
+    """Why `grow(gm, stage=stage, init=init)` cannot apply, or None when it can: a trial growth,
+    unverified and on a private RNG (AdamInit is tried as GauInit, without its training)."""
+    try:
+        grow(gm, stage=stage, init="gau" if init == "adam" else init, generator=torch.Generator().manual_seed(0),
+             verify=False)
+        if init == "adam":
+            _check_init_applies(gm, _template(gm, stage, None), init)
+    except RewriteError as err:
+        return str(err)
+    return None
 
 
 # --------------------------------------------------------------------------- choosing the template

@@ -16,7 +16,7 @@ from transforms.pruning import replay_prune_branches, replay_prune_skips
 from transforms.initializers import Batches
 from transforms.skips import replay_prune_skip_edges, replay_remove_block
 
-__all__ = ["replay", "REPLAYERS"]
+__all__ = ["replay", "replay_architecture", "REPLAYERS"]
 
 REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips,
              "add_cell": replay_add_cell, "prune_channels": replay_prune_channels,
@@ -43,5 +43,20 @@ def replay(
                 f"history record {index} has unknown rewrite {record.get('rewrite')!r}; "
                 f"known: {', '.join(REPLAYERS)}"
             )
-        gm = rewrite(gm, record, data)
+        try:
+            gm = rewrite(gm, record, data)
+        except RewriteError as err:
+            raise RewriteError(f"history record {index} ({record['rewrite']}) does not fit the model: {err}") from None
     return gm
+
+
+def replay_architecture(
+    model: nn.Module,
+    history: Iterable[dict[str, Any]],
+    example_input: torch.Tensor | Inputs | None = None,
+) -> fx.GraphModule:
+    """`replay` for the architecture alone, when trained weights will be loaded over it: AdamInit
+    growths, which would train on data, draw GauInit parameters instead."""
+    records = [{**r, "init": "gau"} if r.get("rewrite") == "grow" and r.get("init") == "adam" else r
+               for r in history]
+    return replay(model, records, example_input)

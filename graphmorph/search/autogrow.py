@@ -17,21 +17,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import fx
 
 from graphmorph.analysis import find_blocks, find_stages
-from graphmorph.capture import capture
 from graphmorph.data import Dataset, load
 from graphmorph.distributed import World, joined
 from graphmorph.errors import ConfigError
 from graphmorph.history import history
-from graphmorph.models import FAMILIES, arch_of, build, parse_arch
-from graphmorph.report import finish_run
+from graphmorph.models import FAMILIES, arch_of, parse_arch
+from graphmorph.report import finish_run, write_rewrites
 from graphmorph.optim import optimizer_state, rebuild_optimizer, restore_optimizer
 from graphmorph.rundir import RunDirectory
+from graphmorph.sources import ModelError, ModelSource, is_factory
 from graphmorph.search.config import config_from_dict
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from graphmorph.train import Trainer, TrainingDiverged, pick_device, staircase_lr
-from transforms import grow, replay
+from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
 
 __all__ = ["AutoGrowConfig", "ConfigError", "SearchState", "run", "BASELINE_EPOCHS", "COMPILE_MODES"]
@@ -51,6 +52,8 @@ class AutoGrowConfig:
     """Every AutoGrow setting, with the paper's p-AutoGrow defaults. Units in the comments."""
 
     seed_net: str = "Basic3ResNet"     # a family (starts at 1 block per stage) or an arch string
+    model: str | None = None           # instead of seed_net: a user's "package.module:factory"
+    input_shape: tuple[int, ...] | None = None  # C, H, W the model takes; None: the data's (checked against it)
     data: str = "digits"               # NAME or NAME:DIR
     fraction: float = 1.0              # share of the training data kept (dataset-size study)
     val_fraction: float = 0.1          # share of the training data held out for decisions
@@ -95,11 +98,21 @@ class AutoGrowConfig:
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.test_every >= 0, f"test every must be >= 0 epochs, got {self.test_every}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
+            (self.model is None or is_factory(self.model),
+             f"model must be package.module:factory, got {self.model!r} (an architecture goes in seed_net)"),
+            (self.model is None or self.widths is None,
+             "widths apply to seed nets; a model factory sets its own widths"),
+            (self.input_shape is None or (len(self.input_shape) == 3 and min(self.input_shape) >= 1),
+             f"input shape must be three positive sizes C,H,W, got {self.input_shape}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         self.seed_arch()  # raises ArchError for a bad seed net
+
+    def label(self) -> str:
+        """What grows: the user's factory, or the seed net's architecture."""
+        return self.model or self.seed_arch()
 
     def seed_arch(self) -> str:
         if self.seed_net in FAMILIES:
@@ -155,14 +168,14 @@ def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
             world.check_same("AutoGrow settings", dataclasses.asdict(config))
             world.from_main(lambda: RunDirectory.ensure_new(run_dir))
             session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
-            session.directory = world.from_main(lambda: RunDirectory.create(run_dir, _resolved(config)))
             session.start()
+            session.directory = world.from_main(lambda: RunDirectory.create(run_dir, _resolved(config)))
         return session.loop()
 
 
 def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
     return {**dataclasses.asdict(config), "resolved": {
-        "seed_arch": config.seed_arch(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
+        "seed_arch": config.label(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
         "baseline_epochs": config.baseline_epochs()}}
 
 
@@ -181,19 +194,20 @@ class _Session:
         self.grow_rng = torch.Generator().manual_seed(config.seed + 1)
         self.rows: list[dict[str, Any]] = []
         self.state = SearchState()
-        torch.manual_seed(config.seed)
-        self.gm = self._seed_graph()
+        self.source = _model_source(config, self.data)
+        self.gm = self.trainer.place_model(self.source.capture())  # seeds the global RNG with config.seed
         world.check_replicas(self.gm, "building the seed net")
 
-    def _seed_graph(self):
-        model = build(self.config.seed_arch(), num_classes=self.data.num_classes,
-                      in_channels=self.data.in_channels, widths=self.config.widths)
-        example = torch.zeros(1, self.data.in_channels, self.data.image_size, self.data.image_size)
-        return self.trainer.place_model(capture(model, example))
-
     def start(self) -> None:
-        stages = len(find_stages(self.gm))
-        self.state.growing = list(range(stages)) if self.config.grow else []
+        """Choose the stages that can grow (a trial growth each), and the optimizer."""
+        if self.config.grow:
+            refusals = {s.index: growth_refusal(self.gm, s.index, self.config.init) for s in find_stages(self.gm)}
+            self.state.growing = [index for index, reason in refusals.items() if reason is None]
+            if not self.state.growing:
+                raise ModelError(_nothing_to_grow(self.gm, refusals, self.config.label()))
+            for index, reason in refusals.items():
+                if reason is not None:
+                    self.progress(f"stage {index} will not grow: {reason}")
         self.state.phase = "grow" if self.config.grow else "finetune"
         self.base_lr = self._base_lr()
         self.optimizer = self._sgd(self.gm.parameters())
@@ -330,6 +344,7 @@ class _Session:
     def _checkpoint(self) -> None:
         if not self.world.is_main:
             return
+        write_rewrites(self.directory, self.source, history(self.gm))
         self.directory.save_checkpoint({
             "config": dataclasses.asdict(self.config),
             "state": dataclasses.asdict(self.state),
@@ -355,7 +370,7 @@ class _Session:
         result = {
             "kind": "autogrow" if self.config.grow else "train",
             "data": self.config.data,
-            "seed_arch": self.config.seed_arch(),
+            "seed_arch": self.config.label(),
             "found": self.state.found or arch_of(self.gm),
             "test_acc": self.rows[-1]["test_acc"],
             "val_best": max(self.state.val_accuracy),
@@ -367,8 +382,35 @@ class _Session:
             "device": str(self.trainer.device),
             "world_size": self.world.size,
         }
-        example = torch.zeros(1, self.data.in_channels, self.data.image_size, self.data.image_size)
-        return self.world.from_main(lambda: finish_run(self.directory, self.gm, example, self.rows, result))
+        return self.world.from_main(lambda: finish_run(self.directory, self.gm, self.source, self.rows, result))
+
+
+def _model_source(config: AutoGrowConfig, data: Dataset) -> ModelSource:
+    shape = (data.in_channels, data.image_size, data.image_size)
+    if config.input_shape is not None and tuple(config.input_shape) != shape:
+        raise ConfigError(f"input shape {'x'.join(map(str, config.input_shape))} does not match the data: "
+                          f"{config.data} has {'x'.join(map(str, shape))} images; drop --input-shape or pick data "
+                          "of that shape")
+    return ModelSource(config.label(), shape, data.num_classes, widths=config.widths, seed=config.seed)
+
+
+def _nothing_to_grow(gm: fx.GraphModule, refusals: dict[int, str], label: str) -> str:
+    """Why no stage of `gm` can grow: the blocks considered, and each stage's refusal."""
+    blocks = find_blocks(gm)
+    if not blocks:
+        return (f"{label} has no block AutoGrow can grow: none was found. graphmorph looks for residual (add) or "
+                "concatenating merges around weighted layers, modules holding exactly one weighted layer, or the "
+                "conv units of a flat nn.Sequential (see graphmorph.analysis)")
+    considered = "; ".join(f"{b.name} ({b.kind}, {_shape(b.in_shape)} -> {_shape(b.out_shape)})" for b in blocks)
+    reasons = " ".join(f"Stage {i}: {reason}." for i, reason in refusals.items()) or \
+        "No block has a spatial (C x H x W) output, so there are no stages."
+    return (f"{label} has no block AutoGrow can grow. Blocks considered: {considered}. {reasons} AutoGrow stacks "
+            "shape-preserving copies of each stage's last block (a residual block, a conv-BN-ReLU module, or a "
+            "cell of parallel branches)")
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "x".join(map(str, shape)) if shape else "?"
 
 
 def _progress_line(row: dict[str, Any]) -> str:

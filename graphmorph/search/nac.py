@@ -35,6 +35,7 @@ from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch
 from graphmorph.models.envelope import parse_envelope
 from graphmorph.report import save_result
 from graphmorph.rundir import RunDirectory
+from graphmorph.sources import ModelSource
 from graphmorph.search.config import config_from_dict
 from graphmorph.search.nac_choices import branches_to_prune, random_structure, skips_to_prune
 from graphmorph.search.nac_plots import plot_comparison, plot_iterations, plot_statistics
@@ -150,13 +151,14 @@ class _Session:
         d = self.data
         self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
             d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
-        self.example = torch.zeros(1, d.in_channels, d.image_size, d.image_size)
+        self.source = ModelSource(config.base, (d.in_channels, d.image_size, d.image_size), d.num_classes,
+                                  seed=config.seed)
+        self.example = self.source.example_input()
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.cell_rng = torch.Generator().manual_seed(config.seed + 1)
         self.state = NACState()
         self.final_model: dict[str, torch.Tensor] | None = None
-        torch.manual_seed(config.seed)
-        self.gm = self._capture(build(config.base, num_classes=d.num_classes, in_channels=d.in_channels))
+        self.gm = self._capture(self.source.build())  # seeds the global RNG with config.seed
         world.check_replicas(self.gm, "building the base EnvelopeNet")
 
     def _capture(self, model: torch.nn.Module) -> fx.GraphModule:
@@ -370,7 +372,7 @@ class _Session:
         directory.write_json("statistics.json", state.statistics)
         if state.trained:
             directory.write_json("trained.json", list(state.trained.values()))
-        result = save_result(directory, final, self.example, result, rewrites=state.rewrites)
+        result = save_result(directory, final, self.source, result, rewrites=state.rewrites)
         title = f"NAC {config.base} -> {result['found']} on {config.data}"
         plot_statistics(state.statistics, directory.path / "statistics.png", title)
         plot_iterations(state.rows, directory.path / "iterations.png", title)

@@ -1,0 +1,88 @@
+"""Rewrite histories as artifacts: replay one onto a fresh model, save the weights together with
+their history, and load a checkpoint back into the architecture its history describes.
+
+A weights file (`graphmorph replay -o out.pt`) is `torch.save` of
+`{"format": "graphmorph.weights", "version": 1, "history": <history document>, "model": state_dict}`;
+a run's `checkpoint.pt` has the weights under "model" too, and its history beside it in
+`rewrites.json`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx
+
+from graphmorph.errors import first_line
+from graphmorph.history import HistoryError, history, history_document, parse_history, read_history
+from graphmorph.sources import ModelSource
+from transforms.replayer import replay, replay_architecture
+
+__all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint"]
+
+WEIGHTS_FORMAT = "graphmorph.weights"
+
+
+def replay_onto_fresh(source: ModelSource, rewrites: list[dict[str, Any]]) -> fx.GraphModule:
+    """The model `source` builds (under its seed), captured, with `rewrites` applied in order:
+    the recorded architecture and, before any training, the recorded parameters."""
+    adam = [index for index, record in enumerate(rewrites) if record.get("init") == "adam"]
+    if adam:
+        raise HistoryError(
+            f"history record(s) {', '.join(map(str, adam))} grow with AdamInit, which trains each new block on data: "
+            "replay them in Python with transforms.replay(model, rewrites, data=batches), or export the run's "
+            "trained weights with graphmorph export --checkpoint")
+    return replay(source.capture(), rewrites)
+
+
+def save_weights(path: str | Path, gm: fx.GraphModule, source: ModelSource) -> Path:
+    """Write `gm`'s weights with its history (on the model `source` builds) to `path`, atomically."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.tmp")
+    torch.save({"format": WEIGHTS_FORMAT, "version": 1, "history": history_document(source, history(gm)),
+                "model": gm.state_dict()}, temporary)
+    os.replace(temporary, target)
+    return target
+
+
+def load_checkpoint(path: str | Path, history_path: str | Path | None = None,
+                    source: ModelSource | None = None) -> tuple[fx.GraphModule, ModelSource]:
+    """The trained net a checkpoint holds: its history's architecture rebuilt (`replay_architecture`,
+    no AdamInit training) and the checkpoint's weights loaded into it.
+
+    The history comes from `history_path`, else from the checkpoint itself (a weights file), else
+    from `rewrites.json` beside it (a run directory). `source` overrides the history's model.
+    """
+    payload = _load(path)
+    if history_path is not None:
+        recorded, rewrites = read_history(history_path)
+    elif isinstance(payload.get("history"), dict):
+        recorded, rewrites = parse_history(payload["history"], f"the history inside {path}")
+    elif (Path(path).parent / "rewrites.json").is_file():
+        recorded, rewrites = read_history(Path(path).parent / "rewrites.json")
+    else:
+        raise HistoryError(f"{path} has no history inside it and no rewrites.json beside it: pass --history FILE")
+    source = source or recorded
+    gm = replay_architecture(source.capture(), rewrites)
+    weights = payload["model"] if isinstance(payload.get("model"), dict) else payload
+    try:
+        gm.load_state_dict(weights)
+    except RuntimeError as err:
+        raise HistoryError(f"the weights in {path} do not fit {source.model} after its {len(rewrites)} rewrites "
+                           f"({first_line(err)}); use the history written with these weights") from None
+    return gm, source
+
+
+def _load(path: str | Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise HistoryError(f"no checkpoint at {path}") from None
+    except Exception as err:
+        raise HistoryError(f"{path} is not a readable torch checkpoint: {first_line(err)}") from None
+    if not isinstance(payload, dict):
+        raise HistoryError(f"{path} holds a {type(payload).__name__}; expected a state dict or a graphmorph "
+                           "checkpoint (a dict with \"model\")")
+    return payload

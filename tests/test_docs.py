@@ -1,0 +1,57 @@
+"""docs/your-models.md works as written: its Python runs, and its commands run in order from a
+folder holding the project's examples/, with the README's .venv/bin/ standing for this interpreter's."""
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import Phase
+
+from graphmorph.report import read_results
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "your-models.md"
+
+
+def _blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.S)
+
+
+def test_the_guides_morphism_test_runs_and_catches_the_bug_it_describes():
+    (code,) = _blocks("python")
+    namespace: dict = {}
+    exec(compile(code, str(GUIDE), "exec"), namespace)               # the property test passes
+    unshrunk = "@settings(max_examples=20, deadline=None, phases=[Phase.generate], database=None)"  # shrinking is
+    broken = (code.replace("    nn.init.zeros_(conv.bias)\n", "")                           # tested elsewhere
+              .replace("@settings(max_examples=20, deadline=None)", unshrunk)
+              .replace("test_deepen_stem_is_a_morphism()  #", "#"))
+    assert broken.count("zeros_") == 0 and unshrunk in broken
+    buggy: dict = {"Phase": Phase}
+    exec(compile(broken, str(GUIDE), "exec"), buggy)
+    with pytest.raises(AssertionError, match="outputs differ"):
+        buggy["test_deepen_stem_is_a_morphism"]()
+
+
+@pytest.mark.slow
+def test_the_guides_commands_grow_replay_and_export_a_users_model(tmp_path):
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    bin_dir = Path(sys.executable).parent
+    commands = [line for block in _blocks("bash") for line in block.splitlines() if line.strip()]
+    assert [shlex.split(c)[:2] for c in commands] == [[".venv/bin/graphmorph", verb]
+                                                      for verb in ("autogrow", "replay", "export")]
+    printed = []
+    for command in commands:
+        argv = shlex.split(command.replace(".venv/bin/", f"{bin_dir}/"))
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr)
+        printed.append(done.stdout)
+    found = read_results([tmp_path / "runs" / "tinynet"])[0]["found"]
+    assert found.startswith("TinyNet-") and found != "TinyNet-1-1"
+    assert f"TinyNet-1-1 -> {found}" in printed[1]
+    weights = torch.load(tmp_path / "tinynet-grown.pt", weights_only=True)
+    assert weights["history"]["model"]["model"] == "examples.tinynet:make"
+    assert (tmp_path / "tinynet.onnx").stat().st_size > 0
