@@ -3,7 +3,8 @@ their history, and load a checkpoint back into the architecture its history desc
 
 A weights file (`graphmorph replay -o out.pt`) is `torch.save` of
 `{"format": "graphmorph.weights", "version": 1, "history": <history document>, "model": state_dict}`;
-a run's `checkpoint.pt` has the weights under "model" too, and its history beside it in
+a run's `checkpoint.pt` has the weights under "model" too (a finished NAC run: the trained
+constructed net under "final_model", which is preferred), and its history beside it in
 `rewrites.json`.
 """
 from __future__ import annotations
@@ -66,7 +67,7 @@ def load_checkpoint(path: str | Path, history_path: str | Path | None = None,
         raise HistoryError(f"{path} has no history inside it and no rewrites.json beside it: pass --history FILE")
     source = source or recorded
     gm = replay_architecture(source.capture(), rewrites)
-    weights = payload["model"] if isinstance(payload.get("model"), dict) else payload
+    weights = next((payload[key] for key in ("final_model", "model") if isinstance(payload.get(key), dict)), payload)
     try:
         gm.load_state_dict(weights)
     except RuntimeError as err:

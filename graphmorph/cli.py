@@ -169,7 +169,7 @@ def _model_arguments(parser: argparse.ArgumentParser, optional: bool = False) ->
 def _source_overrides(parser: argparse.ArgumentParser) -> None:
     """Options that replace parts of a history's model description."""
     parser.add_argument("--model", help="build this instead of the history's model: ARCH or package.module:factory")
-    parser.add_argument("--input-shape", type=_shape, help="C,H,W of one input (default: the history's)")
+    parser.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="one input's shape (default: the history's)")
     parser.add_argument("--num-classes", type=_positive, help="classes (default: the history's)")
     parser.add_argument("--seed", type=int, help="seed the fresh model is built under (default: the history's)")
 
@@ -325,10 +325,9 @@ def _run_replay(args) -> int:
 
     recorded, rewrites = read_history(args.history)
     source = _overridden(recorded, args)
-    fresh = source.capture()
     gm = replay_onto_fresh(source, rewrites)
     save_weights(args.output, gm, source)
-    print(f"replayed {len(rewrites)} rewrite(s) on {source.model}: {models.arch_of(fresh)} -> {models.arch_of(gm)}, "
+    print(f"replayed {len(rewrites)} rewrite(s) on a fresh {source.model}: now {models.arch_of(gm)}, "
           f"{sum(p.numel() for p in gm.parameters()):,} parameters; wrote {args.output}")
     return 0
 

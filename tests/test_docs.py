@@ -51,7 +51,7 @@ def test_the_guides_commands_grow_replay_and_export_a_users_model(tmp_path):
         printed.append(done.stdout)
     found = read_results([tmp_path / "runs" / "tinynet"])[0]["found"]
     assert found.startswith("TinyNet-") and found != "TinyNet-1-1"
-    assert f"TinyNet-1-1 -> {found}" in printed[1]
+    assert f"on a fresh examples.tinynet:make: now {found}" in printed[1]
     weights = torch.load(tmp_path / "tinynet-grown.pt", weights_only=True)
     assert weights["history"]["model"]["model"] == "examples.tinynet:make"
     assert (tmp_path / "tinynet.onnx").stat().st_size > 0

@@ -4,10 +4,11 @@ import math
 import random
 
 import pytest
+import torch
 from hypothesis import given, strategies as st
 
 import graphmorph
-from graphmorph.artifacts import replay_onto_fresh
+from graphmorph.artifacts import load_checkpoint, replay_onto_fresh
 from graphmorph.cli import main
 from graphmorph.models import BRANCH_TYPES, build, envelope_arch
 from graphmorph.search.nac import NACConfig, compare, run
@@ -92,6 +93,9 @@ def test_a_tiny_run_writes_a_complete_run_directory(tmp_path):
     assert {"prune_branches", "prune_skips"} <= {r["rewrite"] for r in rewrites}
     assert (source.model, source.input_shape, source.num_classes) == (TINY["base"], (1, 8, 8), 10)
     assert envelope_arch(replay_onto_fresh(source, rewrites)) == structure
+    trained, _ = load_checkpoint(tmp_path / "run" / "checkpoint.pt")   # what `graphmorph export --checkpoint` reads
+    final = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["final_model"]
+    assert all(torch.equal(trained.state_dict()[k], v) for k, v in final.items())
     assert set(result["comparison"]) == {"constructed", "base", "worst", "random"}
     assert result["comparison"]["random"]["count"] == 2
     snapshots = json.loads((tmp_path / "run" / "statistics.json").read_text())

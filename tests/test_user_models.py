@@ -42,7 +42,7 @@ def test_replay_of_a_runs_history_rebuilds_its_architecture_and_export_takes_its
     replayed = torch.load(tmp_path / "out.pt", weights_only=True)
     trained = torch.load(where / "checkpoint.pt", weights_only=True)["model"]
     assert {k: v.shape for k, v in replayed["model"].items()} == {k: v.shape for k, v in trained.items()}
-    assert f"-> {result['found']}" in capsys.readouterr().out
+    assert f"now {result['found']}" in capsys.readouterr().out
     gm, _ = load_checkpoint(where / "checkpoint.pt")        # the history beside it, the trained weights in it
     assert arch_of(gm) == result["found"]
     assert all(torch.equal(gm.state_dict()[k], v) for k, v in trained.items())
@@ -83,6 +83,17 @@ def test_autogrow_refuses_a_model_it_cannot_grow_with_the_reason(tmp_path, monke
     code, err = refused(["autogrow", *args, "--device", "cpu"])
     assert code == 2 and message in err
     assert not list(tmp_path.iterdir())  # nothing left behind
+
+
+def test_a_stage_that_cannot_grow_is_reported_and_left_out(tmp_path):
+    lines = []
+    config = AutoGrowConfig.from_dict({**TINY, "model": "user_models:half_dense", "max_growth_epochs": 2,
+                                       "finetune_epochs": 0})
+    result = run(config, tmp_path / "run", progress=lines.append)
+    assert lines[0].startswith("stage 0 will not grow: block 'grow1' is not shape-preserving")
+    _, rewrites = graphmorph.read_history(tmp_path / "run" / "rewrites.json")
+    assert rewrites and {r["stage"] for r in rewrites} == {1}
+    assert result["found"] == f"HalfDense-1-{1 + len(rewrites)}"
 
 
 def test_model_and_seed_net_exclude_each_other(capsys):

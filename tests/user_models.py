@@ -53,6 +53,24 @@ class DenseOnly(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class HalfDense(DenseOnly):
+    """A concatenating block at full size (cannot grow), then a strided conv and a gated unit."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.late = nn.Sequential(GatedUnit(8))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.late(self.down(torch.cat([x, self.grow1(x)], 1)))
+        return self.head(x.mean((2, 3)))
+
+
+def half_dense(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    return HalfDense(num_classes, in_channels)
+
+
 def gated(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     return GatedNet(num_classes, in_channels)
 

@@ -205,6 +205,7 @@ class _Session:
             self.state.growing = [index for index, reason in refusals.items() if reason is None]
             if not self.state.growing:
                 raise ModelError(_nothing_to_grow(self.gm, refusals, self.config.label()))
+            self.state.current = self.state.growing[0]
             for index, reason in refusals.items():
                 if reason is not None:
                     self.progress(f"stage {index} will not grow: {reason}")
