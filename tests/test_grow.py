@@ -9,7 +9,7 @@ import graphmorph
 import transforms
 from graphmorph.history import history
 from graphmorph.models import arch_of, build, parse_arch
-from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, seed_nets
+from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, cnns, seed_nets
 from graphmorph.verify import parameter_count
 from zoo import ZOO
 
@@ -237,3 +237,21 @@ def test_a_float64_model_grows_float64_layers():
     grown = transforms.grow(gm, stage=2, init="identity")
     assert {p.dtype for p in grown.parameters()} == {torch.float64}
     assert_preserves_function(gm, grown, x, modes=("eval",), atol=1e-6)
+
+
+@given(spec=cnns(max_pieces=3))
+def test_the_trial_growth_agrees_with_growth_on_generated_cnns(spec):
+    """What AutoGrow decides from `growth_refusal` before training holds when it grows: a stage
+    found growable grows by one block into a valid graph; a refused one names its block."""
+    x = spec.example_input()
+    gm = graphmorph.capture(spec.build(), x)
+    for stage in graphmorph.find_stages(gm):
+        reason = transforms.growth_refusal(gm, stage.index)
+        if reason is not None:
+            assert any(f"'{name}'" in reason for name in stage.blocks), reason
+            continue
+        grown = transforms.grow(gm, stage=stage.index, init="gau")
+        added = parameter_count(grown) - parameter_count(gm)
+        assert_valid_rewrite(gm, grown, x, param_delta=added)
+        depths = [len(s.blocks) for s in graphmorph.find_stages(grown)]
+        assert depths[stage.index] == len(stage.blocks) + 1
