@@ -9,7 +9,6 @@ constructed net under "final_model", which is preferred), and its history beside
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import fx
 
 from graphmorph.errors import first_line
 from graphmorph.history import HistoryError, history, history_document, parse_history, read_history
+from graphmorph.rundir import save_atomically
 from graphmorph.sources import ModelSource
 from transforms.replayer import replay, replay_architecture
 
@@ -40,32 +40,26 @@ def replay_onto_fresh(source: ModelSource, rewrites: list[dict[str, Any]]) -> fx
 
 def save_weights(path: str | Path, gm: fx.GraphModule, source: ModelSource) -> Path:
     """Write `gm`'s weights with its history (on the model `source` builds) to `path`, atomically."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.tmp")
-    torch.save({"format": WEIGHTS_FORMAT, "version": 1, "history": history_document(source, history(gm)),
-                "model": gm.state_dict()}, temporary)
-    os.replace(temporary, target)
-    return target
+    return save_atomically({"format": WEIGHTS_FORMAT, "version": 1, "history": history_document(source, history(gm)),
+                            "model": gm.state_dict()}, Path(path))
 
 
-def load_checkpoint(path: str | Path, history_path: str | Path | None = None,
-                    source: ModelSource | None = None) -> tuple[fx.GraphModule, ModelSource]:
+def load_checkpoint(path: str | Path, history_path: str | Path | None = None) -> tuple[fx.GraphModule, ModelSource]:
     """The trained net a checkpoint holds: its history's architecture rebuilt (`replay_architecture`,
     no AdamInit training) and the checkpoint's weights loaded into it.
 
     The history comes from `history_path`, else from the checkpoint itself (a weights file), else
-    from `rewrites.json` beside it (a run directory). `source` overrides the history's model.
+    from `rewrites.json` beside it (a run directory).
     """
     payload = _load(path)
     if history_path is not None:
-        recorded, rewrites = read_history(history_path)
+        source, rewrites = read_history(history_path)
     elif isinstance(payload.get("history"), dict):
-        recorded, rewrites = parse_history(payload["history"], f"the history inside {path}")
+        source, rewrites = parse_history(payload["history"], f"the history inside {path}")
     elif (Path(path).parent / "rewrites.json").is_file():
-        recorded, rewrites = read_history(Path(path).parent / "rewrites.json")
+        source, rewrites = read_history(Path(path).parent / "rewrites.json")
     else:
         raise HistoryError(f"{path} has no history inside it and no rewrites.json beside it: pass --history FILE")
-    source = source or recorded
     gm = replay_architecture(source.capture(), rewrites)
     weights = next((payload[key] for key in ("final_model", "model") if isinstance(payload.get(key), dict)), payload)
     try:

@@ -16,9 +16,17 @@ import torch
 
 from graphmorph.errors import GraphmorphError
 
-__all__ = ["RunError", "RunDirectory"]
+__all__ = ["RunError", "RunDirectory", "save_atomically"]
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def save_atomically(payload: Any, target: Path) -> Path:
+    """`torch.save` to a temporary name beside `target`, renamed into place: never half-written."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, target)
+    return target
 
 
 class RunError(GraphmorphError, ValueError):
@@ -75,10 +83,7 @@ class RunDirectory:
             self.write_text("history.csv", buffer.getvalue())
 
     def save_checkpoint(self, payload: dict[str, Any]) -> None:
-        target = self.path / CHECKPOINT
-        temporary = target.with_name(f".{CHECKPOINT}.tmp")
-        torch.save(payload, temporary)
-        os.replace(temporary, target)
+        save_atomically(payload, self.path / CHECKPOINT)
 
     def load_checkpoint(self) -> dict[str, Any]:
         try:

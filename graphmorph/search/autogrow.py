@@ -389,8 +389,8 @@ class _Session:
 def _model_source(config: AutoGrowConfig, data: Dataset) -> ModelSource:
     shape = (data.in_channels, data.image_size, data.image_size)
     if config.input_shape is not None and tuple(config.input_shape) != shape:
-        raise ConfigError(f"input shape {'x'.join(map(str, config.input_shape))} does not match the data: "
-                          f"{config.data} has {'x'.join(map(str, shape))} images; drop --input-shape or pick data "
+        raise ConfigError(f"input shape {_shape(config.input_shape)} does not match the data: "
+                          f"{config.data} has {_shape(shape)} images; drop --input-shape or pick data "
                           "of that shape")
     return ModelSource(config.label(), shape, data.num_classes, widths=config.widths, seed=config.seed)
 
