@@ -27,7 +27,8 @@ from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, buil
 from graphmorph.verify import output_differences, verify
 
 __all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns", "inputs_for",
-           "assert_preserves_function", "assert_prune_equals_mask", "assert_valid_rewrite"]
+           "assert_preserves_function", "assert_prune_equals_mask", "assert_valid_rewrite", "assert_state_carried",
+           "randomize_state"]
 
 
 @dataclass(frozen=True)
@@ -196,3 +197,111 @@ def assert_valid_rewrite(
         raise AssertionError(str(err)) from None
     shared = {id(p) for p in before.parameters()} & {id(p) for p in after.parameters()}
     assert not shared, f"{len(shared)} parameters are shared between the old and the new graph"
+
+
+def randomize_state(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and buffer of `model` distinct seeded random values, in place (running
+    variances positive, counters random integers), so that a state comparison cannot pass by
+    accident on freshly initialised BatchNorm ones and zeros. Returns `model`."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator, dtype=torch.float64) + 0.5
+                tensor.copy_(values if name.endswith("running_var") else values - 1.0)
+            else:
+                tensor.copy_(torch.randint(1, 1000, tensor.shape, generator=generator))
+    return model
+
+
+def assert_state_carried(
+    before: torch.nn.Module,
+    after: torch.nn.Module,
+    added: tuple[str, ...] = (),
+    removed: tuple[str, ...] = (),
+    resized: bool = False,
+) -> dict[str, list[list[int] | None]]:
+    """Assert that every parameter and buffer of `after` that the rewrite did not add equals the
+    one of `before` with the same name bit for bit (BatchNorm statistics and counters included).
+
+    `added` and `removed` are name prefixes (module paths) of the state the rewrite added or took
+    away; no other name may appear or vanish. With `resized`, a tensor may shrink (pruned channels)
+    or grow (a new input) along some dimensions: the smaller one must then be an ordered selection
+    of the larger one's slices along those dimensions, found here by matching values, not from
+    the rewrite's own bookkeeping. Returns, per resized tensor, the kept (or inserted) indices per
+    dimension (None where the size did not change)."""
+    old, new = before.state_dict(), after.state_dict()
+
+    def under(name: str, prefixes: tuple[str, ...]) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+    appeared = sorted(n for n in set(new) - set(old) if not under(n, added))
+    vanished = sorted(n for n in set(old) - set(new) if not under(n, removed))
+    assert not appeared, f"the rewrite added state it did not declare: {appeared[:5]}"
+    assert not vanished, f"the rewrite lost state it did not declare: {vanished[:5]}"
+    selections = {}
+    for name in sorted(set(old) & set(new)):
+        if under(name, added) or under(name, removed):
+            continue
+        a, b = old[name], new[name]
+        assert a.dtype == b.dtype, f"{name}: dtype {b.dtype}, was {a.dtype}"
+        if a.shape == b.shape:
+            assert torch.equal(a, b), f"{name} changed: max |diff| {_max_diff(a, b):.3g} (expected bit-for-bit equal)"
+            continue
+        assert resized, f"{name} changed shape from {tuple(a.shape)} to {tuple(b.shape)}"
+        assert a.dim() == b.dim(), f"{name} changed rank from {a.dim()} to {b.dim()}"
+        small, large = (b, a) if all(x <= y for x, y in zip(b.shape, a.shape)) else (a, b)
+        assert all(x <= y for x, y in zip(small.shape, large.shape)), \
+            f"{name} grew along some dimensions and shrank along others: {tuple(a.shape)} -> {tuple(b.shape)}"
+        dims = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+        groups = _kept_groups(before, after, name)
+        if groups > 1:  # each group reads its own inputs: its block of the weight is selected alone
+            blocks = [_ordered_selection(s, l, dims) for s, l in zip(small.chunk(groups), large.chunk(groups))]
+            kept = None if None in blocks else {0: [i for b in blocks for i in b.get(0, [])]}
+        else:
+            kept = _ordered_selection(small, large, dims)
+        assert kept is not None, (f"{name} ({tuple(a.shape)} -> {tuple(b.shape)}) is not an ordered selection of "
+                                  f"the {'old' if large is a else 'new'} tensor's slices: its values changed")
+        selections[name] = [kept.get(d) for d in range(a.dim())]
+    return selections
+
+
+def _kept_groups(before: torch.nn.Module, after: torch.nn.Module, name: str) -> int:
+    """The group count of the grouped convolution whose weight `name` is, when pruning kept it."""
+    path, _, leaf = name.rpartition(".")
+    if leaf != "weight":
+        return 1
+    try:
+        old, new = before.get_submodule(path), after.get_submodule(path)
+    except AttributeError:
+        return 1
+    groups = getattr(new, "groups", 1)
+    return groups if isinstance(old, torch.nn.modules.conv._ConvNd) and getattr(old, "groups", 1) == groups else 1
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+
+
+def _ordered_selection(small: torch.Tensor, large: torch.Tensor, dims: list[int]) -> dict[int, list[int]] | None:
+    """Increasing indices per dimension in `dims` such that `large` indexed by them equals `small`
+    bit for bit, or None. Greedy per dimension (the earliest matching slice is always a safe
+    choice), recursing into the remaining dimensions, whose choice must agree across slices."""
+    if not dims:
+        return {} if torch.equal(small, large) else None
+    dim, rest = dims[0], dims[1:]
+    chosen, inner = [], None
+    j = 0
+    for i in range(small.shape[dim]):
+        while j < large.shape[dim]:
+            found = _ordered_selection(small.select(dim, i), large.select(dim, j), [d - 1 if d > dim else d for d in rest])
+            j += 1
+            if found is not None and (inner is None or found == inner):
+                chosen.append(j - 1)
+                inner = found
+                break
+        else:
+            return None
+    result = {dim: chosen}
+    result.update({d + 1 if d >= dim else d: v for d, v in (inner or {}).items()})
+    return result

@@ -163,7 +163,9 @@ def _float64_output(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], tr
             twin = deep_copy(model).double()
             twin.train(train)
             return twin(*inputs)
-        state = {name: t.double() if t.is_floating_point() else t.clone()
+        # Always fresh tensors: `.double()` of a float64 tensor is the tensor itself, and train-mode
+        # BatchNorm would then update the model's own running statistics in place.
+        state = {name: t.to(torch.float64 if t.is_floating_point() else t.dtype, copy=True)
                  for name, t in (*model.named_parameters(), *model.named_buffers())}
         with kept_modes(model):
             model.train(train)

@@ -78,7 +78,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
             skipped.append([group.producers[0], reason])
             continue
         classes += picked
-        pruned.append([group.producers[0], deps.output_channels(group.producers[0], picked)])
+        pruned += _by_producer(deps, group, picked)
     record = {"rewrite": "prune_filters", "ratio": ratio, "criterion": criterion, "per_layer": per_layer,
               "pruned": pruned, "skipped": skipped}
     return _prune(gm, deps, classes, example_input, verify, record)
@@ -134,6 +134,18 @@ def _prune(gm, deps: ChannelDependencies, classes: list[int], example_input, ver
                    param_delta=cut.param_delta, preserves=("eval",) if stochastic else ("eval", "train"))
     record_rewrite(work, record)
     return work
+
+
+def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[list]:
+    """`classes` as [producer, its output channels] entries, each class named once: a concatenation's
+    producers each make some of a group's classes, a residual add's make all of them."""
+    entries, left = [], set(classes)
+    for producer in group.producers:
+        channels = deps.output_channels(producer, left)
+        if channels:
+            entries.append([producer, channels])
+            left -= set(deps.classes(producer, channels))
+    return entries
 
 
 def _scores(gm, deps, groups: list[ChannelGroup], criterion: str, data) -> list[list[float]]:
