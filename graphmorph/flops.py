@@ -1,8 +1,11 @@
 """FLOP and parameter counting on a captured graph.
 
 Convention (DESIGN section 7): `macs` are the multiply-accumulates of convolutions, transposed
-convolutions, linear layers and matrix products; `flops` = 2 x `macs`, which is exactly what
-`torch.utils.flop_counter.FlopCounterMode` counts for those ops. Everything else is counted apart
+convolutions, linear layers and matrix products of every form (matmul, bmm, baddbmm, einsum,
+scaled_dot_product_attention); `flops` = 2 x `macs`. Each node's MACs are measured with
+`torch.utils.flop_counter.FlopCounterMode` while the graph runs once on the example input, so a
+node the graph cannot see into (a leaf module, an `fx.wrap`-ped attention function) is counted
+whole and the total equals FlopCounterMode on the model. Everything else is counted apart
 as `elementwise` operations, one per output element (normalisation: 2, scale and shift; pooling:
 kernel area per output element, adaptive pooling: one per input element; a layer's bias: 1).
 Counts are for the example input as given, batch included: pass batch size 1 for per-image numbers.
@@ -17,7 +20,7 @@ from torch import fx, nn
 
 from graphmorph import ops
 from graphmorph.analysis import find_stages
-from graphmorph.capture import capture
+from graphmorph.capture import capture, example_inputs
 from graphmorph.shapes import Inputs, with_shapes
 
 __all__ = ["Cost", "NodeCost", "FlopReport", "count_flops"]
@@ -97,19 +100,19 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     """
     if not isinstance(model, fx.GraphModule):
         model = capture(model, example_input)
-    elif example_input is not None:
-        model = with_shapes(model, example_input)
+    measured: dict[str, int] = {}
+    model = with_shapes(model, example_inputs(model) if example_input is None else example_input, measured)
     part_of, stage_blocks = _parts(model)
     seen_modules: set[int] = set()
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
-        macs, elementwise = _work(model, node)
-        cost = Cost(macs, elementwise, _params(model, node, seen_modules))
+        cost = Cost(measured.get(node.name, 0) // 2, _elementwise(model, node), _params(model, node, seen_modules))
         part = part_of[node]
         by_stage[part] = by_stage.get(part, Cost()) + cost
         by_node.append(NodeCost(node.name, _target_name(node), part, cost))
     total = sum(by_stage.values(), Cost())
-    shapes = tuple(tuple(n.meta["tensor_meta"].shape) for n in model.graph.nodes if n.op == "placeholder")
+    shapes = tuple(tuple(n.meta["tensor_meta"].shape) for n in model.graph.nodes
+                   if n.op == "placeholder" and "tensor_meta" in n.meta)  # not an unused optional input
     return FlopReport(shapes, total, by_stage, tuple(by_node), stage_blocks)
 
 
@@ -152,12 +155,19 @@ def _numel(node: fx.Node | None) -> int:
     return math.prod(shape) if shape is not None else 0
 
 
-def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
-    module = ops.module_of(gm, node)
-    if module is not None:
-        return module.weight.shape
-    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
-    return weight.meta["tensor_meta"].shape
+def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
+    """Elementwise operations of one node: a layer's bias adds, normalisation, pooling, activations
+    and binary arithmetic, one per output element (see the module docstring)."""
+    out = _numel(node)
+    if ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node):
+        return out if _has_bias(gm, node) else 0
+    if ops.is_norm(gm, node):
+        return 2 * out
+    if ops.is_pool(gm, node):
+        return _pool_work(gm, node, out)
+    if ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
+        return out
+    return 0
 
 
 def _has_bias(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -166,27 +176,6 @@ def _has_bias(gm: fx.GraphModule, node: fx.Node) -> bool:
         return getattr(module, "bias", None) is not None
     bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     return bias is not None
-
-
-def _work(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int]:
-    """(MACs, elementwise ops) of one node."""
-    out = _numel(node)
-    if ops.is_conv(gm, node) or ops.is_linear(gm, node):
-        macs = out * math.prod(_weight_shape(gm, node)[1:])
-        return macs, out if _has_bias(gm, node) else 0
-    if ops.is_conv_transpose(gm, node):
-        macs = _numel(node.all_input_nodes[0]) * math.prod(_weight_shape(gm, node)[1:])
-        return macs, out if _has_bias(gm, node) else 0
-    if node.op == "call_function" and node.target in ops.MATMUL_FUNCTIONS:
-        inner = node.args[0].meta["tensor_meta"].shape[-1]
-        return out * inner, 0
-    if ops.is_norm(gm, node):
-        return 0, 2 * out
-    if ops.is_pool(gm, node):
-        return 0, _pool_work(gm, node, out)
-    if ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
-        return 0, out
-    return 0, 0
 
 
 def _pool_work(gm: fx.GraphModule, node: fx.Node, out: int) -> int:

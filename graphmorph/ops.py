@@ -35,7 +35,6 @@ ACTIVATION_MODULES = (
 CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 CONV_TRANSPOSE_FUNCTIONS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 LINEAR_FUNCTIONS = {F.linear}
-MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.mm, torch.bmm}
 NORM_FUNCTIONS = {F.batch_norm, F.group_norm, F.layer_norm, F.instance_norm}
 POOL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,

@@ -44,16 +44,19 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         yield module
 
 
-def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs) -> None:
+def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs,
+                    flops: dict[str, int] | None = None) -> None:
     """Store `tensor_meta` (shape, dtype) for `example_input` in every node's meta, in place.
 
-    Runs in eval mode without gradients, so BatchNorm statistics are untouched. Raises ShapeError
-    naming the node and module where the input stopped fitting the model.
+    Runs in eval mode without gradients, so BatchNorm statistics are untouched. With `flops` (a
+    dict), also fills it with what `torch.utils.flop_counter.FlopCounterMode` counts for each node
+    by name, whatever the node hides (a leaf module, a wrapped function). Raises ShapeError naming
+    the node and module where the input stopped fitting the model.
     """
     inputs = as_inputs(example_input)
     with evaluating(gm):
         try:
-            _ShapeRecorder(gm).run(*inputs)
+            _ShapeRecorder(gm, flops).run(*inputs)
         except _NodeFailure as failure:
             node, cause = failure.node, failure.cause
             shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
@@ -63,13 +66,15 @@ def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs) ->
             ) from cause
 
 
-def with_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs) -> fx.GraphModule:
-    """A twin of `gm` (same modules, copied graph, same node names) annotated for `example_input`.
+def with_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs,
+                flops: dict[str, int] | None = None) -> fx.GraphModule:
+    """A twin of `gm` (same modules, copied graph, same node names) annotated for `example_input`
+    (and, with `flops`, measured: see `annotate_shapes`).
 
     Lets a caller ask about another input size without touching the shapes stored in `gm`.
     """
     twin = fx.GraphModule(gm, copy.deepcopy(gm.graph), class_name=type(gm).__name__)
-    annotate_shapes(twin, example_input)
+    annotate_shapes(twin, example_input, flops)
     return twin
 
 
@@ -87,9 +92,25 @@ class _NodeFailure(Exception):
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph and records what torch.fx's ShapeProp records, without printing on failure."""
+    """Runs the graph and records what torch.fx's ShapeProp records, without printing on failure;
+    with a `flops` dict, each node's FlopCounterMode count too."""
+
+    def __init__(self, gm: fx.GraphModule, flops: dict[str, int] | None = None):
+        super().__init__(gm)
+        self.flops = flops
+
+    def run(self, *args):
+        if self.flops is None:
+            return super().run(*args)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        # autograd on: with it off, eval-mode MultiheadAttention and TransformerEncoderLayer take a
+        # fused fast path that FlopCounterMode does not count
+        with torch.enable_grad(), FlopCounterMode(display=False) as self.counter:
+            return super().run(*args)
 
     def run_node(self, n: fx.Node):
+        before = self.counter.get_total_flops() if self.flops is not None else 0
         try:
             result = super().run_node(n)
         except _NodeFailure:
@@ -111,6 +132,8 @@ class _ShapeRecorder(fx.Interpreter):
         else:
             n.meta.pop("tensor_meta", None)
         n.meta["type"] = type(result)
+        if self.flops is not None:
+            self.flops[n.name] = self.counter.get_total_flops() - before
         return result
 
 
