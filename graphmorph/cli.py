@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -149,7 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--history", metavar="FILE", help="the checkpoint's history (default: inside it, or "
                                                           "rewrites.json beside it)")
     export.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
-    export.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (default 1e-4)")
+    export.add_argument("--atol", type=_positive_float, default=1e-4,
+                        help="parity: absolute tolerance, > 0 (default 1e-4)")
+    export.add_argument("--rtol", type=_non_negative_float, default=1e-5,
+                        help="parity: tolerance relative to the largest output magnitude (default 1e-5); "
+                             "outputs agree when |ort - torch| <= atol + rtol x max|torch|")
     export.set_defaults(run=_run_export)
     return parser
 
@@ -364,14 +369,21 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _float_above(bound: float, strict: bool, what: str):
+    """An argparse type for finite numbers above `bound` (or at it, when not `strict`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > bound if strict else value >= bound)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_float = _float_above(0.0, True, "a positive number")
+_non_negative_float = _float_above(0.0, False, "a number >= 0")
 
 
 def _fraction(text: str) -> float:
@@ -454,8 +466,9 @@ def _run_export(args) -> int:
         gm = capture(model, example)
     else:
         raise ConfigError("export needs ARCH (or package.module:factory), or --checkpoint FILE")
-    report = export_onnx(gm, args.output, example, atol=args.atol)
+    report = export_onnx(gm, args.output, example, atol=args.atol, rtol=args.rtol)
     print(f"wrote {report.path} (opset {report.opset}, {report.path.stat().st_size / 1e6:.2f} MB) "
           f"in {report.export_seconds:.1f} s; onnxruntime vs PyTorch at batch {report.check_batch}: "
-          f"max abs diff {report.max_abs_diff:.2e} (atol {report.atol:g})")
+          f"max abs diff {report.max_abs_diff:.2e} (tolerance {report.tolerance:.2e} = atol {report.atol:g} "
+          f"+ rtol {report.rtol:g} x max|output| {report.output_scale:.3g})")
     return 0

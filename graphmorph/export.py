@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import os
 import re
 import time
 import warnings
@@ -28,7 +30,14 @@ class ExportReport:
     check_batch: int
     max_abs_diff: float
     atol: float
+    rtol: float
+    output_scale: float       # max |PyTorch output|, what rtol is relative to
     providers: tuple[str, ...]
+
+    @property
+    def tolerance(self) -> float:
+        """The largest difference the parity check allowed: atol + rtol x output_scale."""
+        return self.atol + self.rtol * self.output_scale
 
 
 def export_onnx(
@@ -37,24 +46,39 @@ def export_onnx(
     example_input: torch.Tensor | Inputs,
     dynamic_batch: bool = True,
     atol: float = 1e-4,
+    rtol: float = 1e-5,
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
 ) -> ExportReport:
     """Export `model` (in eval mode) to ONNX at `path` and check it.
 
     Runs onnx.checker, then runs onnxruntime on a batch size different from the example's (when
-    `dynamic_batch`) and compares with PyTorch in float32. Returns the largest absolute difference
-    seen; raises ExportError naming the cause when export fails or the difference exceeds `atol`.
-    The model's train/eval mode is restored afterwards.
+    `dynamic_batch`) and compares with PyTorch in float32: every output element must satisfy
+    |onnxruntime - PyTorch| <= atol + rtol x max |PyTorch output|, so deep nets whose outputs
+    run to 1e12 are held to float32 round-off. The file is written beside `path` and moved into
+    place only once every check passed: a failed export leaves an existing file as it was.
+    Returns the largest absolute difference; raises ExportError naming the cause when export
+    fails or the difference exceeds the tolerance. The model's train/eval mode is restored.
     """
-    import onnx
-    import onnxruntime as ort
-
-    inputs = as_inputs(example_input)
+    if not (atol > 0 and rtol >= 0):
+        raise ExportError(f"atol must be > 0 and rtol >= 0, got atol={atol!r}, rtol={rtol!r}")
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ExportError(f"cannot create the folder for {path}: {err.strerror}") from err
+    staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        report = _export_checked(model, staging, as_inputs(example_input), dynamic_batch, atol, rtol, providers)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return dataclasses.replace(report, path=path)
+
+
+def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, providers) -> ExportReport:
+    import onnx
+    import onnxruntime as ort
+
     export_inputs = tuple(_batch_of(t, max(2, t.shape[0])) for t in inputs)  # batch 1 would specialise
     check_batch = export_inputs[0].shape[0] + 1 if dynamic_batch else inputs[0].shape[0]
     check_inputs = tuple(_batch_of(t, check_batch if dynamic_batch else t.shape[0]) for t in inputs)
@@ -67,20 +91,20 @@ def export_onnx(
         try:
             program.save(str(path))
         except OSError as err:
-            raise ExportError(f"cannot write {path}: {err.strerror}") from err
+            raise ExportError(f"cannot write into {path.parent}: {err.strerror}") from err
         seconds = time.perf_counter() - start
         expected = [t.float().numpy() for t in _flat_outputs(model(*check_inputs))]
 
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
-        raise ExportError(f"onnx.checker rejected {path}: {first_line(err)}") from err
+        raise ExportError(f"onnx.checker rejected the exported model: {first_line(err)}") from err
     session = ort.InferenceSession(str(path), providers=list(providers))
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), check_inputs)}
     outputs = session.run(None, feeds)
     if len(outputs) != len(expected):
         raise ExportError(f"onnxruntime returned {len(outputs)} outputs, PyTorch {len(expected)}")
-    diff = 0.0
+    diff = scale = 0.0
     for got, want in zip(outputs, expected):
         if got.shape != want.shape:
             raise ExportError(
@@ -88,14 +112,16 @@ def export_onnx(
                 f"size {check_batch}; is the batch dimension really dynamic?"
             )
         diff = max(diff, float(abs(got.astype("float64") - want.astype("float64")).max(initial=0.0)))
-    if not diff <= atol:
+        scale = max(scale, float(abs(want.astype("float64")).max(initial=0.0)))
+    if not diff <= atol + rtol * scale:
         raise ExportError(
-            f"parity check failed for {path}: onnxruntime and PyTorch differ by up to {diff:.3g} "
-            f"(atol {atol:g}) at batch size {check_batch}"
+            f"parity check failed: onnxruntime and PyTorch differ by up to {diff:.3g} at batch size "
+            f"{check_batch}, over the tolerance atol + rtol x max|output| = {atol:g} + {rtol:g} x {scale:.3g} "
+            f"(relative difference {diff / scale if scale else float('inf'):.2g}); the file was not written"
         )
     opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
                   if o.domain in ("", "ai.onnx")), 0)
-    return ExportReport(path, opset, seconds, check_batch, diff, atol, tuple(session.get_providers()))
+    return ExportReport(path, opset, seconds, check_batch, diff, atol, rtol, scale, tuple(session.get_providers()))
 
 
 def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool):

@@ -43,8 +43,52 @@ class Noisy(nn.Module):
 
 
 def test_parity_failure_raises_export_error(tmp_path):
-    with pytest.raises(graphmorph.ExportError, match=r"parity check failed .* differ by up to"):
+    with pytest.raises(graphmorph.ExportError, match=r"parity check failed: .* differ by up to .* atol \+ rtol"):
         graphmorph.export_onnx(Noisy(), tmp_path / "noisy.onnx", torch.randn(2, 8))
+
+
+class LargeOutputs(nn.Module):
+    """Outputs near 1e6, like a deep net with random weights: float32 round-off alone is above 1e-4."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.GELU()) for _ in range(6)])
+
+    def forward(self, x):
+        return self.net(x) * 1e7
+
+
+def test_parity_is_relative_to_the_output_scale(tmp_path):
+    x = torch.randn(2, 64)
+    report = graphmorph.export_onnx(LargeOutputs(), tmp_path / "large.onnx", x)   # failed before: atol alone
+    assert report.max_abs_diff > report.atol                  # float32 round-off at this scale
+    assert report.max_abs_diff <= report.atol + report.rtol * report.output_scale
+    assert report.max_abs_diff / report.output_scale < 1e-6
+    with pytest.raises(graphmorph.ExportError, match=r"over the tolerance .* \(relative difference"):
+        graphmorph.export_onnx(LargeOutputs(), tmp_path / "strict.onnx", x, rtol=0.0)
+    with pytest.raises(graphmorph.ExportError, match="atol must be > 0"):
+        graphmorph.export_onnx(LargeOutputs(), tmp_path / "zero.onnx", x, atol=0.0)
+
+
+def test_a_failed_export_leaves_the_existing_file_as_it_was(tmp_path):
+    good = graphmorph.export_onnx(build("Plain3Net-1-1-1", widths=(2, 4, 4)), tmp_path / "y.onnx",
+                                  torch.randn(2, 3, 8, 8)).path
+    written = good.read_bytes()
+    with pytest.raises(graphmorph.ExportError, match="the file was not written"):
+        graphmorph.export_onnx(Noisy(), good, torch.randn(2, 8))
+    assert good.read_bytes() == written
+    assert [p.name for p in tmp_path.iterdir()] == ["y.onnx"]   # no partial file left behind
+
+
+def test_the_command_line_refuses_a_zero_tolerance(tmp_path, capsys):
+    from graphmorph.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["export", "Plain3Net-1-1-1", "-o", str(tmp_path / "n.onnx"), "--atol", "0"])
+    assert exit.value.code == 2
+    assert "argument --atol: expected a positive number, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "n.onnx").exists()
 
 
 lib = torch.library.Library("graphmorph_test", "DEF")
