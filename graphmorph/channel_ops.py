@@ -243,6 +243,10 @@ class Reshape(ChannelOp):
     def relate(self, rel, node):
         source = node.args[0]
         before, after = rel.shape(source), rel.shape(node)
+        if before is None or len(before) < 2:   # e.g. a 1-D layer-scale parameter viewed as (C, 1, 1)
+            rel.refuse(node, f"{rel.describe(node)} reshapes a tensor of shape "
+                             f"{tuple(before) if before is not None else '?'}, which has no channel axis")
+            return
         if after is None or len(after) < 2 or after[0] != before[0]:
             rel.refuse(node, f"{rel.describe(node)} folds channels into the batch dimension")
             return

@@ -21,7 +21,7 @@ from torch import fx
 
 from graphmorph.analysis import _require_shapes
 from graphmorph.channel_ops import TensorQuestions, handler_for
-from graphmorph.errors import RewriteError
+from graphmorph.errors import RewriteError, first_line
 
 __all__ = ["ChannelGroup", "ChannelDependencies", "channel_dependencies", "channel_groups"]
 
@@ -237,7 +237,11 @@ class ChannelDependencies:
             rel.refuse(node, f"{rel.describe(node)} has no channel handler (register one with "
                              f"graphmorph.channel_ops.register)")
             return
-        handler.relate(rel, node)
+        try:
+            handler.relate(rel, node)
+        except Exception as err:  # a form the handler does not know: refused with the reason, never a crash
+            rel.refuse(node, f"{rel.describe(node)} is a form the channel analysis does not handle "
+                             f"({type(err).__name__}: {first_line(err)})")
 
     def _couple_shared_modules(self) -> None:
         """A module with parameters called more than once has one set of channels for all calls."""

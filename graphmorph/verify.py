@@ -183,15 +183,24 @@ def output_shape(gm: fx.GraphModule) -> tuple:
 
 
 def _dangling_modules(gm: fx.GraphModule) -> list[str]:
-    """Modules holding parameters or buffers of their own that no call_module/get_attr node uses."""
+    """Modules holding parameters or buffers of their own that no call_module/get_attr node uses,
+    nor a called module (a leaf such as nn.MultiheadAttention uses its children itself)."""
     used: set[str] = set()
+    called: set[str] = set()
     for n in gm.graph.nodes:
         if n.op in ("call_module", "get_attr"):
             parts = str(n.target).split(".")
             used.update(".".join(parts[:k]) for k in range(1, len(parts) + 1))
+        if n.op == "call_module":
+            called.add(str(n.target))
+
+    def inside_a_called_module(name: str) -> bool:
+        parts = name.split(".")
+        return any(".".join(parts[:k]) in called for k in range(1, len(parts)))
+
     return [
         name for name, module in gm.named_modules()
-        if name and name not in used
+        if name and name not in used and not inside_a_called_module(name)
         and (next(module.parameters(recurse=False), None) is not None
              or next(module.buffers(recurse=False), None) is not None)
     ]
