@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import fx
 
 from graphmorph.errors import first_line
 from graphmorph.history import HistoryError, history, history_document, parse_history, read_history
-from graphmorph.rundir import save_atomically
+from graphmorph.rundir import load_saved, save_atomically
 from graphmorph.sources import ModelSource
 from transforms.replayer import replay, replay_architecture
 
@@ -71,12 +70,7 @@ def load_checkpoint(path: str | Path, history_path: str | Path | None = None) ->
 
 
 def _load(path: str | Path) -> dict[str, Any]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise HistoryError(f"no checkpoint at {path}") from None
-    except Exception as err:
-        raise HistoryError(f"{path} is not a readable torch checkpoint: {first_line(err)}") from None
+    payload = load_saved(Path(path), HistoryError)
     if not isinstance(payload, dict):
         raise HistoryError(f"{path} holds a {type(payload).__name__}; expected a state dict or a graphmorph "
                            "checkpoint (a dict with \"model\")")

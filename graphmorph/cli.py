@@ -17,6 +17,7 @@ import torch
 
 from graphmorph import models
 from graphmorph.errors import ConfigError, GraphmorphError
+from graphmorph.rundir import CHECKPOINT
 
 EXIT_USAGE = 2      # bad arguments, as argparse uses
 EXIT_FAILURE = 1    # the job itself failed
@@ -31,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except KeyboardInterrupt:
-        unit = "iteration or trained net" if args.command == "nac" else "epoch"
-        _say(f"interrupted; the last completed {unit} is checkpointed{_resume_hint(args)}")
+        _say(f"interrupted; {_interrupted_state(args)}")
         return EXIT_INTERRUPTED
     except GraphmorphError as err:
         _say(f"error: {err}")
@@ -67,11 +67,33 @@ def _is_main() -> bool:
 
 
 def _resume_hint(args) -> str:
-    run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
-    if not run_dir or args.command not in ("autogrow", "nac"):
+    """How to continue the run, when its directory holds a checkpoint; else nothing."""
+    run_dir = _run_directory(args)
+    if run_dir is None or not (run_dir / CHECKPOINT).is_file():
         return ""
     launcher = f"torchrun --nproc-per-node {_world_size()} -m graphmorph" if _world_size() > 1 else "graphmorph"
-    return f": resume with {launcher} {args.command} --resume {run_dir}"
+    command = "autogrow" if args.command == "train" else args.command
+    return f": resume with {launcher} {command} --resume {run_dir}"
+
+
+def _interrupted_state(args) -> str:
+    """What an interrupted command left behind, naming only directories that exist."""
+    run_dir = _run_directory(args)
+    if run_dir is None:
+        return "nothing was written"
+    if (run_dir / CHECKPOINT).is_file():
+        unit = "iteration or trained net" if args.command == "nac" else "epoch"
+        return f"the last completed {unit} is checkpointed in {run_dir}{_resume_hint(args)}"
+    if run_dir.is_dir():
+        return f"{run_dir} holds no checkpoint yet; remove it and start again"
+    return f"it stopped before creating {run_dir}: nothing was written"
+
+
+def _run_directory(args) -> Path | None:
+    if args.command not in ("autogrow", "nac", "train"):
+        return None
+    run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
+    return Path(run_dir) if run_dir else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="graphmorph",
         description="Grow and prune PyTorch models as verified torch.fx graph rewrites.",
     )
+    parser.add_argument("--version", action="version", version=f"graphmorph {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     autogrow = commands.add_parser(
@@ -127,6 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     report.add_argument("-o", "--output", default="report.png", help="plot to write (default report.png)")
+    report.add_argument("--force", action="store_true", help="overwrite the plot if it exists")
     report.set_defaults(run=_run_report)
 
     flops = commands.add_parser(
@@ -255,6 +279,13 @@ def _config(args, **fixed):
     return AutoGrowConfig.from_dict({**values, **fixed})
 
 
+def _label_for_path(arch: str) -> str:
+    """An architecture as one folder name: an architecture file by its run, '/' and ':' replaced."""
+    if arch.endswith(".json"):
+        arch = Path(arch).resolve().parent.name + "-" + Path(arch).stem
+    return arch.replace("/", "_").replace(":", ".")
+
+
 def _run_dir(args, kind: str, net: str) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
@@ -271,7 +302,7 @@ def _run_autogrow(args) -> int:
         where = args.resume
     else:
         config = _config(args)
-        where = _run_dir(args, "autogrow", (config.model or config.seed_net).replace(":", "."))
+        where = _run_dir(args, "autogrow", _label_for_path(config.model or config.seed_net))
         args.run_dir = str(where)
         _tell(f"AutoGrow {config.label()} on {config.data}: {config.policy} growth, K={config.K}, "
               f"J={config.stopping_window()}, tau={config.tau}, init={config.init}; writing {where}")
@@ -291,7 +322,7 @@ def _run_nac(args) -> int:
         where = args.resume
     else:
         config = NACConfig.from_dict({name: getattr(args, name) for name in given})
-        where = _run_dir(args, "nac", config.base.replace("/", "_"))
+        where = _run_dir(args, "nac", _label_for_path(config.base))
         args.run_dir = str(where)
         _tell(f"NAC from {config.base} on {config.data}: {config.iterations} iterations of {config.steps} steps, "
               f"{'keeping' if config.keep_weights else 'resetting'} weights; writing {where}")
@@ -299,7 +330,7 @@ def _run_nac(args) -> int:
     _tell(f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; construction {result['construction_seconds']:.1f} s"
           + (f", training {result['train_seconds']:.1f} s" if result["train_seconds"] else "")
-          + f"; results in {where}")
+          + f"; results in {where}; the net: {Path(where) / 'architecture.json'} (train, flops and export take it)")
     for group, row in result.get("comparison", {}).items():
         _tell(f"  {group:<12} test {row['test_acc_mean']:6.2f}% +- {row['test_acc_std']:.2f} "
               f"({row['count']} net(s), {si(row['params_mean'])} parameters)")
@@ -317,7 +348,7 @@ def _run_train(args) -> int:
 
     config = _config(args, seed_net=args.arch, grow=False,
                      **({"finetune_epochs": args.epochs} if args.epochs else {}))
-    where = _run_dir(args, "train", args.arch)
+    where = _run_dir(args, "train", _label_for_path(args.arch))
     args.run_dir = str(where)
     _tell(f"training {args.arch} on {config.data} for {config.finetune()} epochs; writing {where}")
     _print_result(run(config, where), where)
@@ -348,12 +379,19 @@ def _overridden(source, args):
 
 
 def _run_report(args) -> int:
-    from graphmorph.report import plot_tradeoff, read_results, results_table
+    from graphmorph.report import ReportError, plot_tradeoff, read_results, results_table
 
-    results = read_results(args.runs)
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise ReportError(f"{output} exists; pass --force to overwrite it or -o to write elsewhere")
+    results, skipped = read_results(args.runs)
+    for reason in skipped:
+        _say(f"left out {reason}")
+    if not results:
+        raise ReportError("none of the runs has a result to report")
     print(results_table(results))
-    plot_tradeoff(results, Path(args.output))
-    print(f"wrote {args.output}")
+    plot_tradeoff(results, output)
+    print(f"wrote {output}")
     return 0
 
 
@@ -363,6 +401,15 @@ def _print_result(result: dict, where) -> None:
     _tell(f"found {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; growth {result['growth_seconds']:.1f} s, "
           f"fine-tuning {result['finetune_seconds']:.1f} s; results in {where}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("graphmorph")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "(not installed)"
 
 
 def _interrupt(signum, frame):

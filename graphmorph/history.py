@@ -51,6 +51,10 @@ def history_document(source: ModelSource, rewrites: list[dict[str, Any]]) -> dic
 
 def parse_history(document: Any, where: str = "the history") -> tuple[ModelSource, list[dict[str, Any]]]:
     """The model source and rewrite records of a history document; HistoryError naming what is wrong."""
+    if isinstance(document, list) and document and all(
+            isinstance(row, dict) and ("epoch" in row or "iteration" in row) for row in document):
+        raise HistoryError(f"{where} is a run's log (one row per epoch or iteration), not its rewrite history: "
+                           "replay the rewrites.json beside it")
     if isinstance(document, list):
         raise HistoryError(f"{where} is a bare list of rewrites, from graphmorph before history version 1; "
                            f"wrap it as {{\"format\": \"{FORMAT}\", \"version\": 1, \"model\": {{...}}, "

@@ -10,13 +10,17 @@ from torch import fx
 
 from graphmorph.copying import deep_copy
 from graphmorph.errors import GraphmorphError
+
+
+class ReportError(GraphmorphError, ValueError):
+    """A path given to `graphmorph report` that is not a run directory, or an output it would overwrite."""
 from graphmorph.export import export_onnx
 from graphmorph.flops import count_flops, si
 from graphmorph.history import history, history_document
 from graphmorph.rundir import RunDirectory
 from graphmorph.sources import ModelSource
 
-__all__ = ["finish_run", "save_result", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
+__all__ = ["ReportError", "finish_run", "save_result", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
 
 
 def finish_run(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource,
@@ -70,45 +74,83 @@ def plot_growth(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     acc.set_ylabel("accuracy (%)")
     acc.set_title(title + "\n(orange: growth, red dashed: stage stopped, shaded: fine-tuning)", fontsize=9)
     acc.legend(loc="lower right")
-    depth.step(epochs, [sum(int(d) for d in r["arch"].split("-")[1:]) for r in rows], where="post")
+    depth.step(epochs, [_blocks(r["arch"]) for r in rows], where="post")
     depth.set_ylabel("blocks")
     depth.set_xlabel("epoch")
     save_figure(fig, path)
 
 
-def read_results(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """result.json of each run directory; a clear error for a path without one."""
-    results = []
+def _blocks(arch: str) -> int:
+    """Blocks (cells, for an EnvelopeNet) in all stages: Family-n1-n2-... or EnvelopeNet-C/n1-n2-.../M."""
+    depths = arch.split("/")[1] if arch.startswith("EnvelopeNet-") else arch.partition("-")[2]
+    return sum(int(d) for d in depths.split(" ")[0].split("-") if d.isdigit())
+
+
+REPORT_KEYS = ("kind", "data", "found", "test_acc", "macs", "params")
+KIND_LABELS = {"autogrow": "AutoGrow", "train": "trained from scratch", "nac": "NAC constructed"}
+KIND_MARKERS = {"autogrow": "o", "train": "s", "nac": "^"}
+
+
+def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """result.json of each run directory, and a reason for each run left out: one still running or
+    interrupted (no result.json yet), or a result.json that is not a graphmorph result. A path that
+    is not a directory is an error."""
+    results, skipped = [], []
     for path in paths:
-        file = Path(path) / "result.json"
+        path = Path(path)
+        if not path.is_dir():
+            raise ReportError(f"{path} is not a run directory")
+        file = path / "result.json"
         if not file.is_file():
-            raise GraphmorphError(f"{path} has no result.json: is it a finished graphmorph run directory?")
-        results.append({"run": str(path), **json.loads(file.read_text())})
-    return results
+            skipped.append(f"{path}: no result.json yet (the run is unfinished: resume it to finish)"
+                           if (path / "config.json").is_file() else f"{path}: not a graphmorph run directory")
+            continue
+        try:
+            result = json.loads(file.read_text())
+        except ValueError as err:
+            skipped.append(f"{file}: not valid JSON ({err})")
+            continue
+        missing = [key for key in REPORT_KEYS if not isinstance(result, dict) or key not in result]
+        if missing:
+            skipped.append(f"{file}: not a graphmorph result (lacks {', '.join(missing)})")
+            continue
+        results.append({"run": str(path), **result})
+    return results, skipped
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
-    header = f"{'run':<28} {'kind':<8} {'found net':<26} {'test %':>7} {'MACs':>9} {'params':>8} {'time s':>8}"
+    """One row per run: its full name, kind, data, found net, test accuracy, MACs, parameters, time."""
+    width = max([len("run"), *(len(r["run"]) for r in results)])
+    found = max([len("found net"), *(len(str(r["found"])) for r in results)])
+    data = max([len("data"), *(len(str(r["data"])) for r in results)])
+    header = (f"{'run':<{width}} {'kind':<8} {'data':<{data}} {'found net':<{found}} {'test %':>7} {'MACs':>9} "
+              f"{'params':>8} {'time s':>8}")
     lines = [header, "-" * len(header)]
     for r in results:
-        seconds = r.get("growth_seconds", 0) + r.get("finetune_seconds", 0)
-        lines.append(f"{Path(r['run']).name[:28]:<28} {r['kind']:<8} {r['found']:<26} {r['test_acc']:>7.2f} "
-                     f"{si(r['macs']):>9} {si(r['params']):>8} {seconds:>8.1f}")
+        seconds = (r.get("growth_seconds") or 0) + (r.get("finetune_seconds") or 0)
+        lines.append(f"{r['run']:<{width}} {r['kind']:<8} {r['data']:<{data}} {r['found']:<{found}} "
+                     f"{r['test_acc']:>7.2f} {si(r['macs']):>9} {si(r['params']):>8} {seconds:>8.1f}")
     return "\n".join(lines)
 
 
 def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy vs MACs per run (the trade-off of the paper's Figures 3 and 4)."""
+    """Test accuracy vs MACs per run (the trade-off of the paper's Figures 3 and 4), one marker per
+    kind of run, labelled in the legend."""
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(7, 5))
+    for kind, label in KIND_LABELS.items():
+        runs = [r for r in results if r["kind"] == kind]
+        if runs:
+            axis.scatter([r["macs"] for r in runs], [r["test_acc"] for r in runs], marker=KIND_MARKERS[kind],
+                         label=label)
     for r in results:
-        marker = "o" if r["kind"] == "autogrow" else "s"
-        axis.scatter(r["macs"], r["test_acc"], marker=marker)
-        axis.annotate(r["found"], (r["macs"], r["test_acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        axis.annotate(f"{r['found']} ({r['data']})", (r["macs"], r["test_acc"]), fontsize=7, xytext=(4, 4),
+                      textcoords="offset points")
     axis.set_xscale("log")
     axis.set_xlabel("MACs per image")
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title("accuracy vs computation (o: AutoGrow, s: trained from scratch)", fontsize=9)
+    axis.set_title("accuracy vs computation", fontsize=9)
+    axis.legend(loc="lower right", fontsize=8)
     save_figure(fig, path)
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from graphmorph.distributed import World
 from graphmorph.errors import GraphmorphError
@@ -86,20 +87,22 @@ class Trainer:
         return model
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                    y: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
+                    y: torch.Tensor, generator: torch.Generator, label: str | None = None) -> tuple[float, float]:
         """One epoch over (x, y) in a seeded random order; returns (mean loss, accuracy %). When
-        compiling, the last partial batch is left out: one batch shape, so one compile per graph."""
+        compiling, the last partial batch is left out: one batch shape, so one compile per graph.
+        With `label`, a progress bar (rate and ETA) on a terminal."""
         order = torch.randperm(len(y), generator=generator)
         batches = [order[start: start + self.batch_size] for start in range(0, len(y), self.batch_size)]
         if self.compile and len(batches) > 1 and len(batches[-1]) < self.batch_size:
             batches.pop()
-        return self._train(model, optimizer, x, y, generator, batches)
+        return self._train(model, optimizer, x, y, generator, self._bar(batches, len(batches), label))
 
     def train_steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                     generator: torch.Generator, steps: int,
-                    on_step: Callable[[int], None] | None = None) -> tuple[float, float]:
+                    on_step: Callable[[int], None] | None = None, label: str | None = None) -> tuple[float, float]:
         """`steps` optimizer steps on seeded random batches (a fresh order for each pass over the
-        data), calling `on_step(step)` after each; returns (mean loss, accuracy %) over them."""
+        data), calling `on_step(step)` after each; returns (mean loss, accuracy %) over them. With
+        `label`, a progress bar (rate and ETA) on a terminal."""
         def batches():
             step = 0
             while True:
@@ -109,7 +112,14 @@ class Trainer:
                         return
                     yield order[start: start + self.batch_size]
                     step += 1
-        return self._train(model, optimizer, x, y, generator, batches(), on_step)
+        return self._train(model, optimizer, x, y, generator, self._bar(batches(), steps, label), on_step)
+
+    def _bar(self, batches: Iterable[torch.Tensor], total: int, label: str | None) -> Iterable[torch.Tensor]:
+        """`batches` behind a tqdm bar on rank 0's terminal; as they are elsewhere (a pipe, a log
+        file, CI, other ranks) or without a label."""
+        if label is None or not self.world.is_main:
+            return batches
+        return tqdm(batches, total=total, desc=label, unit="step", leave=False, disable=None, dynamic_ncols=True)
 
     def _train(self, model, optimizer, x, y, generator, batches: Iterable[torch.Tensor],
                on_step: Callable[[int], None] | None = None) -> tuple[float, float]:

@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_autogrow_grows_stops_and_leaves_a_complete_run_directory(tiny_run):
     where, result, lines = tiny_run
-    rows = json.loads((where / "history.json").read_text())
+    rows = json.loads((where / "log.json").read_text())
     events = [r["event"] for r in rows]
     grew = [int(e.split("grew stage ")[1][0]) for e in events if "grew stage" in e]
     stopped = [int(part.split("stopped stage ")[1]) for e in events for part in e.split("; ") if "stopped" in part]
@@ -45,7 +45,7 @@ def test_autogrow_grows_stops_and_leaves_a_complete_run_directory(tiny_run):
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
     assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"] and len(lines) == len(rows)
     assert rows[-1]["arch"] == result["found"] != "Basic3ResNet-1-1-1"
-    assert (where / "history.csv").read_text().splitlines()[0].startswith("epoch,phase,arch,lr")
+    assert (where / "log.csv").read_text().splitlines()[0].startswith("epoch,phase,arch,lr")
 
     session = ort.InferenceSession(str(where / "model.onnx"), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: torch.randn(3, 1, 8, 8).numpy()})
@@ -67,7 +67,7 @@ def test_a_killed_run_resumes_to_the_same_found_net_and_history(tiny_run, tmp_pa
     victim = subprocess.Popen([sys.executable, "-m", "graphmorph", "autogrow", *TINY_ARGS,
                                "--run-dir", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    history = tmp_path / "killed" / "history.json"
+    history = tmp_path / "killed" / "log.json"
     deadline = time.time() + 120
     while time.time() < deadline:
         if history.is_file() and len(json.loads(history.read_text() or "[]")) >= 5:
@@ -76,7 +76,7 @@ def test_a_killed_run_resumes_to_the_same_found_net_and_history(tiny_run, tmp_pa
     victim.send_signal(signal.SIGKILL)  # a crash: no chance to clean up
     victim.wait()
     done_before = len(json.loads(history.read_text()))
-    whole_rows = json.loads((whole / "history.json").read_text())
+    whole_rows = json.loads((whole / "log.json").read_text())
     assert 5 <= done_before < len(whole_rows), "the run must be killed mid-way"
 
     resumed = cli("autogrow", "--resume", str(tmp_path / "killed"))
@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, monkeypatch, refused
 def test_the_test_set_is_scored_every_n_epochs_and_always_for_the_final_net(tmp_path, every):
     config = AutoGrowConfig.from_dict({**TINY, "max_growth_epochs": 3, "finetune_epochs": 3, "test_every": every})
     result = run(config, tmp_path / "run", progress=lambda _: None)
-    rows = json.loads((tmp_path / "run" / "history.json").read_text())
+    rows = json.loads((tmp_path / "run" / "log.json").read_text())
     scored = [r["epoch"] for r in rows if r["test_acc"] is not None]
     assert scored == sorted({*([] if every == 0 else range(every, len(rows) + 1, every)), len(rows)})
     assert result["test_acc"] == rows[-1]["test_acc"] and 0 < result["test_acc"] <= 100
@@ -154,7 +154,7 @@ def test_train_and_report_measure_the_delta(tiny_run, tmp_path):
     assert scratch.returncode == 0, scratch.stderr
     result = json.loads((tmp_path / "scratch" / "result.json").read_text())
     assert result["kind"] == "train" and result["found"] == found and result["epochs"] == 4
-    rows = json.loads((tmp_path / "scratch" / "history.json").read_text())
+    rows = json.loads((tmp_path / "scratch" / "log.json").read_text())
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])  # staircase at 1/2 and 3/4
     report = cli("report", str(grown), str(tmp_path / "scratch"), "-o", str(tmp_path / "r.png"))
     assert report.returncode == 0 and found in report.stdout and "autogrow" in report.stdout

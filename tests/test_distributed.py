@@ -41,7 +41,7 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 
 def _rows(run: Path) -> list[dict]:
-    return json.loads((run / "history.json").read_text())
+    return json.loads((run / "log.json").read_text())
 
 
 def test_a_world_of_one_passes_values_through():
@@ -104,7 +104,7 @@ def test_killing_one_rank_ends_the_other_and_the_run_resumes(tmp_path):
     longer = [*TINY[:-6], "--max-growth-epochs", "4", "--finetune-epochs", "30", "--batch-size", "32"]
     launcher = _torchrun("plain", [*longer, "--run-dir", str(run)], start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (run / "history.json").is_file() or len(_rows(run)) < 2:
+    while not (run / "log.json").is_file() or len(_rows(run)) < 2:
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[0]
         time.sleep(0.2)
     workers = _children(launcher.pid)
@@ -151,4 +151,4 @@ def test_nac_runs_under_two_gloo_processes(tmp_path):
     assert code == 0, output
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["world_size"] == 2 and result["found"] == "EnvelopeNet-4/3-3/3"  # a cell per stage and iteration
-    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
+    assert len(json.loads((tmp_path / "run" / "log.json").read_text())) == 2

@@ -49,7 +49,7 @@ def test_the_guides_commands_grow_replay_and_export_a_users_model(tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
         assert done.returncode == 0, (command, done.stderr)
         printed.append(done.stdout)
-    found = read_results([tmp_path / "runs" / "tinynet"])[0]["found"]
+    found = read_results([tmp_path / "runs" / "tinynet"])[0][0]["found"]
     assert found.startswith("TinyNet-") and found != "TinyNet-1-1"
     assert f"on a fresh examples.tinynet:make: now {found}" in printed[1]
     weights = torch.load(tmp_path / "tinynet-grown.pt", weights_only=True)

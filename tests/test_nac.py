@@ -79,7 +79,7 @@ def test_random_structures_keep_cells_and_branch_counts_per_stage(spec_seed, dep
 def test_a_tiny_run_writes_a_complete_run_directory(tmp_path):
     result = run(NACConfig(**TINY, baselines=("random", "worst"), n_random=2), tmp_path / "run", progress=lambda _: None)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "history.json", "history.csv", "architecture.json", "architecture.txt", "checkpoint.pt",
+    assert {"config.json", "log.json", "log.csv", "architecture.json", "architecture.txt", "checkpoint.pt",
             "model.onnx", "result.json", "rewrites.json", "statistics.json", "statistics.png", "iterations.png",
             "comparison.png", "trained.json"} <= files
     assert result["onnx_max_abs_diff"] <= 1e-4
@@ -114,7 +114,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
         run(config, tmp_path / "cut", progress=stop_after_first_iteration)
     resumed = run(None, tmp_path / "cut", resume=True, progress=lambda _: None)
     drop = ("seconds", "rewrite_seconds")
-    rows = [json.loads((tmp_path / name / "history.json").read_text()) for name in ("whole", "cut")]
+    rows = [json.loads((tmp_path / name / "log.json").read_text()) for name in ("whole", "cut")]
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows[0]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in rows[1]]
     for key in ("found", "test_acc", "val_acc", "params", "macs"):

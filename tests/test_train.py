@@ -87,7 +87,7 @@ def test_compile_modes_compile_the_graphs_they_promise_with_one_batch_shape(tmp_
     config = AutoGrowConfig(widths=(4, 4, 4), fraction=0.3, K=1, tau=0, init="zero", max_growth_epochs=2,
                             finetune_epochs=1, batch_size=64, compile=mode)
     result = run(config, tmp_path / "run", progress=lambda _: None)
-    trained = list(dict.fromkeys(row["arch"] for row in json.loads((tmp_path / "run" / "history.json").read_text())))
+    trained = list(dict.fromkeys(row["arch"] for row in json.loads((tmp_path / "run" / "log.json").read_text())))
     expected = {"off": [], "finetune": [result["found"]], "always": trained}[mode]
     assert compiled == expected and len(result["compile_seconds"]) == len(expected)
     assert set(batch_sizes) <= {64}  # the last partial batch is left out when compiling

@@ -1,7 +1,10 @@
 """Seed networks by name: `build("Basic3ResNet-3-3-3")` and back with `arch_of`."""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Sequence
 
 from torch import fx, nn
@@ -13,7 +16,8 @@ from graphmorph.models.seeds import FAMILIES, STEMS, SeedNet
 
 __all__ = [
     "FAMILIES", "SeedNet", "BasicBlock", "Bottleneck", "PlainBlock", "EnvelopeNet", "BRANCH_TYPES",
-    "build", "arch_of", "parse_arch", "valid_forms", "envelope_arch",
+    "build", "arch_of", "parse_arch", "valid_forms", "envelope_arch", "check_arch", "read_structure",
+    "structure_label",
 ]
 
 _ARCH = re.compile(r"^([A-Za-z0-9]+)-(\d+(?:-\d+)*)$")
@@ -25,7 +29,42 @@ def valid_forms() -> str:
         f"{name}-" + "-".join("N" for _ in cls.default_widths) for name, cls in FAMILIES.items()
     )
     return (", ".join(forms) + " (N >= 1 blocks per stage, e.g. Basic3ResNet-3-3-3), "
-            "EnvelopeNet-C/n1-n2-.../M (e.g. EnvelopeNet-128/2-2-2/6)")
+            "EnvelopeNet-C/n1-n2-.../M (e.g. EnvelopeNet-128/2-2-2/6), or a NAC run's architecture.json")
+
+
+def check_arch(arch: str) -> None:
+    """Raise ArchError unless `arch` names a net `build` can make: a seed net, an EnvelopeNet
+    string, or the path of an EnvelopeNet structure file (a NAC run's architecture.json)."""
+    if isinstance(arch, str) and arch.endswith(".json"):
+        EnvelopeNet.from_structure(read_structure(arch))
+    elif isinstance(arch, str) and arch.startswith("EnvelopeNet-"):
+        parse_envelope(arch)
+    else:
+        parse_arch(arch)
+
+
+def read_structure(path: str | Path) -> dict:
+    """The EnvelopeNet structure in a JSON file (`envelope_arch`'s form, as NAC writes it)."""
+    try:
+        structure = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ArchError(f"cannot read the architecture file {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ArchError(f"{path} is not JSON: {err}") from None
+    if not isinstance(structure, dict) or structure.get("family") != "EnvelopeNet":
+        raise ArchError(f"{path} is not an EnvelopeNet structure (a NAC run's architecture.json)")
+    return structure
+
+
+def structure_label(structure: dict) -> str:
+    """A name for a constructed EnvelopeNet that tells apart nets the EnvelopeNet-C/n1-.../M form
+    cannot: stem width, cells per stage, branch and skip counts, and a digest of the structure."""
+    cells = [cell for stage in structure["stages"] for cell in stage["cells"]]
+    branches = sum(len(cell["branches"]) for cell in cells)
+    skips = sum(len(cell["skips"]) for cell in cells) + sum(len(s["output_skips"]) for s in structure["stages"])
+    depths = "-".join(str(len(stage["cells"])) for stage in structure["stages"])
+    digest = hashlib.sha1(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:6]
+    return f"EnvelopeNet-{structure['width']}/{depths} ({branches} branches, {skips} skips, #{digest})"
 
 
 def parse_arch(arch: str) -> tuple[type[SeedNet], tuple[int, ...]]:
@@ -63,6 +102,8 @@ def build(
         raise ArchError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ArchError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if isinstance(arch, str) and arch.endswith(".json"):
+        arch = read_structure(arch)
     if isinstance(arch, dict):
         if widths is not None or stem is not None or branches is not None:
             raise ArchError("widths=, stem= and branches= do not apply to an EnvelopeNet structure")

@@ -20,11 +20,12 @@ import torch
 from torch import fx
 
 from graphmorph.analysis import find_blocks, find_stages
+from graphmorph.capture import model_name
 from graphmorph.data import Dataset, load
 from graphmorph.distributed import World, joined
 from graphmorph.errors import ConfigError
 from graphmorph.history import history
-from graphmorph.models import FAMILIES, arch_of, parse_arch
+from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
 from graphmorph.report import finish_run, write_rewrites
 from graphmorph.optim import optimizer_state, rebuild_optimizer, restore_optimizer
 from graphmorph.rundir import RunDirectory
@@ -117,7 +118,7 @@ class AutoGrowConfig:
     def seed_arch(self) -> str:
         if self.seed_net in FAMILIES:
             return f"{self.seed_net}-" + "-".join("1" for _ in FAMILIES[self.seed_net].default_widths)
-        parse_arch(self.seed_net)
+        check_arch(self.seed_net)
         return self.seed_net
 
     def baseline_epochs(self) -> int:
@@ -157,7 +158,7 @@ def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
     with joined() as world:
         progress = world.main_only(progress)
         if resume:
-            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir).load_checkpoint())
+            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir, "autogrow").load_checkpoint())
             config = AutoGrowConfig.from_dict(checkpoint["config"])
             session = _Session(config, world, progress)
             session.restore(checkpoint)
@@ -251,7 +252,8 @@ class _Session:
                 self.config.compile == "finetune" and state.phase == "finetune")
             try:
                 train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x,
-                                                                 self.train_y, self.shuffle)
+                                                                 self.train_y, self.shuffle,
+                                                                 label=f"epoch {state.epoch + 1} ({state.phase})")
             except TrainingDiverged as err:
                 kept = (f"the last good checkpoint (epoch {state.epoch}) is kept in {self.directory.path}"
                         if state.epoch else "no epoch had completed, so there is no checkpoint")
@@ -357,7 +359,7 @@ class _Session:
             "shuffle_rng": self.shuffle.get_state(),
             "grow_rng": self.grow_rng.get_state(),
         })
-        self.directory.write_history(self.rows)
+        self.directory.write_log(self.rows)
 
     def _test_score(self) -> float:
         """Test accuracy (%) of the current net: for plots and the result, never for decisions."""
@@ -367,12 +369,12 @@ class _Session:
         if self.rows[-1]["test_acc"] is None:  # scored only every few epochs, or never during the run
             self.rows[-1]["test_acc"] = self._test_score()
             if self.world.is_main:
-                self.directory.write_history(self.rows)
+                self.directory.write_log(self.rows)
         result = {
             "kind": "autogrow" if self.config.grow else "train",
             "data": self.config.data,
             "seed_arch": self.config.label(),
-            "found": self.state.found or arch_of(self.gm),
+            "found": self.state.found or _name_of(self.gm),
             "test_acc": self.rows[-1]["test_acc"],
             "val_best": max(self.state.val_accuracy),
             "epochs": self.state.epoch,
@@ -419,3 +421,11 @@ def _progress_line(row: dict[str, Any]) -> str:
             f"loss {row['train_loss']:.3f}  train {row['train_acc']:5.1f}%  val {row['val_acc']:5.1f}% "
             f"(best {row['val_best']:5.1f}%)")
     return line + (f"  | {row['event']}" if row["event"] else "")
+
+
+def _name_of(gm: fx.GraphModule) -> str:
+    """The trained net's name: its architecture string, or for an EnvelopeNet (which the string
+    cannot tell apart from pruned variants) the label of its structure."""
+    if model_name(gm) == "EnvelopeNet":
+        return structure_label(envelope_arch(gm))
+    return arch_of(gm)

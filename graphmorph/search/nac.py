@@ -31,7 +31,7 @@ from graphmorph.distributed import World, joined
 from graphmorph.errors import ConfigError
 from graphmorph.flops import count_flops
 from graphmorph.history import history
-from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch
+from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
 from graphmorph.models.envelope import parse_envelope
 from graphmorph.report import save_result
 from graphmorph.rundir import RunDirectory
@@ -125,7 +125,7 @@ def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
     with joined() as world:
         progress = world.main_only(progress)
         if resume:
-            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir).load_checkpoint())
+            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir, "nac").load_checkpoint())
             session = _Session(NACConfig.from_dict(checkpoint["config"]), world, progress)
             session.restore(checkpoint)
             session.directory = RunDirectory(run_dir)
@@ -137,6 +137,7 @@ def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
             world.from_main(lambda: RunDirectory.ensure_new(run_dir))
             session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
             session.directory = world.from_main(lambda: RunDirectory.create(run_dir, dataclasses.asdict(config)))
+            session._checkpoint()  # an interrupt in the first iteration can resume from the start
         return session.loop()
 
 
@@ -225,7 +226,8 @@ class _Session:
 
         try:
             loss, train_acc = self.trainer.train_steps(instrumented, optimizer, self.train_x, self.train_y,
-                                                       self.shuffle, config.steps, snapshot)
+                                                       self.shuffle, config.steps, snapshot,
+                                                       label=f"iteration {state.iteration + 1}/{config.iterations}")
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} in iteration {state.iteration + 1} ({arch_before}, lr {config.lr:g}); "
                                    "lower --lr and start a new run") from None
@@ -306,7 +308,8 @@ class _Session:
             for group in optimizer.param_groups:
                 group["lr"] = staircase_lr(config.lr, epoch, config.epochs)
             try:
-                self.trainer.train_epoch(gm, optimizer, self.train_x, self.train_y, shuffle)
+                self.trainer.train_epoch(gm, optimizer, self.train_x, self.train_y, shuffle,
+                                         label=f"{name} epoch {epoch + 1}/{config.epochs}")
             except TrainingDiverged as err:
                 raise TrainingDiverged(f"{err} training {name} ({arch_of(gm)}) in epoch {epoch + 1}; "
                                        "lower --lr and start a new run") from None
@@ -315,12 +318,12 @@ class _Session:
         _, test_acc = self.trainer.evaluate(gm, self.test_x, self.test_y)
         flops = count_flops(gm, self.example.to(self.trainer.device))
         self.state.trained[name] = {
-            "name": name, "group": name.rstrip("0123456789"), "arch": arch_of(gm), "structure": structure,
+            "name": name, "group": name.rstrip("0123456789"), "arch": structure_label(structure), "structure": structure,
             "test_acc": round(test_acc, 4), "val_acc": val_curve[-1], "val_curve": val_curve,
             "params": flops.params, "macs": flops.macs, "seconds": round(seconds, 3)}
         if name == "constructed":
             self.final_model = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
-        return (f"trained {name:<12} {arch_of(gm):<28} {config.epochs} epochs: test {test_acc:5.2f}%, "
+        return (f"trained {name:<12} {structure_label(structure)} {config.epochs} epochs: test {test_acc:5.2f}%, "
                 f"{flops.params:,} parameters, {seconds:.1f} s")
 
     # ---- persistence and results
@@ -338,7 +341,7 @@ class _Session:
             "shuffle_rng": self.shuffle.get_state(),
             "cell_rng": self.cell_rng.get_state(),
         })
-        self.directory.write_history(self.state.rows)
+        self.directory.write_log(self.state.rows)
 
     def _finish(self) -> dict[str, Any]:
         config, state = self.config, self.state
@@ -348,7 +351,8 @@ class _Session:
         last = state.rows[-1]
         result = {
             "kind": "nac", "data": config.data, "seed_arch": config.base, "base": config.base,
-            "found": arch_of(final), "iterations": config.iterations,
+            "found": structure_label(state.constructed), "architecture": "architecture.json",
+            "iterations": config.iterations,
             "test_acc": trained["test_acc"] if trained else last["test_acc"],
             "val_acc": trained["val_acc"] if trained else last["val_acc"],
             "construction_seconds": round(state.construction_seconds, 3),
@@ -368,7 +372,8 @@ class _Session:
         """Architecture, statistics, trained nets, model.onnx, result.json and the plots."""
         config, state, directory = self.config, self.state, self.directory
         directory.write_json("architecture.json", state.constructed)
-        directory.write_text("architecture.txt", result["found"] + "\n")
+        directory.write_text("architecture.txt", f"{result['found']}\n"
+                             f"rebuild it: graphmorph train|flops|export {directory.path / 'architecture.json'}\n")
         directory.write_json("statistics.json", state.statistics)
         if state.trained:
             directory.write_json("trained.json", list(state.trained.values()))
