@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import traceback
+import warnings
 from typing import Iterable
 
 import torch
@@ -15,6 +16,7 @@ from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
 
 INPUT_SPEC_KEY = "graphmorph.input_spec"
 MODEL_NAME_KEY = "graphmorph.model_name"
+AUTO_LEAVES_KEY = "graphmorph.auto_leaves"
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
@@ -22,30 +24,52 @@ def capture(
     model: nn.Module,
     example_input: torch.Tensor | Inputs,
     leaf_modules: Iterable[type[nn.Module] | str] = (),
+    untraceable: str = "refuse",
 ) -> fx.GraphModule:
     """Trace `model` with torch.fx and annotate every node with its shape for `example_input`.
 
     The model is deep-copied first: the returned GraphModule owns its parameters, and nothing the
     caller holds is changed. `leaf_modules` lists module classes or qualified names that fx should
     record as single calls instead of tracing through (the fix for untraceable submodules).
-    Raises CaptureError naming the module path, the cause and the fix when tracing fails, and
-    ShapeError when the example input does not fit the model.
+    With `untraceable="leaf"`, a submodule class whose forward fx cannot trace (timm's Conv2dSame,
+    MobileViT blocks) is made a leaf and tracing retried; the classes made leaves are listed in
+    `gm.meta["graphmorph.auto_leaves"]` and in a warning. Raises CaptureError naming the module
+    path, the cause and the fix when tracing fails, and ShapeError when the example input does
+    not fit the model.
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
+    if untraceable not in ("refuse", "leaf"):
+        raise CaptureError(f"untraceable must be 'refuse' or 'leaf', got {untraceable!r}")
     inputs = as_inputs(example_input)
     leaf_types, leaf_names = _split_leaves(leaf_modules)
-    root = copy.deepcopy(model)
-    tracer = _Tracer(leaf_types, leaf_names)
-    try:
-        graph = tracer.trace(root)
-    except Exception as err:
-        raise CaptureError(_trace_failure_message(model, err)) from err
+    made_leaves: list[type] = []
+    while True:
+        root = copy.deepcopy(model)
+        tracer = _Tracer(leaf_types + tuple(made_leaves), leaf_names)
+        try:
+            graph = tracer.trace(root)
+            break
+        except Exception as err:
+            failed = _failed_module_type(root, err)
+            if untraceable == "refuse" or failed is None or failed in made_leaves:
+                raise CaptureError(_trace_failure_message(model, err)) from err
+            made_leaves.append(failed)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta[INPUT_SPEC_KEY] = tuple((tuple(t.shape), t.dtype) for t in inputs)
     gm.meta[MODEL_NAME_KEY] = type(model).__name__
+    if made_leaves:
+        gm.meta[AUTO_LEAVES_KEY] = [cls.__name__ for cls in made_leaves]
+        warnings.warn(f"fx cannot trace {', '.join(gm.meta[AUTO_LEAVES_KEY])}: captured as leaf modules "
+                      "(rewrites treat each call as one opaque layer)", stacklevel=2)
     annotate_shapes(gm, inputs)
     return gm
+
+
+def _failed_module_type(root: nn.Module, err: Exception) -> type | None:
+    """The class of the innermost submodule whose forward raised `err` while tracing, if any."""
+    path = getattr(err, "_graphmorph_module", ("", ""))[0]
+    return type(root.get_submodule(path)) if path else None
 
 
 def model_name(gm: fx.GraphModule) -> str:
@@ -112,7 +136,8 @@ def _trace_failure_message(model: nn.Module, err: Exception) -> str:
         fix = (
             f"mark it as a leaf so fx records it as one call: "
             f"graphmorph.capture(model, x, leaf_modules=[{cls}]) or leaf_modules=['{path}']; "
-            f"or decorate the untraceable function with torch.fx.wrap"
+            f"or decorate the untraceable function with torch.fx.wrap; "
+            f"or graphmorph.capture(model, x, untraceable='leaf') to make every untraceable submodule a leaf"
         )
     else:
         fix = (

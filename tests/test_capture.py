@@ -96,3 +96,18 @@ def test_wrong_argument_types_are_refused(model, example, error):
 def test_bad_leaf_module_entries_are_refused():
     with pytest.raises(graphmorph.CaptureError, match="leaf_modules entries must be"):
         graphmorph.capture(nn.Identity(), torch.zeros(1), leaf_modules=[3])
+
+
+def test_untraceable_submodules_can_become_leaves_on_request():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="fx cannot trace DataDependentGate: captured as leaf modules"):
+        gm = graphmorph.capture(GatedNet(), x, untraceable="leaf")
+    assert gm.meta["graphmorph.auto_leaves"] == ["DataDependentGate"]
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("body.1")] == ["body.1"]
+    model = GatedNet()
+    model.load_state_dict(gm.state_dict())
+    assert torch.equal(gm(x), model(x))
+    with pytest.raises(graphmorph.CaptureError, match="untraceable='leaf'"):
+        graphmorph.capture(GatedNet(), x)
+    with pytest.raises(graphmorph.CaptureError, match=r"the model's own forward \(RootLoop\)"):
+        graphmorph.capture(RootLoop(), torch.randn(1, 3), untraceable="leaf")
