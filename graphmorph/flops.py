@@ -2,10 +2,12 @@
 
 Convention (DESIGN section 7): `macs` are the multiply-accumulates of convolutions, transposed
 convolutions, linear layers and matrix products of every form (matmul, bmm, baddbmm, einsum,
-scaled_dot_product_attention); `flops` = 2 x `macs`. Each node's MACs are measured with
-`torch.utils.flop_counter.FlopCounterMode` while the graph runs once on the example input, so a
-node the graph cannot see into (a leaf module, an `fx.wrap`-ped attention function) is counted
-whole and the total equals FlopCounterMode on the model. Everything else is counted apart
+scaled_dot_product_attention); `flops` = 2 x `macs`, what `torch.utils.flop_counter.FlopCounterMode`
+counts. Convolutions and linear layers are counted from their shapes. When the graph holds a node
+whose cost does not follow from shapes (a leaf module, an `fx.wrap`-ped attention function, a
+matrix product, an op this module does not list), every node is measured with FlopCounterMode
+while the graph runs once on the example input, so the total equals FlopCounterMode on the
+model. Everything else is counted apart
 as `elementwise` operations, one per output element (normalisation: 2, scale and shift; pooling:
 kernel area per output element, adaptive pooling: one per input element; a layer's bias: 1).
 Counts are for the example input as given, batch included: pass batch size 1 for per-image numbers.
@@ -13,9 +15,11 @@ Counts are for the example input as given, batch included: pass batch size 1 for
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph import ops
@@ -100,13 +104,18 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     """
     if not isinstance(model, fx.GraphModule):
         model = capture(model, example_input)
-    measured: dict[str, int] = {}
-    model = with_shapes(model, example_inputs(model) if example_input is None else example_input, measured)
+    elif example_input is not None:
+        model = with_shapes(model, example_input)
+    macs = {node.name: _known_macs(model, node) for node in model.graph.nodes}
+    if None in macs.values():  # a node that may hide matrix products: measure every node, once
+        measured: dict[str, int] = {}
+        model = with_shapes(model, example_inputs(model) if example_input is None else example_input, measured)
+        macs = {name: measured.get(name, 0) // 2 for name in macs}
     part_of, stage_blocks = _parts(model)
     seen_modules: set[int] = set()
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
-        cost = Cost(measured.get(node.name, 0) // 2, _elementwise(model, node), _params(model, node, seen_modules))
+        cost = Cost(macs[node.name], _elementwise(model, node), _params(model, node, seen_modules))
         part = part_of[node]
         by_stage[part] = by_stage.get(part, Cost()) + cost
         by_node.append(NodeCost(node.name, _target_name(node), part, cost))
@@ -153,6 +162,46 @@ def _numel(node: fx.Node | None) -> int:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     shape = getattr(meta, "shape", None)
     return math.prod(shape) if shape is not None else 0
+
+
+# Nodes that do no multiply-accumulates whatever their shapes (FlopCounterMode counts none).
+_NO_MAC_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_NO_MAC_FUNCTIONS = {
+    operator.getitem, getattr, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
+    torch.unsqueeze, torch.chunk, torch.split, torch.mean, torch.sum, torch.roll, F.pad, F.dropout, F.dropout2d,
+    *ops.CAT_FUNCTIONS,
+}
+_NO_MAC_METHODS = {
+    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "chunk", "split", "unbind",
+    "squeeze", "unsqueeze", "expand", "mean", "sum", "dim", "float", "to", "type_as",
+}
+
+
+def _known_macs(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """MACs of a node whose cost follows from its shapes (what FlopCounterMode counts for it), or
+    None for a node that may hide matrix products (a leaf module, a wrapped function, einsum,
+    attention), which count_flops then measures."""
+    out = _numel(node)
+    if ops.is_conv(gm, node) or ops.is_linear(gm, node):
+        return out * math.prod(_weight_shape(gm, node)[1:])
+    if ops.is_conv_transpose(gm, node):
+        return _numel(node.all_input_nodes[0]) * math.prod(_weight_shape(gm, node)[1:])
+    if node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node) or ops.is_pool(gm, node) \
+            or ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
+        return 0
+    if node.op == "call_module":
+        return 0 if isinstance(ops.module_of(gm, node), _NO_MAC_MODULES) else None
+    if node.op == "call_method":
+        return 0 if node.target in _NO_MAC_METHODS else None
+    return 0 if node.target in _NO_MAC_FUNCTIONS else None
+
+
+def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
+    module = ops.module_of(gm, node)
+    if module is not None:
+        return module.weight.shape
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    return weight.meta["tensor_meta"].shape
 
 
 def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
