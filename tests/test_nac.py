@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import graphmorph
 from graphmorph.artifacts import load_checkpoint, replay_onto_fresh
 from graphmorph.cli import main
-from graphmorph.models import BRANCH_TYPES, build, envelope_arch
+from graphmorph.models import BRANCH_TYPES, build, envelope_arch, structure_label
 from graphmorph.search.nac import NACConfig, compare, run
 from graphmorph.search.nac_choices import branches_to_prune, random_structure, skips_to_prune
 
@@ -83,8 +83,11 @@ def test_a_tiny_run_writes_a_complete_run_directory(tmp_path):
             "model.onnx", "result.json", "rewrites.json", "statistics.json", "statistics.png", "iterations.png",
             "comparison.png", "trained.json"} <= files
     assert result["onnx_max_abs_diff"] <= 1e-4
-    assert result["found"] != TINY["base"] and result["found"] == "EnvelopeNet-4/3-3/3"
     structure = json.loads((tmp_path / "run" / "architecture.json").read_text())
+    assert result["found"] != TINY["base"] and result["found"].startswith("EnvelopeNet-4/3-3 (")
+    assert result["found"] == structure_label(structure) and result["architecture"] == "architecture.json"
+    trained_names = [net["arch"] for net in json.loads((tmp_path / "run" / "trained.json").read_text())]
+    assert len(set(trained_names)) == len(trained_names)   # baselines with other branches have other names
     assert structure != envelope_arch(build(TINY["base"]))
     rebuilt = build(structure, num_classes=10, in_channels=1)
     assert sum(p.numel() for p in rebuilt.parameters()) == result["params"]
