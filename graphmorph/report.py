@@ -137,7 +137,7 @@ def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
     """Test accuracy vs MACs per run (the trade-off of the paper's Figures 3 and 4), one marker per
     kind of run, labelled in the legend."""
     plt = pyplot()
-    fig, axis = plt.subplots(figsize=(7, 5))
+    fig, axis = plt.subplots(figsize=(9, 5))
     for kind, label in KIND_LABELS.items():
         runs = [r for r in results if r["kind"] == kind]
         if runs:
@@ -145,12 +145,13 @@ def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
                          label=label)
     for r in results:
         axis.annotate(f"{r['found']} ({r['data']})", (r["macs"], r["test_acc"]), fontsize=7, xytext=(4, 4),
-                      textcoords="offset points")
+                      textcoords="offset points", wrap=True)
     axis.set_xscale("log")
+    axis.margins(x=0.35, y=0.12)  # room for the labels right of the last point
     axis.set_xlabel("MACs per image")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title("accuracy vs computation", fontsize=9)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="best", fontsize=8)
     save_figure(fig, path)
 
 
