@@ -159,7 +159,7 @@ class Concat(ChannelOp):
 
     def relate(self, rel, node):
         parts = list(node.args[0])
-        if _cat_dim(node, rel.rank(node)) != 1:
+        if ops.cat_dim(node, rel.rank(node)) != 1:
             for part in parts:
                 rel.same(node, part)
             return
@@ -227,7 +227,7 @@ class Reduce(ChannelOp):
 
     def relate(self, rel, node):
         source = node.args[0]
-        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        dims = ops.argument(node, 1, "dim")
         rank = rel.rank(source)
         dims = [dims] if isinstance(dims, int) else dims
         if dims is None or any(d % rank in (0, 1) for d in dims) or rel.channels(node) is None:
@@ -488,19 +488,15 @@ def _first_tensor(rel, node: fx.Node) -> fx.Node | None:
     return next((a for a in node.all_input_nodes if rel.channels(a) is not None), None)
 
 
-def _cat_dim(node: fx.Node, rank: int) -> int:
-    return node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) % rank
-
-
 def _split_dim(node: fx.Node, rank: int) -> int:
-    return node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0) % rank
+    return ops.argument(node, 2, "dim", 0) % rank
 
 
 def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     """The weight of a conv/linear module node, or the parameter an F.conv2d/F.linear node reads."""
     if node.op == "call_module":
         return gm.get_submodule(node.target).weight
-    arg = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    arg = ops.layer_weight(node)
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
         return ops.attribute(gm, arg.target)
     return None
@@ -509,4 +505,4 @@ def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
 def _conv_groups(gm: fx.GraphModule, node: fx.Node) -> int:
     if node.op == "call_module":
         return gm.get_submodule(node.target).groups
-    return node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+    return ops.argument(node, 6, "groups", 1)

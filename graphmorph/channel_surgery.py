@@ -84,8 +84,7 @@ class Cut(TensorQuestions):
         if module is not None:
             return f"{node.target}.weight", (f"{node.target}.bias" if getattr(module, "bias", None) is not None
                                              else None)
-        weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
-        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        weight, bias = ops.layer_weight(node), ops.layer_bias(node)
         return weight.target, (bias.target if isinstance(bias, fx.Node) and bias.op == "get_attr" else None)
 
     @staticmethod

@@ -200,8 +200,7 @@ def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
     module = ops.module_of(gm, node)
     if module is not None:
         return module.weight.shape
-    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
-    return weight.meta["tensor_meta"].shape
+    return ops.layer_weight(node).meta["tensor_meta"].shape
 
 
 def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
@@ -209,7 +208,7 @@ def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
     and binary arithmetic, one per output element (see the module docstring)."""
     out = _numel(node)
     if ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node):
-        return out if _has_bias(gm, node) else 0
+        return out if ops.has_bias(gm, node) else 0
     if ops.is_norm(gm, node):
         return 2 * out
     if ops.is_pool(gm, node):
@@ -219,19 +218,9 @@ def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
     return 0
 
 
-def _has_bias(gm: fx.GraphModule, node: fx.Node) -> bool:
-    module = ops.module_of(gm, node)
-    if module is not None:
-        return getattr(module, "bias", None) is not None
-    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-    return bias is not None
-
-
 def _pool_work(gm: fx.GraphModule, node: fx.Node, out: int) -> int:
     module = ops.module_of(gm, node)
-    kernel = getattr(module, "kernel_size", None) if module is not None else (
-        node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
-    )
+    kernel = getattr(module, "kernel_size", None) if module is not None else ops.argument(node, 1, "kernel_size")
     is_adaptive = "adaptive" in (type(module).__name__.lower() if module is not None else node.target.__name__)
     if is_adaptive or kernel is None:
         return _numel(node.all_input_nodes[0])

@@ -68,6 +68,34 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
 
+def argument(node: fx.Node, position: int, name: str, default=None):
+    """A call's argument, passed by position or by keyword (the one reader of call arguments)."""
+    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+
+def layer_weight(node: fx.Node):
+    """The weight argument of an F.conv*/F.linear call node (`argument(node, 1, "weight")`)."""
+    return argument(node, 1, "weight")
+
+
+def layer_bias(node: fx.Node):
+    """The bias argument of an F.conv*/F.linear call node, None when it has none."""
+    return argument(node, 2, "bias")
+
+
+def has_bias(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a conv/linear node, module or functional, adds a bias."""
+    module = module_of(gm, node)
+    if module is not None:
+        return getattr(module, "bias", None) is not None
+    return layer_bias(node) is not None
+
+
+def cat_dim(node: fx.Node, rank: int) -> int:
+    """The non-negative dimension a torch.cat node of `rank`-dimensional tensors joins along."""
+    return argument(node, 1, "dim", 0) % rank
+
+
 def _is(gm, node, modules: tuple, functions: set, methods: set = frozenset()) -> bool:
     if node.op == "call_module":
         return isinstance(module_of(gm, node), modules)

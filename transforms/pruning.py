@@ -158,7 +158,7 @@ def _narrow_readers(gm: fx.GraphModule, start: fx.Node, removed: set[int]) -> in
     while stack:
         node, channels = stack.pop()
         for user in list(node.users):
-            if ops.is_cat(user) and _cat_dim(user) == 1:
+            if ops.is_cat(user) and ops.cat_dim(user, len(user.meta["tensor_meta"].shape)) == 1:
                 offset = 0
                 for part in user.args[0]:
                     if part is node:
@@ -210,10 +210,6 @@ def _finish(before, work, masked: Callable[[], fx.GraphModule], delta, example_i
 
 def _channels(node: fx.Node) -> int:
     return node.meta["tensor_meta"].shape[1]
-
-
-def _cat_dim(node: fx.Node) -> int:
-    return node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
 
 
 def _is_scalar(arg) -> bool:

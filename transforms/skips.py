@@ -122,8 +122,7 @@ def _drop_add_input(work, merge: fx.Node, source: fx.Node) -> int:
 
 def _drop_cat_input(gm, work, merge: fx.Node, w_merge: fx.Node, w_source: fx.Node) -> int:
     """Follow the input's channels forward from the concatenation to the layers that read them."""
-    rank = len(merge.meta["tensor_meta"].shape)
-    dim = merge.kwargs.get("dim", merge.args[1] if len(merge.args) > 1 else 0) % rank
+    dim = ops.cat_dim(merge, len(merge.meta["tensor_meta"].shape))
     parts = list(merge.args[0])
     if dim != 1:
         raise RewriteError(f"{merge.name} concatenates along dim {dim}; only channel concatenations can lose an input")
