@@ -21,6 +21,7 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("graphmorph.testing needs hypothesis: pip install 'graphmorph[test]'") from err
 
+from graphmorph import ops
 from graphmorph.errors import RewriteError
 from graphmorph.grammar import PIECES, CNNSpec
 from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, build
@@ -28,7 +29,7 @@ from graphmorph.verify import output_differences, verify
 
 __all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns", "inputs_for",
            "assert_preserves_function", "assert_prune_equals_mask", "assert_valid_rewrite", "assert_state_carried",
-           "randomize_state"]
+           "randomize_state", "merge_edges"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,12 @@ def assert_valid_rewrite(
         raise AssertionError(str(err)) from None
     shared = {id(p) for p in before.parameters()} & {id(p) for p in after.parameters()}
     assert not shared, f"{len(shared)} parameters are shared between the old and the new graph"
+
+
+def merge_edges(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
+    """Every (merge node, input node) pair of a captured graph's adds and concatenations: the
+    edges `transforms.prune_skip_edges` may be asked to drop."""
+    return [(m.name, i.name) for m in gm.graph.nodes if ops.is_add(m) or ops.is_cat(m) for i in m.all_input_nodes]
 
 
 def randomize_state(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import graphmorph
 import transforms
 from graphmorph import ops
-from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask, cnns
+from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask, cnns, merge_edges
 from graphmorph.verify import verification_inputs
 from transforms.skips import _zeroed_input
 from zoo import ZOO
@@ -105,7 +105,7 @@ def test_concatenated_channels_that_are_added_elsewhere_are_refused():
 @given(spec=cnns(kinds=("dense", "residual", "se", "inverted", "split", "plain", "projection")), data=st.data())
 def test_dropping_any_merge_input_equals_zeroing_it(spec, data):
     gm = graphmorph.capture(spec.build(), spec.example_input())
-    edges = [(m.name, i.name) for m in gm.graph.nodes if ops.is_add(m) or ops.is_cat(m) for i in m.all_input_nodes]
+    edges = merge_edges(gm)
     if not edges:
         return
     merge, source = data.draw(st.sampled_from(edges), label="edge")

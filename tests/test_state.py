@@ -16,7 +16,7 @@ from graphmorph.channels import channel_dependencies
 from graphmorph.history import history
 from graphmorph.models import envelope_arch
 from graphmorph.testing import (CNNSpec, assert_prune_equals_mask, assert_state_carried, cnns, envelope_nets,
-                                randomize_state)
+                                merge_edges, randomize_state)
 from tests.zoo import ProjectionResNet
 
 PROPERTY = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -125,7 +125,7 @@ def test_block_and_skip_removal_carry_every_other_tensor(spec, data):
             return
         assert_state_carried(gm, result, removed=(block,))
     else:
-        edges = [(m.name, i.name) for m in gm.graph.nodes if ops.is_add(m) or ops.is_cat(m) for i in m.all_input_nodes]
+        edges = merge_edges(gm)
         if not edges:
             return
         merge, source = data.draw(st.sampled_from(edges), label="edge")
