@@ -50,8 +50,9 @@ def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs,
 
     Runs in eval mode without gradients, so BatchNorm statistics are untouched. With `flops` (a
     dict), also fills it with what `torch.utils.flop_counter.FlopCounterMode` counts for each node
-    by name, whatever the node hides (a leaf module, a wrapped function). Raises ShapeError naming
-    the node and module where the input stopped fitting the model.
+    by name, whatever the node hides (a leaf module, a wrapped function); that run records autograd
+    (never used for a backward pass) so that fused attention fast paths are not taken. Raises
+    ShapeError naming the node and module where the input stopped fitting the model.
     """
     inputs = as_inputs(example_input)
     with evaluating(gm):
