@@ -104,18 +104,16 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     """
     if not isinstance(model, fx.GraphModule):
         model = capture(model, example_input)
-    elif example_input is not None:
-        model = with_shapes(model, example_input)
-    macs = {node.name: _known_macs(model, node) for node in model.graph.nodes}
-    if None in macs.values():  # a node that may hide matrix products: measure every node, once
-        measured: dict[str, int] = {}
+    # a node that may hide matrix products: measure every node, in the one run that gives the shapes
+    measured = {} if any(_hides_macs(model, node) for node in model.graph.nodes) else None
+    if example_input is not None or measured is not None:
         model = with_shapes(model, example_inputs(model) if example_input is None else example_input, measured)
-        macs = {name: measured.get(name, 0) // 2 for name in macs}
     part_of, stage_blocks = _parts(model)
     seen_modules: set[int] = set()
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
-        cost = Cost(macs[node.name], _elementwise(model, node), _params(model, node, seen_modules))
+        macs = measured.get(node.name, 0) // 2 if measured is not None else _shape_macs(model, node)
+        cost = Cost(macs, _elementwise(model, node), _params(model, node, seen_modules))
         part = part_of[node]
         by_stage[part] = by_stage.get(part, Cost()) + cost
         by_node.append(NodeCost(node.name, _target_name(node), part, cost))
@@ -177,23 +175,28 @@ _NO_MAC_METHODS = {
 }
 
 
-def _known_macs(gm: fx.GraphModule, node: fx.Node) -> int | None:
-    """MACs of a node whose cost follows from its shapes (what FlopCounterMode counts for it), or
-    None for a node that may hide matrix products (a leaf module, a wrapped function, einsum,
-    attention), which count_flops then measures."""
-    out = _numel(node)
+def _shape_macs(gm: fx.GraphModule, node: fx.Node) -> int:
+    """MACs of a convolution, transposed convolution or linear layer from its shapes (what
+    FlopCounterMode counts for it); 0 for any other node `_hides_macs` lets through."""
     if ops.is_conv(gm, node) or ops.is_linear(gm, node):
-        return out * math.prod(_weight_shape(gm, node)[1:])
+        return _numel(node) * math.prod(_weight_shape(gm, node)[1:])
     if ops.is_conv_transpose(gm, node):
         return _numel(node.all_input_nodes[0]) * math.prod(_weight_shape(gm, node)[1:])
-    if node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node) or ops.is_pool(gm, node) \
-            or ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
-        return 0
+    return 0
+
+
+def _hides_macs(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether a node's MACs may not follow from its shapes: a leaf module, a wrapped function,
+    einsum, attention, or any op listed nowhere here; count_flops then measures them."""
+    if ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node) \
+            or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node) \
+            or ops.is_pool(gm, node) or ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
+        return False
     if node.op == "call_module":
-        return 0 if isinstance(ops.module_of(gm, node), _NO_MAC_MODULES) else None
+        return not isinstance(ops.module_of(gm, node), _NO_MAC_MODULES)
     if node.op == "call_method":
-        return 0 if node.target in _NO_MAC_METHODS else None
-    return 0 if node.target in _NO_MAC_FUNCTIONS else None
+        return node.target not in _NO_MAC_METHODS
+    return node.target not in _NO_MAC_FUNCTIONS
 
 
 def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
