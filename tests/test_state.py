@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphmorph
 import transforms
-from graphmorph import ops
+from graphmorph.channel_ops import output_weight
 from graphmorph.channels import channel_dependencies
 from graphmorph.history import history
 from graphmorph.models import envelope_arch
@@ -99,8 +99,8 @@ def test_channel_pruning_carries_every_kept_channel(spec, data):
         if not producers:
             return
         target = data.draw(st.sampled_from(producers), label="layer")
-        width = ops.module_of(gm, next(n for n in gm.graph.nodes if n.name == target or n.target == target))
-        size = width.out_channels if width is not None else deps.group_of(target).size
+        weight = output_weight(gm, deps.node(target))   # output channels first, conv or linear
+        size = weight.shape[0] if weight is not None else deps.group_of(target).size
         channels = data.draw(st.lists(st.integers(0, size - 1), min_size=1, max_size=max(1, size // 2), unique=True))
         try:
             pruned = transforms.prune_channels(gm, target, channels)
