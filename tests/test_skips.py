@@ -11,7 +11,7 @@ import transforms
 from graphmorph import ops
 from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask, cnns, merge_edges
 from graphmorph.verify import verification_inputs
-from transforms.skips import _zeroed_input
+from transforms.skips import zero_inputs
 from zoo import ZOO
 
 ATOL = 1e-10
@@ -39,7 +39,7 @@ def test_remove_block_drops_exactly_the_residual_branch(name, block):
     merge = next(n for n in gm.graph.nodes if ops.is_add(n) and ops.module_path(n).startswith(block)
                  or ops.is_add(n) and any(ops.module_path(i).startswith(block + ".") for i in n.all_input_nodes))
     branch = next(i for i in merge.all_input_nodes if ops.module_path(i).startswith(block + "."))
-    reference = _zeroed_input(gm, merge.name, branch.name)
+    reference = zero_inputs(gm, [(merge.name, branch.name)])
     assert_prune_equals_mask(gm, removed, reference, verification_inputs(gm), atol=ATOL)
     assert graphmorph.history(removed)[-1] == {"rewrite": "remove_block", "block": block}
 
@@ -70,7 +70,7 @@ def test_dropping_a_dense_concatenation_input_narrows_every_reader():
     assert pruned.get_submodule("block1.1.bn").num_features == 4
     assert pruned.get_submodule("block1.1.conv").in_channels == 4
     assert pruned.get_submodule("trans1.conv").in_channels == 8
-    assert_prune_equals_mask(gm, pruned, _zeroed_input(gm, "cat", "conv0"), verification_inputs(gm), atol=ATOL)
+    assert_prune_equals_mask(gm, pruned, zero_inputs(gm, [("cat", "conv0")]), verification_inputs(gm), atol=ATOL)
     again = transforms.replay(_captured("TinyDenseNet"), graphmorph.history(pruned))
     assert again.get_submodule("trans1.conv").in_channels == 8
 
@@ -114,4 +114,4 @@ def test_dropping_any_merge_input_equals_zeroing_it(spec, data):
     except graphmorph.RewriteError as err:
         assert any(words in str(err) for words in ("cannot lose them alone", "single input", "broadcasts")), err
         return
-    assert_prune_equals_mask(gm, pruned, _zeroed_input(gm, merge, source), verification_inputs(gm), atol=ATOL)
+    assert_prune_equals_mask(gm, pruned, zero_inputs(gm, [(merge, source)]), verification_inputs(gm), atol=ATOL)

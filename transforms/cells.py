@@ -13,22 +13,22 @@ the new cell's weights still receive gradients. `init="random"` keeps the fresh 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.fx.node import map_arg
 
 from graphmorph import ops
-from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.history import record_rewrite
 from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeCell, SkipReduce, _Stage, envelope_arch
 from graphmorph.rng import seeded
 from graphmorph.shapes import Inputs
-from graphmorph.verify import annotate_rewritten, finish_rewrite, verification_inputs
+from graphmorph.verify import annotate_rewritten
+from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["add_cell", "replay_add_cell", "CELL_INITS"]
+__all__ = ["add_cell", "AddCell", "CELL_INITS"]
 
 CELL_INITS = ("preserve", "random")
 
@@ -41,55 +41,64 @@ def add_cell(gm: fx.GraphModule, stage: int, *, branches: Sequence[str] | None =
     parameters are drawn from a seed taken from `generator` and recorded, so `replay` repeats them.
     Raises RewriteError when `gm` has no such EnvelopeNet stage or the options are wrong."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return _add_cell(gm, stage, branches, init, seed, example_input, verify)
+    rewrite = AddCell(stage, tuple(_present_branches(gm) if branches is None else branches), init, seed)
+    return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
-def replay_add_cell(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    """Apply a recorded add_cell again: same stage, branches, init and seed."""
-    return _add_cell(gm, record["stage"], record["branches"], record["init"], record["seed"], None, True)
+@register
+@dataclass(frozen=True)
+class AddCell(Rewrite):
+    """Append an EnvelopeCell of `branches` to EnvelopeNet stage `stage`, with a new dense output
+    reduction; `init="preserve"` keeps the function, "random" the fresh draw from `seed`."""
 
+    name: ClassVar[str] = "add_cell"
+    stage: int
+    branches: tuple[str, ...]
+    init: str
+    seed: int
 
-def _add_cell(gm, stage, branches, init, seed, example_input, verify) -> fx.GraphModule:
-    if init not in CELL_INITS:
-        raise RewriteError(f"unknown cell init {init!r}; choose one of {', '.join(CELL_INITS)}")
-    prefix = _stage_prefix(gm, stage)
-    branches = _branches(gm, branches)
-    work = clone(gm)
-    anchors = _Anchors(work, prefix)
-    n = len(anchors.cells)
-    channels = anchors.channels()
-    cell_name, reduce_name = f"cell{n}", f"reduce{n + 1}"
-    skip_widths = {"input": channels, **{f"cell{j}": _channels(node) for j, node in enumerate(anchors.cells)}}
-    with seeded(seed, like=work):
-        cell = EnvelopeCell(channels, branches)
-        reduce = SkipReduce(channels * len(branches), skip_widths, channels)
-    reference = next(work.parameters())
-    for module in (cell, reduce):
-        module.to(device=reference.device, dtype=reference.dtype)
-    work.get_submodule(prefix).add_module(cell_name, cell)
-    work.get_submodule(prefix).add_module(reduce_name, reduce)
-    _splice(work, prefix, anchors, _tail_graph(n, branches), (cell_name, reduce_name))
-    work.recompile()
+    def describe(self) -> str:
+        return f"add_cell to stage{self.stage} (init={self.init!r})"
 
-    inputs = verification_inputs(gm, example_input)
-    same_shapes = annotate_rewritten(gm, work, inputs, "add_cell")
-    if init == "preserve":
-        _copy_reduction(work, f"{prefix}.reduce{n}", f"{prefix}.{reduce_name}", f"cell{n - 1}")
-    added = sum(p.numel() for m in (cell, reduce) for p in m.parameters())
-    finish_rewrite(gm, work, inputs, f"add_cell to {prefix} (init={init!r})", (lambda: gm) if verify else None,
-                   annotated=same_shapes, param_delta=added, preserves=("eval", "train") if init == "preserve" else ())
-    record_rewrite(work, {"rewrite": "add_cell", "stage": stage, "cell": f"{prefix}.{cell_name}",
-                          "branches": list(branches), "init": init, "seed": seed})
-    return work
+    def check(self, gm: fx.GraphModule) -> str | None:
+        if self.init not in CELL_INITS:
+            return f"unknown cell init {self.init!r}; choose one of {', '.join(CELL_INITS)}"
+        _stage_prefix(gm, self.stage)
+        unknown = [b for b in self.branches if b not in BRANCH_TYPES]
+        if unknown or not self.branches or len(set(self.branches)) != len(self.branches):
+            return f"a new cell needs distinct branches from {', '.join(BRANCH_TYPES)}, got {list(self.branches)}"
+        return None
+
+    def edit(self, step: Step) -> Edit:
+        gm, work, branches = step.source, step.work, self.branches
+        prefix = _stage_prefix(gm, self.stage)
+        anchors = _Anchors(work, prefix)
+        n = len(anchors.cells)
+        channels = anchors.channels()
+        cell_name, reduce_name = f"cell{n}", f"reduce{n + 1}"
+        skip_widths = {"input": channels, **{f"cell{j}": _channels(node) for j, node in enumerate(anchors.cells)}}
+        with seeded(self.seed, like=work):
+            cell = EnvelopeCell(channels, branches)
+            reduce = SkipReduce(channels * len(branches), skip_widths, channels)
+        reference = next(work.parameters())
+        for module in (cell, reduce):
+            module.to(device=reference.device, dtype=reference.dtype)
+        work.get_submodule(prefix).add_module(cell_name, cell)
+        work.get_submodule(prefix).add_module(reduce_name, reduce)
+        _splice(work, prefix, anchors, _tail_graph(n, branches), (cell_name, reduce_name))
+        work.recompile()
+        same_shapes = annotate_rewritten(gm, work, step.inputs, "add_cell")
+        if self.init == "preserve":
+            _copy_reduction(work, f"{prefix}.reduce{n}", f"{prefix}.{reduce_name}", f"cell{n - 1}")
+        added = sum(p.numel() for m in (cell, reduce) for p in m.parameters())
+        return Edit(added, lambda: gm, ("eval", "train") if self.init == "preserve" else (),
+                    shapes_propagated=same_shapes, notes={"cell": f"{prefix}.{cell_name}"})
 
 
 # --------------------------------------------------------------------------- where the cell goes
 
 
 def _stage_prefix(gm: fx.GraphModule, stage: int) -> str:
-    if not isinstance(gm, fx.GraphModule):
-        raise RewriteError(f"add_cell works on a captured GraphModule, got {type(gm).__name__}: "
-                           "use graphmorph.capture(model, example_input) first")
     stages = sorted({int(m.group(1)) for n in gm.graph.nodes
                      if (m := re.fullmatch(r"stage(\d+)\.cell\d+", ops.module_path(n))) and ops.is_cat(n)})
     if not isinstance(stage, int) or isinstance(stage, bool) or stage not in stages:
@@ -98,15 +107,15 @@ def _stage_prefix(gm: fx.GraphModule, stage: int) -> str:
     return f"stage{stage}"
 
 
-def _branches(gm: fx.GraphModule, branches: Sequence[str] | None) -> tuple[str, ...]:
-    if branches is None:
-        present = {b for stage in envelope_arch(gm)["stages"] for cell in stage["cells"] for b in cell["branches"]}
-        return tuple(b for b in BRANCH_TYPES if b in present)
-    branches = tuple(branches)
-    unknown = [b for b in branches if b not in BRANCH_TYPES]
-    if unknown or not branches or len(set(branches)) != len(branches):
-        raise RewriteError(f"a new cell needs distinct branches from {', '.join(BRANCH_TYPES)}, got {list(branches)}")
-    return branches
+def _present_branches(gm: nn.Module) -> tuple[str, ...]:
+    """Every branch type a cell of the EnvelopeNet `gm` still has (all of them for other nets,
+    which `AddCell.check` refuses)."""
+    try:
+        stages = envelope_arch(gm)["stages"]
+    except AttributeError:
+        return BRANCH_TYPES
+    present = {b for stage in stages for cell in stage["cells"] for b in cell["branches"]}
+    return tuple(b for b in BRANCH_TYPES if b in present)
 
 
 class _Anchors:

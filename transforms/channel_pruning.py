@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from torch import fx
@@ -23,12 +24,10 @@ from graphmorph import ops
 from graphmorph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.history import record_rewrite
 from graphmorph.shapes import Inputs, as_inputs, evaluating
-from graphmorph.verify import finish_rewrite, verification_inputs
+from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "replay_prune_channels",
-           "replay_prune_filters"]
+__all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "PruneChannels", "PruneFilters"]
 
 CRITERIA = ("l2", "featuremap_l2")
 
@@ -38,14 +37,8 @@ def prune_channels(gm: fx.GraphModule, target: str, channels: Sequence[int], *,
     """A new graph without output channels `channels` of layer `target` (a module name, or a node
     name for F.conv2d-style layers) and every channel coupled to them; every reader (convolutions,
     linears, BatchNorm statistics, split sizes, reshapes) is fixed to match."""
-    deps = channel_dependencies(gm)
-    group = deps.group_of(target)
-    if group.refused:
-        raise RewriteError(f"cannot prune channels of {target}: {group.refused}")
-    channels = list(channels)
-    classes = deps.classes(target, channels)
-    record = {"rewrite": "prune_channels", "target": target, "channels": sorted(set(channels))}
-    return _prune(gm, deps, classes, example_input, verify, record)
+    rewrite = PruneChannels(target, tuple(sorted(set(channels))))
+    return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data: Any = None,
@@ -70,18 +63,74 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     ignore = set(ignore)
     groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
     scores = _scores(gm, deps, groups, criterion, data)
-    chosen = _choose(deps, groups, scores, ratio, per_layer)
-    pruned, skipped, classes = [], [], []
-    for group, picked in chosen:
+    pruned, skipped = [], []
+    for group, picked in _choose(deps, groups, scores, ratio, per_layer):
         reason = check_removal(gm, deps, deps.removal(picked))
         if reason:
-            skipped.append([group.producers[0], reason])
-            continue
-        classes += picked
-        pruned += _by_producer(deps, group, picked)
-    record = {"rewrite": "prune_filters", "ratio": ratio, "criterion": criterion, "per_layer": per_layer,
-              "pruned": pruned, "skipped": skipped}
-    return _prune(gm, deps, classes, example_input, verify, record)
+            skipped.append((group.producers[0], reason))
+        else:
+            pruned += _by_producer(deps, group, picked)
+    rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped))
+    return apply(gm, rewrite, example_input=example_input, verify=verify)
+
+
+class _ChannelRemoval(Rewrite):
+    """A removal of channel classes (`_classes`) with everything coupled to them; the contract is
+    the source with those channels masked to zero."""
+
+    def _classes(self, deps: ChannelDependencies) -> list[int]:
+        raise NotImplementedError
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        deps = channel_dependencies(gm)
+        removal = deps.removal(self._classes(deps))
+        reason = check_removal(gm, deps, removal) if removal else None
+        return f"{self.name} refused: {reason}" if reason else None
+
+    def edit(self, step: Step) -> Edit:
+        gm, deps = step.source, channel_dependencies(step.source)
+        removal = deps.removal(self._classes(deps))
+        cut = apply_removal(step.work, removal, deps.parameter_dims)
+        step.work.meta[KEPT_KEY] = cut.kept_indices
+        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
+        return Edit(cut.param_delta, lambda: mask_channels(gm, removal),
+                    ("eval",) if stochastic else ("eval", "train"))
+
+
+@register
+@dataclass(frozen=True)
+class PruneChannels(_ChannelRemoval):
+    """Remove output channels `channels` of layer `target` and every channel coupled to them."""
+
+    name: ClassVar[str] = "prune_channels"
+    target: str
+    channels: tuple[int, ...]
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        group = channel_dependencies(gm).group_of(self.target)
+        if group.refused:
+            return f"cannot prune channels of {self.target}: {group.refused}"
+        return super().check(gm)
+
+    def _classes(self, deps: ChannelDependencies) -> list[int]:
+        return deps.classes(self.target, list(self.channels))
+
+
+@register
+@dataclass(frozen=True)
+class PruneFilters(_ChannelRemoval):
+    """Remove the channels `prune_filters` chose: `pruned` lists (producer, its output channels);
+    `ratio`, `criterion`, `per_layer` and the `skipped` groups (with the reason) say how it chose."""
+
+    name: ClassVar[str] = "prune_filters"
+    ratio: float
+    criterion: str
+    per_layer: bool
+    pruned: tuple[tuple[str, tuple[int, ...]], ...]
+    skipped: tuple[tuple[str, str], ...]
+
+    def _classes(self, deps: ChannelDependencies) -> list[int]:
+        return [c for target, channels in self.pruned for c in deps.classes(target, list(channels))]
 
 
 def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]]) -> fx.GraphModule:
@@ -106,44 +155,17 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]]) -> fx.Graph
     return masked
 
 
-def replay_prune_channels(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    return prune_channels(gm, record["target"], record["channels"])
-
-
-def replay_prune_filters(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    """Apply the recorded choice again (no scoring, so no data is needed)."""
-    deps = channel_dependencies(gm)
-    classes = [c for target, channels in record["pruned"] for c in deps.classes(target, channels)]
-    return _prune(gm, deps, classes, None, True, dict(record))
-
-
 # --------------------------------------------------------------------------- implementation
 
 
-def _prune(gm, deps: ChannelDependencies, classes: list[int], example_input, verify, record) -> fx.GraphModule:
-    removal = deps.removal(classes)
-    reason = check_removal(gm, deps, removal) if removal else None
-    if reason:
-        raise RewriteError(f"{record['rewrite']} refused: {reason}")
-    work = clone(gm)
-    cut = apply_removal(work, removal, deps.parameter_dims)
-    work.meta[KEPT_KEY] = cut.kept_indices
-    inputs = verification_inputs(gm, example_input)
-    stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
-    finish_rewrite(gm, work, inputs, record["rewrite"], (lambda: mask_channels(gm, removal)) if verify else None,
-                   param_delta=cut.param_delta, preserves=("eval",) if stochastic else ("eval", "train"))
-    record_rewrite(work, record)
-    return work
-
-
-def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[list]:
-    """`classes` as [producer, its output channels] entries, each class named once: a concatenation's
+def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[tuple]:
+    """`classes` as (producer, its output channels) entries, each class named once: a concatenation's
     producers each make some of a group's classes, a residual add's make all of them."""
     entries, left = [], set(classes)
     for producer in group.producers:
         channels = deps.output_channels(producer, left)
         if channels:
-            entries.append([producer, channels])
+            entries.append((producer, tuple(channels)))
             left -= set(deps.classes(producer, channels))
     return entries
 

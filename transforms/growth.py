@@ -11,8 +11,8 @@ shortcut replaced by the identity, which is how AutoGrow's sub-networks add sub-
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import fx, nn
@@ -20,17 +20,16 @@ from torch.fx.node import map_arg
 
 from graphmorph import ops
 from graphmorph.analysis import Block, find_blocks, find_stages
-from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.history import record_rewrite
 from graphmorph.layers import fresh_copy, surgery_for
 from graphmorph.rng import seeded
 from graphmorph.shapes import Inputs
 from graphmorph.ops import attribute
-from graphmorph.verify import FLOAT64_ATOL, annotate_rewritten, finish_rewrite, verification_inputs
+from graphmorph.verify import FLOAT64_ATOL, annotate_rewritten
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
+from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
-__all__ = ["grow", "replay_grow", "growth_refusal", "PRESERVED_MODES"]
+__all__ = ["grow", "growth_refusal", "Grow", "PRESERVED_MODES"]
 
 # The modes in which each init promises the same function, and the float64 tolerance it is held to.
 # Identity's BN pass-through is exact in float32 (sqrt(1 - eps + eps) == 1); cast to float64, the
@@ -64,32 +63,72 @@ def grow(
     """
     template = _template(gm, stage, after)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return _grow_after(gm, template, init=init, std=std, seed=seed, stage=stage, data=data,
-                       adam_options=adam_options, example_input=example_input, verify=verify)
-
-
-def replay_grow(gm: fx.GraphModule, record: dict[str, Any], data: Batches | None = None) -> fx.GraphModule:
-    """Apply a recorded grow again: same template, init and seed, so the same new parameters."""
-    try:
-        template = _block_named(gm, record["after"])
-        return _grow_after(gm, template, init=record["init"], std=record["std"], seed=record["seed"],
-                           stage=record.get("stage"), data=data, adam_options=AdamInitOptions(),
-                           example_input=None, verify=True)
-    except KeyError as err:
-        raise RewriteError(f"grow record lacks {err.args[0]!r}: {record}") from None
+    rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, adam_options=adam_options)
+    return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
 
 
 def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | None:
-    """Why `grow(gm, stage=stage, init=init)` cannot apply, or None when it can: a trial growth,
-    unverified and on a private RNG (AdamInit is tried as GauInit, without its training)."""
+    """Why `grow(gm, stage=stage, init=init)` cannot apply, or None when it can: the rewrite's
+    check, then a trial growth, unverified and on a private RNG (AdamInit is tried as GauInit,
+    without its training), for what only building the block shows."""
     try:
-        grow(gm, stage=stage, init="gau" if init == "adam" else init, generator=torch.Generator().manual_seed(0),
-             verify=False)
-        if init == "adam":
-            _check_init_applies(gm, _template(gm, stage, None), init)
+        template = _template(gm, stage, None)
+        reason = Grow(after=template.name, stage=stage, init=init, std=1.0, seed=0).check(gm)
+        if reason is None:
+            trial = Grow(after=template.name, stage=stage, init="gau" if init == "adam" else init, std=1.0, seed=0)
+            apply(gm, trial, verify=False)
     except RewriteError as err:
         return str(err)
-    return None
+    return reason
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Grow(Rewrite):
+    """Stack a fresh copy of block `after` right after it (`stage` is recorded for the reader),
+    its last affine layer set by `init` from `seed` (`std` for uni/gau)."""
+
+    name: ClassVar[str] = "grow"
+    after: str
+    stage: int | None = None
+    init: str
+    std: float
+    seed: int
+    adam_options: AdamInitOptions = field(default=AdamInitOptions(), metadata=NOT_RECORDED)
+
+    def describe(self) -> str:
+        return f"grow after {self.after!r} (init={self.init!r})"
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        if self.init not in INITS:
+            return f"unknown init {self.init!r}; choose one of {', '.join(INITS)}"
+        if not (isinstance(self.std, (int, float)) and self.std > 0):
+            return f"std must be a positive number, got {self.std!r}"
+        return _init_refusal(gm, _block_named(gm, self.after), self.init)
+
+    def edit(self, step: Step) -> Edit:
+        if self.init == "adam" and step.data is None:
+            raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
+        gm, work = step.source, step.work
+        template = _block_named(gm, self.after)
+        plan = _plan(work, template)
+        values = _new_values(work, template, plan, self.seed)
+        output = _insert(work, plan)
+        for target, value in values.items():
+            _install(work, target, value)
+        work.recompile()
+        same_shapes = annotate_rewritten(gm, work, step.inputs, f"stacking a copy of block {template.name!r}")
+        _check_shape_preserving(template, plan.entry, output)
+        new_block = next((b for b in find_blocks(work) if b.input_node == plan.entry.name), None)
+        last_affine = plan.targets.get(template.last_affine_module or "")
+        layer = work.get_submodule(last_affine) if last_affine else None
+        _initialise(work, self.init, layer, self.std, self.seed, new_block, template)
+        notes = {"new_block": new_block.name if new_block else None}
+        if self.init == "adam":
+            new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
+            notes["adam"] = adam_init(gm, work, layer, new_modules, step.data, self.adam_options)
+        modes, atol = PRESERVED_MODES.get(self.init, ((), FLOAT64_ATOL))
+        return Edit(sum(_numel(v) for v in values.values()), lambda: gm, modes, atol, same_shapes, notes)
 
 
 # --------------------------------------------------------------------------- choosing the template
@@ -135,67 +174,21 @@ class _Plan:
     derived: bool                       # stacking the shape-preserving form of a reducing block
 
 
-def _grow_after(gm, template: Block, *, init, std, seed, stage, data, adam_options, example_input, verify):
-    _check_options(init, std, data)
-    _check_init_applies(gm, template, init)
-    work = clone(gm)
-    plan = _plan(work, template)
-    values = _new_values(work, template, plan, seed)
-    output = _insert(work, plan)
-    for target, value in values.items():
-        _install(work, target, value)
-    work.recompile()
-
-    inputs = verification_inputs(gm, example_input)
-    same_shapes = annotate_rewritten(gm, work, inputs, f"stacking a copy of block {template.name!r}")
-    _check_shape_preserving(template, plan.entry, output)
-    new_block = next((b for b in find_blocks(work) if b.input_node == plan.entry.name), None)
-    last_affine = plan.targets.get(template.last_affine_module or "")
-    layer = work.get_submodule(last_affine) if last_affine else None
-    _initialise(work, init, layer, std, seed, new_block, template)
-
-    modes, atol = PRESERVED_MODES.get(init, ((), FLOAT64_ATOL))
-    finish_rewrite(gm, work, inputs, f"grow after {template.name!r} (init={init!r})",
-                   (lambda: gm) if verify else None, annotated=same_shapes,
-                   param_delta=sum(_numel(v) for v in values.values()), preserves=modes, atol=atol)
-    record = {"rewrite": "grow", "after": template.name, "stage": stage, "init": init, "std": std,
-              "seed": seed, "new_block": new_block.name if new_block else None}
-    if init == "adam":
-        new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
-        record["adam"] = adam_init(gm, work, layer, new_modules, data, adam_options)
-    record_rewrite(work, record)
-    return work
-
-
-def _check_options(init: str, std: float, data) -> None:
-    if init not in INITS:
-        raise RewriteError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if not (isinstance(std, (int, float)) and std > 0):
-        raise RewriteError(f"std must be a positive number, got {std!r}")
-    if init == "adam" and data is None:
-        raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
-
-
-def _check_init_applies(gm: fx.GraphModule, block: Block, init: str) -> None:
+def _init_refusal(gm: fx.GraphModule, block: Block, init: str) -> str | None:
     name = block.name
     if init == "zero" and block.kind != "residual":
-        raise RewriteError(
-            f"init='zero' silences a residual branch, but block {name!r} is {block.kind} with no shortcut "
-            "to carry its input; use init='identity' for plain conv-BN-ReLU blocks"
-        )
+        return (f"init='zero' silences a residual branch, but block {name!r} is {block.kind} with no shortcut "
+                "to carry its input; use init='identity' for plain conv-BN-ReLU blocks")
     if init == "identity" and block.kind != "plain":
-        raise RewriteError(
-            f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
-            "use init='zero' for residual blocks"
-        )
+        return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
+                "use init='zero' for residual blocks")
     if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None:
-        raise RewriteError(
-            f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
-            "end in a BatchNorm, conv or linear module followed only by zero-preserving ops"
-        )
+        return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
+                "end in a BatchNorm, conv or linear module followed only by zero-preserving ops")
     if init == "adam" and not ops.is_norm(gm, _node(gm, block.last_affine)):
-        raise RewriteError(f"init='adam' optimises the block's last BatchNorm, but block {name!r}'s branch "
-                           f"ends in {block.last_affine_module!r}, which is not a normalisation layer")
+        return (f"init='adam' optimises the block's last BatchNorm, but block {name!r}'s branch "
+                f"ends in {block.last_affine_module!r}, which is not a normalisation layer")
+    return None
 
 
 def _plan(work: fx.GraphModule, template: Block) -> _Plan:

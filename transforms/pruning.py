@@ -10,7 +10,8 @@ exactly those input channels.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Sequence
 
 import torch
 from torch import fx, nn
@@ -18,13 +19,12 @@ from torch import fx, nn
 from graphmorph import ops
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.history import record_rewrite
 from graphmorph.shapes import Inputs
 from graphmorph.ops import attribute
-from graphmorph.verify import finish_rewrite, verification_inputs
+from transforms.protocol import Edit, Rewrite, Step, apply, register
 from transforms.skips import prune_skip_edges
 
-__all__ = ["prune_branches", "prune_skips", "replay_prune_branches", "replay_prune_skips"]
+__all__ = ["prune_branches", "prune_skips", "PruneBranches", "PruneSkips"]
 
 
 def prune_branches(gm: fx.GraphModule, cell: str, branches: Sequence[str | int], *,
@@ -32,32 +32,10 @@ def prune_branches(gm: fx.GraphModule, cell: str, branches: Sequence[str | int],
     """A new graph without the named (or numbered) branches of `cell` (e.g. "stage0.cell1"); the
     cell's concatenation and every reader of it lose those channels. The last branch of a cell is
     never pruned."""
-    work = clone(gm)
-    concat = _cell_concat(work, cell)
-    outputs = list(concat.args[0])
-    names = [_branch_name(node, cell) for node in outputs]
+    names = _branch_names(gm, cell)
     remove = _resolve_branches(cell, names, branches)
-    widths = [_channels(node) for node in outputs]
-    removed, start = set(), 0
-    for name, width in zip(names, widths):
-        if name in remove:
-            removed.update(range(start, start + width))
-        start += width
-    def masked() -> fx.GraphModule:
-        reference = clone(gm)
-        for name in remove:
-            _zero_final_norm(reference, outputs[names.index(name)], f"{cell}.{name}")
-        return reference
-
-    delta = _narrow_readers(work, concat, removed)
-    concat.args = ([node for node, name in zip(outputs, names) if name not in remove], *concat.args[1:])
-    for name in remove:
-        prefix = f"{cell}.{name}"
-        delta -= sum(p.numel() for p in work.get_submodule(prefix).parameters())
-        _erase_nodes(work, lambda n: ops.module_path(n) == prefix or ops.module_path(n).startswith(prefix + "."))
-        work.delete_submodule(prefix)
-    return _finish(gm, work, masked, delta, example_input, verify,
-                   {"rewrite": "prune_branches", "cell": cell, "branches": sorted(remove, key=names.index)})
+    rewrite = PruneBranches(cell, tuple(sorted(remove, key=names.index)))
+    return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
@@ -66,44 +44,95 @@ def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
     such as `("stage0.reduce2", "input")`: the scaled input, its scalar, and the reduction conv's
     channels for it go. On any model each is `(merge node, input node)`, fx node names of an add or
     a channel concatenation and one of its inputs (see `transforms.skips.prune_skip_edges`)."""
-    skips = [tuple(s) for s in skips]
+    skips = tuple(tuple(s) for s in skips)
     merges = {n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)}
     if skips and all(reduce in merges for reduce, _ in skips):
         return prune_skip_edges(gm, skips, example_input=example_input, verify=verify)
-    work, delta = clone(gm), 0
-    for reduce, source in skips:
-        scalar = f"{reduce}.w_{source}"
-        weight = next((n for n in work.graph.nodes if n.op == "get_attr" and n.target == scalar), None)
-        if weight is None:
-            known = sorted(f"({n.target.rpartition('.w_')[0]!r}, {n.target.rpartition('.w_')[2]!r})"
-                           for n in work.graph.nodes if n.op == "get_attr" and ".w_" in str(n.target))
-            raise RewriteError(f"no skip ({reduce!r}, {source!r}); the skips are: {', '.join(known) or 'none'}")
-        scaled = next(u for u in weight.users if ops.is_mul(u))
-        delta += _narrow_readers(work, scaled, set(range(_channels(scaled))))
-        for concat in [u for u in scaled.users if ops.is_cat(u)]:
-            concat.args = ([n for n in concat.args[0] if n is not scaled], *concat.args[1:])
-        work.graph.erase_node(scaled)
-        work.graph.erase_node(weight)
-        owner, _, name = scalar.rpartition(".")
-        delattr(work.get_submodule(owner), name)
-        delta -= 1
-    def masked() -> fx.GraphModule:
-        reference = clone(gm)
-        with torch.no_grad():
-            for reduce, source in skips:
-                attribute(reference, f"{reduce}.w_{source}").zero_()
-        return reference
-
-    return _finish(gm, work, masked, delta, example_input, verify,
-                   {"rewrite": "prune_skips", "skips": [list(s) for s in skips]})
+    return apply(gm, PruneSkips(skips), example_input=example_input, verify=verify)
 
 
-def replay_prune_branches(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    return prune_branches(gm, record["cell"], record["branches"])
+@register
+@dataclass(frozen=True)
+class PruneBranches(Rewrite):
+    """Remove the named branches of EnvelopeNet cell `cell`; the contract is the source with their
+    final BatchNorms' scale and shift set to zero."""
+
+    name: ClassVar[str] = "prune_branches"
+    cell: str
+    branches: tuple[str, ...]
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        _resolve_branches(self.cell, _branch_names(gm, self.cell), self.branches)
+        return None
+
+    def edit(self, step: Step) -> Edit:
+        gm, work, cell = step.source, step.work, self.cell
+        concat = _cell_concat(work, cell)
+        outputs = list(concat.args[0])
+        names = [_branch_name(node, cell) for node in outputs]
+        remove = set(self.branches)
+        removed, start = set(), 0
+        for name, node in zip(names, outputs):
+            if name in remove:
+                removed.update(range(start, start + _channels(node)))
+            start += _channels(node)
+
+        def masked() -> fx.GraphModule:
+            reference = clone(gm)
+            for name in remove:
+                _zero_final_norm(reference, outputs[names.index(name)], f"{cell}.{name}")
+            return reference
+
+        delta = _narrow_readers(work, concat, removed)
+        concat.args = ([node for node, name in zip(outputs, names) if name not in remove], *concat.args[1:])
+        for name in remove:
+            prefix = f"{cell}.{name}"
+            delta -= sum(p.numel() for p in work.get_submodule(prefix).parameters())
+            _erase_nodes(work, lambda n: ops.module_path(n) == prefix or ops.module_path(n).startswith(prefix + "."))
+            work.delete_submodule(prefix)
+        return Edit(delta, masked)
 
 
-def replay_prune_skips(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    return prune_skips(gm, [tuple(s) for s in record["skips"]])
+@register
+@dataclass(frozen=True)
+class PruneSkips(Rewrite):
+    """Remove EnvelopeNet skip inputs `(reduction, source)`: the scaled input, its scalar and the
+    reduction conv's columns for it; the contract is the source with those scalars set to zero."""
+
+    name: ClassVar[str] = "prune_skips"
+    skips: tuple[tuple[str, str], ...]
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        scalars = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and ".w_" in str(n.target)}
+        for reduce, source in self.skips:
+            if f"{reduce}.w_{source}" not in scalars:
+                known = sorted(f"({t.rpartition('.w_')[0]!r}, {t.rpartition('.w_')[2]!r})" for t in scalars)
+                return f"no skip ({reduce!r}, {source!r}); the skips are: {', '.join(known) or 'none'}"
+        return None
+
+    def edit(self, step: Step) -> Edit:
+        gm, work, delta = step.source, step.work, 0
+        for reduce, source in self.skips:
+            scalar = f"{reduce}.w_{source}"
+            weight = next(n for n in work.graph.nodes if n.op == "get_attr" and n.target == scalar)
+            scaled = next(u for u in weight.users if ops.is_mul(u))
+            delta += _narrow_readers(work, scaled, set(range(_channels(scaled))))
+            for concat in [u for u in scaled.users if ops.is_cat(u)]:
+                concat.args = ([n for n in concat.args[0] if n is not scaled], *concat.args[1:])
+            work.graph.erase_node(scaled)
+            work.graph.erase_node(weight)
+            owner, _, name = scalar.rpartition(".")
+            delattr(work.get_submodule(owner), name)
+            delta -= 1
+
+        def masked() -> fx.GraphModule:
+            reference = clone(gm)
+            with torch.no_grad():
+                for reduce, source in self.skips:
+                    attribute(reference, f"{reduce}.w_{source}").zero_()
+            return reference
+
+        return Edit(delta, masked)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,6 +144,10 @@ def _cell_concat(gm: fx.GraphModule, cell: str) -> fx.Node:
             return node
     cells = sorted({ops.module_path(n) for n in gm.graph.nodes if ops.is_cat(n) and ".cell" in ops.module_path(n)})
     raise RewriteError(f"no cell named {cell!r}; the cells are: {', '.join(cells) or 'none'}")
+
+
+def _branch_names(gm: fx.GraphModule, cell: str) -> list[str]:
+    return [_branch_name(node, cell) for node in _cell_concat(gm, cell).args[0]]
 
 
 def _branch_name(node: fx.Node, cell: str) -> str:
@@ -195,17 +228,6 @@ def _erase_nodes(gm: fx.GraphModule, belongs) -> None:
     for node in reversed(list(gm.graph.nodes)):
         if belongs(node) and not node.users and node.op not in ("placeholder", "output"):
             gm.graph.erase_node(node)
-
-
-def _finish(before, work, masked: Callable[[], fx.GraphModule], delta, example_input, verify,
-            record) -> fx.GraphModule:
-    """Shapes, and when `verify`, prune == mask against the reference `masked()` builds."""
-    work.recompile()
-    inputs = verification_inputs(before, example_input)
-    finish_rewrite(before, work, inputs, record["rewrite"], masked if verify else None,
-                   param_delta=delta, preserves=("eval", "train"))
-    record_rewrite(work, record)
-    return work
 
 
 def _channels(node: fx.Node) -> int:

@@ -9,19 +9,10 @@ from torch import fx, nn
 from graphmorph.capture import capture
 from graphmorph.errors import RewriteError
 from graphmorph.shapes import Inputs
-from transforms.cells import replay_add_cell
-from transforms.channel_pruning import replay_prune_channels, replay_prune_filters
-from transforms.growth import replay_grow
-from transforms.pruning import replay_prune_branches, replay_prune_skips
 from transforms.initializers import Batches
-from transforms.skips import replay_prune_skip_edges, replay_remove_block
+from transforms.protocol import apply, rewrite_of
 
-__all__ = ["replay", "replay_architecture", "REPLAYERS"]
-
-REPLAYERS = {"grow": replay_grow, "prune_branches": replay_prune_branches, "prune_skips": replay_prune_skips,
-             "add_cell": replay_add_cell, "prune_channels": replay_prune_channels,
-             "prune_filters": replay_prune_filters, "prune_skip_edges": replay_prune_skip_edges,
-             "remove_block": replay_remove_block}
+__all__ = ["replay", "replay_architecture"]
 
 
 def replay(
@@ -37,14 +28,12 @@ def replay(
     """
     gm = model if isinstance(model, fx.GraphModule) else capture(model, example_input)
     for index, record in enumerate(history):
-        rewrite = REPLAYERS.get(record.get("rewrite"))
-        if rewrite is None:
-            raise RewriteError(
-                f"history record {index} has unknown rewrite {record.get('rewrite')!r}; "
-                f"known: {', '.join(REPLAYERS)}"
-            )
         try:
-            gm = rewrite(gm, record, data)
+            rewrite = rewrite_of(record)
+        except RewriteError as err:
+            raise RewriteError(f"history record {index}: {err}") from None
+        try:
+            gm = apply(gm, rewrite, data=data)
         except RewriteError as err:
             raise RewriteError(f"history record {index} ({record['rewrite']}) does not fit the model: {err}") from None
     return gm

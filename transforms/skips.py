@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
 
 import torch
 from torch import fx
@@ -23,11 +24,11 @@ from graphmorph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler
 from graphmorph.channel_surgery import apply_removal
 from graphmorph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.history import record_rewrite
 from graphmorph.shapes import Inputs
-from graphmorph.verify import finish_rewrite, parameter_count, verification_inputs
+from graphmorph.verify import annotate_rewritten, parameter_count
+from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["prune_skip_edges", "remove_block", "replay_prune_skip_edges", "replay_remove_block"]
+__all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "PruneSkipEdges", "RemoveBlock"]
 
 
 def prune_skip_edges(gm: fx.GraphModule, edges: Iterable[tuple[str, str]], *,
@@ -35,76 +36,106 @@ def prune_skip_edges(gm: fx.GraphModule, edges: Iterable[tuple[str, str]], *,
     """A new graph without the given skip edges, each `(merge node, input node)` by fx node name:
     an input of an add (the add becomes its other input) or of a concatenation along channels
     (its channels leave every reader downstream)."""
-    edges = [tuple(e) for e in edges]
-    if not edges:
-        raise RewriteError("no skip edges to prune")
-    work = gm
-    for merge, source in edges:
-        work = _drop_input(work, merge, source, example_input, verify)
-    record_rewrite(work, {"rewrite": "prune_skip_edges", "edges": [list(e) for e in edges]})
-    return work
+    rewrite = PruneSkipEdges(tuple(tuple(e) for e in edges))
+    return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 def remove_block(gm: fx.GraphModule, block: str, *, example_input: torch.Tensor | Inputs | None = None,
                  verify: bool = True) -> fx.GraphModule:
     """A new graph without the shape-preserving residual block `block` (a name from `find_blocks`):
     its residual branch goes, its identity shortcut and any op after the add (a trailing ReLU) stay."""
-    blocks = find_blocks(gm)
-    found = next((b for b in blocks if b.name == block), None)
-    if found is None:
-        shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
-        raise RewriteError(f"no block named {block!r}; the net's blocks are: {shown}")
-    if not found.residual or found.shortcut != "identity":
-        raise RewriteError(f"block {block!r} is a {found.kind} block with a {found.shortcut or 'no'} shortcut; "
-                           f"only residual blocks with an identity shortcut can be removed")
-    names = set(found.nodes)
-    nodes = {n.name: n for n in gm.graph.nodes}
-    merge = next((nodes[n] for n in found.nodes if ops.is_add(nodes[n])
-                  and any(i.name not in names for i in nodes[n].all_input_nodes)), None)
-    if merge is None:
-        raise RewriteError(f"block {block!r} has no add that joins its shortcut")
-    branch = next(i for i in merge.all_input_nodes if i.name in names)
-    work = _drop_input(gm, merge.name, branch.name, example_input, verify)
-    record_rewrite(work, {"rewrite": "remove_block", "block": block})
-    return work
+    return apply(gm, RemoveBlock(block), example_input=example_input, verify=verify)
 
 
-def replay_prune_skip_edges(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    return prune_skip_edges(gm, [tuple(e) for e in record["edges"]])
+class _InputRemoval(Rewrite):
+    """Drops inputs of merges (`_edges`: (merge, input) node names); the contract is the source
+    with each input multiplied by zero where it enters its merge."""
+
+    def _edges(self, gm: fx.GraphModule) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        nodes = {n.name: n for n in gm.graph.nodes}
+        for merge_name, source_name in self._edges(gm):
+            merge, source = nodes.get(merge_name), nodes.get(source_name)
+            if merge is None or not (ops.is_add(merge) or ops.is_cat(merge)):
+                merges = [n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)]
+                return (f"no add or concatenation node named {merge_name!r}; the merges are: "
+                        f"{', '.join(merges[:12]) or 'none'}")
+            if source is None or source not in merge.all_input_nodes:
+                return (f"{source_name!r} is not an input of {merge_name!r}; its inputs are: "
+                        f"{', '.join(i.name for i in merge.all_input_nodes)}")
+        return None
+
+    def edit(self, step: Step) -> Edit:
+        gm, work = step.source, step.work
+        edges = self._edges(gm)
+        delta = 0
+        for k, (merge, source) in enumerate(edges):
+            if k:  # the previous drop changed shapes downstream of it
+                work.recompile()
+                annotate_rewritten(gm, work, step.inputs, self.describe())
+            delta += _drop_input(work, merge, source)
+        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
+        return Edit(delta, lambda: zero_inputs(gm, edges), ("eval",) if stochastic else ("eval", "train"))
 
 
-def replay_remove_block(gm: fx.GraphModule, record: dict[str, Any], data=None) -> fx.GraphModule:
-    return remove_block(gm, record["block"])
+@register
+@dataclass(frozen=True)
+class PruneSkipEdges(_InputRemoval):
+    """Drop each `(merge, input)` edge, by fx node names, of an add or a channel concatenation."""
+
+    name: ClassVar[str] = "prune_skip_edges"
+    edges: tuple[tuple[str, str], ...]
+
+    def check(self, gm: fx.GraphModule) -> str | None:
+        return "no skip edges to prune" if not self.edges else super().check(gm)
+
+    def _edges(self, gm: fx.GraphModule) -> list[tuple[str, str]]:
+        return [tuple(e) for e in self.edges]
+
+
+@register
+@dataclass(frozen=True)
+class RemoveBlock(_InputRemoval):
+    """Remove the residual branch of the identity-shortcut block `block` (the inverse of grow)."""
+
+    name: ClassVar[str] = "remove_block"
+    block: str
+
+    def _edges(self, gm: fx.GraphModule) -> list[tuple[str, str]]:
+        blocks = find_blocks(gm)
+        found = next((b for b in blocks if b.name == self.block), None)
+        if found is None:
+            shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
+            raise RewriteError(f"no block named {self.block!r}; the net's blocks are: {shown}")
+        if not found.residual or found.shortcut != "identity":
+            raise RewriteError(f"block {self.block!r} is a {found.kind} block with a {found.shortcut or 'no'} "
+                               "shortcut; only residual blocks with an identity shortcut can be removed")
+        names = set(found.nodes)
+        nodes = {n.name: n for n in gm.graph.nodes}
+        merge = next((nodes[n] for n in found.nodes if ops.is_add(nodes[n])
+                      and any(i.name not in names for i in nodes[n].all_input_nodes)), None)
+        if merge is None:
+            raise RewriteError(f"block {self.block!r} has no add that joins its shortcut")
+        branch = next(i for i in merge.all_input_nodes if i.name in names)
+        return [(merge.name, branch.name)]
 
 
 # --------------------------------------------------------------------------- implementation
 
 
-def _drop_input(gm, merge_name: str, source_name: str, example_input, verify: bool):
-    nodes = {n.name: n for n in gm.graph.nodes}
+def _drop_input(work: fx.GraphModule, merge_name: str, source_name: str) -> int:
+    """Drop input `source_name` of merge `merge_name` in `work` (shapes current); the parameter change."""
+    nodes = {n.name: n for n in work.graph.nodes}
     merge, source = nodes.get(merge_name), nodes.get(source_name)
-    if merge is None or not (ops.is_add(merge) or ops.is_cat(merge)):
-        merges = [n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)]
-        raise RewriteError(f"no add or concatenation node named {merge_name!r}; the merges are: "
-                           f"{', '.join(merges[:12]) or 'none'}")
-    if source is None or source not in merge.all_input_nodes:
-        raise RewriteError(f"{source_name!r} is not an input of {merge_name!r}; its inputs are: "
-                           f"{', '.join(i.name for i in merge.all_input_nodes)}")
-    work = clone(gm)
-    w_nodes = {n.name: n for n in work.graph.nodes}
-    w_merge, w_source = w_nodes[merge_name], w_nodes[source_name]
+    if merge is None or source is None or source not in merge.all_input_nodes:
+        raise RewriteError(f"edge ({merge_name!r}, {source_name!r}) is gone once the edges before it are dropped")
     if ops.is_add(merge):
-        delta = _drop_add_input(work, w_merge, w_source)
+        delta = _drop_add_input(work, merge, source)
     else:
-        delta = _drop_cat_input(gm, work, merge, w_merge, w_source)
-    delta += _erase_dead(work, w_source)
-    work.recompile()
-    inputs = verification_inputs(gm, example_input)
-    stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
-    finish_rewrite(gm, work, inputs, "prune_skip_edges",
-                   (lambda: _zeroed_input(gm, merge_name, source_name)) if verify else None,
-                   param_delta=delta, preserves=("eval",) if stochastic else ("eval", "train"))
-    return work
+        delta = _drop_cat_input(work, merge, source)
+    return delta + _erase_dead(work, source)
 
 
 def _drop_add_input(work, merge: fx.Node, source: fx.Node) -> int:
@@ -120,7 +151,7 @@ def _drop_add_input(work, merge: fx.Node, source: fx.Node) -> int:
     return 0
 
 
-def _drop_cat_input(gm, work, merge: fx.Node, w_merge: fx.Node, w_source: fx.Node) -> int:
+def _drop_cat_input(work, merge: fx.Node, source: fx.Node) -> int:
     """Follow the input's channels forward from the concatenation to the layers that read them."""
     dim = ops.cat_dim(merge, len(merge.meta["tensor_meta"].shape))
     parts = list(merge.args[0])
@@ -128,10 +159,10 @@ def _drop_cat_input(gm, work, merge: fx.Node, w_merge: fx.Node, w_source: fx.Nod
         raise RewriteError(f"{merge.name} concatenates along dim {dim}; only channel concatenations can lose an input")
     if len(parts) < 2:
         raise RewriteError(f"{merge.name} has a single input; there is no skip to drop")
-    offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:[p.name for p in parts].index(w_source.name)])
-    width = w_source.meta["tensor_meta"].shape[1]
-    cut = apply_removal(work, _forward_removal(gm, merge, list(range(offset, offset + width))))
-    w_merge.args = ([p for p in w_merge.args[0] if p is not w_source], *w_merge.args[1:])
+    offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(source)])
+    width = source.meta["tensor_meta"].shape[1]
+    cut = apply_removal(work, _forward_removal(work, merge, list(range(offset, offset + width))))
+    merge.args = ([p for p in merge.args[0] if p is not source], *merge.args[1:])
     return cut.param_delta
 
 
@@ -172,14 +203,15 @@ def _flattened(source: fx.Node, reshape: fx.Node) -> int | None:
     return inner if len(after) == 2 and after[1] == before[1] * inner else None
 
 
-def _zeroed_input(gm: fx.GraphModule, merge_name: str, source_name: str) -> fx.GraphModule:
-    """The contract's reference: `gm` with the source multiplied by zero where it enters the merge."""
+def zero_inputs(gm: fx.GraphModule, edges: list[tuple[str, str]]) -> fx.GraphModule:
+    """The contract's reference: `gm` with each edge's input multiplied by zero where it enters its merge."""
     masked = clone(gm)
     nodes = {n.name: n for n in masked.graph.nodes}
-    merge, source = nodes[merge_name], nodes[source_name]
-    with masked.graph.inserting_before(merge):
-        zeroed = masked.graph.call_function(operator.mul, (source, 0.0))
-    merge.replace_input_with(source, zeroed)
+    for merge_name, source_name in edges:
+        merge, source = nodes[merge_name], nodes[source_name]
+        with masked.graph.inserting_before(merge):
+            zeroed = masked.graph.call_function(operator.mul, (source, 0.0))
+        merge.replace_input_with(source, zeroed)
     masked.recompile()
     return masked
 
