@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import graphmorph  # noqa: E402
 import transforms  # noqa: E402
 from common import fitted_exponent, save, start, time_call  # noqa: E402
-from graphmorph.channels import channel_dependencies  # noqa: E402
+from graphmorph.graph.channels import channel_dependencies  # noqa: E402
 
 ARCHS = ("Basic3ResNet-17-17-16", "Basic3ResNet-50-50-50", "Basic3ResNet-150-150-150")
 STEPS = ("capture", "dependencies", "prune_filters", "prune_filters_verified")

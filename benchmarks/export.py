@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save  # noqa: E402
-from graphmorph.capture import capture  # noqa: E402
-from graphmorph.export import export_onnx  # noqa: E402
+from graphmorph.graph.capture import capture  # noqa: E402
+from graphmorph.graph.export import export_onnx  # noqa: E402
 from graphmorph.models import build  # noqa: E402
 
 # The seed nets at one block per stage, and the net AutoGrow found on digits (benchmarks/README.md).

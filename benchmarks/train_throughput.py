@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save  # noqa: E402
-from graphmorph.capture import capture  # noqa: E402
+from graphmorph.graph.capture import capture  # noqa: E402
 from graphmorph.models import build  # noqa: E402
-from graphmorph.train import Trainer  # noqa: E402
+from graphmorph.run.train import Trainer  # noqa: E402
 
 CPU_NETS = "Basic3ResNet-1-1-1,Plain3Net-1-1-1,Basic3ResNet-3-3-3"
 GPU_NETS = "Basic3ResNet-1-1-1,Basic3ResNet-3-3-3,Basic3ResNet-9-9-9,Bottleneck4ResNet-1-1-1-1"

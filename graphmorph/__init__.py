@@ -6,18 +6,19 @@ exports ONNX. Rewrites live in `transforms`; the search algorithms and the comma
 the core, never the other way round.
 """
 from graphmorph import models
-from graphmorph.analysis import Block, Stage, dataflow_graph, find_blocks, find_stages
-from graphmorph.capture import capture
-from graphmorph.channels import ChannelGroup, channel_groups
+from graphmorph.graph.analysis import Block, Stage, dataflow_graph, find_blocks, find_stages
+from graphmorph.graph.capture import capture
+from graphmorph.graph.channels import ChannelGroup, channel_groups
 from graphmorph.errors import (
     AnalysisError, ArchError, CaptureError, ConfigError, ExportError, GraphmorphError, RewriteError, ShapeError,
 )
-from graphmorph.export import ExportReport, export_onnx
-from graphmorph.flops import FlopReport, count_flops
-from graphmorph.history import HistoryError, history, history_document, read_history
-from graphmorph.optim import rebuild_optimizer
-from graphmorph.sources import ModelError, ModelSource
-from graphmorph.verify import VerifyReport, verify
+from graphmorph.graph.export import ExportReport, export_onnx
+from graphmorph.graph.flops import FlopReport, count_flops
+from graphmorph.graph.history import history
+from graphmorph.run.history_file import HistoryError, history_document, read_history
+from graphmorph.run.optim import rebuild_optimizer
+from graphmorph.run.sources import ModelError, ModelSource
+from graphmorph.graph.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 

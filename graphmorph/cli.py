@@ -17,7 +17,7 @@ import torch
 
 from graphmorph import models
 from graphmorph.errors import ConfigError, GraphmorphError
-from graphmorph.rundir import CHECKPOINT
+from graphmorph.run.rundir import CHECKPOINT
 
 EXIT_USAGE = 2      # bad arguments, as argparse uses
 EXIT_FAILURE = 1    # the job itself failed
@@ -312,7 +312,7 @@ def _run_autogrow(args) -> int:
 
 
 def _run_nac(args) -> int:
-    from graphmorph.flops import si
+    from graphmorph.graph.flops import si
     from graphmorph.search.nac import NACConfig, run
 
     given = [name for name in _NAC_OPTIONS if getattr(args, name, None) is not None]
@@ -356,8 +356,8 @@ def _run_train(args) -> int:
 
 
 def _run_replay(args) -> int:
-    from graphmorph.artifacts import replay_onto_fresh, save_weights
-    from graphmorph.history import read_history
+    from graphmorph.search.artifacts import replay_onto_fresh, save_weights
+    from graphmorph.run.history_file import read_history
 
     recorded, rewrites = read_history(args.history)
     source = _overridden(recorded, args)
@@ -379,7 +379,7 @@ def _overridden(source, args):
 
 
 def _run_report(args) -> int:
-    from graphmorph.report import ReportError, plot_tradeoff, read_results, results_table
+    from graphmorph.run.report import ReportError, plot_tradeoff, read_results, results_table
 
     output = Path(args.output)
     if output.exists() and not args.force:
@@ -396,7 +396,7 @@ def _run_report(args) -> int:
 
 
 def _print_result(result: dict, where) -> None:
-    from graphmorph.flops import si
+    from graphmorph.graph.flops import si
 
     _tell(f"found {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; growth {result['growth_seconds']:.1f} s, "
@@ -462,7 +462,7 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _seed_net(args) -> tuple[torch.nn.Module, torch.Tensor]:
-    from graphmorph.sources import ModelSource, is_factory
+    from graphmorph.run.sources import ModelSource, is_factory
 
     example = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
     if is_factory(args.arch):
@@ -474,8 +474,8 @@ def _seed_net(args) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def _run_flops(args) -> int:
-    from graphmorph.capture import capture
-    from graphmorph.flops import count_flops, si
+    from graphmorph.graph.capture import capture
+    from graphmorph.graph.flops import count_flops, si
 
     model, example = _seed_net(args)
     model = capture(model, example)  # arch_of reads a user's model from its graph
@@ -498,13 +498,13 @@ def _run_flops(args) -> int:
 
 
 def _run_export(args) -> int:
-    from graphmorph.capture import capture
-    from graphmorph.export import export_onnx
+    from graphmorph.graph.capture import capture
+    from graphmorph.graph.export import export_onnx
 
     if args.checkpoint and args.arch or args.history and not args.checkpoint:
         raise ConfigError("export takes ARCH, or --checkpoint FILE (optionally with --history FILE), not both")
     if args.checkpoint:
-        from graphmorph.artifacts import load_checkpoint
+        from graphmorph.search.artifacts import load_checkpoint
 
         gm, source = load_checkpoint(args.checkpoint, args.history)
         example = source.example_input()

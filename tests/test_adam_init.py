@@ -5,7 +5,7 @@ from sklearn.datasets import load_digits
 
 import graphmorph
 import transforms
-from graphmorph.history import history
+from graphmorph.graph.history import history
 from graphmorph.models import build
 
 LOSS_TOLERANCE = 0.1  # nats: "the training loss is similar after AdamInit"

@@ -4,7 +4,7 @@ import torch
 from torch import fx, nn
 
 import graphmorph
-from graphmorph.capture import example_inputs
+from graphmorph.graph.capture import example_inputs
 from graphmorph.models import build
 
 

@@ -7,10 +7,10 @@ from hypothesis import given, strategies as st
 
 import graphmorph
 import transforms
-from graphmorph.history import history
+from graphmorph.graph.history import history
 from graphmorph.models import BRANCH_TYPES, build, envelope_arch
 from graphmorph.testing import assert_preserves_function, envelope_nets
-from graphmorph.verify import output_differences, parameter_count
+from graphmorph.graph.verify import output_differences, parameter_count
 
 
 def some_pruning(gm, data):

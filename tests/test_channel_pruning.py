@@ -12,11 +12,11 @@ from torch import nn
 
 import graphmorph
 import transforms
-from graphmorph import channel_ops, ops
-from graphmorph.channel_ops import PassThrough, output_weight, register
-from graphmorph.channels import channel_dependencies
+from graphmorph.graph import channel_ops, ops
+from graphmorph.graph.channel_ops import PassThrough, output_weight, register
+from graphmorph.graph.channels import channel_dependencies
 from graphmorph.testing import assert_prune_equals_mask, cnns
-from graphmorph.verify import verification_inputs
+from graphmorph.graph.verify import verification_inputs
 from pruning_zoo import PRUNING_ZOO, REFUSED
 from zoo import ZOO
 

@@ -13,7 +13,7 @@ import graphmorph
 import transforms
 from graphmorph.cli import main
 from graphmorph.models import build, envelope_arch, structure_label
-from graphmorph.train import Trainer
+from graphmorph.run.train import Trainer
 
 TINY_NAC = ["--base", "EnvelopeNet-4/1-1/3", "--iterations", "1", "--steps", "6", "--epochs", "0",
             "--fraction", "0.3", "--batch-size", "32", "--device", "cpu"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from graphmorph.data import DataError, load
+from graphmorph.run.data import DataError, load
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from graphmorph.cli import main
-from graphmorph.distributed import World, tensor_digests
+from graphmorph.run.distributed import World, tensor_digests
 from graphmorph.models import build
 
 ROOT = Path(__file__).resolve().parent.parent

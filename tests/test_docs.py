@@ -11,7 +11,9 @@ import pytest
 import torch
 from hypothesis import Phase
 
-from graphmorph.report import read_results
+import graphmorph
+from graphmorph.run.report import read_results
+from transforms import REWRITES
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "your-models.md"
@@ -55,3 +57,17 @@ def test_the_guides_commands_grow_replay_and_export_a_users_model(tmp_path):
     weights = torch.load(tmp_path / "tinynet-grown.pt", weights_only=True)
     assert weights["history"]["model"]["model"] == "examples.tinynet:make"
     assert (tmp_path / "tinynet.onnx").stat().st_size > 0
+
+
+def test_the_contributing_guides_rewrite_applies_verified_records_and_replays():
+    guide = ROOT / "docs" / "contributing.md"
+    (code,) = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    namespace: dict = {"__name__": "contributing_guide"}
+    try:
+        exec(compile(code, str(guide), "exec"), namespace)
+        REWRITES.pop("deepen_after")
+        broken = code.replace("        nn.init.zeros_(conv.bias)\n", "        nn.init.ones_(conv.bias)\n")
+        with pytest.raises(graphmorph.RewriteError, match="should preserve the function"):
+            exec(compile(broken, str(guide), "exec"), {"__name__": "contributing_guide_broken"})
+    finally:
+        REWRITES.pop("deepen_after", None)

@@ -5,7 +5,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import graphmorph
-from graphmorph.flops import Cost
+from graphmorph.graph.flops import Cost
 from graphmorph.models import build
 from zoo import ZOO
 

@@ -7,10 +7,10 @@ from hypothesis import given, strategies as st, target
 
 import graphmorph
 import transforms
-from graphmorph.history import history
+from graphmorph.graph.history import history
 from graphmorph.models import arch_of, build, parse_arch
 from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, cnns, seed_nets
-from graphmorph.verify import parameter_count
+from graphmorph.graph.verify import parameter_count
 from zoo import ZOO
 
 def grown_depths(arch: str, stages: list[int]) -> str:
@@ -206,7 +206,7 @@ class _PlainTensorScale(torch.nn.Module):
 @pytest.mark.parametrize("model", [build("Basic3ResNet-1-1-1", widths=(2, 2, 2)), _PlainTensorScale()],
                          ids=["parameters and buffers", "plain tensor attribute"])
 def test_float64_comparison_leaves_the_models_untouched_and_sees_a_change(model):
-    from graphmorph.verify import output_differences
+    from graphmorph.graph.verify import output_differences
 
     x = torch.randn(3, 3, 8, 8)
     model.train()

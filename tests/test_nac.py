@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import graphmorph
-from graphmorph.artifacts import load_checkpoint, replay_onto_fresh
+from graphmorph.search.artifacts import load_checkpoint, replay_onto_fresh
 from graphmorph.cli import main
 from graphmorph.models import BRANCH_TYPES, build, envelope_arch, structure_label
 from graphmorph.search.nac import NACConfig, compare, run

@@ -7,10 +7,10 @@ from hypothesis import given, strategies as st
 
 import graphmorph
 import transforms
-from graphmorph.history import history
+from graphmorph.graph.history import history
 from graphmorph.models import build, envelope_arch
 from graphmorph.testing import assert_prune_equals_mask, assert_valid_rewrite, envelope_nets
-from graphmorph.verify import parameter_count
+from graphmorph.graph.verify import parameter_count
 
 
 @st.composite

@@ -8,7 +8,7 @@ from torch import nn
 
 import graphmorph
 import transforms
-from graphmorph.channels import channel_dependencies
+from graphmorph.graph.channels import channel_dependencies
 from graphmorph.testing import assert_state_carried, randomize_state
 from tests.zoo import TvBlock
 

@@ -13,10 +13,10 @@ import torch
 
 import graphmorph
 import transforms
-from graphmorph.history import history
+from graphmorph.graph.history import history
 from graphmorph.models import build
 from graphmorph.testing import assert_preserves_function, assert_state_carried, randomize_state
-from graphmorph.verify import output_differences
+from graphmorph.graph.verify import output_differences
 from transforms import REWRITES, apply, rewrite_of
 
 RESNET = ("Basic3ResNet-1-2-1", dict(num_classes=3, in_channels=1, widths=(4, 6, 8)), (2, 1, 8, 8))

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphmorph
 import transforms
-from graphmorph import ops
+from graphmorph.graph import ops
 from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask, cnns, merge_edges
-from graphmorph.verify import verification_inputs
+from graphmorph.graph.verify import verification_inputs
 from transforms.skips import zero_inputs
 from zoo import ZOO
 

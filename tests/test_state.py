@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphmorph
 import transforms
-from graphmorph.channel_ops import output_weight
-from graphmorph.channels import channel_dependencies
-from graphmorph.history import history
+from graphmorph.graph.channel_ops import output_weight
+from graphmorph.graph.channels import channel_dependencies
+from graphmorph.graph.history import history
 from graphmorph.models import envelope_arch
 from graphmorph.testing import (CNNSpec, assert_prune_equals_mask, assert_state_carried, cnns, envelope_nets,
                                 merge_edges, randomize_state)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import graphmorph
 from graphmorph.models import build
-from graphmorph.rng import seeded
+from graphmorph.graph.rng import seeded
 from transforms.statistics import (
     branch_statistics, instrument_branches, remove_instrumentation, reset_statistics,
 )

@@ -10,8 +10,8 @@ from torch import nn
 
 import graphmorph
 import transforms
-from graphmorph.channels import channel_dependencies
-from graphmorph.grammar import PIECES
+from graphmorph.graph.channels import channel_dependencies
+from graphmorph.testing.grammar import PIECES
 from graphmorph.testing import (
     CNNSpec, assert_preserves_function, assert_prune_equals_mask, assert_valid_rewrite, cnns, inputs_for,
 )

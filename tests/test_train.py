@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from graphmorph.capture import capture
+from graphmorph.graph.capture import capture
 from graphmorph.models import arch_of, build
 from graphmorph.search.autogrow import AutoGrowConfig, run
-from graphmorph.train import Trainer, _crop_and_flip, _crop_and_flip_draws, staircase_lr
+from graphmorph.run.train import Trainer, _crop_and_flip, _crop_and_flip_draws, staircase_lr
 
 
 def _trained(trainer: Trainer, steps: int = 6) -> torch.nn.Module:

@@ -7,7 +7,7 @@ import torch
 
 import graphmorph
 import transforms
-from graphmorph.artifacts import load_checkpoint
+from graphmorph.search.artifacts import load_checkpoint
 from graphmorph.cli import main
 from graphmorph.models import arch_of
 from graphmorph.search.autogrow import AutoGrowConfig, run

@@ -1,7 +1,7 @@
 """Graph rewrites on captured models.
 
 Each rewrite is a frozen dataclass registered by name (`transforms.protocol`): it checks before it
-edits, `apply` verifies the result (`graphmorph.verify`) and appends the rewrite's record to the
+edits, `apply` verifies the result (`graphmorph.graph.verify`) and appends the rewrite's record to the
 graph's history, and `replay` rebuilds rewrites from records to apply them again to a fresh model.
 The functions below (`grow`, `prune_channels`, ...) build and apply one. This package imports only
 the graphmorph core.

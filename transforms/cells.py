@@ -20,12 +20,12 @@ import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
 
-from graphmorph import ops
+from graphmorph.graph import ops
 from graphmorph.errors import RewriteError
 from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeCell, SkipReduce, _Stage, envelope_arch
-from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs
-from graphmorph.verify import annotate_rewritten
+from graphmorph.graph.rng import seeded
+from graphmorph.graph.shapes import Inputs
+from graphmorph.graph.verify import annotate_rewritten
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
 __all__ = ["add_cell", "AddCell", "CELL_INITS"]

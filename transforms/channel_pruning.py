@@ -1,11 +1,11 @@
 """Dependency-aware channel pruning on any captured model: `prune_channels` and `prune_filters`.
 
-Contract (checked by `graphmorph.verify` after every call): the pruned graph computes exactly what
+Contract (checked by `graphmorph.graph.verify` after every call): the pruned graph computes exactly what
 the old graph computes with the removed channels zeroed wherever they exist (the old graph with a
 0/1 channel mask multiplied in after every node that carries them), in float64, in eval mode and,
 unless a dropout carries removed channels (it would draw different random masks), in train mode.
 Coupled channels (residual adds, concatenations, depthwise convolutions, squeeze-excitation
-gates, flatten into a Linear) are found by `graphmorph.channels`; groups it refuses are refused
+gates, flatten into a Linear) are found by `graphmorph.graph.channels`; groups it refuses are refused
 here with the same reason.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any, ClassVar, Iterable, Sequence
 import torch
 from torch import fx
 
-from graphmorph.channel_ops import output_weight
-from graphmorph.channel_surgery import KEPT_KEY, apply_removal, check_removal
-from graphmorph import ops
-from graphmorph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
-from graphmorph.copying import clone
+from graphmorph.graph.channel_ops import output_weight
+from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_removal
+from graphmorph.graph import ops
+from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
+from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.shapes import Inputs, as_inputs, evaluating
+from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
 __all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "PruneChannels", "PruneFilters"]

@@ -18,14 +18,14 @@ import torch
 from torch import fx, nn
 from torch.fx.node import map_arg
 
-from graphmorph import ops
-from graphmorph.analysis import Block, find_blocks, find_stages
+from graphmorph.graph import ops
+from graphmorph.graph.analysis import Block, find_blocks, find_stages
 from graphmorph.errors import RewriteError
-from graphmorph.layers import fresh_copy, surgery_for
-from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs
-from graphmorph.ops import attribute
-from graphmorph.verify import FLOAT64_ATOL, annotate_rewritten
+from graphmorph.graph.layers import fresh_copy, surgery_for
+from graphmorph.graph.rng import seeded
+from graphmorph.graph.shapes import Inputs
+from graphmorph.graph.ops import attribute
+from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
@@ -56,7 +56,7 @@ def grow(
     `init` is one of zero | uni | gau | adam | identity (see `transforms.initializers`); `std` is the noise
     of uni/gau; `data` (batches of (x, y), or a callable returning them) feeds AdamInit. New
     parameters are drawn from a seed taken from `generator` (or the global RNG) and recorded in
-    the history, so `replay` reproduces them. Verification (`graphmorph.verify`) runs on
+    the history, so `replay` reproduces them. Verification (`graphmorph.graph.verify`) runs on
     `example_input` (default: seeded random data shaped like the captured input) and, for zero and
     identity, checks the function is preserved. Raises RewriteError with the reason when the
     rewrite cannot apply.

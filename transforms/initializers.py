@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphmorph.errors import RewriteError
-from graphmorph.shapes import evaluating, kept_modes
+from graphmorph.graph.shapes import evaluating, kept_modes
 
 __all__ = ["INITS", "AdamInitOptions", "zero_init", "noise_init", "identity_init", "adam_init"]
 

@@ -23,11 +23,11 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import fx
 
-from graphmorph.copying import clone
+from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.history import record_rewrite
-from graphmorph.shapes import Inputs
-from graphmorph.verify import FLOAT64_ATOL, finish_rewrite, verification_inputs
+from graphmorph.graph.history import record_rewrite
+from graphmorph.graph.shapes import Inputs
+from graphmorph.graph.verify import FLOAT64_ATOL, finish_rewrite, verification_inputs
 
 __all__ = ["Rewrite", "Edit", "Step", "REWRITES", "register", "apply", "rewrite_of", "NOT_RECORDED"]
 

@@ -1,6 +1,6 @@
 """Pruning rewrites for EnvelopeNets (NAC section 2): branches of a cell, and scaled skip inputs.
 
-Contract (checked by `graphmorph.verify` after every call): the pruned graph computes exactly what
+Contract (checked by `graphmorph.graph.verify` after every call): the pruned graph computes exactly what
 the old graph computes with the pruned branches' outputs (their final BatchNorm's scale and
 shift) or the pruned skips' scalars set to zero, in float64, in eval and train mode.
 
@@ -16,11 +16,11 @@ from typing import ClassVar, Iterable, Sequence
 import torch
 from torch import fx, nn
 
-from graphmorph import ops
-from graphmorph.copying import clone
+from graphmorph.graph import ops
+from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.shapes import Inputs
-from graphmorph.ops import attribute
+from graphmorph.graph.shapes import Inputs
+from graphmorph.graph.ops import attribute
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 from transforms.skips import prune_skip_edges
 

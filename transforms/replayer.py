@@ -6,9 +6,9 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
-from graphmorph.capture import capture
+from graphmorph.graph.capture import capture
 from graphmorph.errors import RewriteError
-from graphmorph.shapes import Inputs
+from graphmorph.graph.shapes import Inputs
 from transforms.initializers import Batches
 from transforms.protocol import apply, rewrite_of
 
@@ -21,7 +21,7 @@ def replay(
     example_input: torch.Tensor | Inputs | None = None,
     data: Batches | None = None,
 ) -> fx.GraphModule:
-    """Apply `history` (from `graphmorph.history.history(gm)`) to `model`, captured first with
+    """Apply `history` (from `graphmorph.history(gm)`) to `model`, captured first with
     `example_input` unless it is already a captured GraphModule. Each rewrite runs with its
     recorded seed, so a fresh model of the same architecture and parameters gets the same
     architecture and, before any training, the same parameters. `data` feeds AdamInit records.

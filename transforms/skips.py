@@ -1,7 +1,7 @@
 """Remove an input of a merge on any model: a skip edge of an add or a concatenation
 (`prune_skip_edges`), or a whole residual block (`remove_block`, the inverse of `grow`).
 
-Contract (checked by `graphmorph.verify`): the new graph computes exactly what the old graph
+Contract (checked by `graphmorph.graph.verify`): the new graph computes exactly what the old graph
 computes with the removed input multiplied by zero where it enters the merge, in float64, in eval
 mode and, when the graph has no dropout, in train mode. Removing a concatenation input also
 removes its channels from every reader downstream (BatchNorm statistics, convolution and linear
@@ -18,14 +18,14 @@ from typing import ClassVar, Iterable
 import torch
 from torch import fx
 
-from graphmorph import ops
-from graphmorph.analysis import find_blocks
-from graphmorph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler_for
-from graphmorph.channel_surgery import apply_removal
-from graphmorph.copying import clone
+from graphmorph.graph import ops
+from graphmorph.graph.analysis import find_blocks
+from graphmorph.graph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler_for
+from graphmorph.graph.channel_surgery import apply_removal
+from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
-from graphmorph.shapes import Inputs
-from graphmorph.verify import annotate_rewritten, parameter_count
+from graphmorph.graph.shapes import Inputs
+from graphmorph.graph.verify import annotate_rewritten, parameter_count
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
 __all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "PruneSkipEdges", "RemoveBlock"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, fx, nn
 
-from graphmorph import ops
-from graphmorph.copying import clone
+from graphmorph.graph import ops
+from graphmorph.graph.copying import clone
 
 __all__ = ["BranchStatistic", "instrument_branches", "branch_statistics", "reset_statistics",
            "remove_instrumentation", "STATISTICS_ROOT"]

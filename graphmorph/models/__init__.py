@@ -148,8 +148,8 @@ def arch_of(model: nn.Module) -> str:
     if isinstance(model, EnvelopeNet):
         return _envelope_string(model)
     if isinstance(model, fx.GraphModule):
-        from graphmorph.analysis import find_stages
-        from graphmorph.capture import model_name
+        from graphmorph.graph.analysis import find_stages
+        from graphmorph.graph.capture import model_name
 
         family = model_name(model)
         if family == "EnvelopeNet":

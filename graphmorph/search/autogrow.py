@@ -4,7 +4,7 @@ Every epoch ends with an atomic checkpoint (model weights, rewrite history, opti
 parameter name, search state, RNG states), so `resume` continues an interrupted run and, on the
 CPU, reaches the same found net and history as an uninterrupted one.
 
-Under torchrun every rank runs this loop on its share of each batch (`graphmorph.distributed`);
+Under torchrun every rank runs this loop on its share of each batch (`graphmorph.run.distributed`);
 decisions come from all-reduced accuracies, rewrites are checked to leave identical replicas, and
 rank 0 alone writes the run directory.
 """
@@ -19,20 +19,20 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from graphmorph.analysis import find_blocks, find_stages
-from graphmorph.capture import model_name
-from graphmorph.data import Dataset, load
-from graphmorph.distributed import World, joined
+from graphmorph.graph.analysis import find_blocks, find_stages
+from graphmorph.graph.capture import model_name
+from graphmorph.run.data import Dataset, load
+from graphmorph.run.distributed import World, joined
 from graphmorph.errors import ConfigError
-from graphmorph.history import history
+from graphmorph.graph.history import history
 from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
-from graphmorph.report import finish_run, write_rewrites
-from graphmorph.optim import optimizer_state, rebuild_optimizer, restore_optimizer
-from graphmorph.rundir import RunDirectory
-from graphmorph.sources import ModelError, ModelSource, is_factory
+from graphmorph.run.report import finish_run, write_rewrites
+from graphmorph.run.optim import optimizer_state, rebuild_optimizer, restore_optimizer
+from graphmorph.run.rundir import RunDirectory
+from graphmorph.run.sources import ModelError, ModelSource, is_factory
 from graphmorph.search.config import config_from_dict
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
-from graphmorph.train import Trainer, TrainingDiverged, pick_device, staircase_lr
+from graphmorph.run.train import Trainer, TrainingDiverged, pick_device, staircase_lr
 from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
 
@@ -403,7 +403,7 @@ def _nothing_to_grow(gm: fx.GraphModule, refusals: dict[int, str], label: str) -
     if not blocks:
         return (f"{label} has no block AutoGrow can grow: none was found. graphmorph looks for residual (add) or "
                 "concatenating merges around weighted layers, modules holding exactly one weighted layer, or the "
-                "conv units of a flat nn.Sequential (see graphmorph.analysis)")
+                "conv units of a flat nn.Sequential (see graphmorph.graph.analysis)")
     considered = "; ".join(f"{b.name} ({b.kind}, {_shape(b.in_shape)} -> {_shape(b.out_shape)})" for b in blocks)
     reasons = " ".join(f"Stage {i}: {reason}." for i, reason in refusals.items()) or \
         "No block has a spatial (C x H x W) output, so there are no stages."

@@ -25,21 +25,21 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from graphmorph.capture import capture
-from graphmorph.data import Dataset, load
-from graphmorph.distributed import World, joined
+from graphmorph.graph.capture import capture
+from graphmorph.run.data import Dataset, load
+from graphmorph.run.distributed import World, joined
 from graphmorph.errors import ConfigError
-from graphmorph.flops import count_flops
-from graphmorph.history import history
+from graphmorph.graph.flops import count_flops
+from graphmorph.graph.history import history
 from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
 from graphmorph.models.envelope import parse_envelope
-from graphmorph.report import save_result
-from graphmorph.rundir import RunDirectory
-from graphmorph.sources import ModelSource
+from graphmorph.run.report import save_result
+from graphmorph.run.rundir import RunDirectory
+from graphmorph.run.sources import ModelSource
 from graphmorph.search.config import config_from_dict
 from graphmorph.search.nac_choices import branches_to_prune, random_structure, skips_to_prune
 from graphmorph.search.nac_plots import plot_comparison, plot_iterations, plot_statistics
-from graphmorph.train import Trainer, TrainingDiverged, pick_device, staircase_lr
+from graphmorph.run.train import Trainer, TrainingDiverged, pick_device, staircase_lr
 from transforms import CELL_INITS, add_cell, prune_branches, prune_skips
 from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from graphmorph.models import BRANCH_TYPES
-from graphmorph.report import pyplot, save_figure
+from graphmorph.run.report import pyplot, save_figure
 
 __all__ = ["plot_statistics", "plot_iterations", "plot_comparison"]
 

@@ -8,7 +8,7 @@ from typing import Iterator, TypeVar
 
 from torch import fx, nn
 
-from graphmorph.capture import model_name
+from graphmorph.graph.capture import model_name
 
 __all__ = ["clone", "deep_copy", "gc_paused"]
 

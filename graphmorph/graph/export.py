@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from graphmorph.errors import ExportError, first_line
-from graphmorph.shapes import Inputs, as_inputs, evaluating
+from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 
 __all__ = ["ExportReport", "export_onnx"]
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from graphmorph.distributed import World
+from graphmorph.run.distributed import World
 from graphmorph.errors import GraphmorphError
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "staircase_lr"]

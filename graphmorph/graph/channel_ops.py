@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from graphmorph import ops
+from graphmorph.graph import ops
 
 if TYPE_CHECKING:  # pragma: no cover
-    from graphmorph.channel_surgery import Cut
-    from graphmorph.channels import Relations
+    from graphmorph.graph.channel_surgery import Cut
+    from graphmorph.graph.channels import Relations
 
 __all__ = ["ChannelOp", "PassThrough", "Refuse", "register", "handler_for", "output_weight", "TensorQuestions",
            "describe"]
@@ -453,7 +453,7 @@ def register(key: Key, handler: ChannelOp) -> None:
     For one that must never be pruned through: `register(MyMixer, Refuse("mixes channels"))`.
     """
     if not isinstance(handler, ChannelOp):
-        raise TypeError(f"handler must be a graphmorph.channel_ops.ChannelOp, got {type(handler).__name__}")
+        raise TypeError(f"handler must be a graphmorph.graph.channel_ops.ChannelOp, got {type(handler).__name__}")
     table = _MODULES if isinstance(key, type) else _METHODS if isinstance(key, str) else _FUNCTIONS
     table[key] = handler
 

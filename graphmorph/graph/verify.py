@@ -13,11 +13,11 @@ from typing import Callable, Iterable
 import torch
 from torch import fx
 
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
-from graphmorph.copying import deep_copy
+from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.graph.copying import deep_copy
 from graphmorph.errors import RewriteError, first_line
-from graphmorph.rng import seeded
-from graphmorph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, kept_modes, with_shapes
+from graphmorph.graph.rng import seeded
+from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, kept_modes, with_shapes
 
 __all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs",
            "annotate_rewritten", "finish_rewrite", "output_shape"]

@@ -8,17 +8,18 @@ from typing import Any
 import torch
 from torch import fx
 
-from graphmorph.copying import deep_copy
+from graphmorph.graph.copying import deep_copy
 from graphmorph.errors import GraphmorphError
 
 
 class ReportError(GraphmorphError, ValueError):
     """A path given to `graphmorph report` that is not a run directory, or an output it would overwrite."""
-from graphmorph.export import export_onnx
-from graphmorph.flops import count_flops, si
-from graphmorph.history import history, history_document
-from graphmorph.rundir import RunDirectory
-from graphmorph.sources import ModelSource
+from graphmorph.graph.export import export_onnx
+from graphmorph.graph.flops import count_flops, si
+from graphmorph.graph.history import history
+from graphmorph.run.history_file import history_document
+from graphmorph.run.rundir import RunDirectory
+from graphmorph.run.sources import ModelSource
 
 __all__ = ["ReportError", "finish_run", "save_result", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
 
@@ -48,7 +49,7 @@ def save_result(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource
 
 
 def write_rewrites(directory: RunDirectory, source: ModelSource, rewrites: list[dict[str, Any]]) -> None:
-    """rewrites.json: the versioned history document (`graphmorph.history`)."""
+    """rewrites.json: the versioned history document (`graphmorph.run.history_file`)."""
     directory.write_json("rewrites.json", history_document(source, rewrites))
 
 

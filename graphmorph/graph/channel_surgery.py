@@ -2,7 +2,7 @@
 
 A removal maps node names to the channel indices of that node's tensor that go (from
 `ChannelDependencies.removal`). Cutting keeps a record, per parameter name, of how the old
-tensor maps to the new one, so optimizer state can be sliced the same way (`graphmorph.optim`).
+tensor maps to the new one, so optimizer state can be sliced the same way (`graphmorph.run.optim`).
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 import torch
 from torch import fx, nn
 
-from graphmorph import ops
-from graphmorph.channel_ops import TensorQuestions, handler_for
-from graphmorph.channels import ChannelDependencies
+from graphmorph.graph import ops
+from graphmorph.graph.channel_ops import TensorQuestions, handler_for
+from graphmorph.graph.channels import ChannelDependencies
 
 __all__ = ["Cut", "check_removal", "apply_removal", "KEPT_KEY", "apply_kept"]
 

@@ -15,9 +15,10 @@ from typing import Any
 from torch import fx
 
 from graphmorph.errors import first_line
-from graphmorph.history import HistoryError, history, history_document, parse_history, read_history
-from graphmorph.rundir import load_saved, save_atomically
-from graphmorph.sources import ModelSource
+from graphmorph.graph.history import history
+from graphmorph.run.history_file import HistoryError, history_document, parse_history, read_history
+from graphmorph.run.rundir import load_saved, save_atomically
+from graphmorph.run.sources import ModelSource
 from transforms.replayer import replay, replay_architecture
 
 __all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint"]

@@ -42,7 +42,7 @@ def surgery_for(module: nn.Module) -> LayerSurgery | None:
 
 def fresh_copy(module: nn.Module) -> nn.Module:
     """Same class and hyper-parameters, parameters and statistics drawn afresh (PyTorch's default
-    initialisation, `reset_parameters`). Seed with `graphmorph.rng.seeded` for reproducible draws."""
+    initialisation, `reset_parameters`). Seed with `graphmorph.graph.rng.seeded` for reproducible draws."""
     clone = copy.deepcopy(module)
     for m in clone.modules():
         reset = getattr(m, "reset_parameters", None)

@@ -21,11 +21,11 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("graphmorph.testing needs hypothesis: pip install 'graphmorph[test]'") from err
 
-from graphmorph import ops
+from graphmorph.graph import ops
 from graphmorph.errors import RewriteError
-from graphmorph.grammar import PIECES, CNNSpec
+from graphmorph.testing.grammar import PIECES, CNNSpec
 from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, build
-from graphmorph.verify import output_differences, verify
+from graphmorph.graph.verify import output_differences, verify
 
 __all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns", "inputs_for",
            "assert_preserves_function", "assert_prune_equals_mask", "assert_valid_rewrite", "assert_state_carried",
@@ -81,7 +81,7 @@ def envelope_nets(draw, max_stages: int = 2, max_cells: int = 3, min_branches: i
 @st.composite
 def cnns(draw, max_pieces: int = 4, kinds: tuple[str, ...] = PIECES, widths: tuple[int, ...] = (2, 3, 4, 6),
          sizes: tuple[int, ...] = (4, 6, 8), min_pieces: int = 1) -> CNNSpec:
-    """Random fx-traceable CNNs from `graphmorph.grammar`'s pieces (plain, residual, pre-activation,
+    """Random fx-traceable CNNs from `graphmorph.testing.grammar`'s pieces (plain, residual, pre-activation,
     bottleneck, projection, DenseNet-style concat, depthwise, grouped, squeeze-excitation,
     inverted-residual, split, functional), min_pieces..max_pieces of them, strided or not, with a
     pooling or a flattening head, on small square inputs. Shrinks towards fewer, earlier-listed

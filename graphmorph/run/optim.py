@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphmorph.channel_surgery import KEPT_KEY, apply_kept
+from graphmorph.graph.channel_surgery import KEPT_KEY, apply_kept
 
 __all__ = ["rebuild_optimizer", "optimizer_state", "restore_optimizer"]
 

@@ -11,8 +11,8 @@ import torch
 from torch import fx, nn
 
 from graphmorph.errors import CaptureError, first_line
-from graphmorph.ops import device_of
-from graphmorph.shapes import Inputs, annotate_shapes, as_inputs
+from graphmorph.graph.ops import device_of
+from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs
 
 INPUT_SPEC_KEY = "graphmorph.input_spec"
 MODEL_NAME_KEY = "graphmorph.model_name"

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
-from graphmorph.capture import capture
+from graphmorph.graph.capture import capture
 from graphmorph.errors import GraphmorphError
 from graphmorph.models import build
-from graphmorph.verify import output_shape
+from graphmorph.graph.verify import output_shape
 
 __all__ = ["ModelError", "ModelSource", "load_factory", "is_factory"]
 

@@ -1,7 +1,7 @@
 """Channel dependencies on the fx graph: which channels must be removed together, and which cannot be.
 
 Every data tensor of rank >= 2 (batch first) has one *slot* per channel along dim 1. Each node's
-handler (`graphmorph.channel_ops`) relates its output's slots to its inputs': the same channel
+handler (`graphmorph.graph.channel_ops`) relates its output's slots to its inputs': the same channel
 (BatchNorm, activations, residual adds, squeeze-excitation gates), an offset (concatenation,
 split), a range (flatten into a Linear), or fresh channels (the outputs of a convolution or a
 linear layer: the *producers*). Slots related this way form *classes*; a class is removed as a
@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 
 from torch import fx
 
-from graphmorph.analysis import _require_shapes
-from graphmorph.channel_ops import TensorQuestions, handler_for
+from graphmorph.graph.analysis import _require_shapes
+from graphmorph.graph.channel_ops import TensorQuestions, handler_for
 from graphmorph.errors import RewriteError, first_line
 
 __all__ = ["ChannelGroup", "ChannelDependencies", "channel_dependencies", "channel_groups"]
@@ -235,7 +235,7 @@ class ChannelDependencies:
         handler = handler_for(self.gm, node)
         if handler is None:
             rel.refuse(node, f"{rel.describe(node)} has no channel handler (register one with "
-                             f"graphmorph.channel_ops.register)")
+                             f"graphmorph.graph.channel_ops.register)")
             return
         try:
             handler.relate(rel, node)

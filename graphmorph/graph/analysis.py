@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import networkx as nx
 from torch import fx
 
-from graphmorph import ops
-from graphmorph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.graph import ops
+from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.errors import AnalysisError
-from graphmorph.shapes import annotate_shapes, has_shapes
+from graphmorph.graph.shapes import annotate_shapes, has_shapes
 
 __all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages"]
 

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from graphmorph import ops
-from graphmorph.analysis import find_stages
-from graphmorph.capture import capture, example_inputs
-from graphmorph.shapes import Inputs, with_shapes
+from graphmorph.graph import ops
+from graphmorph.graph.analysis import find_stages
+from graphmorph.graph.capture import capture, example_inputs
+from graphmorph.graph.shapes import Inputs, with_shapes
 
 __all__ = ["Cost", "NodeCost", "FlopReport", "count_flops"]
 

@@ -1,5 +1,5 @@
-"""The architecture history of a GraphModule: every rewrite applied, as data that can be replayed,
-and the versioned JSON document (`rewrites.json`) that ships it with the model it applies to.
+"""The versioned JSON document (`rewrites.json`) that ships a graph's rewrite history
+(`graphmorph.graph.history`) with the model it applies to.
 
 Version 1 of the document:
 
@@ -9,7 +9,7 @@ Version 1 of the document:
      "rewrites": [{"rewrite": "grow", ...}, ...]}
 
 Each rewrite record holds its name and the arguments (including any seed) that `transforms.replay`
-needs to apply it again; see the `replay_*` function of each rewrite for its fields.
+needs to apply it again: the fields of the rewrite's dataclass (`transforms.REWRITES`).
 """
 from __future__ import annotations
 
@@ -17,31 +17,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import fx
-
 from graphmorph.errors import GraphmorphError
-from graphmorph.sources import ModelSource
+from graphmorph.run.sources import ModelSource
 
-HISTORY_KEY = "graphmorph.history"
 FORMAT = "graphmorph.history"
 VERSION = 1
 
-__all__ = ["HISTORY_KEY", "FORMAT", "VERSION", "HistoryError", "history", "record_rewrite", "history_document",
-           "parse_history", "read_history"]
+__all__ = ["FORMAT", "VERSION", "HistoryError", "history_document", "parse_history", "read_history"]
 
 
 class HistoryError(GraphmorphError, ValueError):
     """A history document is unreadable, of an unknown version, or does not fit the model."""
-
-
-def history(gm: fx.GraphModule) -> list[dict[str, Any]]:
-    """The rewrites applied to `gm` since capture, oldest first (a copy)."""
-    return [dict(record) for record in gm.meta.get(HISTORY_KEY, [])]
-
-
-def record_rewrite(gm: fx.GraphModule, record: dict[str, Any]) -> None:
-    """Append one rewrite's record to `gm`'s history (gm is the rewrite's own new graph)."""
-    gm.meta[HISTORY_KEY] = [*gm.meta.get(HISTORY_KEY, []), dict(record)]
 
 
 def history_document(source: ModelSource, rewrites: list[dict[str, Any]]) -> dict[str, Any]:
