@@ -13,6 +13,7 @@ from graphmorph.errors import (
     AnalysisError, ArchError, CaptureError, ConfigError, ExportError, GraphmorphError, RewriteError, ShapeError,
 )
 from graphmorph.graph.export import ExportReport, export_onnx
+from graphmorph.graph.registry import Registry
 from graphmorph.graph.flops import FlopReport, count_flops
 from graphmorph.graph.history import history
 from graphmorph.run.history_file import HistoryError, history_document, read_history
@@ -26,7 +27,7 @@ __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
     "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
     "history_document", "read_history", "ModelSource",
-    "rebuild_optimizer", "channel_groups", "ChannelGroup",
+    "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
     "RewriteError", "HistoryError", "ModelError",
 ]

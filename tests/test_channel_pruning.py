@@ -12,8 +12,9 @@ from torch import nn
 
 import graphmorph
 import transforms
-from graphmorph.graph import channel_ops, ops
-from graphmorph.graph.channel_ops import PassThrough, output_weight, register
+from graphmorph.graph import ops
+from graphmorph.graph.channel_ops import PassThrough, output_weight
+from graphmorph.graph.registry import Registry
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.testing import assert_prune_equals_mask, cnns
 from graphmorph.graph.verify import verification_inputs
@@ -279,13 +280,19 @@ class _WithMixer(nn.Module):
         return self.fc(self.mix(self.conv(x)).mean((2, 3)))
 
 
-def test_user_layers_are_refused_until_registered(monkeypatch):
-    monkeypatch.setattr(channel_ops, "_MODULES", dict(channel_ops._MODULES))
+def test_user_layers_are_refused_until_registered_in_the_registry_passed():
     make = lambda: graphmorph.capture(_WithMixer(), torch.randn(2, 3, 6, 6))   # noqa: E731
     tracer_leaf = graphmorph.capture(_WithMixer(), torch.randn(2, 3, 6, 6), leaf_modules=[_Mixer])
     with pytest.raises(graphmorph.RewriteError, match="_Mixer.*no channel handler.*register"):
         transforms.prune_channels(tracer_leaf, "conv", [0])
-    register(_Mixer, PassThrough())
-    pruned = transforms.prune_channels(tracer_leaf, "conv", [0, 1])
+    registry = Registry.default().copy().register(_Mixer, PassThrough())
+    pruned = transforms.prune_channels(tracer_leaf, "conv", [0, 1], registry=registry)
     assert pruned.get_submodule("fc").in_features == 4
+    assert Registry.default().channel_op(tracer_leaf, next(n for n in tracer_leaf.graph.nodes if n.target == "mix")) \
+        is None, "registering on a copy left the default registry as it was"
+    filtered = transforms.prune_filters(tracer_leaf, 0.5, registry=registry)
+    assert filtered.get_submodule("conv").out_channels == 3
+    replayed = transforms.replay(graphmorph.capture(_WithMixer(), torch.randn(2, 3, 6, 6), leaf_modules=[_Mixer]),
+                                 graphmorph.history(pruned), registry=registry)
+    assert replayed.get_submodule("fc").in_features == 4
     assert transforms.prune_channels(make(), "conv", [0]).get_submodule("conv").out_channels == 5

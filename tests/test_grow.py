@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st, target
 import graphmorph
 import transforms
 from graphmorph.graph.history import history
+from graphmorph.graph.layers import LayerSurgery
 from graphmorph.models import arch_of, build, parse_arch
 from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, cnns, seed_nets
 from graphmorph.graph.verify import parameter_count
@@ -87,6 +88,33 @@ def test_projection_block_as_template_stacks_its_shape_preserving_form():
     order = [b.name for b in graphmorph.find_stages(grown)[1].block_info]
     assert order == ["layer2.0", "layer2.2", "layer2.1"]  # inserted right after its template
     assert_preserves_function(gm, grown, x)
+
+
+def test_growth_resizes_layers_with_the_registry_it_is_given():
+    """A user layer the default registry cannot resize is refused there and grows with a registry
+    that knows it; the default registry stays as it was."""
+    class UserConv(torch.nn.Conv2d):
+        pass
+
+    def with_in_channels(conv, channels):
+        return UserConv(channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=False)
+
+    def unit_stride(conv):
+        return UserConv(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=False)
+
+    x = torch.randn(2, 3, 16, 16)
+    gm = graphmorph.capture(ZOO["ProjectionResNet"][0](), x)
+    registry = graphmorph.Registry.default().copy()
+    refusing = LayerSurgery(lambda m: m.in_channels, lambda m, c: (_ for _ in ()).throw(ValueError("not resizable")))
+    registry.register(torch.nn.Conv2d, layer=refusing)
+    with pytest.raises(graphmorph.RewriteError, match="cannot stack a shape-preserving copy of block 'layer2.0': not"):
+        transforms.grow(gm, after="layer2.0", init="zero", registry=registry)
+    registry.register(torch.nn.Conv2d, layer=LayerSurgery(lambda m: m.in_channels, with_in_channels, unit_stride))
+    grown = transforms.grow(gm, after="layer2.0", init="zero", registry=registry)
+    assert type(grown.get_submodule("layer2.2.conv1")) is UserConv
+    assert_preserves_function(gm, grown, x)
+    default = transforms.grow(gm, after="layer2.0", init="zero")
+    assert type(default.get_submodule("layer2.2.conv1")) is torch.nn.Conv2d
 
 
 def test_new_blocks_get_fresh_parameters_and_deterministic_names():

@@ -23,6 +23,7 @@ from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_remo
 from graphmorph.graph import ops
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.graph.copying import clone
+from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 from transforms.protocol import Edit, Rewrite, Step, apply, register
@@ -33,17 +34,20 @@ CRITERIA = ("l2", "featuremap_l2")
 
 
 def prune_channels(gm: fx.GraphModule, target: str, channels: Sequence[int], *,
-                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                   registry: Registry | None = None) -> fx.GraphModule:
     """A new graph without output channels `channels` of layer `target` (a module name, or a node
     name for F.conv2d-style layers) and every channel coupled to them; every reader (convolutions,
-    linears, BatchNorm statistics, split sizes, reshapes) is fixed to match."""
-    rewrite = PruneChannels(target, tuple(sorted(set(channels))))
+    linears, BatchNorm statistics, split sizes, reshapes) is fixed to match. `registry` holds the
+    channel handlers of the ops (default: `Registry.default()`)."""
+    rewrite = PruneChannels(target, tuple(sorted(set(channels))), registry=registry)
     return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data: Any = None,
                   per_layer: bool = False, ignore: Iterable[str] = (), *,
-                  example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+                  example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                  registry: Registry | None = None) -> fx.GraphModule:
     """Remove about `ratio` of the prunable channels, lowest importance first, in one verified rewrite.
 
     `criterion` "l2" scores a channel by the L2 norm of the weights that produce it; "featuremap_l2"
@@ -52,6 +56,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     `ratio` of every group. Never empties a layer; never touches a group that reaches the model's
     output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even.
     Groups whose removal is refused are skipped; the history record lists them with the reason.
+    `registry` holds the channel handlers of the ops (default: `Registry.default()`).
     """
     if not 0.0 <= ratio < 1.0:
         raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
@@ -59,7 +64,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         raise RewriteError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if criterion == "featuremap_l2" and data is None:
         raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
-    deps = channel_dependencies(gm)
+    deps = channel_dependencies(gm, registry)
     ignore = set(ignore)
     groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
     scores = _scores(gm, deps, groups, criterion, data)
@@ -70,7 +75,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
             skipped.append((group.producers[0], reason))
         else:
             pruned += _by_producer(deps, group, picked)
-    rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped))
+    rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), registry=registry)
     return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
@@ -82,15 +87,15 @@ class _ChannelRemoval(Rewrite):
         raise NotImplementedError
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        deps = channel_dependencies(gm)
+        deps = channel_dependencies(gm, self.op_registry)
         removal = deps.removal(self._classes(deps))
         reason = check_removal(gm, deps, removal) if removal else None
         return f"{self.name} refused: {reason}" if reason else None
 
     def edit(self, step: Step) -> Edit:
-        gm, deps = step.source, channel_dependencies(step.source)
+        gm, deps = step.source, channel_dependencies(step.source, self.op_registry)
         removal = deps.removal(self._classes(deps))
-        cut = apply_removal(step.work, removal, deps.parameter_dims)
+        cut = apply_removal(step.work, removal, deps.parameter_dims, deps.registry)
         step.work.meta[KEPT_KEY] = cut.kept_indices
         stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
         return Edit(cut.param_delta, lambda: mask_channels(gm, removal),
@@ -107,7 +112,7 @@ class PruneChannels(_ChannelRemoval):
     channels: tuple[int, ...]
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        group = channel_dependencies(gm).group_of(self.target)
+        group = channel_dependencies(gm, self.op_registry).group_of(self.target)
         if group.refused:
             return f"cannot prune channels of {self.target}: {group.refused}"
         return super().check(gm)

@@ -21,7 +21,8 @@ from torch.fx.node import map_arg
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import Block, find_blocks, find_stages
 from graphmorph.errors import RewriteError
-from graphmorph.graph.layers import fresh_copy, surgery_for
+from graphmorph.graph.layers import fresh_copy
+from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.ops import attribute
@@ -49,6 +50,7 @@ def grow(
     example_input: torch.Tensor | Inputs | None = None,
     generator: torch.Generator | None = None,
     verify: bool = True,
+    registry: Registry | None = None,
 ) -> fx.GraphModule:
     """A new GraphModule with a block stacked after the last block of `stage` or after the block
     named `after`; `gm` is left untouched.
@@ -58,12 +60,14 @@ def grow(
     parameters are drawn from a seed taken from `generator` (or the global RNG) and recorded in
     the history, so `replay` reproduces them. Verification (`graphmorph.graph.verify`) runs on
     `example_input` (default: seeded random data shaped like the captured input) and, for zero and
-    identity, checks the function is preserved. Raises RewriteError with the reason when the
-    rewrite cannot apply.
+    identity, checks the function is preserved. `registry` says how to resize layers of the
+    shape-preserving form of a reducing block (default: `Registry.default()`). Raises RewriteError
+    with the reason when the rewrite cannot apply.
     """
     template = _template(gm, stage, after)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, adam_options=adam_options)
+    rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, adam_options=adam_options,
+                   registry=registry)
     return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
 
 
@@ -112,7 +116,7 @@ class Grow(Rewrite):
         gm, work = step.source, step.work
         template = _block_named(gm, self.after)
         plan = _plan(work, template)
-        values = _new_values(work, template, plan, self.seed)
+        values = _new_values(work, template, plan, self.seed, self.op_registry)
         output = _insert(work, plan)
         for target, value in values.items():
             _install(work, target, value)
@@ -226,16 +230,17 @@ def _plan(work: fx.GraphModule, template: Block) -> _Plan:
     return _Plan(copied, entry, sources, {t: rename(t) for t in referenced}, rename, derived)
 
 
-def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int) -> dict[str, Any]:
+def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, registry: Registry) -> dict[str, Any]:
     """Fresh modules and parameters for the copy, keyed by their new targets, drawn from `seed`."""
-    frontier = _input_layers(work, plan) if plan.derived else set()
+    frontier = _input_layers(work, plan, registry) if plan.derived else set()
     channels = template.out_shape[0] if plan.derived else None
     values = {}
     with seeded(seed, like=work):
         for old, new in plan.targets.items():
             value = attribute(work, old)
             if isinstance(value, nn.Module):
-                values[new] = _new_layer(value, old, template.name, plan.derived, channels if old in frontier else None)
+                values[new] = _new_layer(value, old, template.name, plan.derived, channels if old in frontier else None,
+                                         registry)
             elif isinstance(value, nn.Parameter):
                 fresh = nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad)
                 if fresh.dim() >= 2:  # PyTorch's default for conv and linear weights
@@ -246,7 +251,7 @@ def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int) -
     return values
 
 
-def _input_layers(work: fx.GraphModule, plan: _Plan) -> set[str]:
+def _input_layers(work: fx.GraphModule, plan: _Plan, registry: Registry) -> set[str]:
     """Targets of the layers that read the block's input channels: every registered layer reached
     from the input before (and including) the first weighted layer on each path."""
     inside = set(plan.nodes)
@@ -256,15 +261,16 @@ def _input_layers(work: fx.GraphModule, plan: _Plan) -> set[str]:
             if user not in inside or user in seen:
                 continue
             seen.add(user)
-            if user.op == "call_module" and surgery_for(work.get_submodule(user.target)) is not None:
+            if user.op == "call_module" and registry.layer_surgery(work.get_submodule(user.target)) is not None:
                 found.add(str(user.target))
             if not ops.is_weighted(work, user):
                 stack.append(user)
     return found
 
 
-def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channels: int | None) -> nn.Module:
-    surgery = surgery_for(module)
+def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channels: int | None,
+               registry: Registry) -> nn.Module:
+    surgery = registry.layer_surgery(module)
     layer = None
     try:
         if channels is not None and surgery.in_channels(module) != channels:

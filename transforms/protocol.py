@@ -26,10 +26,11 @@ from torch import fx
 from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.graph.history import record_rewrite
+from graphmorph.graph.registry import Registry
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import FLOAT64_ATOL, finish_rewrite, verification_inputs
 
-__all__ = ["Rewrite", "Edit", "Step", "REWRITES", "register", "apply", "rewrite_of", "NOT_RECORDED"]
+__all__ = ["Rewrite", "Edit", "Step", "REWRITES", "register", "apply", "rewrite_of", "rewrite_class", "NOT_RECORDED"]
 
 NOT_RECORDED = {"recorded": False}
 """Field metadata for a run-time option that does not belong in the history (`field(metadata=NOT_RECORDED)`)."""
@@ -62,10 +63,17 @@ class Step:
     data: Any = None
 
 
+@dataclass(frozen=True)
 class Rewrite:
-    """Base of every registered rewrite (subclasses are frozen dataclasses)."""
+    """Base of every registered rewrite (subclasses are frozen dataclasses). `registry` is the op
+    registry its analyses use (default: `Registry.default()`); it is not recorded."""
 
     name: ClassVar[str]
+    registry: Registry | None = field(default=None, kw_only=True, compare=False, repr=False, metadata=NOT_RECORDED)
+
+    @property
+    def op_registry(self) -> Registry:
+        return self.registry or Registry.default()
 
     def check(self, gm: fx.GraphModule) -> str | None:
         """Why this rewrite cannot apply to `gm`, or None when it can (raising RewriteError is
@@ -120,12 +128,17 @@ def register(cls: type[Rewrite]) -> type[Rewrite]:
     return cls
 
 
-def rewrite_of(record: dict[str, Any]) -> Rewrite:
-    """The registered rewrite a history record describes; RewriteError for an unknown name."""
+def rewrite_class(record: dict[str, Any], where: str = "the record") -> type[Rewrite]:
+    """The registered class a history record names; RewriteError for an unknown name."""
     cls = REWRITES.get(record.get("rewrite"))
     if cls is None:
-        raise RewriteError(f"unknown rewrite {record.get('rewrite')!r}; known: {', '.join(sorted(REWRITES))}")
-    return cls.from_record(record)
+        raise RewriteError(f"{where} has unknown rewrite {record.get('rewrite')!r}; known: {', '.join(sorted(REWRITES))}")
+    return cls
+
+
+def rewrite_of(record: dict[str, Any]) -> Rewrite:
+    """The registered rewrite a history record describes; RewriteError for an unknown name or a missing field."""
+    return rewrite_class(record).from_record(record)
 
 
 def apply(gm: fx.GraphModule, rewrite: Rewrite, *, example_input: torch.Tensor | Inputs | None = None,

@@ -20,9 +20,10 @@ from torch import fx
 
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import find_blocks
-from graphmorph.graph.channel_ops import Concat, PassThrough, Reduce, Reshape, handler_for
+from graphmorph.graph.channel_ops import Concat, PassThrough, Reduce, Reshape
 from graphmorph.graph.channel_surgery import apply_removal
 from graphmorph.graph.copying import clone
+from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import annotate_rewritten, parameter_count
@@ -32,19 +33,20 @@ __all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "PruneSkipEdges", 
 
 
 def prune_skip_edges(gm: fx.GraphModule, edges: Iterable[tuple[str, str]], *,
-                     example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+                     example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                     registry: Registry | None = None) -> fx.GraphModule:
     """A new graph without the given skip edges, each `(merge node, input node)` by fx node name:
     an input of an add (the add becomes its other input) or of a concatenation along channels
-    (its channels leave every reader downstream)."""
-    rewrite = PruneSkipEdges(tuple(tuple(e) for e in edges))
+    (its channels leave every reader downstream, followed with `registry`'s channel handlers)."""
+    rewrite = PruneSkipEdges(tuple(tuple(e) for e in edges), registry=registry)
     return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 def remove_block(gm: fx.GraphModule, block: str, *, example_input: torch.Tensor | Inputs | None = None,
-                 verify: bool = True) -> fx.GraphModule:
+                 verify: bool = True, registry: Registry | None = None) -> fx.GraphModule:
     """A new graph without the shape-preserving residual block `block` (a name from `find_blocks`):
     its residual branch goes, its identity shortcut and any op after the add (a trailing ReLU) stay."""
-    return apply(gm, RemoveBlock(block), example_input=example_input, verify=verify)
+    return apply(gm, RemoveBlock(block, registry=registry), example_input=example_input, verify=verify)
 
 
 class _InputRemoval(Rewrite):
@@ -75,7 +77,7 @@ class _InputRemoval(Rewrite):
             if k:  # the previous drop changed shapes downstream of it
                 work.recompile()
                 annotate_rewritten(gm, work, step.inputs, self.describe())
-            delta += _drop_input(work, merge, source)
+            delta += _drop_input(work, merge, source, self.op_registry)
         stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
         return Edit(delta, lambda: zero_inputs(gm, edges), ("eval",) if stochastic else ("eval", "train"))
 
@@ -125,7 +127,7 @@ class RemoveBlock(_InputRemoval):
 # --------------------------------------------------------------------------- implementation
 
 
-def _drop_input(work: fx.GraphModule, merge_name: str, source_name: str) -> int:
+def _drop_input(work: fx.GraphModule, merge_name: str, source_name: str, registry: Registry) -> int:
     """Drop input `source_name` of merge `merge_name` in `work` (shapes current); the parameter change."""
     nodes = {n.name: n for n in work.graph.nodes}
     merge, source = nodes.get(merge_name), nodes.get(source_name)
@@ -134,7 +136,7 @@ def _drop_input(work: fx.GraphModule, merge_name: str, source_name: str) -> int:
     if ops.is_add(merge):
         delta = _drop_add_input(work, merge, source)
     else:
-        delta = _drop_cat_input(work, merge, source)
+        delta = _drop_cat_input(work, merge, source, registry)
     return delta + _erase_dead(work, source)
 
 
@@ -151,7 +153,7 @@ def _drop_add_input(work, merge: fx.Node, source: fx.Node) -> int:
     return 0
 
 
-def _drop_cat_input(work, merge: fx.Node, source: fx.Node) -> int:
+def _drop_cat_input(work, merge: fx.Node, source: fx.Node, registry: Registry) -> int:
     """Follow the input's channels forward from the concatenation to the layers that read them."""
     dim = ops.cat_dim(merge, len(merge.meta["tensor_meta"].shape))
     parts = list(merge.args[0])
@@ -161,19 +163,20 @@ def _drop_cat_input(work, merge: fx.Node, source: fx.Node) -> int:
         raise RewriteError(f"{merge.name} has a single input; there is no skip to drop")
     offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(source)])
     width = source.meta["tensor_meta"].shape[1]
-    cut = apply_removal(work, _forward_removal(work, merge, list(range(offset, offset + width))))
+    removal = _forward_removal(work, merge, list(range(offset, offset + width)), registry)
+    cut = apply_removal(work, removal, registry=registry)
     merge.args = ([p for p in merge.args[0] if p is not source], *merge.args[1:])
     return cut.param_delta
 
 
-def _forward_removal(gm, start: fx.Node, channels: list[int]) -> dict[str, list[int]]:
+def _forward_removal(gm, start: fx.Node, channels: list[int], registry: Registry) -> dict[str, list[int]]:
     """Node name -> removed channels, from `start` forward through channel-keeping ops and
     concatenations to the layers that read them (which lose input columns only)."""
     removal, stack = {start.name: channels}, [(start, channels)]
     while stack:
         node, removed = stack.pop()
         for user in node.users:
-            handler = handler_for(gm, user)
+            handler = registry.channel_op(gm, user)
             if isinstance(handler, Concat):
                 parts = list(user.args[0])
                 offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(node)])

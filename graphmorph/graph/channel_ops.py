@@ -6,15 +6,15 @@ fresh channels, channels it reads and can drop, or a refusal with the reason). `
 node once a set of channels is removed (`Cut`: the removed indices per node, module and tensor
 replacement). `check` may refuse a cut before anything is edited.
 
-Handlers are keyed by module type, by function, or by method name. `register` adds or replaces
-one, so users can teach graphmorph their own layers; an op without a handler that touches
-channels makes its groups unprunable, with a reason that names it.
+Handlers are keyed by module type, by function, or by method name in a `Registry`
+(`graphmorph.graph.registry`), which users extend with their own layers; an op without a handler
+that touches channels makes its groups unprunable, with a reason that names it.
 """
 from __future__ import annotations
 
 import math
 import operator
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,17 +25,21 @@ from graphmorph.graph import ops
 if TYPE_CHECKING:  # pragma: no cover
     from graphmorph.graph.channel_surgery import Cut
     from graphmorph.graph.channels import Relations
+    from graphmorph.graph.registry import Registry
 
-__all__ = ["ChannelOp", "PassThrough", "Refuse", "register", "handler_for", "output_weight", "TensorQuestions",
-           "describe"]
-
-Key = Union[type, Callable, str]
-
+__all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Concat", "Split", "GetItem", "Reduce",
+           "Reshape", "Convolution", "TransposedConvolution", "Linear", "output_weight", "TensorQuestions", "describe",
+           "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS"]
 
 class TensorQuestions:
-    """Shape questions about the nodes of `self.gm` (shapes as captured, before any edit)."""
+    """Shape questions about the nodes of `self.gm` (shapes as captured, before any edit), and
+    their handlers in `self.registry`."""
 
     gm: fx.GraphModule
+    registry: "Registry"
+
+    def handler(self, node: fx.Node) -> "ChannelOp | None":
+        return self.registry.channel_op(self.gm, node)
 
     @staticmethod
     def shape(node) -> tuple[int, ...] | None:
@@ -216,7 +220,7 @@ class GetItem(ChannelOp):
 
     def relate(self, rel, node):
         source = node.args[0]
-        if source.op in ("call_function", "call_method") and isinstance(handler_for(rel.gm, source), Split):
+        if source.op in ("call_function", "call_method") and isinstance(rel.handler(source), Split):
             return
         if rel.channels(node) is not None or rel.channels(source) is not None:
             rel.refuse(node, f"{rel.describe(node)} indexes a tensor")
@@ -382,11 +386,11 @@ class FunctionalBatchNorm(PassThrough):
                 rel.refuse(node, f"{rel.describe(node)} takes statistics that are not parameters or buffers")
 
 
-# --------------------------------------------------------------------------- the registry
+# --------------------------------------------------------------------------- the default handlers (graphmorph.graph.registry)
 
 _BATCH_NORM = PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
 _PASS = PassThrough()
-_MODULES: dict[type, ChannelOp] = {
+DEFAULT_MODULES: dict[type, ChannelOp] = {
     **{t: Convolution() for t in ops.CONV_MODULES},
     **{t: TransposedConvolution() for t in ops.CONV_TRANSPOSE_MODULES},
     nn.Linear: Linear(),
@@ -404,7 +408,7 @@ _MODULES: dict[type, ChannelOp] = {
     nn.PixelUnshuffle: Refuse("moves space into channels"),
     nn.ChannelShuffle: Refuse("permutes channels across groups"),
 }
-_FUNCTIONS: dict[Callable, ChannelOp] = {
+DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     **{f: Convolution() for f in ops.CONV_FUNCTIONS},
     F.linear: Linear(),
     F.batch_norm: FunctionalBatchNorm(),
@@ -428,7 +432,7 @@ _FUNCTIONS: dict[Callable, ChannelOp] = {
     torch.transpose: Refuse("moves the channel dimension"),
     torch.permute: Refuse("moves the channel dimension"),
 }
-_METHODS: dict[str, ChannelOp] = {
+DEFAULT_METHODS: dict[str, ChannelOp] = {
     **{m: _PASS for m in (*ops.ZERO_PRESERVING_METHODS, *ops.ACTIVATION_METHODS, "clone", "float", "sigmoid_")},
     "softmax": Refuse("normalises across a dimension"),
     **{m: Elementwise() for m in ops.ELEMENTWISE_BINARY_METHODS},
@@ -444,33 +448,6 @@ _METHODS: dict[str, ChannelOp] = {
     "transpose": Refuse("moves the channel dimension"),
     "permute": Refuse("moves the channel dimension"),
 }
-
-
-def register(key: Key, handler: ChannelOp) -> None:
-    """Teach the channel analysis an op: `key` is a module class, a function or a method name.
-
-    For a layer that keeps its channels: `register(MyNorm, PassThrough(("weight", "bias")))`.
-    For one that must never be pruned through: `register(MyMixer, Refuse("mixes channels"))`.
-    """
-    if not isinstance(handler, ChannelOp):
-        raise TypeError(f"handler must be a graphmorph.graph.channel_ops.ChannelOp, got {type(handler).__name__}")
-    table = _MODULES if isinstance(key, type) else _METHODS if isinstance(key, str) else _FUNCTIONS
-    table[key] = handler
-
-
-def handler_for(gm: fx.GraphModule, node: fx.Node) -> ChannelOp | None:
-    """The handler of a call_module / call_function / call_method node, or None if unknown.
-    Module classes match by the most specific registered base class."""
-    if node.op == "call_module":
-        for cls in type(gm.get_submodule(node.target)).__mro__:
-            if cls in _MODULES:
-                return _MODULES[cls]
-        return None
-    if node.op == "call_function":
-        return _FUNCTIONS.get(node.target)
-    if node.op == "call_method":
-        return _METHODS.get(node.target)
-    return None
 
 
 def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:

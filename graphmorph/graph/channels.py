@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 from torch import fx
 
 from graphmorph.graph.analysis import _require_shapes
-from graphmorph.graph.channel_ops import TensorQuestions, handler_for
+from graphmorph.graph.channel_ops import TensorQuestions
+from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError, first_line
 
 __all__ = ["ChannelGroup", "ChannelDependencies", "channel_dependencies", "channel_groups"]
@@ -41,22 +42,23 @@ class ChannelGroup:
         return self.refused is None
 
 
-def channel_dependencies(gm: fx.GraphModule) -> "ChannelDependencies":
-    """Analyse a captured GraphModule (shapes in node.meta)."""
+def channel_dependencies(gm: fx.GraphModule, registry: Registry | None = None) -> "ChannelDependencies":
+    """Analyse a captured GraphModule (shapes in node.meta) with the ops `registry` knows
+    (default: `Registry.default()`)."""
     _require_shapes(gm)
-    return ChannelDependencies(gm)
+    return ChannelDependencies(gm, registry or Registry.default())
 
 
-def channel_groups(gm: fx.GraphModule) -> list[ChannelGroup]:
+def channel_groups(gm: fx.GraphModule, registry: Registry | None = None) -> list[ChannelGroup]:
     """Every group of coupled channels, prunable or refused (with the reason), in graph order."""
-    return channel_dependencies(gm).groups
+    return channel_dependencies(gm, registry).groups
 
 
 class Relations(TensorQuestions):
     """What handlers tell the analysis: a union-find over channel slots plus what they mark."""
 
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
+    def __init__(self, gm: fx.GraphModule, registry: Registry):
+        self.gm, self.registry = gm, registry
         self.base: dict[fx.Node, int] = {}
         self.width: dict[fx.Node, int] = {}
         self.parent: list[int] = []
@@ -137,9 +139,9 @@ class Relations(TensorQuestions):
 class ChannelDependencies:
     """The channel classes and groups of one graph; maps pruning requests to per-node removals."""
 
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        self.rel = rel = Relations(gm)
+    def __init__(self, gm: fx.GraphModule, registry: Registry):
+        self.gm, self.registry = gm, registry
+        self.rel = rel = Relations(gm, registry)
         for node in gm.graph.nodes:
             self._relate(node)
         self._couple_shared_modules()
@@ -232,10 +234,10 @@ class ChannelDependencies:
         touches = rel.channels(node) is not None or any(rel.channels(a) is not None for a in node.all_input_nodes)
         if not touches:
             return
-        handler = handler_for(self.gm, node)
+        handler = rel.handler(node)
         if handler is None:
-            rel.refuse(node, f"{rel.describe(node)} has no channel handler (register one with "
-                             f"graphmorph.graph.channel_ops.register)")
+            rel.refuse(node, f"{rel.describe(node)} has no channel handler (register one: "
+                             f"graphmorph.Registry.default().copy().register(...), passed as registry=)")
             return
         try:
             handler.relate(rel, node)

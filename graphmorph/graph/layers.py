@@ -1,7 +1,6 @@
-"""Layer surgery through one registry keyed by module type: what a layer's input channels are and
-how to make a fresh layer of the same kind with other input channels or with stride 1.
-
-Users register their own layers with `register(MyConv, LayerSurgery(...))`.
+"""Layer surgery for growth: what a layer's input channels are and how to make a fresh layer of the
+same kind with other input channels or with stride 1. The defaults here are what
+`graphmorph.graph.registry.Registry` starts from; users register their own layers there.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from typing import Callable
 
 from torch import nn
 
-__all__ = ["LayerSurgery", "register", "surgery_for", "fresh_copy"]
+__all__ = ["LayerSurgery", "fresh_copy", "DEFAULT_LAYERS"]
 
 
 @dataclass(frozen=True)
@@ -22,22 +21,6 @@ class LayerSurgery:
     in_channels: Callable[[nn.Module], int]
     with_in_channels: Callable[[nn.Module, int], nn.Module]
     with_unit_stride: Callable[[nn.Module], nn.Module] | None = None
-
-
-_REGISTRY: dict[type[nn.Module], LayerSurgery] = {}
-
-
-def register(cls: type[nn.Module], surgery: LayerSurgery) -> None:
-    """Teach graphmorph how to resize a layer type (subclasses inherit it)."""
-    _REGISTRY[cls] = surgery
-
-
-def surgery_for(module: nn.Module) -> LayerSurgery | None:
-    """The registered surgery for `module`'s type or its nearest registered base class."""
-    for cls in type(module).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
-    return None
 
 
 def fresh_copy(module: nn.Module) -> nn.Module:
@@ -80,10 +63,12 @@ def _linear_with(m: nn.Linear, features: int) -> nn.Module:
     return nn.Linear(features, m.out_features, bias=m.bias is not None)
 
 
-for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-    register(_conv, LayerSurgery(lambda m: m.in_channels, _conv_with, _conv_unit_stride))
-for _norm in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
-              nn.InstanceNorm3d):
-    register(_norm, LayerSurgery(lambda m: m.num_features, _norm_with))
-register(nn.GroupNorm, LayerSurgery(lambda m: m.num_channels, _group_norm_with))
-register(nn.Linear, LayerSurgery(lambda m: m.in_features, _linear_with))
+_CONV = LayerSurgery(lambda m: m.in_channels, _conv_with, _conv_unit_stride)
+_NORM = LayerSurgery(lambda m: m.num_features, _norm_with)
+DEFAULT_LAYERS: dict[type[nn.Module], LayerSurgery] = {
+    **{conv: _CONV for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
+    **{norm: _NORM for norm in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+                                nn.InstanceNorm3d)},
+    nn.GroupNorm: LayerSurgery(lambda m: m.num_channels, _group_norm_with),
+    nn.Linear: LayerSurgery(lambda m: m.in_features, _linear_with),
+}
