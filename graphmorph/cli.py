@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -18,6 +17,10 @@ import torch
 from graphmorph import models
 from graphmorph.errors import ConfigError, GraphmorphError
 from graphmorph.run.rundir import CHECKPOINT
+from graphmorph.search.autogrow import AutoGrowConfig
+from graphmorph.search.nac import NACConfig
+from graphmorph.search.options import (add_options, flag_of, given_options, non_negative_float, positive,
+                                       positive_float, shape, sizes)
 
 EXIT_USAGE = 2      # bad arguments, as argparse uses
 EXIT_FAILURE = 1    # the job itself failed
@@ -109,8 +112,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising "
                     "validation accuracy, then fine-tune. With no options: p-AutoGrow on digits.",
     )
-    _autogrow_arguments(autogrow)
-    autogrow.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
+    add_options(autogrow, AutoGrowConfig)
+    _run_arguments(autogrow)
     autogrow.set_defaults(run=_run_autogrow)
 
     nac = commands.add_parser(
@@ -119,8 +122,8 @@ def _parser() -> argparse.ArgumentParser:
                     "lowest featuremap statistic and half the skips per stage, add a cell per stage, repeat; then "
                     "train the constructed net (and any baselines) from scratch. With no options: digits.",
     )
-    _nac_arguments(nac)
-    nac.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
+    add_options(nac, NACConfig)
+    _run_arguments(nac)
     nac.set_defaults(run=_run_nac)
 
     train = commands.add_parser(
@@ -129,9 +132,10 @@ def _parser() -> argparse.ArgumentParser:
                     "AutoGrow's Delta.",
     )
     train.add_argument("arch", metavar="ARCH", help=f"architecture: {models.valid_forms()}")
-    _data_arguments(train)
-    train.add_argument("--epochs", type=_positive, help="epochs (default: the dataset's baseline)")
-    train.add_argument("--lr", type=_positive_float, help="initial LR (default 0.1 residual, 0.01 plain)")
+    add_options(train, AutoGrowConfig, only=TRAIN_OPTIONS)
+    train.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
+    train.add_argument("--epochs", type=positive, help="epochs (default: the dataset's baseline)")
+    train.add_argument("--lr", type=positive_float, help="initial LR (default 0.1 residual, 0.01 plain)")
     train.set_defaults(run=_run_train)
 
     replay = commands.add_parser(
@@ -174,9 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--history", metavar="FILE", help="the checkpoint's history (default: inside it, or "
                                                           "rewrites.json beside it)")
     export.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
-    export.add_argument("--atol", type=_positive_float, default=1e-4,
+    export.add_argument("--atol", type=positive_float, default=1e-4,
                         help="parity: absolute tolerance, > 0 (default 1e-4)")
-    export.add_argument("--rtol", type=_non_negative_float, default=1e-5,
+    export.add_argument("--rtol", type=non_negative_float, default=1e-5,
                         help="parity: tolerance relative to the largest output magnitude (default 1e-5); "
                              "outputs agree when |ort - torch| <= atol + rtol x max|torch|")
     export.set_defaults(run=_run_export)
@@ -186,10 +190,10 @@ def _parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     parser.add_argument("arch", metavar="ARCH", nargs="?" if optional else None,
                         help=f"architecture: {models.valid_forms()}; or package.module:factory")
-    parser.add_argument("--input-size", type=_positive, default=32, help="input height and width (default 32)")
-    parser.add_argument("--in-channels", type=_positive, default=3, help="input channels (default 3)")
-    parser.add_argument("--num-classes", type=_positive, default=10, help="classes (default 10)")
-    parser.add_argument("--widths", type=_widths, default=None,
+    parser.add_argument("--input-size", type=positive, default=32, help="input height and width (default 32)")
+    parser.add_argument("--in-channels", type=positive, default=3, help="input channels (default 3)")
+    parser.add_argument("--num-classes", type=positive, default=10, help="classes (default 10)")
+    parser.add_argument("--widths", type=sizes, default=None,
                         help="per-stage widths, comma-separated (default: the family's, e.g. 16,32,64)")
     parser.add_argument("--stem", choices=("cifar", "imagenet"),
                         help="seed nets: cifar (3x3 stride 1, the default) or imagenet (7x7 stride 2 + max-pool)")
@@ -198,85 +202,22 @@ def _model_arguments(parser: argparse.ArgumentParser, optional: bool = False) ->
 def _source_overrides(parser: argparse.ArgumentParser) -> None:
     """Options that replace parts of a history's model description."""
     parser.add_argument("--model", help="build this instead of the history's model: ARCH or package.module:factory")
-    parser.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="one input's shape (default: the history's)")
-    parser.add_argument("--num-classes", type=_positive, help="classes (default: the history's)")
+    parser.add_argument("--input-shape", type=shape, metavar="C,H,W", help="one input's shape (default: the history's)")
+    parser.add_argument("--num-classes", type=positive, help="classes (default: the history's)")
     parser.add_argument("--seed", type=int, help="seed the fresh model is built under (default: the history's)")
 
 
-def _data_arguments(parser: argparse.ArgumentParser, widths: bool = True, batch: int = 128) -> None:
-    parser.add_argument("--data", metavar="NAME[:DIR]",
-                        help="digits (default, embedded), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, "
-                             "cifar100:DIR, svhn:DIR, folder:DIR")
-    parser.add_argument("--fraction", type=_fraction, help="share of the training data to use (default 1)")
-    if widths:
-        parser.add_argument("--widths", type=_widths, help="per-stage widths, comma-separated")
-    parser.add_argument("--batch-size", type=_positive, help=f"batch size (default {batch})")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when present")
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
 
 
-def _autogrow_arguments(parser: argparse.ArgumentParser) -> None:
-    start = parser.add_mutually_exclusive_group()
-    start.add_argument("--seed-net", help="family (starts at 1 block per stage) or arch string; default Basic3ResNet")
-    start.add_argument("--model", metavar="MODULE:FACTORY",
-                       help="grow your own model: package.module:factory, a callable returning an nn.Module "
-                            "(given num_classes= and in_channels= if it takes them)")
-    parser.add_argument("--input-shape", type=_shape, metavar="C,H,W",
-                        help="the input your model takes, checked against the data's (default: the data's)")
-    _data_arguments(parser)
-    parser.add_argument("--policy", choices=("periodic", "convergent"), help="growing policy (default periodic)")
-    parser.add_argument("--K", type=int, help="epochs between growth checks (default 3)")
-    parser.add_argument("--J", type=int, help="stopping window in epochs (default: baseline epochs at top LR)")
-    parser.add_argument("--tau", type=float, help="accuracy gain that counts, percentage points (default 0.05)")
-    parser.add_argument("--init", choices=("zero", "uni", "gau", "adam", "identity"), help="default gau")
-    parser.add_argument("--std", type=_positive_float, help="noise std of uni/gau (default 1.0)")
-    parser.add_argument("--lr", type=_positive_float, help="growth LR (default 0.1 residual, 0.01 plain)")
-    parser.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs (default: baseline epochs)")
-    parser.add_argument("--max-depth", type=_positive, help="blocks per stage at most (default 64)")
-    parser.add_argument("--max-growth-epochs", type=_positive, help="cap on the growth phase")
-    parser.add_argument("--val-fraction", type=_fraction, help="validation share of training data (default 0.1)")
-    parser.add_argument("--test-every", type=int, metavar="N",
-                        help="score the test set every N epochs, for plots (default 1; 0: the final net only)")
-    parser.add_argument("--compile", nargs="?", const="finetune", choices=("off", "finetune", "always"),
-                        help="torch.compile the found net for fine-tuning (bare --compile), or also after "
-                             "every growth (always); default off")
-
-
-def _nac_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", help="EnvelopeNet to start from, EnvelopeNet-C/n1-n2-.../M "
-                                       "(default EnvelopeNet-16/2-2-2/6; the paper: EnvelopeNet-128/2-2-2/6)")
-    _data_arguments(parser, widths=False, batch=64)
-    parser.add_argument("--iterations", type=_positive, help="construction iterations (default 5)")
-    parser.add_argument("--steps", type=_positive, help="truncated-training steps per iteration (default 150)")
-    parser.add_argument("--max-prune", type=int, help="branches pruned per stage and iteration at most (default 4)")
-    parser.add_argument("--max-cells", type=_widths, help="cells per stage at most, comma-separated (default: no cap)")
-    parser.add_argument("--retrain", dest="keep_weights", action="store_false", default=None,
-                        help="start every iteration from fresh weights (the reference code) instead of keeping them")
-    parser.add_argument("--cell-init", choices=("preserve", "random"),
-                        help="an added cell's reduction: preserve the function (default) or random")
-    parser.add_argument("--lr", type=_positive_float, help="SGD learning rate (default 0.05)")
-    parser.add_argument("--epochs", type=int, help="epochs training the constructed net (and baselines) from "
-                                                   "scratch; 0 skips it (default 15)")
-    parser.add_argument("--baseline", dest="baselines", action="append", choices=("random", "worst"),
-                        help="also train the base EnvelopeNet and: random nets with the same cells and branch "
-                             "counts (--n of them), or the worst case (prunes the best branches); repeatable")
-    parser.add_argument("--n", dest="n_random", type=_positive, help="random baseline nets (default 10)")
-
-
-_NAC_OPTIONS = ("base", "data", "fraction", "batch_size", "seed", "device", "iterations", "steps", "max_prune",
-                "max_cells", "keep_weights", "cell_init", "lr", "epochs", "baselines", "n_random")
-
-_CONFIG_OPTIONS = ("seed_net", "model", "input_shape", "data", "fraction", "policy", "K", "J", "tau", "init", "std", "lr", "finetune_epochs",
-                   "max_depth", "max_growth_epochs", "val_fraction", "widths", "batch_size", "seed", "device",
-                   "compile", "test_every")
+# the settings `graphmorph train` takes: the data and the net, no growth
+TRAIN_OPTIONS = ("data", "fraction", "val_fraction", "widths", "batch_size", "seed", "device", "test_every")
 
 
 def _config(args, **fixed):
-    from graphmorph.search.autogrow import AutoGrowConfig
-
-    values = {n: getattr(args, n) for n in _CONFIG_OPTIONS if getattr(args, n, None) is not None}
-    return AutoGrowConfig.from_dict({**values, **fixed})
+    return AutoGrowConfig.from_dict({**given_options(args, AutoGrowConfig), **fixed})
 
 
 def _label_for_path(arch: str) -> str:
@@ -297,7 +238,7 @@ def _run_autogrow(args) -> int:
     from graphmorph.search.autogrow import run
 
     if args.resume:
-        _refuse_settings_on_resume([n for n in _CONFIG_OPTIONS if getattr(args, n, None) is not None], args.run_dir)
+        _refuse_settings_on_resume(args, AutoGrowConfig)
         result = run(None, args.resume, resume=True)
         where = args.resume
     else:
@@ -313,15 +254,14 @@ def _run_autogrow(args) -> int:
 
 def _run_nac(args) -> int:
     from graphmorph.graph.flops import si
-    from graphmorph.search.nac import NACConfig, run
+    from graphmorph.search.nac import run
 
-    given = [name for name in _NAC_OPTIONS if getattr(args, name, None) is not None]
     if args.resume:
-        _refuse_settings_on_resume(given, args.run_dir)
+        _refuse_settings_on_resume(args, NACConfig)
         result = run(None, args.resume, resume=True)
         where = args.resume
     else:
-        config = NACConfig.from_dict({name: getattr(args, name) for name in given})
+        config = NACConfig.from_dict(given_options(args, NACConfig))
         where = _run_dir(args, "nac", _label_for_path(config.base))
         args.run_dir = str(where)
         _tell(f"NAC from {config.base} on {config.data}: {config.iterations} iterations of {config.steps} steps, "
@@ -337,10 +277,11 @@ def _run_nac(args) -> int:
     return 0
 
 
-def _refuse_settings_on_resume(given: list[str], run_dir) -> None:
-    if given or run_dir:
-        flags = ", ".join("--" + n.replace("_", "-") for n in given + (["run_dir"] if run_dir else []))
-        raise ConfigError(f"--resume continues with the run's saved settings; drop {flags}")
+def _refuse_settings_on_resume(args, config_type) -> None:
+    given = [flag_of(f) for f in dataclasses.fields(config_type) if f.name in given_options(args, config_type)]
+    given += ["--run-dir"] if args.run_dir else []
+    if given:
+        raise ConfigError(f"--resume continues with the run's saved settings; drop {', '.join(given)}")
 
 
 def _run_train(args) -> int:
@@ -414,51 +355,6 @@ def _version() -> str:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _float_above(bound: float, strict: bool, what: str):
-    """An argparse type for finite numbers above `bound` (or at it, when not `strict`)."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and (value > bound if strict else value >= bound)):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
-
-
-_positive_float = _float_above(0.0, True, "a positive number")
-_non_negative_float = _float_above(0.0, False, "a number >= 0")
-
-
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    return tuple(_positive(part) for part in text.split(","))
-
-
-def _shape(text: str) -> tuple[int, int, int]:
-    sizes = _widths(text.replace("x", ","))
-    if len(sizes) != 3:
-        raise argparse.ArgumentTypeError(f"expected C,H,W (three sizes, e.g. 1,8,8), got {text!r}")
-    return sizes
 
 
 def _seed_net(args) -> tuple[torch.nn.Module, torch.Tensor]:

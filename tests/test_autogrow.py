@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from graphmorph.run.events import Grew, Stopped, read_events
 from graphmorph.search.autogrow import AutoGrowConfig, ConfigError, run
 
 TINY = {"seed_net": "Basic3ResNet", "widths": (4, 4, 4), "K": 1, "J": 2, "tau": 0.5, "finetune_epochs": 2,
@@ -34,14 +35,15 @@ def tiny_run(tmp_path_factory):
 def test_autogrow_grows_stops_and_leaves_a_complete_run_directory(tiny_run):
     where, result, lines = tiny_run
     rows = json.loads((where / "log.json").read_text())
-    events = [r["event"] for r in rows]
-    grew = [int(e.split("grew stage ")[1][0]) for e in events if "grew stage" in e]
-    stopped = [int(part.split("stopped stage ")[1]) for e in events for part in e.split("; ") if "stopped" in part]
+    events = [(r["epoch"], e) for r in rows for e in read_events(r)]
+    grew = [e.stage for _, e in events if isinstance(e, Grew)]
+    stopped = [(epoch, e.stage) for epoch, e in events if isinstance(e, Stopped)]
     assert len(grew) >= 3 and stopped, events
     assert grew[:3] == [0, 1, 2]  # round robin from the head of the circular list
-    for stage in stopped:  # a stopped stage leaves the list: it never grows again
-        stop_epoch = next(r["epoch"] for r in rows if f"stopped stage {stage}" in r["event"])
-        assert all(f"grew stage {stage}" not in r["event"] for r in rows if r["epoch"] > stop_epoch)
+    for stop_epoch, stage in stopped:  # a stopped stage leaves the list: it never grows again
+        assert not [e for epoch, e in events if epoch > stop_epoch and isinstance(e, Grew) and e.stage == stage]
+    assert all(r["event"] == "; ".join(e.text() for e in read_events(r)) for r in rows)
+    assert all(e.text() in lines[epoch - 1] for epoch, e in events)  # the display line says each event
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
     assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"] and len(lines) == len(rows)
     assert rows[-1]["arch"] == result["found"] != "Basic3ResNet-1-1-1"

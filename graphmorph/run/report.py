@@ -17,6 +17,7 @@ class ReportError(GraphmorphError, ValueError):
 from graphmorph.graph.export import export_onnx
 from graphmorph.graph.flops import count_flops, si
 from graphmorph.graph.history import history
+from graphmorph.run.events import DepthCapped, Grew, Stopped, read_events
 from graphmorph.run.history_file import history_document
 from graphmorph.run.rundir import RunDirectory
 from graphmorph.run.sources import ModelSource
@@ -64,9 +65,10 @@ def plot_growth(rows: list[dict[str, Any]], path: Path, title: str) -> None:
              alpha=0.7, marker="." if len(scored) < len(rows) else None)
     acc.plot(epochs, [r["train_acc"] for r in rows], label="train", color="tab:gray", alpha=0.5)
     for r in rows:
-        if "grew" in r["event"]:
+        kinds = {type(e) for e in read_events(r)}
+        if Grew in kinds:
             acc.axvline(r["epoch"], color="tab:orange", alpha=0.25, linewidth=1)
-        if "stopped" in r["event"] or "cap" in r["event"]:
+        if kinds & {Stopped, DepthCapped}:
             acc.axvline(r["epoch"], color="tab:red", linestyle="--", linewidth=1)
     finetune = [r["epoch"] for r in rows if r["phase"] == "finetune"]
     if finetune:

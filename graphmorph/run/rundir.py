@@ -90,11 +90,13 @@ class RunDirectory:
 
     def write_log(self, rows: list[dict[str, Any]]) -> None:
         """log.json and log.csv, one row per epoch (AutoGrow) or iteration (NAC): named apart from
-        rewrites.json, the rewrite history that `graphmorph replay` takes."""
+        rewrites.json, the rewrite history that `graphmorph replay` takes. The CSV has the scalar
+        columns (a row's typed `events` are in the JSON; its `event` line is in both)."""
         self.write_json(LOG, rows)
         if rows:
             buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            columns = [k for k, v in rows[0].items() if not isinstance(v, (list, dict))]
+            writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
             self.write_text("log.csv", buffer.getvalue())

@@ -21,18 +21,21 @@ from torch import fx
 
 from graphmorph.graph.analysis import find_blocks, find_stages
 from graphmorph.graph.capture import model_name
-from graphmorph.run.data import Dataset, load
-from graphmorph.run.distributed import World, joined
+from graphmorph.run.data import Dataset
+from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.history import history
 from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
+from graphmorph.run.events import BudgetSpent, DepthCapped, Event, Found, Grew, Stopped, event_fields
 from graphmorph.run.report import finish_run, write_rewrites
 from graphmorph.run.optim import optimizer_state, rebuild_optimizer, restore_optimizer
-from graphmorph.run.rundir import RunDirectory
 from graphmorph.run.sources import ModelError, ModelSource, is_factory
 from graphmorph.search.config import config_from_dict
+from graphmorph.search.session import SearchSession
+from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
+                                       positive_float, shape, sizes)
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
-from graphmorph.run.train import Trainer, TrainingDiverged, pick_device, staircase_lr
+from graphmorph.run.train import TrainingDiverged, staircase_lr
 from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
 
@@ -50,33 +53,47 @@ DEFAULT_BASELINE_EPOCHS = 200
 
 @dataclass(frozen=True)
 class AutoGrowConfig:
-    """Every AutoGrow setting, with the paper's p-AutoGrow defaults. Units in the comments."""
+    """Every AutoGrow setting, with the paper's p-AutoGrow defaults; each option's help and unit
+    is in its field's metadata (the command line is generated from them)."""
 
-    seed_net: str = "Basic3ResNet"     # a family (starts at 1 block per stage) or an arch string
-    model: str | None = None           # instead of seed_net: a user's "package.module:factory"
-    input_shape: tuple[int, ...] | None = None  # C, H, W the model takes; None: the data's (checked against it)
-    data: str = "digits"               # NAME or NAME:DIR
-    fraction: float = 1.0              # share of the training data kept (dataset-size study)
-    val_fraction: float = 0.1          # share of the training data held out for decisions
-    policy: str = "periodic"           # periodic | convergent
-    K: int = 3                         # epochs between policy checks (and growth period)
-    J: int | None = None               # stopping window, epochs; None: baseline epochs at top LR (periodic), K (convergent)
-    tau: float = 0.05                  # percentage points of validation accuracy
-    init: str = "gau"                  # zero | uni | gau | adam | identity
-    std: float = 1.0                   # noise of uni/gau
-    lr: float | None = None            # growth LR; None: 0.1 for residual nets, 0.01 for plain nets
+    seed_net: str = field(default="Basic3ResNet", metadata=option(
+        "family (starts at 1 block per stage) or arch string", exclusive="start"))
+    model: str | None = field(default=None, metadata=option(
+        "grow your own model: package.module:factory, a callable returning an nn.Module (given num_classes= and "
+        "in_channels= if it takes them)", metavar="MODULE:FACTORY", exclusive="start"))
+    input_shape: tuple[int, ...] | None = field(default=None, metadata=option(
+        "the input your model takes, checked against the data's", type=shape, metavar="C,H,W",
+        default_text="the data's"))
+    data: str = field(default="digits", metadata=DATA)
+    fraction: float = field(default=1.0, metadata=FRACTION)        # dataset-size study
+    val_fraction: float = field(default=0.1, metadata=VAL_FRACTION)
+    policy: str = field(default="periodic", metadata=option("growing policy", choices=POLICIES))
+    K: int = field(default=3, metadata=option("epochs between growth checks, also the growth period", type=int))
+    J: int | None = field(default=None, metadata=option(
+        "stopping window in epochs", type=int, default_text="the baseline's epochs at top LR for periodic, K for convergent"))
+    tau: float = field(default=0.05, metadata=option("accuracy gain that counts, percentage points", type=float))
+    init: str = field(default="gau", metadata=option("initialiser of new blocks", choices=INITS))
+    std: float = field(default=1.0, metadata=option("noise std of uni/gau", type=positive_float))
+    lr: float | None = field(default=None, metadata=option(
+        "growth LR", type=positive_float, default_text="0.1 residual, 0.01 plain"))
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 128
-    finetune_epochs: int | None = None  # None: the baseline's epochs
-    max_depth: int = 64                # blocks per stage at most
-    max_growth_epochs: int | None = None  # cap on the growth phase, epochs
-    widths: tuple[int, ...] | None = None  # per-stage channels; None: the family's
-    seed: int = 0
-    device: str = "auto"               # auto | cpu | cuda
-    compile: str = "off"               # torch.compile: off | finetune (the found net only) | always (after each growth)
+    batch_size: int = field(default=128, metadata=BATCH_SIZE)
+    finetune_epochs: int | None = field(default=None, metadata=option(
+        "fine-tuning epochs", type=int, default_text="baseline epochs"))
+    max_depth: int = field(default=64, metadata=option("blocks per stage at most", type=positive))
+    max_growth_epochs: int | None = field(default=None, metadata=option(
+        "cap on the growth phase, epochs", type=positive, default_text="no cap"))
+    widths: tuple[int, ...] | None = field(default=None, metadata=option(
+        "per-stage widths, comma-separated", type=sizes, default_text="the family's"))
+    seed: int = field(default=0, metadata=SEED)
+    device: str = field(default="auto", metadata=DEVICE)
+    compile: str = field(default="off", metadata=option(
+        "torch.compile the found net for fine-tuning (bare --compile), or also after every growth (always)",
+        nargs="?", const="finetune", choices=COMPILE_MODES))
     grow: bool = True                  # False: train the seed net as is (graphmorph train)
-    test_every: int = 1                # epochs between test-set scores (plots only); 0: the final net only
+    test_every: int = field(default=1, metadata=option(
+        "score the test set every N epochs, for plots; 0 scores the final net only", type=int, metavar="N"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "AutoGrowConfig":
@@ -151,55 +168,27 @@ class SearchState:
     rewrite_seconds: float = 0.0       # of growth_seconds: grow, its verification, the optimizer rebuild
 
 
-def run(config: AutoGrowConfig, run_dir: str | Path, resume: bool = False,
+def run(config: AutoGrowConfig | None, run_dir: str | Path, resume: bool = False,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) AutoGrow, or plain training when `config.grow` is False; returns the result
     that is also written to `run_dir/result.json`."""
-    with joined() as world:
-        progress = world.main_only(progress)
-        if resume:
-            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir, "autogrow").load_checkpoint())
-            config = AutoGrowConfig.from_dict(checkpoint["config"])
-            session = _Session(config, world, progress)
-            session.restore(checkpoint)
-            session.directory = RunDirectory(run_dir)
-            progress(f"resuming {run_dir} after epoch {session.state.epoch}")
-        else:
-            config.validate()
-            world.check_same("AutoGrow settings", dataclasses.asdict(config))
-            world.from_main(lambda: RunDirectory.ensure_new(run_dir))
-            session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
-            session.start()
-            session.directory = world.from_main(lambda: RunDirectory.create(run_dir, _resolved(config)))
-        return session.loop()
+    return _Session.run(config, run_dir, resume, progress)
 
 
-def _resolved(config: AutoGrowConfig) -> dict[str, Any]:
-    return {**dataclasses.asdict(config), "resolved": {
-        "seed_arch": config.label(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
-        "baseline_epochs": config.baseline_epochs()}}
+class _Session(SearchSession):
+    """One run: the model, its optimizer and the search state; a step is one epoch."""
 
-
-class _Session:
-    """One run: data, model, optimizer, search state; one epoch at a time."""
+    kind, config_type, rewrite_rng_key, unit = "autogrow", AutoGrowConfig, "grow_rng", "epoch"
 
     def __init__(self, config: AutoGrowConfig, world: World, progress: Callable[[str], None]):
-        self.config, self.world, self.progress = config, world, progress
-        self.directory: RunDirectory | None = None  # set once the run directory exists
-        self.data: Dataset = load(config.data, config.val_fraction, config.fraction, config.seed)
-        self.trainer = Trainer(pick_device(config.device, world), config.batch_size, self.data.augment, world=world)
-        d = self.data
-        self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
-            d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
-        self.shuffle = torch.Generator().manual_seed(config.seed)
-        self.grow_rng = torch.Generator().manual_seed(config.seed + 1)
+        super().__init__(config, world, progress)
         self.rows: list[dict[str, Any]] = []
         self.state = SearchState()
         self.source = _model_source(config, self.data)
         self.gm = self.trainer.place_model(self.source.capture())  # seeds the global RNG with config.seed
         world.check_replicas(self.gm, "building the seed net")
 
-    def start(self) -> None:
+    def begin(self) -> None:
         """Choose the stages that can grow (a trial growth each), and the optimizer."""
         if self.config.grow:
             refusals = {s.index: growth_refusal(self.gm, s.index, self.config.init) for s in find_stages(self.gm)}
@@ -214,17 +203,22 @@ class _Session:
         self.base_lr = self._base_lr()
         self.optimizer = self._sgd(self.gm.parameters())
 
-    def restore(self, checkpoint: dict[str, Any]) -> None:
+    def resolved_config(self) -> dict[str, Any]:
+        config = self.config
+        return {**dataclasses.asdict(config), "resolved": {
+            "seed_arch": config.label(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
+            "baseline_epochs": config.baseline_epochs()}}
+
+    def where(self) -> str:
+        return f"after epoch {self.state.epoch}"
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
         self.gm = self.trainer.place_model(replay(self.gm, checkpoint["rewrites"], data=self._adam_batches))
         self.gm.load_state_dict(checkpoint["model"])
         self.base_lr = self._base_lr()
         self.optimizer = restore_optimizer(torch.optim.SGD, self.gm, checkpoint["optimizer"])
         self.state = SearchState(**checkpoint["state"])
         self.rows = checkpoint["rows"]
-        torch.set_rng_state(checkpoint["rng"])
-        self.shuffle.set_state(checkpoint["shuffle_rng"])
-        self.grow_rng.set_state(checkpoint["grow_rng"])
-        self.world.check_replicas(self.gm, "restoring the checkpoint")
 
     def _base_lr(self) -> float:
         if self.config.lr is not None:
@@ -239,51 +233,45 @@ class _Session:
         size = self.config.batch_size
         return ((self.train_x[i: i + size], self.train_y[i: i + size]) for i in range(0, len(self.train_y), size))
 
-    # ---- the loop
+    # ---- one epoch
 
-    def loop(self) -> dict[str, Any]:
+    def done(self) -> bool:
+        return self.state.phase == "done"
+
+    def step(self) -> str:
         state = self.state
-        while state.phase != "done":
-            began = time.perf_counter()
-            lr = self._lr()
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.trainer.compile = self.config.compile == "always" or (
-                self.config.compile == "finetune" and state.phase == "finetune")
-            try:
-                train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x,
-                                                                 self.train_y, self.shuffle,
-                                                                 label=f"epoch {state.epoch + 1} ({state.phase})")
-            except TrainingDiverged as err:
-                kept = (f"the last good checkpoint (epoch {state.epoch}) is kept in {self.directory.path}"
-                        if state.epoch else "no epoch had completed, so there is no checkpoint")
-                raise TrainingDiverged(
-                    f"{err} in epoch {state.epoch + 1} ({arch_of(self.gm)}, lr {lr:g}); {kept}: "
-                    "lower --lr and start a new run"
-                ) from None
-            _, val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)
-            state.epoch += 1
-            scheduled = self.config.test_every and state.epoch % self.config.test_every == 0
-            test_acc = self._test_score() if scheduled else None
-            state.val_accuracy.append(val_acc)
-            phase = state.phase
-            arch = arch_of(self.gm)
-            events = self._policies() if phase == "grow" else []
-            if state.phase == "finetune" and state.epoch - state.finetune_start >= self.config.finetune():
-                state.phase = "done"
-            seconds = time.perf_counter() - began
-            if phase == "grow":
-                state.growth_seconds += seconds
-            else:
-                state.finetune_seconds += seconds
-            row = {"epoch": state.epoch, "phase": phase, "arch": arch, "lr": lr, "train_loss": round(train_loss, 6),
-                   "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4),
-                   "val_best": round(max(state.val_accuracy), 4), "test_acc": test_acc,
-                   "event": "; ".join(events), "seconds": round(seconds, 3)}
-            self.rows.append(row)
-            self.progress(_progress_line(row))
-            self._checkpoint()
-        return self._finish()
+        began = time.perf_counter()
+        lr = self._lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.trainer.compile = self.config.compile == "always" or (
+            self.config.compile == "finetune" and state.phase == "finetune")
+        try:
+            train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x, self.train_y,
+                                                             self.shuffle, label=f"epoch {state.epoch + 1} ({state.phase})")
+        except TrainingDiverged as err:
+            raise self.diverged(err, f"in epoch {state.epoch + 1} ({arch_of(self.gm)}, lr {lr:g})") from None
+        _, val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)
+        state.epoch += 1
+        scheduled = self.config.test_every and state.epoch % self.config.test_every == 0
+        test_acc = self._test_score() if scheduled else None
+        state.val_accuracy.append(val_acc)
+        phase = state.phase
+        arch = arch_of(self.gm)
+        events = self._policies() if phase == "grow" else []
+        if state.phase == "finetune" and state.epoch - state.finetune_start >= self.config.finetune():
+            state.phase = "done"
+        seconds = time.perf_counter() - began
+        if phase == "grow":
+            state.growth_seconds += seconds
+        else:
+            state.finetune_seconds += seconds
+        row = {"epoch": state.epoch, "phase": phase, "arch": arch, "lr": lr, "train_loss": round(train_loss, 6),
+               "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4),
+               "val_best": round(max(state.val_accuracy), 4), "test_acc": test_acc,
+               **event_fields(events), "seconds": round(seconds, 3)}
+        self.rows.append(row)
+        return _progress_line(row)
 
     def _lr(self) -> float:
         state = self.state
@@ -291,7 +279,7 @@ class _Session:
             return self.base_lr
         return staircase_lr(self.base_lr, state.epoch - state.finetune_start, max(1, self.config.finetune()))
 
-    def _policies(self) -> list[str]:
+    def _policies(self) -> list[Event]:
         """Algorithm 1's body, every K epochs: stop the recently grown stage if its growth did not
         pay, grow the current stage, move on round-robin; fine-tune once no stage grows."""
         config, state = self.config, self.state
@@ -302,11 +290,11 @@ class _Session:
         events = []
         metric = running_max(state.val_accuracy)
         if meets_stopping_policy(metric, config.stopping_window(), config.tau, state.grown):
-            events.append(f"stopped stage {state.grown}")
+            events.append(Stopped(state.grown))
             self._remove(state.grown)
             state.grown = None
         if budget_spent and state.growing:
-            events.append("growth budget spent")
+            events.append(BudgetSpent())
             state.growing = []
         if state.growing and meets_growing_policy(config.policy, metric, config.K, config.tau):
             stage = state.current
@@ -314,12 +302,12 @@ class _Session:
             state.grown = stage
             state.current = next_stage(state.growing, stage)
             if len(find_stages(self.gm)[stage].blocks) >= config.max_depth:
-                events.append(f"stage {stage} reached the depth cap {config.max_depth}")
+                events.append(DepthCapped(stage, config.max_depth))
                 self._remove(stage)
         if not state.growing:
             state.phase, state.finetune_start = "finetune", state.epoch
             state.found = arch_of(self.gm)
-            events.append(f"found {state.found}; fine-tuning {config.finetune()} epochs")
+            events.append(Found(state.found, config.finetune()))
             if config.finetune() == 0:
                 state.phase = "done"
         return events
@@ -332,40 +320,35 @@ class _Session:
             state.current = next_stage(state.growing, stage) if len(state.growing) > 1 else None
         state.growing.remove(stage)
 
-    def _grow(self, stage: int) -> str:
+    def _grow(self, stage: int) -> Grew:
         began = time.perf_counter()
         data = self._adam_batches if self.config.init == "adam" else None
         new = grow(self.gm, stage=stage, init=self.config.init, std=self.config.std, data=data,
-                   generator=self.grow_rng)
+                   generator=self.rewrite_rng)
         new = self.trainer.place_model(new)
         self.world.check_replicas(new, f"growing stage {stage}")
         self.optimizer = rebuild_optimizer(self.optimizer, self.gm, new)
         self.gm = new
         self.state.rewrite_seconds += time.perf_counter() - began
-        return f"grew stage {stage} -> {arch_of(new)}"
+        return Grew(stage, arch_of(new))
 
-    def _checkpoint(self) -> None:
-        if not self.world.is_main:
-            return
-        write_rewrites(self.directory, self.source, history(self.gm))
-        self.directory.save_checkpoint({
-            "config": dataclasses.asdict(self.config),
-            "state": dataclasses.asdict(self.state),
-            "rewrites": history(self.gm),
-            "model": self.gm.state_dict(),
-            "optimizer": optimizer_state(self.optimizer, self.gm),
-            "rows": self.rows,
-            "rng": torch.get_rng_state(),
-            "shuffle_rng": self.shuffle.get_state(),
-            "grow_rng": self.grow_rng.get_state(),
-        })
-        self.directory.write_log(self.rows)
+    def checkpoint(self) -> None:
+        if self.directory is not None and self.world.is_main:
+            write_rewrites(self.directory, self.source, history(self.gm))
+        super().checkpoint()
+
+    def saved(self) -> dict[str, Any]:
+        return {"rewrites": history(self.gm), "model": self.gm.state_dict(),
+                "optimizer": optimizer_state(self.optimizer, self.gm), "rows": self.rows}
+
+    def log_rows(self) -> list[dict[str, Any]]:
+        return self.rows
 
     def _test_score(self) -> float:
         """Test accuracy (%) of the current net: for plots and the result, never for decisions."""
         return round(self.trainer.evaluate(self.gm, self.test_x, self.test_y)[1], 4)
 
-    def _finish(self) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         if self.rows[-1]["test_acc"] is None:  # scored only every few epochs, or never during the run
             self.rows[-1]["test_acc"] = self._test_score()
             if self.world.is_main:

@@ -26,20 +26,23 @@ import torch
 from torch import fx
 
 from graphmorph.graph.capture import capture
-from graphmorph.run.data import Dataset, load
-from graphmorph.run.distributed import World, joined
+from graphmorph.run.data import Dataset
+from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.flops import count_flops
 from graphmorph.graph.history import history
 from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
 from graphmorph.models.envelope import parse_envelope
+from graphmorph.run.events import AddedCell, PrunedBranches, PrunedSkips, event_fields
 from graphmorph.run.report import save_result
-from graphmorph.run.rundir import RunDirectory
 from graphmorph.run.sources import ModelSource
 from graphmorph.search.config import config_from_dict
+from graphmorph.search.session import SearchSession
+from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
+                                       positive_float, sizes)
 from graphmorph.search.nac_choices import branches_to_prune, random_structure, skips_to_prune
 from graphmorph.search.nac_plots import plot_comparison, plot_iterations, plot_statistics
-from graphmorph.run.train import Trainer, TrainingDiverged, pick_device, staircase_lr
+from graphmorph.run.train import TrainingDiverged, staircase_lr
 from transforms import CELL_INITS, add_cell, prune_branches, prune_skips
 from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation
 
@@ -50,29 +53,39 @@ BASELINES = ("random", "worst")
 
 @dataclass(frozen=True)
 class NACConfig:
-    """Every NAC setting. The defaults suit digits on a CPU (the paper: 128/2-2-2/6 on CIFAR-10)."""
+    """Every NAC setting. The defaults suit digits on a CPU (the paper: 128/2-2-2/6 on CIFAR-10); each
+    option's help and unit is in its field's metadata (the command line is generated from them)."""
 
-    base: str = "EnvelopeNet-16/2-2-2/6"   # the EnvelopeNet to start from, C/n1-n2-.../M
-    data: str = "digits"                   # NAME or NAME:DIR
-    fraction: float = 1.0                  # share of the training data kept
-    val_fraction: float = 0.1              # share of the training data held out
-    iterations: int = 5
-    steps: int = 150                       # truncated-training steps per iteration
+    base: str = field(default="EnvelopeNet-16/2-2-2/6", metadata=option(
+        "EnvelopeNet to start from, EnvelopeNet-C/n1-n2-.../M (the paper: EnvelopeNet-128/2-2-2/6)"))
+    data: str = field(default="digits", metadata=DATA)
+    fraction: float = field(default=1.0, metadata=FRACTION)
+    val_fraction: float = field(default=0.1, metadata=VAL_FRACTION)
+    iterations: int = field(default=5, metadata=option("construction iterations", type=positive))
+    steps: int = field(default=150, metadata=option("truncated-training steps per iteration", type=positive))
     log_every: int = 10                    # steps between statistics snapshots (for the plot)
-    max_prune: int = 4                     # branches pruned per stage and iteration at most
-    max_cells: tuple[int, ...] | None = None  # per stage; None: no cap
-    keep_weights: bool = True              # False: retrain from scratch every iteration (reference code)
-    cell_init: str = "preserve"            # preserve | random (weights of an added cell's reduction)
+    max_prune: int = field(default=4, metadata=option("branches pruned per stage and iteration at most", type=int))
+    max_cells: tuple[int, ...] | None = field(default=None, metadata=option(
+        "cells per stage at most, comma-separated", type=sizes, default_text="no cap"))
+    keep_weights: bool = field(default=True, metadata=option(
+        "start every iteration from fresh weights (the reference code) instead of keeping them",
+        flag="--retrain", action="store_false"))
+    cell_init: str = field(default="preserve", metadata=option(
+        "an added cell's reduction: preserve the function or random", choices=CELL_INITS))
     worst: bool = False                    # prune the best branches and no skips (the paper's worst case)
-    lr: float = 0.05
+    lr: float = field(default=0.05, metadata=option("SGD learning rate", type=positive_float))
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 64
-    epochs: int = 15                       # training from scratch of the constructed net and baselines
-    baselines: tuple[str, ...] = ()        # random and/or worst (the base EnvelopeNet comes with either)
-    n_random: int = 10
-    seed: int = 0
-    device: str = "auto"                   # auto | cpu | cuda
+    batch_size: int = field(default=64, metadata=BATCH_SIZE)
+    epochs: int = field(default=15, metadata=option(
+        "epochs training the constructed net (and baselines) from scratch; 0 skips it", type=int))
+    baselines: tuple[str, ...] = field(default=(), metadata=option(
+        "also train the base EnvelopeNet and: random nets with the same cells and branch counts (--n of them), "
+        "or the worst case (prunes the best branches); repeatable", flag="--baseline", action="append",
+        choices=BASELINES))
+    n_random: int = field(default=10, metadata=option("random baseline nets", flag="--n", type=positive))
+    seed: int = field(default=0, metadata=SEED)
+    device: str = field(default="auto", metadata=DEVICE)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "NACConfig":
@@ -122,43 +135,24 @@ class NACState:
 def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
         progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) NAC; returns the result also written to `run_dir/result.json`."""
-    with joined() as world:
-        progress = world.main_only(progress)
-        if resume:
-            checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir, "nac").load_checkpoint())
-            session = _Session(NACConfig.from_dict(checkpoint["config"]), world, progress)
-            session.restore(checkpoint)
-            session.directory = RunDirectory(run_dir)
-            progress(f"resuming {run_dir}: {session.state.phase}, iteration {session.state.iteration}, "
-                     f"{len(session.state.trained)} net(s) trained")
-        else:
-            config.validate()
-            world.check_same("NAC settings", dataclasses.asdict(config))
-            world.from_main(lambda: RunDirectory.ensure_new(run_dir))
-            session = _Session(config, world, progress)  # data and model first: a failed start leaves no folder
-            session.directory = world.from_main(lambda: RunDirectory.create(run_dir, dataclasses.asdict(config)))
-            session._checkpoint()  # an interrupt in the first iteration can resume from the start
-        return session.loop()
+    return _Session.run(config, run_dir, resume, progress)
 
 
-class _Session:
-    """One run: data, the net under construction, the search state."""
+class _Session(SearchSession):
+    """One run: the net under construction and the search state; a step is one construction
+    iteration, then one net trained from scratch."""
+
+    kind, config_type, rewrite_rng_key, unit = "nac", NACConfig, "cell_rng", "iteration or trained net"
 
     def __init__(self, config: NACConfig, world: World, progress: Callable[[str], None], data: Dataset | None = None):
-        self.config, self.world, self.progress = config, world, progress
-        self.directory: RunDirectory | None = None  # set once the run directory exists; none for the worst case
-        self.data = data or load(config.data, config.val_fraction, config.fraction, config.seed)
-        self.trainer = Trainer(pick_device(config.device, world), config.batch_size, self.data.augment, world=world)
+        super().__init__(config, world, progress, data)
         d = self.data
-        self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y = self.trainer.place_data(
-            d.train_x, d.train_y, d.val_x, d.val_y, d.test_x, d.test_y)
         self.source = ModelSource(config.base, (d.in_channels, d.image_size, d.image_size), d.num_classes,
                                   seed=config.seed)
         self.example = self.source.example_input()
-        self.shuffle = torch.Generator().manual_seed(config.seed)
-        self.cell_rng = torch.Generator().manual_seed(config.seed + 1)
         self.state = NACState()
         self.final_model: dict[str, torch.Tensor] | None = None
+        self._to_train: list[tuple[str, dict[str, Any]]] | None = None
         self.gm = self._capture(self.source.build())  # seeds the global RNG with config.seed
         world.check_replicas(self.gm, "building the base EnvelopeNet")
 
@@ -168,45 +162,49 @@ class _Session:
     def _fresh(self, structure: dict[str, Any]) -> fx.GraphModule:
         return self._capture(build(structure, num_classes=self.data.num_classes, in_channels=self.data.in_channels))
 
-    def restore(self, checkpoint: dict[str, Any]) -> None:
+    def where(self) -> str:
+        return (f"after iteration {self.state.iteration} ({self.state.phase} phase, "
+                f"{len(self.state.trained)} net(s) trained)")
+
+    def load(self, checkpoint: dict[str, Any]) -> None:
         self.gm = self._fresh(checkpoint["structure"])
         self.gm.load_state_dict(checkpoint["model"])
         self.state = NACState(**checkpoint["state"])
         self.final_model = checkpoint.get("final_model")
-        torch.set_rng_state(checkpoint["rng"])
-        self.shuffle.set_state(checkpoint["shuffle_rng"])
-        self.cell_rng.set_state(checkpoint["cell_rng"])
-        self.world.check_replicas(self.gm, "restoring the checkpoint")
 
-    # ---- the loop
+    # ---- the steps
 
-    def loop(self) -> dict[str, Any]:
-        self.construct()
-        if self.state.phase == "train":
-            for name, structure in self._nets_to_train():
-                if name not in self.state.trained:
-                    line = self._train_from_scratch(name, structure)
-                    self._checkpoint()
-                    self.progress(line)
-            self.state.phase = "done"
-            self._checkpoint()
-        return self._finish()
+    def done(self) -> bool:
+        return self.state.phase == "done"
+
+    def step(self) -> str:
+        """A construction iteration; then, one net at a time, training from scratch."""
+        if self.state.phase == "construct":
+            return self._construction_step()
+        if self._to_train is None:  # once per session: the worst-case net is constructed here
+            self._to_train = [(n, s) for n, s in self._nets_to_train() if n not in self.state.trained]
+        if self._to_train:
+            return self._train_from_scratch(*self._to_train.pop(0))
+        self.state.phase = "done"
+        return ""
 
     def construct(self) -> dict[str, Any]:
         """The construction iterations still to do; returns the constructed structure."""
         while self.state.phase == "construct":
-            began = time.perf_counter()
-            row = self._iteration()
-            self.state.construction_seconds += time.perf_counter() - began
-            row["seconds"] = round(time.perf_counter() - began, 3)
-            self.state.rows.append(row)
-            self.state.iteration += 1
-            if self.state.iteration == self.config.iterations:
-                self.state.constructed = envelope_arch(self.gm)
-                self.state.phase = "train" if self.config.epochs else "done"
-            self._checkpoint()
-            self.progress(_progress_line(row, self.config.iterations))
+            self.advance()
         return self.state.constructed
+
+    def _construction_step(self) -> str:
+        began = time.perf_counter()
+        row = self._iteration()
+        self.state.construction_seconds += time.perf_counter() - began
+        row["seconds"] = round(time.perf_counter() - began, 3)
+        self.state.rows.append(row)
+        self.state.iteration += 1
+        if self.state.iteration == self.config.iterations:
+            self.state.constructed = envelope_arch(self.gm)
+            self.state.phase = "train" if self.config.epochs else "done"
+        return _progress_line(row, self.config.iterations)
 
     def _iteration(self) -> dict[str, Any]:
         config, state = self.config, self.state
@@ -229,8 +227,7 @@ class _Session:
                                                        self.shuffle, config.steps, snapshot,
                                                        label=f"iteration {state.iteration + 1}/{config.iterations}")
         except TrainingDiverged as err:
-            raise TrainingDiverged(f"{err} in iteration {state.iteration + 1} ({arch_before}, lr {config.lr:g}); "
-                                   "lower --lr and start a new run") from None
+            raise self.diverged(err, f"in iteration {state.iteration + 1} ({arch_before}, lr {config.lr:g})") from None
         statistic = branch_statistics(instrumented)
         gm = remove_instrumentation(instrumented)
         _, val_acc = self.trainer.evaluate(gm, self.val_x, self.val_y)
@@ -245,7 +242,7 @@ class _Session:
         return {"iteration": state.iteration + 1, "arch": arch_before, "train_loss": round(loss, 6),
                 "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4),
                 "params": sum(p.numel() for p in gm.parameters()), "next_arch": arch_of(gm),
-                "rewrite_seconds": round(rewrite_seconds, 3), "event": "; ".join(events)}
+                "rewrite_seconds": round(rewrite_seconds, 3), **event_fields(events)}
 
     def _restructure(self, gm: fx.GraphModule, statistic: dict[str, dict[str, float]]):
         """Per stage: prune branches, prune skips, add a cell (Algorithm 1's inner loop)."""
@@ -256,18 +253,18 @@ class _Session:
             for cell, branches in pruned.items():
                 gm = prune_branches(gm, cell, branches)
             if pruned:
-                events.append(f"stage{index}: pruned " + ", ".join(f"{c.rpartition('.')[2]}.{b}"
-                                                                   for c, bs in pruned.items() for b in bs))
+                events.append(PrunedBranches(index, tuple(f"{c.rpartition('.')[2]}.{b}"
+                                                          for c, bs in pruned.items() for b in bs)))
             if not config.worst:
                 skips = skips_to_prune({tuple(name.split(".w_")): float(p.detach()) for name, p in gm.named_parameters()
                                         if name.startswith(f"stage{index}.") and ".w_" in name})
                 if skips:
                     gm = prune_skips(gm, skips)
-                    events.append(f"stage{index}: pruned {len(skips)} skip(s)")
+                    events.append(PrunedSkips(index, len(skips)))
             cells = len(stage["cells"])
             if config.max_cells is None or cells < config.max_cells[index]:
-                gm = add_cell(gm, index, branches=config.branch_set(), init=config.cell_init, generator=self.cell_rng)
-                events.append(f"stage{index}: added cell{cells}")
+                gm = add_cell(gm, index, branches=config.branch_set(), init=config.cell_init, generator=self.rewrite_rng)
+                events.append(AddedCell(index, f"cell{cells}"))
         return gm, events
 
     # ---- training from scratch
@@ -311,8 +308,7 @@ class _Session:
                 self.trainer.train_epoch(gm, optimizer, self.train_x, self.train_y, shuffle,
                                          label=f"{name} epoch {epoch + 1}/{config.epochs}")
             except TrainingDiverged as err:
-                raise TrainingDiverged(f"{err} training {name} ({arch_of(gm)}) in epoch {epoch + 1}; "
-                                       "lower --lr and start a new run") from None
+                raise self.diverged(err, f"training {name} ({arch_of(gm)}) in epoch {epoch + 1}") from None
             val_curve.append(round(self.trainer.evaluate(gm, self.val_x, self.val_y)[1], 4))
         seconds = time.perf_counter() - began
         _, test_acc = self.trainer.evaluate(gm, self.test_x, self.test_y)
@@ -328,22 +324,13 @@ class _Session:
 
     # ---- persistence and results
 
-    def _checkpoint(self) -> None:
-        if self.directory is None or not self.world.is_main:
-            return
-        self.directory.save_checkpoint({
-            "config": dataclasses.asdict(self.config),
-            "state": dataclasses.asdict(self.state),
-            "structure": envelope_arch(self.gm),
-            "model": self.gm.state_dict(),
-            "final_model": self.final_model,
-            "rng": torch.get_rng_state(),
-            "shuffle_rng": self.shuffle.get_state(),
-            "cell_rng": self.cell_rng.get_state(),
-        })
-        self.directory.write_log(self.state.rows)
+    def saved(self) -> dict[str, Any]:
+        return {"structure": envelope_arch(self.gm), "model": self.gm.state_dict(), "final_model": self.final_model}
 
-    def _finish(self) -> dict[str, Any]:
+    def log_rows(self) -> list[dict[str, Any]]:
+        return self.state.rows
+
+    def finish(self) -> dict[str, Any]:
         config, state = self.config, self.state
         final = self._fresh(state.constructed)
         final.load_state_dict(self.final_model if self.final_model is not None else self.gm.state_dict())
