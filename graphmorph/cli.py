@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -107,24 +107,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphmorph {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    autogrow = commands.add_parser(
-        "autogrow", help="discover a network's depth with AutoGrow (the main job)",
-        description="Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising "
-                    "validation accuracy, then fine-tune. With no options: p-AutoGrow on digits.",
-    )
-    add_options(autogrow, AutoGrowConfig)
-    _run_arguments(autogrow)
-    autogrow.set_defaults(run=_run_autogrow)
-
-    nac = commands.add_parser(
-        "nac", help="construct a net from an EnvelopeNet with NAC (prune branches and skips, add cells)",
-        description="Neural Architecture Construction: train an EnvelopeNet briefly, prune the branches with the "
+    _search_command(commands, "autogrow", AutoGrowConfig, _run_autogrow,
+                    "discover a network's depth with AutoGrow (the main job)",
+                    "Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising "
+                    "validation accuracy, then fine-tune. With no options: p-AutoGrow on digits.")
+    _search_command(commands, "nac", NACConfig, _run_nac,
+                    "construct a net from an EnvelopeNet with NAC (prune branches and skips, add cells)",
+                    "Neural Architecture Construction: train an EnvelopeNet briefly, prune the branches with the "
                     "lowest featuremap statistic and half the skips per stage, add a cell per stage, repeat; then "
-                    "train the constructed net (and any baselines) from scratch. With no options: digits.",
-    )
-    add_options(nac, NACConfig)
-    _run_arguments(nac)
-    nac.set_defaults(run=_run_nac)
+                    "train the constructed net (and any baselines) from scratch. With no options: digits.")
 
     train = commands.add_parser(
         "train", help="train a fixed net from scratch with the staircase schedule",
@@ -133,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("arch", metavar="ARCH", help=f"architecture: {models.valid_forms()}")
     add_options(train, AutoGrowConfig, only=TRAIN_OPTIONS)
-    train.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
+    _run_dir_argument(train)
     train.add_argument("--epochs", type=positive, help="epochs (default: the dataset's baseline)")
     train.add_argument("--lr", type=positive_float, help="initial LR (default 0.1 residual, 0.01 plain)")
     train.set_defaults(run=_run_train)
@@ -207,9 +198,17 @@ def _source_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed the fresh model is built under (default: the history's)")
 
 
-def _run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
+def _search_command(commands, name: str, config_type, run, help: str, description: str) -> None:
+    """A search's subcommand: an option per config field, the run directory, --resume."""
+    parser = commands.add_parser(name, help=help, description=description)
+    add_options(parser, config_type)
+    _run_dir_argument(parser)
     parser.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
+    parser.set_defaults(run=run)
+
+
+def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", help="where to write the run (default runs/<kind>-<net>-<data>-<time>)")
 
 
 # the settings `graphmorph train` takes: the data and the net, no growth
@@ -234,20 +233,25 @@ def _run_dir(args, kind: str, net: str) -> Path:
     return Path("runs") / f"{kind}-{net}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _start_or_resume(args, config_type, run, kind: str, net: Callable, plan: Callable) -> tuple[dict, Path]:
+    """Resume the run named by --resume, or start one with the options given; (result, run directory)."""
+    if args.resume:
+        _refuse_settings_on_resume(args, config_type)
+        return run(None, args.resume, resume=True), Path(args.resume)
+    config = config_type.from_dict(given_options(args, config_type))
+    where = _run_dir(args, kind, _label_for_path(net(config)))
+    args.run_dir = str(where)
+    _tell(f"{plan(config)}; writing {where}")
+    return run(config, where), where
+
+
 def _run_autogrow(args) -> int:
     from graphmorph.search.autogrow import run
 
-    if args.resume:
-        _refuse_settings_on_resume(args, AutoGrowConfig)
-        result = run(None, args.resume, resume=True)
-        where = args.resume
-    else:
-        config = _config(args)
-        where = _run_dir(args, "autogrow", _label_for_path(config.model or config.seed_net))
-        args.run_dir = str(where)
-        _tell(f"AutoGrow {config.label()} on {config.data}: {config.policy} growth, K={config.K}, "
-              f"J={config.stopping_window()}, tau={config.tau}, init={config.init}; writing {where}")
-        result = run(config, where)
+    result, where = _start_or_resume(
+        args, AutoGrowConfig, run, "autogrow", lambda c: c.model or c.seed_net,
+        lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth, K={c.K}, J={c.stopping_window()}, "
+                  f"tau={c.tau}, init={c.init}")
     _print_result(result, where)
     return 0
 
@@ -256,17 +260,10 @@ def _run_nac(args) -> int:
     from graphmorph.graph.flops import si
     from graphmorph.search.nac import run
 
-    if args.resume:
-        _refuse_settings_on_resume(args, NACConfig)
-        result = run(None, args.resume, resume=True)
-        where = args.resume
-    else:
-        config = NACConfig.from_dict(given_options(args, NACConfig))
-        where = _run_dir(args, "nac", _label_for_path(config.base))
-        args.run_dir = str(where)
-        _tell(f"NAC from {config.base} on {config.data}: {config.iterations} iterations of {config.steps} steps, "
-              f"{'keeping' if config.keep_weights else 'resetting'} weights; writing {where}")
-        result = run(config, where)
+    result, where = _start_or_resume(
+        args, NACConfig, run, "nac", lambda c: c.base,
+        lambda c: f"NAC from {c.base} on {c.data}: {c.iterations} iterations of {c.steps} steps, "
+                  f"{'keeping' if c.keep_weights else 'resetting'} weights")
     _tell(f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; construction {result['construction_seconds']:.1f} s"
           + (f", training {result['train_seconds']:.1f} s" if result["train_seconds"] else "")

@@ -14,6 +14,13 @@ def _bn_conv(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) 
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False)
 
 
+def _projection(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+    """torchvision's `downsample`: a 1x1 conv and BN where the shape changes, else None."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(_bn_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+
+
 # 1. torchvision-style ResNet: projection shortcuts in `downsample`, `out = out + identity`
 class TvBlock(nn.Module):
     def __init__(self, cin, cout, stride=1):
@@ -21,9 +28,7 @@ class TvBlock(nn.Module):
         self.conv1, self.bn1 = _bn_conv(cin, cout, stride=stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _bn_conv(cout, cout), nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(_bn_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        self.downsample = _projection(cin, cout, stride)
 
     def forward(self, x):
         identity = x
@@ -257,9 +262,7 @@ class GroupedBlock(nn.Module):
         self.conv2, self.bn2 = _bn_conv(mid, mid, 3, stride, groups), nn.BatchNorm2d(mid)
         self.conv3, self.bn3 = _bn_conv(mid, cout, 1), nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(_bn_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+        self.downsample = _projection(cin, cout, stride)
 
     def forward(self, x):
         identity = x

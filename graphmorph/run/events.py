@@ -12,92 +12,34 @@ __all__ = ["Event", "Grew", "Stopped", "DepthCapped", "BudgetSpent", "Found", "P
 
 @dataclass(frozen=True)
 class Event:
+    """A typed event; `template` formats its fields (tuples joined with ", ") for display."""
+
     kind: ClassVar[str]
+    template: ClassVar[str]
 
     def text(self) -> str:
-        raise NotImplementedError
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return self.template.format(**{k: ", ".join(v) if isinstance(v, tuple) else v for k, v in fields.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **{f.name: _listed(getattr(self, f.name)) for f in dataclasses.fields(self)}}
 
 
-@dataclass(frozen=True)
-class Grew(Event):
-    kind: ClassVar[str] = "grew"
-    stage: int
-    arch: str
-
-    def text(self) -> str:
-        return f"grew stage {self.stage} -> {self.arch}"
+def _event(name: str, kind: str, template: str, **fields: type) -> type[Event]:
+    """A frozen Event dataclass named `name` with `fields` (name: type), in order."""
+    return dataclasses.make_dataclass(name, list(fields.items()), bases=(Event,), frozen=True,
+                                      namespace={"kind": kind, "template": template, "__module__": __name__})
 
 
-@dataclass(frozen=True)
-class Stopped(Event):
-    """A stage stopped growing: its last growth did not raise validation accuracy by tau within J epochs."""
-    kind: ClassVar[str] = "stopped"
-    stage: int
-
-    def text(self) -> str:
-        return f"stopped stage {self.stage}"
-
-
-@dataclass(frozen=True)
-class DepthCapped(Event):
-    kind: ClassVar[str] = "depth_capped"
-    stage: int
-    cap: int
-
-    def text(self) -> str:
-        return f"stage {self.stage} reached the depth cap {self.cap}"
-
-
-@dataclass(frozen=True)
-class BudgetSpent(Event):
-    kind: ClassVar[str] = "budget_spent"
-
-    def text(self) -> str:
-        return "growth budget spent"
-
-
-@dataclass(frozen=True)
-class Found(Event):
-    kind: ClassVar[str] = "found"
-    arch: str
-    finetune_epochs: int
-
-    def text(self) -> str:
-        return f"found {self.arch}; fine-tuning {self.finetune_epochs} epochs"
-
-
-@dataclass(frozen=True)
-class PrunedBranches(Event):
-    kind: ClassVar[str] = "pruned_branches"
-    stage: int
-    branches: tuple[str, ...]          # "cellK.branch"
-
-    def text(self) -> str:
-        return f"stage{self.stage}: pruned " + ", ".join(self.branches)
-
-
-@dataclass(frozen=True)
-class PrunedSkips(Event):
-    kind: ClassVar[str] = "pruned_skips"
-    stage: int
-    count: int
-
-    def text(self) -> str:
-        return f"stage{self.stage}: pruned {self.count} skip(s)"
-
-
-@dataclass(frozen=True)
-class AddedCell(Event):
-    kind: ClassVar[str] = "added_cell"
-    stage: int
-    cell: str
-
-    def text(self) -> str:
-        return f"stage{self.stage}: added {self.cell}"
-
+Grew = _event("Grew", "grew", "grew stage {stage} -> {arch}", stage=int, arch=str)
+Stopped = _event("Stopped", "stopped", "stopped stage {stage}", stage=int)  # growth did not pay within J epochs
+DepthCapped = _event("DepthCapped", "depth_capped", "stage {stage} reached the depth cap {cap}", stage=int, cap=int)
+BudgetSpent = _event("BudgetSpent", "budget_spent", "growth budget spent")
+Found = _event("Found", "found", "found {arch}; fine-tuning {finetune_epochs} epochs", arch=str, finetune_epochs=int)
+PrunedBranches = _event("PrunedBranches", "pruned_branches", "stage{stage}: pruned {branches}", stage=int,
+                        branches=tuple)  # "cellK.branch" names
+PrunedSkips = _event("PrunedSkips", "pruned_skips", "stage{stage}: pruned {count} skip(s)", stage=int, count=int)
+AddedCell = _event("AddedCell", "added_cell", "stage{stage}: added {cell}", stage=int, cell=str)
 
 EVENTS = {cls.kind: cls for cls in (Grew, Stopped, DepthCapped, BudgetSpent, Found, PrunedBranches, PrunedSkips,
                                     AddedCell)}
