@@ -83,3 +83,50 @@ def test_the_cli_counts_envelope_net_flops(capsys):
 
 def test_widener_keeps_both_halves_aligned_on_odd_sizes():
     assert Widener(3)(torch.randn(1, 3, 9, 9)).shape == (1, 6, 5, 5)  # found by the property test
+
+
+@given(spec=envelope_nets(), data=st.data())
+def test_the_declared_structure_follows_every_envelope_rewrite(spec, data):
+    """The structure a captured EnvelopeNet declares, as its rewrites leave it, equals the one read
+    from the modules of a fresh net built from it (an independent reading), and fits its weights."""
+    import transforms
+    from graphmorph.models import envelope_structure
+
+    x = torch.randn(2, 1, 8, 8)
+    gm = graphmorph.capture(build(spec[0], num_classes=3, in_channels=1), x)
+    for _ in range(data.draw(st.integers(1, 4), label="rewrites")):
+        structure = envelope_structure(gm)
+        cells = [c for c in structure.cells if len(c.branches) > 1]
+        choice = data.draw(st.sampled_from(["add_cell"] + ["branch"] * bool(cells) + ["skip"] * bool(structure.skips)))
+        if choice == "add_cell":
+            gm = transforms.add_cell(gm, data.draw(st.integers(0, len(structure.stages) - 1)),
+                                     generator=torch.Generator().manual_seed(0))
+        elif choice == "branch":
+            cell = data.draw(st.sampled_from(cells))
+            gm = transforms.prune_branches(gm, cell.name, [data.draw(st.sampled_from(cell.branches))])
+        else:
+            skip = data.draw(st.sampled_from(structure.skips))
+            gm = transforms.prune_skips(gm, [(skip.reduction, skip.source)])
+    declared = envelope_structure(gm)
+    rebuilt = build(declared.to_dict(), num_classes=3, in_channels=1)
+    assert envelope_structure(rebuilt) == declared
+    rebuilt.load_state_dict(gm.state_dict())  # the same parameters, name for name and shape for shape
+    assert graphmorph.history(gm) and torch.allclose(rebuilt.eval()(x), gm.eval()(x), atol=1e-5)
+
+
+def test_a_rewrite_that_does_not_know_envelopenets_leaves_the_structure_unknown():
+    from graphmorph.errors import ArchError
+    from graphmorph.models import envelope_structure
+    import transforms
+
+    gm = graphmorph.capture(build("EnvelopeNet-4/1-1/2", num_classes=3, in_channels=1), torch.randn(2, 1, 8, 8))
+    kept = transforms.prune_filters(gm, 0.3)
+    assert envelope_structure(kept) == envelope_structure(gm)
+    from graphmorph.graph import ops
+
+    merge = next(n for n in gm.graph.nodes if ops.is_cat(n) and ops.module_path(n) == "stage0.reduce1")
+    dropped = transforms.prune_skip_edges(gm, [(merge.name, merge.args[0][1].name)])  # the scaled input skip
+    with pytest.raises(ArchError, match="no EnvelopeNet structure.*such as grow"):
+        envelope_structure(dropped)
+    with pytest.raises(graphmorph.RewriteError, match="no EnvelopeNet stage 0; the stages with cells are: none"):
+        transforms.add_cell(dropped, 0)

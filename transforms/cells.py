@@ -12,7 +12,6 @@ the new cell's weights still receive gradients. `init="random"` keeps the fresh 
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
@@ -22,7 +21,10 @@ from torch.fx.node import map_arg
 
 from graphmorph.graph import ops
 from graphmorph.errors import RewriteError
-from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeCell, SkipReduce, _Stage, envelope_arch
+from graphmorph.errors import ArchError
+from graphmorph.graph.capture import STRUCTURE_KEY
+from graphmorph.models.envelope import (BRANCH_TYPES, EnvelopeCell, EnvelopeStage, Skip, SkipReduce, _Stage, cell_concat,
+                                        envelope_structure)
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import annotate_rewritten
@@ -60,10 +62,12 @@ class AddCell(Rewrite):
     def describe(self) -> str:
         return f"add_cell to stage{self.stage} (init={self.init!r})"
 
+    keeps_structure = True
+
     def check(self, gm: fx.GraphModule) -> str | None:
         if self.init not in CELL_INITS:
             return f"unknown cell init {self.init!r}; choose one of {', '.join(CELL_INITS)}"
-        _stage_prefix(gm, self.stage)
+        _stage(gm, self.stage)
         unknown = [b for b in self.branches if b not in BRANCH_TYPES]
         if unknown or not self.branches or len(set(self.branches)) != len(self.branches):
             return f"a new cell needs distinct branches from {', '.join(BRANCH_TYPES)}, got {list(self.branches)}"
@@ -71,8 +75,9 @@ class AddCell(Rewrite):
 
     def edit(self, step: Step) -> Edit:
         gm, work, branches = step.source, step.work, self.branches
-        prefix = _stage_prefix(gm, self.stage)
-        anchors = _Anchors(work, prefix)
+        stage = _stage(gm, self.stage)
+        prefix = stage.name
+        anchors = _Anchors(work, stage)
         n = len(anchors.cells)
         channels = anchors.channels()
         cell_name, reduce_name = f"cell{n}", f"reduce{n + 1}"
@@ -85,11 +90,14 @@ class AddCell(Rewrite):
             module.to(device=reference.device, dtype=reference.dtype)
         work.get_submodule(prefix).add_module(cell_name, cell)
         work.get_submodule(prefix).add_module(reduce_name, reduce)
-        _splice(work, prefix, anchors, _tail_graph(n, branches), (cell_name, reduce_name))
+        _splice(work, prefix, anchors, n, branches, (cell_name, reduce_name))
         work.recompile()
         same_shapes = annotate_rewritten(gm, work, step.inputs, "add_cell")
+        structure = envelope_structure(gm).with_cell(self.stage, branches)
+        work.meta[STRUCTURE_KEY] = structure
         if self.init == "preserve":
-            _copy_reduction(work, f"{prefix}.reduce{n}", f"{prefix}.{reduce_name}", f"cell{n - 1}")
+            _copy_reduction(work, stage.output, [s.source for s in stage.output_skips],
+                            structure.stages[self.stage].output, list(skip_widths), f"cell{n - 1}")
         added = sum(p.numel() for m in (cell, reduce) for p in m.parameters())
         return Edit(added, lambda: gm, ("eval", "train") if self.init == "preserve" else (),
                     shapes_propagated=same_shapes, notes={"cell": f"{prefix}.{cell_name}"})
@@ -98,47 +106,40 @@ class AddCell(Rewrite):
 # --------------------------------------------------------------------------- where the cell goes
 
 
-def _stage_prefix(gm: fx.GraphModule, stage: int) -> str:
-    stages = sorted({int(m.group(1)) for n in gm.graph.nodes
-                     if (m := re.fullmatch(r"stage(\d+)\.cell\d+", ops.module_path(n))) and ops.is_cat(n)})
-    if not isinstance(stage, int) or isinstance(stage, bool) or stage not in stages:
-        shown = ", ".join(map(str, stages)) or "none: it is not an EnvelopeNet"
+def _stage(gm: fx.GraphModule, stage: int) -> EnvelopeStage:
+    try:
+        stages = envelope_structure(gm).stages
+    except ArchError:
+        stages = ()
+    if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage < len(stages):
+        shown = ", ".join(str(s.index) for s in stages) or "none: it is not an EnvelopeNet"
         raise RewriteError(f"no EnvelopeNet stage {stage!r}; the stages with cells are: {shown}")
-    return f"stage{stage}"
+    return stages[stage]
 
 
 def _present_branches(gm: nn.Module) -> tuple[str, ...]:
     """Every branch type a cell of the EnvelopeNet `gm` still has (all of them for other nets,
     which `AddCell.check` refuses)."""
     try:
-        stages = envelope_arch(gm)["stages"]
-    except AttributeError:
+        cells = envelope_structure(gm).cells
+    except ArchError:
         return BRANCH_TYPES
-    present = {b for stage in stages for cell in stage["cells"] for b in cell["branches"]}
-    return tuple(b for b in BRANCH_TYPES if b in present)
+    return tuple(b for b in BRANCH_TYPES if any(b in cell.branches for cell in cells))
 
 
 class _Anchors:
     """The nodes of a stage the new cell connects to: its input, each cell's output (the cell's
     concatenation) and the old output reduction's result."""
 
-    def __init__(self, gm: fx.GraphModule, prefix: str):
-        nodes = list(gm.graph.nodes)
-        inside = [n for n in nodes if _within(n, prefix)]
-        cells = {}
-        for node in inside:
-            match = re.fullmatch(re.escape(prefix) + r"\.cell(\d+)", ops.module_path(node))
-            if match and ops.is_cat(node):
-                cells[int(match.group(1))] = node
-        self.cells = [cells[k] for k in sorted(cells)]
-        if sorted(cells) != list(range(len(cells))):
-            raise RewriteError(f"{prefix}'s cells are not numbered 0..n-1: {sorted(cells)}")
+    def __init__(self, gm: fx.GraphModule, stage: EnvelopeStage):
+        prefix = stage.name
+        self.cells = [cell_concat(gm, cell.name) for cell in stage.cells]
+        inside = [n for n in gm.graph.nodes if _within(n, prefix)]
         outer = {a for n in inside if n.op != "get_attr" for a in n.all_input_nodes if not _within(a, prefix)}
-        reduction = f"{prefix}.reduce{len(self.cells)}"
-        exits = [n for n in inside if _within(n, reduction) and any(not _within(u, reduction) for u in n.users)]
-        if len(outer) != 1 or len(exits) != 1:
-            raise RewriteError(f"{prefix} does not have the shape of an EnvelopeNet stage (one input, and one "
-                               f"output from {reduction}); remove statistics instrumentation before adding cells")
+        exits = [n for n in inside if _within(n, stage.output) and any(not _within(u, stage.output) for u in n.users)]
+        if None in self.cells or len(outer) != 1 or len(exits) != 1:
+            raise RewriteError(f"{prefix} does not have the shape of an EnvelopeNet stage (one input, its cells, and "
+                               f"one output from {stage.output}); remove statistics instrumentation before adding cells")
         self.input, = outer
         self.exit, = exits
 
@@ -158,18 +159,16 @@ def _channels(node: fx.Node) -> int:
 # --------------------------------------------------------------------------- the new nodes
 
 
-def _tail_graph(n: int, branches: Sequence[str]) -> fx.Graph:
-    """The traced graph of a stage with n + 1 cells, on the meta device: the source of the nodes
-    of its last cell and reduction, in the module's own op granularity."""
+def _splice(work: fx.GraphModule, prefix: str, anchors: _Anchors, n: int, branches: Sequence[str],
+            new: tuple[str, str]) -> None:
+    """Copy the nodes of the last cell and reduction of a template stage with n + 1 cells (traced on
+    the meta device, in the module's own op granularity) after the old stage output, reading the
+    stage's real input, cells and old output, and make the new reduction the stage output."""
     with torch.device("meta"):
-        template = _Stage(1, [branches] * (n + 1))
-    return fx.Tracer().trace(template)
-
-
-def _splice(work: fx.GraphModule, prefix: str, anchors: _Anchors, template: fx.Graph, new: tuple[str, str]) -> None:
-    """Copy the template's nodes of the new cell and reduction after the old stage output, reading
-    the stage's real input, cells and old output, and make the new reduction the stage output."""
-    n = len(anchors.cells)
+        stage = _Stage(1, [branches] * (n + 1))
+    template = fx.Tracer().trace(stage)
+    cells = {name: anchors.cells[k] for k, (name, _) in enumerate(stage.cells()[:n])}
+    old_output, _ = stage.reduction(n)
     outer_stack = [(key, value) for key, value in anchors.exit.meta["nn_module_stack"].items()
                    if prefix == value[0] or prefix.startswith(value[0] + ".")]
 
@@ -177,9 +176,9 @@ def _splice(work: fx.GraphModule, prefix: str, anchors: _Anchors, template: fx.G
         path = ops.module_path(node)
         if node.op == "placeholder":
             return anchors.input
-        if re.fullmatch(r"cell\d+", path):
-            return anchors.cells[int(path[4:])]
-        if path == f"reduce{n}" or path.startswith(f"reduce{n}."):
+        if path in cells:
+            return cells[path]
+        if path == old_output or path.startswith(old_output + "."):
             return anchors.exit
         raise RewriteError(f"internal: the new cell reads {node.name} ({path}), which has no counterpart")
 
@@ -207,31 +206,29 @@ def _splice(work: fx.GraphModule, prefix: str, anchors: _Anchors, template: fx.G
 # --------------------------------------------------------------------------- function preservation
 
 
-def _copy_reduction(gm: fx.GraphModule, old: str, new: str, previous: str) -> None:
+def _copy_reduction(gm: fx.GraphModule, old: str, old_skips: list[str], new: str, new_skips: list[str],
+                    previous: str) -> None:
     """Make reduction `new` compute what `old` computed: zero columns for the new cell, `old`'s
     columns and scalars for the skips it read, scalar 1 and `old`'s main columns for `previous`."""
-    old_columns, new_columns = _columns(gm, old), _columns(gm, new)
+    old_columns, new_columns = _columns(gm, old, old_skips), _columns(gm, new, new_skips)
     old_conv, new_conv = gm.get_submodule(f"{old}.conv"), gm.get_submodule(f"{new}.conv")
     with torch.no_grad():
         new_conv.weight.zero_()
         new_conv.weight[:, new_columns[previous]] = old_conv.weight[:, old_columns["main"]]
-        gm.get_parameter(f"{new}.w_{previous}").fill_(1.0)
+        gm.get_parameter(Skip(new, previous).weight).fill_(1.0)
         for name, columns in old_columns.items():
             if name != "main":
                 new_conv.weight[:, new_columns[name]] = old_conv.weight[:, columns]
-                gm.get_parameter(f"{new}.w_{name}").copy_(gm.get_parameter(f"{old}.w_{name}"))
+                gm.get_parameter(Skip(new, name).weight).copy_(gm.get_parameter(Skip(old, name).weight))
         gm.get_submodule(f"{new}.bn").load_state_dict(gm.get_submodule(f"{old}.bn").state_dict())
 
 
-def _columns(gm: fx.GraphModule, reduction: str) -> dict[str, slice]:
+def _columns(gm: fx.GraphModule, reduction: str, skips: list[str]) -> dict[str, slice]:
     """The input channels of a reduction's conv per source: "main" (the unscaled previous cell)
-    and each skip by name, read from the concatenation that feeds the conv."""
+    and each of its declared skips, in the order of the concatenation that feeds the conv."""
     concat = next(n for n in gm.graph.nodes if ops.is_cat(n) and ops.module_path(n) == reduction)
     columns, start = {}, 0
-    for part in concat.args[0]:
-        scalar = next((a for a in part.args if isinstance(a, fx.Node) and a.op == "get_attr"), None) \
-            if ops.is_mul(part) else None
-        name = str(scalar.target).rpartition(".w_")[2] if scalar is not None else "main"
+    for name, part in zip(["main", *skips], concat.args[0]):
         columns[name] = slice(start, start + _channels(part))
         start += _channels(part)
     return columns

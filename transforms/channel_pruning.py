@@ -81,7 +81,9 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
 
 class _ChannelRemoval(Rewrite):
     """A removal of channel classes (`_classes`) with everything coupled to them; the contract is
-    the source with those channels masked to zero."""
+    the source with those channels masked to zero. Widths change, not a declared structure."""
+
+    keeps_structure = True
 
     def _classes(self, deps: ChannelDependencies) -> list[int]:
         raise NotImplementedError

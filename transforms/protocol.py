@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import fx
 
+from graphmorph.graph.capture import STRUCTURE_KEY
 from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.graph.history import record_rewrite
@@ -69,6 +70,8 @@ class Rewrite:
     registry its analyses use (default: `Registry.default()`); it is not recorded."""
 
     name: ClassVar[str]
+    keeps_structure: ClassVar[bool] = False  # True: the model's declared structure (capture's STRUCTURE_KEY)
+    # still holds after this rewrite, or its edit updates it; otherwise `apply` drops it as unknown
     registry: Registry | None = field(default=None, kw_only=True, compare=False, repr=False, metadata=NOT_RECORDED)
 
     @property
@@ -154,6 +157,8 @@ def apply(gm: fx.GraphModule, rewrite: Rewrite, *, example_input: torch.Tensor |
     if reason:
         raise RewriteError(reason)
     step = Step(gm, clone(gm), verification_inputs(gm, example_input), data)
+    if not rewrite.keeps_structure:
+        step.work.meta.pop(STRUCTURE_KEY, None)
     edit = rewrite.edit(step)
     step.work.recompile()
     finish_rewrite(gm, step.work, step.inputs, rewrite.describe(), edit.reference if verify else None,

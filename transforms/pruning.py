@@ -6,7 +6,10 @@ shift) or the pruned skips' scalars set to zero, in float64, in eval and train m
 
 The removed channels are followed forward from the pruned tensor through scalar multiplies and
 concatenations (with their channel offsets) to the 1x1 convolutions that read them, which lose
-exactly those input channels.
+exactly those input channels: the removal and surgery that skip-edge pruning uses
+(`transforms.skips.forward_removal`, `graphmorph.graph.channel_surgery.apply_removal`). Cells,
+branches and skips come from the net's declared structure (`graphmorph.models.envelope_structure`),
+which these rewrites keep current.
 """
 from __future__ import annotations
 
@@ -21,8 +24,13 @@ from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.ops import attribute
+from graphmorph.errors import ArchError
+from graphmorph.graph.capture import STRUCTURE_KEY
+from graphmorph.graph.channel_surgery import apply_removal
+from graphmorph.graph.registry import Registry
+from graphmorph.models.envelope import Cell, EnvelopeStructure, Skip, cell_concat, envelope_structure
 from transforms.protocol import Edit, Rewrite, Step, apply, register
-from transforms.skips import prune_skip_edges
+from transforms.skips import forward_removal, prune_skip_edges
 
 __all__ = ["prune_branches", "prune_skips", "PruneBranches", "PruneSkips"]
 
@@ -32,7 +40,7 @@ def prune_branches(gm: fx.GraphModule, cell: str, branches: Sequence[str | int],
     """A new graph without the named (or numbered) branches of `cell` (e.g. "stage0.cell1"); the
     cell's concatenation and every reader of it lose those channels. The last branch of a cell is
     never pruned."""
-    names = _branch_names(gm, cell)
+    names = list(_cell(gm, cell).branches)
     remove = _resolve_branches(cell, names, branches)
     rewrite = PruneBranches(cell, tuple(sorted(remove, key=names.index)))
     return apply(gm, rewrite, example_input=example_input, verify=verify)
@@ -61,16 +69,20 @@ class PruneBranches(Rewrite):
     cell: str
     branches: tuple[str, ...]
 
+    keeps_structure = True
+
     def check(self, gm: fx.GraphModule) -> str | None:
-        _resolve_branches(self.cell, _branch_names(gm, self.cell), self.branches)
+        _resolve_branches(self.cell, list(_cell(gm, self.cell).branches), self.branches)
         return None
 
     def edit(self, step: Step) -> Edit:
         gm, work, cell = step.source, step.work, self.cell
-        concat = _cell_concat(work, cell)
+        structure = envelope_structure(gm)
+        concat = cell_concat(work, cell)
         outputs = list(concat.args[0])
-        names = [_branch_name(node, cell) for node in outputs]
+        names = [structure.cell(cell).branch_of(node) for node in outputs]
         remove = set(self.branches)
+        work.meta[STRUCTURE_KEY] = structure.without_branches(cell, self.branches)
         removed, start = set(), 0
         for name, node in zip(names, outputs):
             if name in remove:
@@ -83,7 +95,7 @@ class PruneBranches(Rewrite):
                 _zero_final_norm(reference, outputs[names.index(name)], f"{cell}.{name}")
             return reference
 
-        delta = _narrow_readers(work, concat, removed)
+        delta = _cut_readers(work, [(concat, removed)], self.op_registry)
         concat.args = ([node for node, name in zip(outputs, names) if name not in remove], *concat.args[1:])
         for name in remove:
             prefix = f"{cell}.{name}"
@@ -100,36 +112,38 @@ class PruneSkips(Rewrite):
     reduction conv's columns for it; the contract is the source with those scalars set to zero."""
 
     name: ClassVar[str] = "prune_skips"
+    keeps_structure = True
     skips: tuple[tuple[str, str], ...]
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        scalars = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr" and ".w_" in str(n.target)}
+        known = _structure(gm).skips
         for reduce, source in self.skips:
-            if f"{reduce}.w_{source}" not in scalars:
-                known = sorted(f"({t.rpartition('.w_')[0]!r}, {t.rpartition('.w_')[2]!r})" for t in scalars)
-                return f"no skip ({reduce!r}, {source!r}); the skips are: {', '.join(known) or 'none'}"
+            if Skip(reduce, source) not in known:
+                shown = ", ".join(f"({s.reduction!r}, {s.source!r})" for s in known)
+                return f"no skip ({reduce!r}, {source!r}); the skips are: {shown or 'none'}"
         return None
 
     def edit(self, step: Step) -> Edit:
-        gm, work, delta = step.source, step.work, 0
-        for reduce, source in self.skips:
-            scalar = f"{reduce}.w_{source}"
-            weight = next(n for n in work.graph.nodes if n.op == "get_attr" and n.target == scalar)
-            scaled = next(u for u in weight.users if ops.is_mul(u))
-            delta += _narrow_readers(work, scaled, set(range(_channels(scaled))))
-            for concat in [u for u in scaled.users if ops.is_cat(u)]:
-                concat.args = ([n for n in concat.args[0] if n is not scaled], *concat.args[1:])
-            work.graph.erase_node(scaled)
+        gm, work = step.source, step.work
+        skips = [Skip(reduce, source) for reduce, source in self.skips]
+        work.meta[STRUCTURE_KEY] = envelope_structure(gm).without_skips(skips)
+        weights = [next(n for n in work.graph.nodes if n.op == "get_attr" and n.target == s.weight) for s in skips]
+        scaled = [next(u for u in weight.users if ops.is_mul(u)) for weight in weights]
+        delta = _cut_readers(work, [(node, range(_channels(node))) for node in scaled], self.op_registry)
+        for skip, weight, product in zip(skips, weights, scaled):
+            for concat in [u for u in product.users if ops.is_cat(u)]:
+                concat.args = ([n for n in concat.args[0] if n is not product], *concat.args[1:])
+            work.graph.erase_node(product)
             work.graph.erase_node(weight)
-            owner, _, name = scalar.rpartition(".")
+            owner, _, name = skip.weight.rpartition(".")
             delattr(work.get_submodule(owner), name)
             delta -= 1
 
         def masked() -> fx.GraphModule:
             reference = clone(gm)
             with torch.no_grad():
-                for reduce, source in self.skips:
-                    attribute(reference, f"{reduce}.w_{source}").zero_()
+                for skip in skips:
+                    attribute(reference, skip.weight).zero_()
             return reference
 
         return Edit(delta, masked)
@@ -138,21 +152,20 @@ class PruneSkips(Rewrite):
 # --------------------------------------------------------------------------- helpers
 
 
-def _cell_concat(gm: fx.GraphModule, cell: str) -> fx.Node:
-    for node in gm.graph.nodes:
-        if ops.is_cat(node) and ops.module_path(node) == cell:
-            return node
-    cells = sorted({ops.module_path(n) for n in gm.graph.nodes if ops.is_cat(n) and ".cell" in ops.module_path(n)})
-    raise RewriteError(f"no cell named {cell!r}; the cells are: {', '.join(cells) or 'none'}")
+def _structure(gm: fx.GraphModule) -> EnvelopeStructure:
+    """The EnvelopeNet structure `gm` declares; a RewriteError for other graphs."""
+    try:
+        return envelope_structure(gm)
+    except ArchError as err:
+        raise RewriteError(str(err)) from None
 
 
-def _branch_names(gm: fx.GraphModule, cell: str) -> list[str]:
-    return [_branch_name(node, cell) for node in _cell_concat(gm, cell).args[0]]
-
-
-def _branch_name(node: fx.Node, cell: str) -> str:
-    path = ops.module_path(node)
-    return path[len(cell) + 1:].split(".")[0]
+def _cell(gm: fx.GraphModule, name: str) -> Cell:
+    structure = _structure(gm)
+    cell = structure.cell(name)
+    if cell is None:
+        raise RewriteError(f"no cell named {name!r}; the cells are: {', '.join(c.name for c in structure.cells)}")
+    return cell
 
 
 def _resolve_branches(cell: str, names: list[str], branches: Sequence[str | int]) -> set[str]:
@@ -184,44 +197,14 @@ def _zero_final_norm(masked: fx.GraphModule, output: fx.Node, branch: str) -> No
         module.bias.zero_()
 
 
-def _narrow_readers(gm: fx.GraphModule, start: fx.Node, removed: set[int]) -> int:
-    """Follow the removed channels of `start` to the convolutions that read them and drop those
-    input channels there; returns the parameter change."""
-    delta, stack = 0, [(start, removed)]
-    while stack:
-        node, channels = stack.pop()
-        for user in list(node.users):
-            if ops.is_cat(user) and ops.cat_dim(user, len(user.meta["tensor_meta"].shape)) == 1:
-                offset = 0
-                for part in user.args[0]:
-                    if part is node:
-                        break
-                    offset += _channels(part)
-                stack.append((user, {offset + c for c in channels}))
-            elif ops.is_mul(user) and all(_is_scalar(a) for a in user.args if a is not node):
-                stack.append((user, channels))
-            elif user.op == "call_module" and isinstance(gm.get_submodule(user.target), nn.Conv2d):
-                delta += _drop_input_channels(gm, str(user.target), channels)
-            else:
-                raise RewriteError(f"cannot narrow {user.name} ({user.op} {user.target}), which reads pruned channels")
-    return delta
-
-
-def _drop_input_channels(gm: fx.GraphModule, target: str, removed: set[int]) -> int:
-    conv = gm.get_submodule(target)
-    if conv.groups != 1:
-        raise RewriteError(f"{target} is a grouped convolution; its input channels cannot be dropped one by one")
-    keep = [c for c in range(conv.in_channels) if c not in removed]
-    narrow = nn.Conv2d(len(keep), conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                       dilation=conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                       device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        narrow.weight.copy_(conv.weight[:, keep])
-        if conv.bias is not None:
-            narrow.bias.copy_(conv.bias)
-    owner, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(owner) if owner else gm, name, narrow)
-    return narrow.weight.numel() - conv.weight.numel()
+def _cut_readers(work: fx.GraphModule, starts: list[tuple[fx.Node, Iterable[int]]], registry: Registry) -> int:
+    """Follow the removed channels of each start node to the layers that read them and cut them
+    there, in one removal (the surgery every channel removal goes through); the parameter change."""
+    removal: dict[str, set[int]] = {}
+    for start, removed in starts:
+        for name, channels in forward_removal(work, start, sorted(removed), registry).items():
+            removal.setdefault(name, set()).update(channels)
+    return apply_removal(work, {k: sorted(v) for k, v in removal.items()}, registry=registry).param_delta
 
 
 def _erase_nodes(gm: fx.GraphModule, belongs) -> None:
@@ -232,10 +215,3 @@ def _erase_nodes(gm: fx.GraphModule, belongs) -> None:
 
 def _channels(node: fx.Node) -> int:
     return node.meta["tensor_meta"].shape[1]
-
-
-def _is_scalar(arg) -> bool:
-    if isinstance(arg, (int, float)):
-        return True
-    meta = arg.meta.get("tensor_meta") if isinstance(arg, fx.Node) else None
-    return meta is not None and len(meta.shape) == 0

@@ -20,7 +20,7 @@ from torch import fx
 
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import find_blocks
-from graphmorph.graph.channel_ops import Concat, PassThrough, Reduce, Reshape
+from graphmorph.graph.channel_ops import Concat, Elementwise, PassThrough, Reduce, Reshape
 from graphmorph.graph.channel_surgery import apply_removal
 from graphmorph.graph.copying import clone
 from graphmorph.graph.registry import Registry
@@ -29,7 +29,7 @@ from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import annotate_rewritten, parameter_count
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "PruneSkipEdges", "RemoveBlock"]
+__all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "forward_removal", "PruneSkipEdges", "RemoveBlock"]
 
 
 def prune_skip_edges(gm: fx.GraphModule, edges: Iterable[tuple[str, str]], *,
@@ -163,15 +163,16 @@ def _drop_cat_input(work, merge: fx.Node, source: fx.Node, registry: Registry) -
         raise RewriteError(f"{merge.name} has a single input; there is no skip to drop")
     offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(source)])
     width = source.meta["tensor_meta"].shape[1]
-    removal = _forward_removal(work, merge, list(range(offset, offset + width)), registry)
+    removal = forward_removal(work, merge, list(range(offset, offset + width)), registry)
     cut = apply_removal(work, removal, registry=registry)
     merge.args = ([p for p in merge.args[0] if p is not source], *merge.args[1:])
     return cut.param_delta
 
 
-def _forward_removal(gm, start: fx.Node, channels: list[int], registry: Registry) -> dict[str, list[int]]:
-    """Node name -> removed channels, from `start` forward through channel-keeping ops and
-    concatenations to the layers that read them (which lose input columns only)."""
+def forward_removal(gm, start: fx.Node, channels: list[int], registry: Registry) -> dict[str, list[int]]:
+    """Node name -> removed channels, from `start` forward through channel-keeping ops, products
+    with scalars and concatenations to the layers that read them (which lose input columns only):
+    the removal `apply_removal` cuts when an input of a merge, a branch or a skip goes."""
     removal, stack = {start.name: channels}, [(start, channels)]
     while stack:
         node, removed = stack.pop()
@@ -181,7 +182,8 @@ def _forward_removal(gm, start: fx.Node, channels: list[int], registry: Registry
                 parts = list(user.args[0])
                 offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(node)])
                 shifted = [offset + c for c in removed]
-            elif isinstance(handler, (PassThrough, Reduce)) and user.all_input_nodes[0] is node:
+            elif isinstance(handler, (PassThrough, Reduce)) and user.all_input_nodes[0] is node \
+                    or isinstance(handler, Elementwise) and all(_is_scalar(a) for a in user.all_input_nodes if a is not node):
                 shifted = removed
             elif isinstance(handler, Reshape) and _flattened(node, user) is not None:
                 inner = _flattened(node, user)
@@ -194,6 +196,11 @@ def _forward_removal(gm, start: fx.Node, channels: list[int], registry: Registry
             removal[user.name] = shifted
             stack.append((user, shifted))
     return removal
+
+
+def _is_scalar(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return meta is not None and hasattr(meta, "shape") and len(meta.shape) == 0
 
 
 def _flattened(source: fx.Node, reshape: fx.Node) -> int | None:

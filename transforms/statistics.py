@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, fx, nn
 
+from graphmorph.errors import ArchError, RewriteError
 from graphmorph.graph import ops
 from graphmorph.graph.copying import clone
+from graphmorph.models.envelope import EnvelopeStructure, cell_concat, envelope_structure
 
 __all__ = ["BranchStatistic", "instrument_branches", "branch_statistics", "reset_statistics",
            "remove_instrumentation", "STATISTICS_ROOT"]
@@ -45,13 +47,11 @@ def instrument_branches(gm: fx.GraphModule) -> fx.GraphModule:
     work = clone(gm)
     holder = nn.Module()
     work.add_submodule(STATISTICS_ROOT, holder)
-    for concat in [n for n in work.graph.nodes if ops.is_cat(n) and ".cell" in ops.module_path(n)]:
-        cell = ops.module_path(concat)
-        outputs = list(concat.args[0])
+    for cell in _structure(work).cells:
+        concat = cell_concat(work, cell.name)
         probes = []
-        for output in outputs:
-            branch = ops.module_path(output)[len(cell) + 1:].split(".")[0]
-            name = f"{cell}.{branch}".replace(".", "_")
+        for output in concat.args[0]:
+            name = f"{cell.name}.{cell.branch_of(output)}".replace(".", "_")
             holder.add_module(name, BranchStatistic().to(ops.device_of(work)))
             with work.graph.inserting_before(concat):
                 probe = work.graph.call_module(f"{STATISTICS_ROOT}.{name}", (output,))
@@ -65,15 +65,19 @@ def instrument_branches(gm: fx.GraphModule) -> fx.GraphModule:
 def branch_statistics(gm: fx.GraphModule) -> dict[str, dict[str, float]]:
     """{cell: {branch: statistic}} from an instrumented graph (NaN before any training step)."""
     stats: dict[str, dict[str, float]] = {}
+    cells = {cell.name: cell for cell in _structure(gm).cells}
     for node in gm.graph.nodes:
         if node.op == "call_module" and str(node.target).startswith(STATISTICS_ROOT + "."):
-            source = node.args[0]
-            path = ops.module_path(source)
-            concat = next(iter(node.users))
-            cell = ops.module_path(concat)
-            branch = path[len(cell) + 1:].split(".")[0]
-            stats.setdefault(cell, {})[branch] = gm.get_submodule(node.target).value()
+            cell = cells[ops.module_path(next(iter(node.users)))]  # the probe feeds its cell's concatenation
+            stats.setdefault(cell.name, {})[cell.branch_of(node.args[0])] = gm.get_submodule(node.target).value()
     return stats
+
+
+def _structure(gm: fx.GraphModule) -> EnvelopeStructure:
+    try:
+        return envelope_structure(gm)
+    except ArchError as err:
+        raise RewriteError(f"branch statistics are for EnvelopeNets: {err}") from None
 
 
 def reset_statistics(gm: fx.GraphModule) -> None:

@@ -17,6 +17,7 @@ from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs
 INPUT_SPEC_KEY = "graphmorph.input_spec"
 MODEL_NAME_KEY = "graphmorph.model_name"
 AUTO_LEAVES_KEY = "graphmorph.auto_leaves"
+STRUCTURE_KEY = "graphmorph.structure"   # what `model.graphmorph_structure()` declared, kept current by rewrites
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
@@ -58,6 +59,9 @@ def capture(
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     gm.meta[INPUT_SPEC_KEY] = tuple((tuple(t.shape), t.dtype) for t in inputs)
     gm.meta[MODEL_NAME_KEY] = type(model).__name__
+    declared = getattr(model, "graphmorph_structure", None)
+    if callable(declared):  # fx keeps only the leaf modules: a model's own structure would be lost
+        gm.meta[STRUCTURE_KEY] = declared()
     if made_leaves:
         gm.meta[AUTO_LEAVES_KEY] = [cls.__name__ for cls in made_leaves]
         warnings.warn(f"fx cannot trace {', '.join(gm.meta[AUTO_LEAVES_KEY])}: captured as leaf modules "

@@ -11,12 +11,12 @@ from torch import fx, nn
 
 from graphmorph.errors import ArchError
 from graphmorph.models.blocks import BasicBlock, Bottleneck, PlainBlock
-from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeNet, envelope_arch, parse_envelope
+from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeNet, envelope_arch, envelope_structure, parse_envelope
 from graphmorph.models.seeds import FAMILIES, STEMS, SeedNet
 
 __all__ = [
     "FAMILIES", "SeedNet", "BasicBlock", "Bottleneck", "PlainBlock", "EnvelopeNet", "BRANCH_TYPES",
-    "build", "arch_of", "parse_arch", "valid_forms", "envelope_arch", "check_arch", "read_structure",
+    "build", "arch_of", "parse_arch", "valid_forms", "envelope_arch", "envelope_structure", "check_arch", "read_structure",
     "structure_label",
 ]
 

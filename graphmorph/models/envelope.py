@@ -11,20 +11,26 @@
   channels double while the size halves. Classifier: global average pool, dropout, linear.
 
 Module names are stable, and branches are named by type (`stage0.cell1.sep5x5`), so pruning one
-branch renames nothing else; `envelope_arch` reads the per-cell structure back as JSON.
+branch renames nothing else. `envelope_structure` reads the typed structure (stages, cells,
+branches, skips) from the modules, each reduction declaring its skips; `envelope_arch` is its
+JSON form.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from graphmorph.errors import ArchError
+from graphmorph.graph import ops
+from graphmorph.graph.capture import STRUCTURE_KEY
 
 __all__ = ["BRANCH_TYPES", "EnvelopeNet", "EnvelopeCell", "Widener", "SkipReduce", "parse_envelope",
-           "envelope_arch"]
+           "envelope_arch", "envelope_structure", "EnvelopeStructure", "EnvelopeStage", "Cell", "Skip", "cell_concat"]
 
 BRANCH_TYPES = ("conv1x1", "conv3x3", "sep3x3", "conv5x5", "sep5x5", "sep7x7")
 _ENVELOPE = re.compile(r"^EnvelopeNet-(\d+)/(\d+(?:-\d+)*)/(\d+)$")
@@ -59,18 +65,23 @@ class EnvelopeCell(nn.Module):
 
 
 class SkipReduce(nn.Module):
-    """1x1 conv over [main input, w_s * skip_s for each skip]; one learned scalar per skip."""
+    """1x1 conv over [main input, w_s * skip_s for each skip]; one learned scalar per skip.
+    `skips` declares the skip inputs in concatenation order (rewrites keep it current)."""
 
     def __init__(self, main_channels: int, skip_channels: dict[str, int], out_channels: int):
         super().__init__()
         self.skips = list(skip_channels)
         for name in self.skips:
-            self.register_parameter(f"w_{name}", nn.Parameter(torch.empty(()).uniform_(0.5, 1.0)))
+            self.register_parameter(self.weight_name(name), nn.Parameter(torch.empty(()).uniform_(0.5, 1.0)))
         self.conv = nn.Conv2d(main_channels + sum(skip_channels.values()), out_channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
 
+    @staticmethod
+    def weight_name(source: str) -> str:
+        return f"w_{source}"
+
     def forward(self, main: Tensor, *skips: Tensor) -> Tensor:
-        scaled = [getattr(self, f"w_{name}") * skip for name, skip in zip(self.skips, skips)]
+        scaled = [getattr(self, self.weight_name(name)) * skip for name, skip in zip(self.skips, skips)]
         return torch.relu(self.bn(self.conv(torch.cat([main, *scaled], 1))))
 
 
@@ -103,6 +114,15 @@ class _Stage(nn.Module):
         for k in range(1, self.n + 1):
             self.add_module(f"reduce{k}", SkipReduce(widths[f"cell{k - 1}"], {name: widths[name] for name in skips[k - 1]},
                                                      channels))
+
+    def cells(self) -> list[tuple[str, EnvelopeCell]]:
+        """(name, cell) in order: cell0, cell1, ..."""
+        return [(name, m) for name, m in self.named_children() if isinstance(m, EnvelopeCell)]
+
+    def reduction(self, k: int) -> tuple[str, SkipReduce | None]:
+        """The reduction feeding cell k (k >= 1), or the stage output for k = the cell count."""
+        name = f"reduce{k}"
+        return name, getattr(self, name, None)
 
     def forward(self, x: Tensor) -> Tensor:
         outputs = {"input": x}
@@ -161,6 +181,10 @@ class EnvelopeNet(nn.Module):
         _check_structure(width, cells, skips)
         return cls(width, num_classes=num_classes, in_channels=in_channels, dropout=dropout, cells=cells, skips=skips)
 
+    def graphmorph_structure(self) -> "EnvelopeStructure":
+        """What `graphmorph.capture` keeps of this net's structure (fx keeps only leaf modules)."""
+        return _read_modules(self)
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for i in range(len(self.depths)):
@@ -200,28 +224,141 @@ def parse_envelope(arch: str) -> tuple[int, tuple[int, ...], int]:
     return width, depths, branches
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A scaled skip input of a reduction: `source` ("input" or "cellK") times a learned scalar."""
+
+    reduction: str                      # the SkipReduce's module path, e.g. "stage0.reduce2"
+    source: str
+
+    @property
+    def weight(self) -> str:
+        """The scalar's parameter path."""
+        return f"{self.reduction}.{SkipReduce.weight_name(self.source)}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """An EnvelopeCell: its branches in concatenation order, and the skips of the reduction that
+    feeds it (none for a stage's first cell, which reads the stage input)."""
+
+    name: str                           # module path, e.g. "stage0.cell1"
+    branches: tuple[str, ...]
+    skips: tuple[Skip, ...]
+
+    def branch_of(self, node: fx.Node) -> str | None:
+        """The branch whose module `node` calls (a branch's BatchNorm, say), or None."""
+        target = str(node.target) if node.op == "call_module" else ""
+        return next((b for b in self.branches if target.startswith(f"{self.name}.{b}.")), None)
+
+
+@dataclass(frozen=True)
+class EnvelopeStage:
+    index: int
+    name: str                           # "stage0"
+    cells: tuple[Cell, ...]
+    output: str                         # the stage's output reduction, "stage0.reduce<n>"
+    output_skips: tuple[Skip, ...]
+
+    @property
+    def skips(self) -> tuple[Skip, ...]:
+        return tuple(s for cell in self.cells for s in cell.skips) + self.output_skips
+
+
+@dataclass(frozen=True)
+class EnvelopeStructure:
+    """What an EnvelopeNet (or a graph captured from one, however rewritten) is made of, read from
+    its modules: the stages, their cells and branches, and every reduction's declared skips."""
+
+    width: int
+    stages: tuple[EnvelopeStage, ...]
+
+    def cell(self, name: str) -> Cell | None:
+        return next((c for stage in self.stages for c in stage.cells if c.name == name), None)
+
+    def without_branches(self, cell: str, branches: Sequence[str]) -> "EnvelopeStructure":
+        return self._edit_cells(lambda c: dataclasses.replace(
+            c, branches=tuple(b for b in c.branches if b not in branches)) if c.name == cell else c)
+
+    def without_skips(self, skips: Sequence[Skip]) -> "EnvelopeStructure":
+        gone = set(skips)
+        kept = self._edit_cells(lambda c: dataclasses.replace(c, skips=tuple(s for s in c.skips if s not in gone)))
+        return dataclasses.replace(kept, stages=tuple(
+            dataclasses.replace(stage, output_skips=tuple(s for s in stage.output_skips if s not in gone))
+            for stage in kept.stages))
+
+    def with_cell(self, stage: int, branches: Sequence[str]) -> "EnvelopeStructure":
+        """A new last cell for stage `stage`, fed by the old output reduction, and a new output
+        reduction that reads every earlier output of the stage as a skip (dense)."""
+        old = self.stages[stage]
+        n = len(old.cells)
+        cell = Cell(f"{old.name}.cell{n}", tuple(branches), old.output_skips)
+        output = f"{old.name}.reduce{n + 1}"
+        skips = tuple(Skip(output, source) for source in ("input", *(f"cell{j}" for j in range(n))))
+        new = dataclasses.replace(old, cells=(*old.cells, cell), output=output, output_skips=skips)
+        return dataclasses.replace(self, stages=tuple(new if s.index == stage else s for s in self.stages))
+
+    def _edit_cells(self, edit) -> "EnvelopeStructure":
+        return dataclasses.replace(self, stages=tuple(
+            dataclasses.replace(stage, cells=tuple(edit(c) for c in stage.cells)) for stage in self.stages))
+
+    @property
+    def cells(self) -> tuple[Cell, ...]:
+        return tuple(c for stage in self.stages for c in stage.cells)
+
+    @property
+    def skips(self) -> tuple[Skip, ...]:
+        return tuple(s for stage in self.stages for s in stage.skips)
+
+    def to_dict(self) -> dict:
+        """The JSON form (`envelope_arch`) that `build` and `EnvelopeNet.from_structure` take."""
+        return {"family": "EnvelopeNet", "width": self.width, "stages": [
+            {"cells": [{"name": c.name, "branches": list(c.branches), "skips": [s.source for s in c.skips]}
+                       for c in stage.cells],
+             "output_skips": [s.source for s in stage.output_skips]} for stage in self.stages]}
+
+
+def envelope_structure(model: nn.Module) -> EnvelopeStructure:
+    """The structure of an EnvelopeNet, or of a graph captured from one (as its rewrites left it);
+    ArchError for other models."""
+    if isinstance(model, fx.GraphModule):
+        structure = model.meta.get(STRUCTURE_KEY)
+        if not isinstance(structure, EnvelopeStructure):
+            raise ArchError("this graph has no EnvelopeNet structure: capture an EnvelopeNet with graphmorph.capture "
+                            "(a rewrite that does not know EnvelopeNets, such as grow, leaves it unknown)")
+        return structure
+    return _read_modules(model)
+
+
+def _read_modules(model: nn.Module) -> EnvelopeStructure:
+    stages = [(name, module) for name, module in model.named_children() if isinstance(module, _Stage)]
+    if not stages:
+        raise ArchError(f"{type(model).__name__} is not an EnvelopeNet: it has no EnvelopeNet stages")
+    read = []
+    for index, (name, stage) in enumerate(stages):
+        cells = []
+        for k, (cell_name, cell) in enumerate(stage.cells()):
+            reduce_name, reduce = stage.reduction(k)
+            cells.append(Cell(f"{name}.{cell_name}", tuple(n for n, _ in cell.named_children()),
+                              _skips_of(f"{name}.{reduce_name}", reduce)))
+        output_name, output = stage.reduction(len(cells))
+        read.append(EnvelopeStage(index, name, tuple(cells), f"{name}.{output_name}",
+                                  _skips_of(f"{name}.{output_name}", output)))
+    return EnvelopeStructure(model.get_submodule("stem.0").out_channels, tuple(read))
+
+
 def envelope_arch(model: nn.Module) -> dict:
     """The constructed architecture as JSON-ready data: the stem width and, per stage, per cell, its
     branches (in concatenation order) and the skip inputs of the reduction that feeds it (in the order the reduction
     concatenates them), and the stage output reduction's skips. `build` turns it back into a net
     whose state_dict fits this one's."""
-    modules = dict(model.named_modules())
-    stages = []
-    i = 0
-    while f"stage{i}" in modules:
-        cells, k = [], 0
-        while f"stage{i}.cell{k}" in modules:
-            reduce = modules.get(f"stage{i}.reduce{k}")
-            cells.append({"name": f"stage{i}.cell{k}",
-                          "branches": [name for name, _ in modules[f"stage{i}.cell{k}"].named_children()],
-                          "skips": _skips(reduce)})
-            k += 1
-        stages.append({"cells": cells, "output_skips": _skips(modules.get(f"stage{i}.reduce{k}"))})
-        i += 1
-    return {"family": "EnvelopeNet", "width": model.get_submodule("stem.0").out_channels, "stages": stages}
+    return envelope_structure(model).to_dict()
 
 
-def _skips(reduce: nn.Module | None) -> list[str]:
-    if reduce is None:
-        return []
-    return [name[2:] for name, _ in reduce.named_parameters(recurse=False) if name.startswith("w_")]
+def cell_concat(gm: fx.GraphModule, cell: str) -> fx.Node | None:
+    """The node that concatenates the branches of the cell named `cell`, or None."""
+    return next((n for n in gm.graph.nodes if ops.is_cat(n) and ops.module_path(n) == cell), None)
+
+
+def _skips_of(path: str, reduce: nn.Module | None) -> tuple[Skip, ...]:
+    return tuple(Skip(path, source) for source in reduce.skips) if reduce is not None else ()

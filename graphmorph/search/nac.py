@@ -31,7 +31,7 @@ from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.flops import count_flops
 from graphmorph.graph.history import history
-from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
+from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, envelope_structure, structure_label
 from graphmorph.models.envelope import parse_envelope
 from graphmorph.run.events import AddedCell, PrunedBranches, PrunedSkips, event_fields
 from graphmorph.run.report import save_result
@@ -256,8 +256,9 @@ class _Session(SearchSession):
                 events.append(PrunedBranches(index, tuple(f"{c.rpartition('.')[2]}.{b}"
                                                           for c, bs in pruned.items() for b in bs)))
             if not config.worst:
-                skips = skips_to_prune({tuple(name.split(".w_")): float(p.detach()) for name, p in gm.named_parameters()
-                                        if name.startswith(f"stage{index}.") and ".w_" in name})
+                declared = envelope_structure(gm).stages[index].skips
+                skips = skips_to_prune({(s.reduction, s.source): float(gm.get_parameter(s.weight).detach())
+                                        for s in declared})
                 if skips:
                     gm = prune_skips(gm, skips)
                     events.append(PrunedSkips(index, len(skips)))
