@@ -178,7 +178,7 @@ def run(config: AutoGrowConfig | None, run_dir: str | Path, resume: bool = False
 class _Session(SearchSession):
     """One run: the model, its optimizer and the search state; a step is one epoch."""
 
-    kind, config_type, rewrite_rng_key, unit = "autogrow", AutoGrowConfig, "grow_rng", "epoch"
+    kind, title, config_type, rewrite_rng_key = "autogrow", "AutoGrow", AutoGrowConfig, "grow_rng"
 
     def __init__(self, config: AutoGrowConfig, world: World, progress: Callable[[str], None]):
         super().__init__(config, world, progress)

@@ -142,7 +142,7 @@ class _Session(SearchSession):
     """One run: the net under construction and the search state; a step is one construction
     iteration, then one net trained from scratch."""
 
-    kind, config_type, rewrite_rng_key, unit = "nac", NACConfig, "cell_rng", "iteration or trained net"
+    kind, title, config_type, rewrite_rng_key = "nac", "NAC", NACConfig, "cell_rng"
 
     def __init__(self, config: NACConfig, world: World, progress: Callable[[str], None], data: Dataset | None = None):
         super().__init__(config, world, progress, data)

@@ -23,15 +23,16 @@ __all__ = ["SearchSession"]
 
 
 class SearchSession:
-    """One run of a search. Subclasses set `kind` (the run directory's kind), `config_type` (with
-    `from_dict` and `validate`), `rewrite_rng_key` (the checkpoint key of the RNG their rewrites
-    draw from) and `unit` (what a step is, for messages), and implement `step`, `done`, `finish`,
-    `saved` / `load`, and optionally `begin` and `resolved_config`."""
+    """One run of a search. Subclasses set `kind` (the run directory's kind), `title` (the
+    algorithm's name in messages), `config_type` (with `from_dict` and `validate`) and
+    `rewrite_rng_key` (the checkpoint key of the RNG their rewrites draw from), and implement
+    `step`, `done`, `finish`, `saved` / `load`, `where`, `log_rows`, and optionally `begin` and
+    `resolved_config`."""
 
     kind: ClassVar[str]
+    title: ClassVar[str]
     config_type: ClassVar[type]
     rewrite_rng_key: ClassVar[str]
-    unit: ClassVar[str]
 
     def __init__(self, config, world: World, progress: Callable[[str], None], data: Dataset | None = None):
         self.config, self.world, self.progress = config, world, progress
@@ -59,7 +60,7 @@ class SearchSession:
                 progress(f"resuming {run_dir} {session.where()}")
             else:
                 config.validate()
-                world.check_same(f"{cls.kind} settings", dataclasses.asdict(config))
+                world.check_same(f"{cls.title} settings", dataclasses.asdict(config))
                 world.from_main(lambda: RunDirectory.ensure_new(run_dir))
                 session = cls(config, world, progress)  # data and model first: a failed start leaves no folder
                 session.begin()
