@@ -134,3 +134,20 @@ def test_registering_needs_a_rewrite_dataclass_with_a_free_name():
 
     with pytest.raises(ValueError, match="'grow' is already registered"):
         transforms.register(Clash)
+
+
+def test_analyses_of_a_held_graph_run_once_and_of_any_other_graph_afresh():
+    from graphmorph.graph.analysis import find_blocks
+    from graphmorph.graph.channels import channel_dependencies
+    from graphmorph.graph.memo import unchanged
+
+    gm, other = source(RESNET), source(RESNET)
+    with unchanged(gm):
+        assert channel_dependencies(gm) is channel_dependencies(gm)
+        assert channel_dependencies(other) is not channel_dependencies(other)
+        blocks = find_blocks(gm)
+        blocks.clear()  # a caller's copy: what is remembered stays whole
+        assert find_blocks(gm) and find_blocks(gm) == find_blocks(other)
+        with unchanged(gm):  # nested for the same graph: shared
+            assert channel_dependencies(gm) is channel_dependencies(gm)
+    assert channel_dependencies(gm) is not channel_dependencies(gm)

@@ -23,6 +23,7 @@ from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_remo
 from graphmorph.graph import ops
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.graph.copying import clone
+from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
@@ -64,19 +65,20 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         raise RewriteError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if criterion == "featuremap_l2" and data is None:
         raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
-    deps = channel_dependencies(gm, registry)
-    ignore = set(ignore)
-    groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
-    scores = _scores(gm, deps, groups, criterion, data)
-    pruned, skipped = [], []
-    for group, picked in _choose(deps, groups, scores, ratio, per_layer):
-        reason = check_removal(gm, deps, deps.removal(picked))
-        if reason:
-            skipped.append((group.producers[0], reason))
-        else:
-            pruned += _by_producer(deps, group, picked)
-    rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), registry=registry)
-    return apply(gm, rewrite, example_input=example_input, verify=verify)
+    with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
+        deps = channel_dependencies(gm, registry)
+        ignore = set(ignore)
+        groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
+        scores = _scores(gm, deps, groups, criterion, data)
+        pruned, skipped = [], []
+        for group, picked in _choose(deps, groups, scores, ratio, per_layer):
+            reason = check_removal(gm, deps, deps.removal(picked))
+            if reason:
+                skipped.append((group.producers[0], reason))
+            else:
+                pruned += _by_producer(deps, group, picked)
+        rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), registry=registry)
+        return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 class _ChannelRemoval(Rewrite):
@@ -89,13 +91,13 @@ class _ChannelRemoval(Rewrite):
         raise NotImplementedError
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        deps = channel_dependencies(gm, self.op_registry)
+        deps = channel_dependencies(gm, self.registry)
         removal = deps.removal(self._classes(deps))
         reason = check_removal(gm, deps, removal) if removal else None
         return f"{self.name} refused: {reason}" if reason else None
 
     def edit(self, step: Step) -> Edit:
-        gm, deps = step.source, channel_dependencies(step.source, self.op_registry)
+        gm, deps = step.source, channel_dependencies(step.source, self.registry)
         removal = deps.removal(self._classes(deps))
         cut = apply_removal(step.work, removal, deps.parameter_dims, deps.registry)
         step.work.meta[KEPT_KEY] = cut.kept_indices
@@ -114,7 +116,7 @@ class PruneChannels(_ChannelRemoval):
     channels: tuple[int, ...]
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        group = channel_dependencies(gm, self.op_registry).group_of(self.target)
+        group = channel_dependencies(gm, self.registry).group_of(self.target)
         if group.refused:
             return f"cannot prune channels of {self.target}: {group.refused}"
         return super().check(gm)

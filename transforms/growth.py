@@ -22,6 +22,7 @@ from graphmorph.graph import ops
 from graphmorph.graph.analysis import Block, find_blocks, find_stages
 from graphmorph.errors import RewriteError
 from graphmorph.graph.layers import fresh_copy
+from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
@@ -64,11 +65,12 @@ def grow(
     shape-preserving form of a reducing block (default: `Registry.default()`). Raises RewriteError
     with the reason when the rewrite cannot apply.
     """
-    template = _template(gm, stage, after)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, adam_options=adam_options,
-                   registry=registry)
-    return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
+    with unchanged(gm):  # finding the template and the rewrite's check share one block analysis
+        template = _template(gm, stage, after)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, adam_options=adam_options,
+                       registry=registry)
+        return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
 
 
 def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | None:

@@ -27,6 +27,7 @@ from graphmorph.graph.capture import STRUCTURE_KEY
 from graphmorph.graph.copying import clone
 from graphmorph.errors import RewriteError
 from graphmorph.graph.history import record_rewrite
+from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import FLOAT64_ATOL, finish_rewrite, verification_inputs
@@ -153,13 +154,14 @@ def apply(gm: fx.GraphModule, rewrite: Rewrite, *, example_input: torch.Tensor |
     if not isinstance(gm, fx.GraphModule):
         raise RewriteError(f"{rewrite.name} works on a captured GraphModule, got {type(gm).__name__}: "
                            "use graphmorph.capture(model, example_input) first")
-    reason = rewrite.check(gm)
-    if reason:
-        raise RewriteError(reason)
-    step = Step(gm, clone(gm), verification_inputs(gm, example_input), data)
-    if not rewrite.keeps_structure:
-        step.work.meta.pop(STRUCTURE_KEY, None)
-    edit = rewrite.edit(step)
+    with unchanged(gm):  # the check's analyses of `gm` serve the edit too
+        reason = rewrite.check(gm)
+        if reason:
+            raise RewriteError(reason)
+        step = Step(gm, clone(gm), verification_inputs(gm, example_input), data)
+        if not rewrite.keeps_structure:
+            step.work.meta.pop(STRUCTURE_KEY, None)
+        edit = rewrite.edit(step)
     step.work.recompile()
     finish_rewrite(gm, step.work, step.inputs, rewrite.describe(), edit.reference if verify else None,
                    annotated=edit.shapes_propagated, param_delta=edit.param_delta, preserves=edit.preserves,

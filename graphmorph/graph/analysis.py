@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import networkx as nx
 from torch import fx
 
+from graphmorph.graph.memo import memoized
 from graphmorph.graph import ops
 from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.errors import AnalysisError
@@ -110,6 +111,7 @@ def dataflow_graph(gm: fx.GraphModule) -> nx.DiGraph:
     return graph
 
 
+@memoized
 def find_blocks(gm: fx.GraphModule) -> list[Block]:
     """Every block of the network in graph order, spatial or not (see the module docstring)."""
     return _Analysis(gm).blocks()

@@ -21,6 +21,7 @@ from torch import fx
 
 from graphmorph.graph.analysis import _require_shapes
 from graphmorph.graph.channel_ops import TensorQuestions
+from graphmorph.graph.memo import memoized
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError, first_line
 
@@ -42,6 +43,7 @@ class ChannelGroup:
         return self.refused is None
 
 
+@memoized
 def channel_dependencies(gm: fx.GraphModule, registry: Registry | None = None) -> "ChannelDependencies":
     """Analyse a captured GraphModule (shapes in node.meta) with the ops `registry` knows
     (default: `Registry.default()`)."""
