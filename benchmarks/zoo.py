@@ -1,0 +1,311 @@
+"""The real model zoos: capture, FLOPs, stages, ONNX, growth and pruning on torchvision and timm models.
+
+Each model runs in its own subprocess with a time limit and gives one JSON line: per check a status
+(ok, refused with the reason, wrong, crash, timeout) and its numbers, and Torch-Pruning's result on
+the same model when it is installed. The summary counts the statuses per check and per family.
+
+Its environment is a second virtual environment (torchvision and timm need a torch build of their
+own; the project's stays on torch 2.13 CPU):
+
+    python3 -m venv ../zoo-venv && ../zoo-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        timm torch-pruning onnx onnxruntime networkx && ../zoo-venv/bin/pip install --no-deps -e .
+    ../zoo-venv/bin/python benchmarks/zoo.py --set all --timeout 900
+
+Results: benchmarks/results/zoo-<set>-<device>.jsonl (one line per model) and .json (the summary).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections import Counter, defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+MAX_PARAMS = 150e6
+RATIO = 0.3                      # nominal pruning ratio, graphmorph and Torch-Pruning alike
+FLOPS_TOLERANCE = 0.01           # |count_flops / FlopCounterMode - 1| above this is wrong
+TIMM = ("resnet18", "resnet50d", "resnext26ts", "seresnet18", "convnext_atto", "convnextv2_atto", "efficientnet_b0",
+        "tf_efficientnet_b0", "efficientnetv2_rw_t", "mobilenetv3_small_100", "mobilenetv4_conv_small", "ghostnet_100",
+        "rexnet_100", "regnetx_002", "regnety_002", "densenet121", "dpn68", "cspdarknet53", "nf_resnet26",
+        "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "levit_128s",
+        "poolformer_s12", "edgenext_xx_small", "fastvit_t8", "mixer_s16_224", "resmlp_12_224", "mobilevit_xxs",
+        "efficientformer_l1", "coatnet_nano_rw_224", "maxvit_nano_rw_256", "hrnet_w18_small", "inception_v3",
+        "xception41", "dla34", "repvgg_a0", "mnasnet_100", "lcnet_050", "tinynet_e")
+CHECKS = ("capture", "flops", "stages", "onnx", "grow", "prune", "torch_pruning")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=("torchvision", "timm", "all"), default="all")
+    parser.add_argument("--models", help="comma-separated tv:NAME / timm:NAME instead of a set")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per model (default 900)")
+    parser.add_argument("--size", type=int, help="input height and width (default: each model's own)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)      # a child: check one model, print its line
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(check_model(args.one, args.size)))
+        return 0
+    names = args.models.split(",") if args.models else model_names(args.set)
+    label = "custom" if args.models else args.set
+    out = RESULTS / f"zoo-{label}-{_device()}.jsonl"
+    RESULTS.mkdir(exist_ok=True)
+    rows = []
+    with out.open("w") as stream:
+        for k, name in enumerate(names, 1):
+            row = run_child(name, args.timeout, args.size)
+            rows.append(row)
+            stream.write(json.dumps(row) + "\n")
+            stream.flush()
+            print(f"[{k}/{len(names)}] {name}: " + "  ".join(f"{c} {row['checks'].get(c, {}).get('status', '-')}"
+                                                              for c in CHECKS), flush=True)
+    summary = summarise(rows)
+    out.with_suffix(".json").write_text(json.dumps({"machine": _machine(), "summary": summary}, indent=2) + "\n")
+    print(table(summary))
+    return 0
+
+
+def model_names(which: str) -> list[str]:
+    names = []
+    if which in ("torchvision", "all"):
+        import torchvision
+        for name in torchvision.models.list_models(module=torchvision.models):
+            weights = torchvision.models.get_model_weights(name)
+            if next(iter(weights)).meta["num_params"] <= MAX_PARAMS:
+                names.append(f"tv:{name}")
+    if which in ("timm", "all"):
+        names += [f"timm:{name}" for name in TIMM]
+    return names
+
+
+def run_child(name: str, timeout: int, size: int | None) -> dict:
+    command = [sys.executable, __file__, "--one", name, *(["--size", str(size)] if size else [])]
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "family": family(name), "seconds": timeout,
+                "checks": {"capture": {"status": "timeout", "detail": f"over {timeout} s"}}}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"model": name, "family": family(name), "seconds": round(time.perf_counter() - began, 1),
+                "checks": {"capture": {"status": "crash", "detail": f"exit {done.returncode}: " + " | ".join(tail)}}}
+    return json.loads(lines[-1])
+
+
+def family(name: str) -> str:
+    """tv:resnet50 -> resnet, timm:mobilenetv3_small_100 -> mobilenet, tv:wide_resnet50_2 -> wide_resnet."""
+    base = name.split(":", 1)[1]
+    stem = re.split(r"[\d_]", base.removeprefix("wide_").removeprefix("tf_"))[0]
+    return ("wide_" if base.startswith("wide_") else "") + re.sub(r"(net|next)v$", r"\1", stem)
+
+
+# ---------------------------------------------------------------------------------------------- one model
+
+
+def check_model(name: str, size: int | None) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    model, size = _build(name, size)
+    x = torch.randn(1, 3, size, size)
+    began = time.perf_counter()
+    checks: dict[str, dict] = {}
+    gm = _check(checks, "capture", lambda: _capture(model, x))
+    if gm is not None:
+        _check(checks, "flops", lambda: _flops(model, gm, x))
+        stages = _check(checks, "stages", lambda: _stages(gm))
+        _check(checks, "onnx", lambda: _onnx(gm, x))
+        _check(checks, "grow", lambda: _grow(gm, stages or []))
+        _check(checks, "prune", lambda: _prune(gm))
+    _check(checks, "torch_pruning", lambda: _torch_pruning(name, size))
+    return {"model": name, "family": family(name), "size": size, "seconds": round(time.perf_counter() - began, 1),
+            "params": sum(p.numel() for p in model.parameters()), "checks": checks}
+
+
+def _build(name: str, size: int | None):
+    source, model_name = name.split(":", 1)
+    if source == "tv":
+        import torchvision
+        model = torchvision.models.get_model(model_name, weights=None)
+        default = 299 if model_name == "inception_v3" else 224
+    else:
+        import timm
+        model = timm.create_model(model_name, pretrained=False)
+        default = model.default_cfg["input_size"][-1]
+    return model.eval(), size or default
+
+
+def _check(checks: dict, check: str, run):
+    """Run one check: its (status, detail, numbers) go into `checks`; returns what it gives on."""
+    from graphmorph import GraphmorphError
+
+    began = time.perf_counter()
+    try:
+        status, detail, value = run()
+    except GraphmorphError as err:
+        status, detail, value = "refused", str(err).splitlines()[0][:300], None
+    except Exception as err:  # noqa: BLE001 - a crash is a result here
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        status, detail, value = "crash", f"{type(err).__name__}: {str(err)[:200]} ({frame.filename}:{frame.lineno})", None
+    checks[check] = {"status": status, "detail": detail, "seconds": round(time.perf_counter() - began, 1)}
+    if isinstance(value, dict):
+        give = value.pop("give", None)
+        checks[check].update(value)
+        return give
+    return value
+
+
+def _capture(model, x):
+    import graphmorph
+    gm = graphmorph.capture(model, x, untraceable="leaf")
+    leaves = gm.meta.get("graphmorph.auto_leaves", [])
+    return "ok", f"auto leaves: {', '.join(leaves)}" if leaves else "", gm
+
+
+def _flops(model, gm, x):
+    import graphmorph
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    ratio = graphmorph.count_flops(gm, x).flops / max(1, counter.get_total_flops())
+    status = "ok" if abs(ratio - 1) <= FLOPS_TOLERANCE else "wrong"
+    return status, f"count_flops / FlopCounterMode = {ratio:.4f}", {"ratio": round(ratio, 4)}
+
+
+def _stages(gm):
+    import graphmorph
+    stages = graphmorph.find_stages(gm)
+    blocks = [len(s.blocks) for s in stages]
+    if not stages:
+        return "refused", "no stages: no block with a spatial output was found", None
+    return "ok", f"{len(stages)} stages, blocks {blocks}", {"blocks": blocks, "give": stages}
+
+
+def _onnx(gm, x):
+    import tempfile
+
+    import graphmorph
+    from graphmorph.errors import ExportError
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            report = graphmorph.export_onnx(gm, Path(folder) / "model.onnx", x)
+        except ExportError as err:
+            wrong = "differ" in str(err) or "parity" in str(err)
+            return ("wrong" if wrong else "refused"), str(err).splitlines()[0][:300], None
+    return "ok", f"max |ort - torch| {report.max_abs_diff:.3g}", {"max_abs_diff": report.max_abs_diff}
+
+
+def _grow(gm, stages):
+    """A function-preserving growth of every stage: ZeroInit after a residual block, identity
+    after a plain one (a refusal, with its reason, where the block fits neither)."""
+    import graphmorph
+    import transforms
+    grown, reasons = [], {}
+    for stage in stages:
+        try:
+            init = "zero" if stage.block_info[-1].kind == "residual" else "identity"
+            transforms.grow(gm, stage=stage.index, init=init)
+            grown.append(stage.index)
+        except graphmorph.RewriteError as err:
+            reasons[stage.index] = str(err).splitlines()[0][:200]
+    if not stages:
+        return "refused", "no stages", None
+    status = "ok" if len(grown) == len(stages) else ("refused" if not grown else "partial")
+    return status, "; ".join(f"stage {k}: {r}" for k, r in reasons.items()), {"grown": grown, "stages": len(stages)}
+
+
+def _prune(gm):
+    import graphmorph
+    import transforms
+    pruned = transforms.prune_filters(gm, RATIO, criterion="l2")
+    record = graphmorph.history(pruned)[-1]
+    ratio = graphmorph.count_flops(pruned).macs / graphmorph.count_flops(gm).macs
+    reasons = Counter(reason.split(":")[0][:80] for _, reason in record["skipped"])
+    if not record["pruned"]:
+        return "refused", f"every group refused: {dict(reasons.most_common(3))}", {"macs_ratio": 1.0}
+    return "ok", f"{len(record['skipped'])} groups skipped" if reasons else "", {
+        "macs_ratio": round(ratio, 4), "skipped": len(record["skipped"]), "skip_reasons": dict(reasons.most_common(5))}
+
+
+def _torch_pruning(name: str, size: int):
+    """Torch-Pruning 1.x on a fresh copy: magnitude (L2) importance, RATIO per layer, classifier kept."""
+    import torch
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return "refused", "torch-pruning is not installed", None
+    model, _ = _build(name, size)
+    x = torch.randn(1, 3, size, size)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+                  and m.out_features == _num_classes(model)]
+    base_macs, _ = tp.utils.count_ops_and_params(model, x)
+    with torch.enable_grad():
+        pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                           pruning_ratio=RATIO, ignored_layers=classifier)
+        pruner.step()
+    macs, _ = tp.utils.count_ops_and_params(model, x)
+    return "ok", "", {"macs_ratio": round(macs / base_macs, 4)}
+
+
+def _num_classes(model) -> int:
+    return getattr(model, "num_classes", 1000)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def summarise(rows: list[dict]) -> dict:
+    totals = {c: Counter(r["checks"].get(c, {}).get("status", "not run") for r in rows) for c in CHECKS}
+    by_family: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for row in rows:
+        for check in CHECKS:
+            by_family[row["family"]][check][row["checks"].get(check, {}).get("status", "not run")] += 1
+    both = [(r["checks"]["prune"]["macs_ratio"], r["checks"]["torch_pruning"]["macs_ratio"]) for r in rows
+            if r["checks"].get("prune", {}).get("status") == "ok"
+            and r["checks"].get("torch_pruning", {}).get("status") == "ok"]
+    return {"models": len(rows), "totals": {c: dict(v) for c, v in totals.items()},
+            "by_family": {f: {c: dict(v) for c, v in checks.items()} for f, checks in sorted(by_family.items())},
+            "macs_ratio_pairs": len(both),
+            "macs_ratio_median": {"graphmorph": _median([a for a, _ in both]),
+                                  "torch_pruning": _median([b for _, b in both])}}
+
+
+def table(summary: dict) -> str:
+    statuses = ("ok", "partial", "refused", "wrong", "crash", "timeout", "not run")
+    lines = [f"{summary['models']} models", f"{'check':<14}" + "".join(f"{s:>9}" for s in statuses)]
+    for check, counts in summary["totals"].items():
+        lines.append(f"{check:<14}" + "".join(f"{counts.get(s, 0):>9}" for s in statuses))
+    medians = summary["macs_ratio_median"]
+    lines.append(f"median MACs ratio at {RATIO} on the {summary['macs_ratio_pairs']} models both prune: "
+                 f"graphmorph {medians['graphmorph']}, Torch-Pruning {medians['torch_pruning']}")
+    return "\n".join(lines)
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values)
+    return round(values[len(values) // 2], 4) if values else None
+
+
+def _device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    import torch
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
