@@ -44,7 +44,8 @@ def main() -> int:
     parser.add_argument("--set", choices=("torchvision", "timm", "all"), default="all")
     parser.add_argument("--models", help="comma-separated tv:NAME / timm:NAME instead of a set")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model (default 900)")
-    parser.add_argument("--size", type=int, help="input height and width (default: each model's own)")
+    parser.add_argument("--size", type=int, help="input height and width where the model runs at it "
+                                                 "(default, and for fixed-size models: the model's own)")
     parser.add_argument("--one", help=argparse.SUPPRESS)      # a child: check one model, print its line
     args = parser.parse_args()
     if args.one:
@@ -130,6 +131,9 @@ def check_model(name: str, size: int | None) -> dict:
 
 
 def _build(name: str, size: int | None):
+    """The model with random weights in eval mode, and its input size: `size` if it runs at it."""
+    import torch
+
     source, model_name = name.split(":", 1)
     if source == "tv":
         import torchvision
@@ -139,7 +143,13 @@ def _build(name: str, size: int | None):
         import timm
         model = timm.create_model(model_name, pretrained=False)
         default = model.default_cfg["input_size"][-1]
-    return model.eval(), size or default
+    model.eval()
+    if size and size != default:
+        try:
+            model(torch.randn(1, 3, size, size))
+        except Exception:  # noqa: BLE001 - a fixed-size model (ViT, Swin, ...): its own size
+            size = None
+    return model, size or default
 
 
 def _check(checks: dict, check: str, run):
