@@ -78,11 +78,12 @@ def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | N
     check, then a trial growth, unverified and on a private RNG (AdamInit is tried as GauInit,
     without its training), for what only building the block shows."""
     try:
-        template = _template(gm, stage, None)
-        reason = Grow(after=template.name, stage=stage, init=init, std=1.0, seed=0).check(gm)
-        if reason is None:
-            trial = Grow(after=template.name, stage=stage, init="gau" if init == "adam" else init, std=1.0, seed=0)
-            apply(gm, trial, verify=False)
+        with unchanged(gm):
+            template = _template(gm, stage, None)
+            reason = Grow(after=template.name, stage=stage, init=init, std=1.0, seed=0).check(gm)
+            if reason is None:
+                trial = Grow(after=template.name, stage=stage, init="gau" if init == "adam" else init, std=1.0, seed=0)
+                apply(gm, trial, verify=False)
     except RewriteError as err:
         return str(err)
     return reason
