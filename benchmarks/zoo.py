@@ -46,10 +46,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model (default 900)")
     parser.add_argument("--size", type=int, help="input height and width where the model runs at it "
                                                  "(default, and for fixed-size models: the model's own)")
+    parser.add_argument("--summarise", metavar="JSONL", help="summarise the lines of an earlier (or unfinished) run")
     parser.add_argument("--one", help=argparse.SUPPRESS)      # a child: check one model, print its line
     args = parser.parse_args()
     if args.one:
         print(json.dumps(check_model(args.one, args.size)))
+        return 0
+    if args.summarise:
+        rows = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line.strip()]
+        write_summary(Path(args.summarise), rows)
         return 0
     names = args.models.split(",") if args.models else model_names(args.set)
     label = "custom" if args.models else args.set
@@ -64,10 +69,15 @@ def main() -> int:
             stream.flush()
             print(f"[{k}/{len(names)}] {name}: " + "  ".join(f"{c} {row['checks'].get(c, {}).get('status', '-')}"
                                                               for c in CHECKS), flush=True)
-    summary = summarise(rows)
-    out.with_suffix(".json").write_text(json.dumps({"machine": _machine(), "summary": summary}, indent=2) + "\n")
-    print(table(summary))
+    write_summary(out, rows)
     return 0
+
+
+def write_summary(lines: Path, rows: list[dict]) -> None:
+    """The summary of `rows` beside their JSON lines (same name, .json), and its table on stdout."""
+    summary = summarise(rows)
+    lines.with_suffix(".json").write_text(json.dumps({"machine": _machine(), "summary": summary}, indent=2) + "\n")
+    print(table(summary))
 
 
 def model_names(which: str) -> list[str]:
