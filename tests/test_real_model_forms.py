@@ -1,15 +1,20 @@
 """Forms met in third-party models (torchvision, timm, pytorchcv) that once made a rewrite refuse
-falsely or crash: leaf modules whose children hold the parameters, and a 1-D layer-scale
-parameter viewed as (C, 1, 1)."""
+falsely or crash: leaf modules whose children hold the parameters, a 1-D layer-scale parameter
+viewed as (C, 1, 1), and stochastic depth (torchvision's function, timm's DropPath)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import graphmorph
 import transforms
+from graphmorph.graph import ops
+from graphmorph.graph.channel_ops import PassThrough
 from graphmorph.graph.channels import channel_dependencies
+from graphmorph.graph.registry import Registry
 from graphmorph.testing import assert_state_carried, randomize_state
+from tests.third_party_forms import DropPath, MBConv, StochasticDepthNet, TimmBlock
 from tests.zoo import TvBlock
 
 
@@ -97,3 +102,43 @@ def test_a_view_of_a_layer_scale_parameter_is_refused_with_a_reason_not_an_index
     pruned = transforms.prune_filters(gm, 0.5, per_layer=True)
     assert pruned.get_submodule("narrow.0").out_channels == 8 and pruned.get_submodule("mixer.0").out_channels == 4
     assert pruned.get_submodule("stem").out_channels == 8
+
+
+@pytest.mark.parametrize("block", [MBConv, TimmBlock], ids=["torchvision stochastic_depth", "timm DropPath"])
+def test_stochastic_depth_is_known_by_name_to_pruning_and_growth(block):
+    """Known by qualified name without importing torchvision or timm: channels pass through it,
+    and a residual branch ending in it still ends in its last BatchNorm, so ZeroInit applies."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gm = graphmorph.capture(randomize_state(StochasticDepthNet(block=block).double(), 0), x,
+                            leaf_modules=[DropPath]).eval()
+    named = [n for n in gm.graph.nodes if ops.is_stochastic_depth(gm, n)]
+    assert len(named) == 2 and all(Registry.default().channel_op(gm, n) is not None for n in named)
+    assert not [g.refused for g in channel_dependencies(gm).groups if g.refused and "no channel handler" in g.refused]
+    pruned = transforms.prune_filters(gm, 0.4)
+    record = graphmorph.history(pruned)[-1]
+    assert record["pruned"] and not [r for _, r in record["skipped"] if "handler" in r]
+    assert graphmorph.count_flops(pruned).macs < graphmorph.count_flops(gm).macs
+    assert_state_carried(gm, pruned, resized=True)
+    grown = transforms.grow(gm, stage=0, init="zero")   # verified: same function in eval and train mode
+    assert [s.blocks for s in graphmorph.find_stages(grown)][0][-1] == "layer1.2"
+
+
+class Mixer(nn.Module):
+    """A leaf module of a package the project does not import."""
+
+    def forward(self, x):
+        return x * 2
+
+
+Mixer.__module__, Mixer.__qualname__ = "my_package.ops", "Mixer"
+
+
+def test_a_package_op_is_registered_by_its_qualified_name():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), Mixer(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    gm = graphmorph.capture(net, torch.randn(2, 3, 6, 6), leaf_modules=[Mixer])
+    mixer = next(n for n in gm.graph.nodes if n.target == "1")
+    assert Registry.default().channel_op(gm, mixer) is None
+    registry = Registry.default().copy().register("my_package.ops.Mixer", PassThrough())
+    assert isinstance(registry.channel_op(gm, mixer), PassThrough)
+    assert registry.channel_op(gm, next(n for n in gm.graph.nodes if n.target == "0")) is not None
+    assert transforms.prune_channels(gm, "0", [0], registry=registry).get_submodule("4").in_features == 3

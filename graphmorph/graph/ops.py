@@ -52,6 +52,13 @@ ZERO_PRESERVING_FUNCTIONS = {
 ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous"}
 ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax"}
 
+# Ops of packages graphmorph does not import, by qualified name: stochastic depth zeroes whole
+# samples in train mode (so f(0) == 0, channels pass through) and is the identity in eval mode.
+STOCHASTIC_DEPTH_NAMES = {
+    "torchvision.ops.stochastic_depth.stochastic_depth", "torchvision.ops.stochastic_depth.StochasticDepth",
+    "timm.layers.drop.DropPath", "timm.layers.drop.drop_path", "timm.models.layers.drop.DropPath",
+}
+
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 ADD_METHODS = {"add", "add_"}
 MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
@@ -142,8 +149,24 @@ def is_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def is_zero_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """A one-input op with f(0) == 0 (ReLU, dropout, pooling...)."""
-    return _is(gm, node, ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS)
+    """A one-input op with f(0) == 0 (ReLU, dropout, pooling, stochastic depth...)."""
+    return _is(gm, node, ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS) \
+        or is_stochastic_depth(gm, node)
+
+
+def is_stochastic_depth(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """torchvision's stochastic_depth / StochasticDepth or timm's DropPath."""
+    return not STOCHASTIC_DEPTH_NAMES.isdisjoint(qualified_names(gm, node))
+
+
+def qualified_names(gm: fx.GraphModule, node: fx.Node) -> list[str]:
+    """`package.module.Name` of a call_function's function, or of a call_module's class and its
+    base classes (most specific first): how ops of packages graphmorph does not import are known."""
+    if node.op == "call_module":
+        return [f"{cls.__module__}.{cls.__qualname__}" for cls in type(module_of(gm, node)).__mro__]
+    if node.op == "call_function":
+        return [f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__qualname__', '')}"]
+    return []
 
 
 def is_add(node: fx.Node) -> bool:
@@ -169,10 +192,10 @@ def is_elementwise_binary(node: fx.Node) -> bool:
 
 
 def is_stochastic(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Dropout, module or functional: it draws random masks in train mode."""
+    """Dropout or stochastic depth, module or functional: it draws random masks in train mode."""
     module = module_of(gm, node)
     name = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
-    return "dropout" in name.lower()
+    return "dropout" in name.lower() or is_stochastic_depth(gm, node)
 
 
 def module_path(node: fx.Node) -> str:
