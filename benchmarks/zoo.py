@@ -306,13 +306,16 @@ def table(summary: dict) -> str:
     lines.append(f"median MACs ratio at {RATIO} on the {summary['macs_ratio_pairs']} models both prune: "
                  f"graphmorph {medians['graphmorph']}, Torch-Pruning {medians['torch_pruning']}")
     lines.append("")
-    lines.append(f"{'family':<16}{'models':>7}  grow ok/partial/refused  prune ok/refused  crash  wrong")
+    lines.append(f"{'family':<16}{'models':>7}  grow ok/partial/refused  prune ok/refused  crash  wrong"
+                 "  Torch-Pruning crash")
     for name, checks in summary["by_family"].items():
         models = sum(checks["capture"].values())
         grow, prune = checks["grow"], checks["prune"]
-        bad = {s: sum(c.get(s, 0) for c in checks.values()) for s in ("crash", "wrong")}
+        ours = [counts for check, counts in checks.items() if check != "torch_pruning"]
+        bad = {s: sum(c.get(s, 0) for c in ours) for s in ("crash", "wrong")}
         lines.append(f"{name:<16}{models:>7}  {grow.get('ok', 0):>7}/{grow.get('partial', 0)}/{grow.get('refused', 0):<10}"
-                     f"  {prune.get('ok', 0):>8}/{prune.get('refused', 0):<7}  {bad['crash']:>5}  {bad['wrong']:>5}")
+                     f"  {prune.get('ok', 0):>8}/{prune.get('refused', 0):<7}  {bad['crash']:>5}  {bad['wrong']:>5}"
+                     f"  {checks['torch_pruning'].get('crash', 0):>19}")
     return "\n".join(lines)
 
 
