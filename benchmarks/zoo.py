@@ -173,13 +173,22 @@ def _check(checks: dict, check: str, run):
         status, detail, value = "refused", str(err).splitlines()[0][:300], None
     except Exception as err:  # noqa: BLE001 - a crash is a result here
         frame = traceback.extract_tb(err.__traceback__)[-1]
-        status, detail, value = "crash", f"{type(err).__name__}: {str(err)[:200]} ({frame.filename}:{frame.lineno})", None
+        status, detail, value = "crash", f"{type(err).__name__}: {str(err)[:200]} ({_where(frame.filename)}:{frame.lineno})", None
     checks[check] = {"status": status, "detail": detail, "seconds": round(time.perf_counter() - began, 1)}
     if isinstance(value, dict):
         give = value.pop("give", None)
         checks[check].update(value)
         return give
     return value
+
+
+def _where(filename: str) -> str:
+    """A source file named without this machine's paths: within site-packages or the project."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
+    root = Path(__file__).resolve().parents[1]
+    path = Path(filename).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
 def _capture(model, x):
