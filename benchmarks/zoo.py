@@ -2,7 +2,8 @@
 
 Each model runs in its own subprocess with a time limit and gives one JSON line: per check a status
 (ok, refused with the reason, wrong, crash, timeout) and its numbers, and Torch-Pruning's result on
-the same model when it is installed. The summary counts the statuses per check and per family.
+the same model when it is installed. Both prune RATIO of every layer (`prune_filters(per_layer=True)`,
+Torch-Pruning's default uniform ratio), L2 magnitude, the classifier kept. The summary counts the statuses per check and per family.
 
 Its environment is a second virtual environment (torchvision and timm need a torch build of their
 own; the project's stays on torch 2.13 CPU):
@@ -199,9 +200,17 @@ def _capture(model, x):
 
 
 def _flops(model, gm, x):
+    """count_flops against FlopCounterMode run as it counts attention everywhere: autograd on (no
+    fused fast path) and torch's own attention formula for the CPU kernel it has none for."""
+    import torch
     import graphmorph
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def attention(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=cpu) as counter:
         model(x)
     ratio = graphmorph.count_flops(gm, x).flops / max(1, counter.get_total_flops())
     status = "ok" if abs(ratio - 1) <= FLOPS_TOLERANCE else "wrong"
@@ -253,7 +262,7 @@ def _grow(gm, stages):
 def _prune(gm):
     import graphmorph
     import transforms
-    pruned = transforms.prune_filters(gm, RATIO, criterion="l2")
+    pruned = transforms.prune_filters(gm, RATIO, criterion="l2", per_layer=True)   # as Torch-Pruning's default
     record = graphmorph.history(pruned)[-1]
     ratio = graphmorph.count_flops(pruned).macs / graphmorph.count_flops(gm).macs
     reasons = Counter(reason.split(":")[0][:80] for _, reason in record["skipped"])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import graphmorph
 from graphmorph.graph.flops import Cost
@@ -11,7 +11,13 @@ from zoo import ZOO
 
 
 def torch_flops(model, x) -> int:
-    with FlopCounterMode(display=False) as counter:
+    """FlopCounterMode, with torch's own attention formula (`sdpa_flop_count`, what it counts for the
+    CUDA kernels) for the CPU attention kernel it has none for."""
+    def attention(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=cpu) as counter:
         model(x)
     return counter.get_total_flops()
 

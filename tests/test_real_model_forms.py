@@ -93,15 +93,19 @@ class PoolFormerish(nn.Module):
         return self.head(x + self.narrow(x))
 
 
-def test_a_view_of_a_layer_scale_parameter_is_refused_with_a_reason_not_an_index_error():
-    gm = graphmorph.capture(PoolFormerish(), torch.randn(2, 3, 6, 6))
-    deps = channel_dependencies(gm)                          # raised IndexError in Reshape.relate before
-    refused = {g.producers[0]: g.refused for g in deps.groups}
-    assert "view of shape (8, 1, 1)" in refused["stem"]          # layer scale: a refusal with its reason
-    assert refused["narrow.0"] is None                       # the rest of the net still prunes
+def test_a_view_of_a_layer_scale_parameter_is_sliced_with_the_channels():
+    """Refused before ('view of shape (8, 1, 1)'); now the parameter behind the view is sliced and
+    the pruned net computes the masked one (verified inside prune_filters, float64)."""
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    gm = graphmorph.capture(randomize_state(PoolFormerish().double(), 0), x)
+    refused = {g.producers[0]: g.refused for g in channel_dependencies(gm).groups}
+    assert refused["stem"] is None and refused["narrow.0"] is None
     pruned = transforms.prune_filters(gm, 0.5, per_layer=True)
     assert pruned.get_submodule("narrow.0").out_channels == 8 and pruned.get_submodule("mixer.0").out_channels == 4
-    assert pruned.get_submodule("stem").out_channels == 8
+    assert pruned.get_submodule("stem").out_channels == 4 and pruned.get_submodule("scale").gamma.shape == (4,)
+    kept = pruned.meta["graphmorph.kept_indices"]["scale.gamma"]["steps"][0]["index"]
+    assert torch.equal(pruned.get_submodule("scale").gamma, gm.get_submodule("scale").gamma[kept])
+    assert_state_carried(gm, pruned, resized=True)
 
 
 @pytest.mark.parametrize("block", [MBConv, TimmBlock], ids=["torchvision stochastic_depth", "timm DropPath"])

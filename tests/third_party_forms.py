@@ -74,3 +74,217 @@ class StochasticDepthNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layer1(self.stem(x)).mean((2, 3)))
+
+
+# ---------------------------------------------------------------------------------------------- channels-last and tokens
+
+
+class Permute(nn.Module):
+    """torchvision.ops.misc.Permute."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+
+class TvConvNeXtBlock(nn.Module):
+    """torchvision's CNBlock: depthwise conv, channels-last LayerNorm and MLP, a (C, 1, 1) layer
+    scale, stochastic depth, add."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(c, c, 7, padding=3, groups=c), Permute([0, 2, 3, 1]), nn.LayerNorm(c, eps=1e-6),
+            nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c), Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.full((c, 1, 1), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stochastic_depth(self.layer_scale * self.block(x), 0.1, "row", self.training) + x
+
+
+class TimmConvNeXtBlock(nn.Module):
+    """timm's ConvNeXtBlock: x.permute, a functional layer norm, an MLP, gamma as a 1-D parameter
+    multiplied in through `reshape(1, -1, 1, 1)` after permuting back, DropPath, add."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.normalized_shape = (c,)
+        self.norm_weight, self.norm_bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.fc1, self.act, self.fc2 = nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 1e-6))
+        self.drop_path = DropPath()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)
+        x = torch.nn.functional.layer_norm(x, self.normalized_shape, self.norm_weight, self.norm_bias, 1e-6)
+        x = self.fc2(self.act(self.fc1(x))).permute(0, 3, 1, 2)
+        return self.drop_path(x.mul(self.gamma.reshape(1, -1, 1, 1))) + shortcut
+
+
+class ConvNeXtish(nn.Module):
+    """Two stages of ConvNeXt blocks, a channels-first LayerNorm before the downsampling (timm's
+    LayerNorm2d form: permute, norm, permute back), the head's LayerNorm on pooled features."""
+
+    def __init__(self, block=TvConvNeXtBlock, c: int = 8, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.stage0 = nn.Sequential(block(c), block(c))
+        self.down_norm = nn.LayerNorm(c)
+        self.down = nn.Conv2d(c, 2 * c, 2, stride=2)
+        self.stage1 = nn.Sequential(block(2 * c), block(2 * c))
+        self.head = nn.Sequential(nn.LayerNorm(2 * c), nn.Linear(2 * c, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage0(self.stem(x))
+        x = self.down(self.down_norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return self.head(self.stage1(x).mean((2, 3)))
+
+
+class EncoderLayer(nn.Module):
+    """A pre-norm transformer layer: attention (torch's MultiheadAttention) and an MLP, each residual."""
+
+    def __init__(self, d: int, heads: int = 2):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d)
+        self.attention = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        x = x + self.attention(y, y, y, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class ViTish(nn.Module):
+    """torchvision's VisionTransformer in small: patches by a strided conv, tokens by reshape and
+    permute, a class token expanded and joined, a position embedding added, the class token's
+    features into the head."""
+
+    def __init__(self, d: int = 8, layers: int = 2, patch: int = 4, image: int = 8, classes: int = 4):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, d, patch, stride=patch)
+        self.class_token = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.pos_embedding = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, d) * 0.1)
+        self.layers = nn.Sequential(*[EncoderLayer(d) for _ in range(layers)])
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_proj(x)
+        n, d = x.shape[0], x.shape[1]
+        x = x.reshape(n, d, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1) + self.pos_embedding
+        return self.head(self.ln(self.layers(x))[:, 0])
+
+
+class MetaFormerBlock(nn.Module):
+    """timm's PoolFormer block: one-group GroupNorm, a pooling token mixer (`pool(x) - x`, no
+    weights), an MLP of 1x1 convolutions, each branch ending in a `scale.view(C, 1, 1)` layer
+    scale; `res_scale` an Identity on the shortcut."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(1, c), nn.GroupNorm(1, c)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1))
+        self.scale1, self.scale2 = nn.Parameter(torch.full((c,), 1e-5)), nn.Parameter(torch.full((c,), 1e-5))
+        self.res_scale = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = self.res_scale(x) + (self.pool(y) - y) * self.scale1.view(-1, 1, 1)
+        return self.res_scale(x) + self.mlp(self.norm2(x)) * self.scale2.view(-1, 1, 1)
+
+
+class MixerBlock(nn.Module):
+    """timm's MLP-Mixer block: token mixing by a Linear over the token axis (after a transpose),
+    channel mixing by a Linear over the channels; ResMLP's affine (`addcmul`) instead of a norm."""
+
+    def __init__(self, tokens: int, d: int):
+        super().__init__()
+        self.alpha, self.beta = nn.Parameter(torch.ones(1, 1, d)), nn.Parameter(torch.zeros(1, 1, d))
+        self.tokens = nn.Sequential(nn.Linear(tokens, 2 * tokens), nn.GELU(), nn.Linear(2 * tokens, tokens))
+        self.norm = nn.LayerNorm(d)
+        self.channels = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addcmul(self.beta, self.alpha, x)
+        x = x + self.tokens(y.transpose(1, 2)).transpose(1, 2)
+        return x + self.channels(self.norm(x))
+
+
+class TokenNet(nn.Module):
+    """A patch stem (conv, then `flatten(2).transpose(1, 2)` as timm writes it), Mixer blocks, and
+    a LeViT-style BatchNorm over tokens folded into the batch (`flatten(0, 1)`, `reshape_as`)."""
+
+    def __init__(self, d: int = 8, tokens: int = 4, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, d, 4, stride=4)
+        self.blocks = nn.Sequential(MixerBlock(tokens, d), MixerBlock(tokens, d))
+        self.proj, self.bn = nn.Linear(d, d), nn.BatchNorm1d(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x).flatten(2).transpose(1, 2))
+        y = self.proj(x)
+        x = x + self.bn(y.flatten(0, 1)).reshape_as(y)
+        return self.head(x.mean(1))
+
+
+def shifted_window_attention(input: torch.Tensor, qkv_weight: torch.Tensor, proj_weight: torch.Tensor,
+                             relative_position_bias: torch.Tensor, window_size: list[int], num_heads: int,
+                             shift_size: list[int], attention_dropout: float = 0.0, dropout: float = 0.0,
+                             qkv_bias: torch.Tensor | None = None, proj_bias: torch.Tensor | None = None,
+                             logit_scale: torch.Tensor | None = None, training: bool = True) -> torch.Tensor:
+    """torchvision's Swin attention as fx sees it: one wrapped call that takes the projections'
+    weights as arguments (here over all positions, one window, no shift)."""
+    b, h, w, c = input.shape
+    tokens = input.reshape(b, h * w, c)
+    q, k, v = torch.nn.functional.linear(tokens, qkv_weight, qkv_bias).chunk(3, dim=-1)
+    attention = torch.softmax(q @ k.transpose(1, 2) / c ** 0.5 + relative_position_bias, dim=-1)
+    return torch.nn.functional.linear(attention @ v, proj_weight, proj_bias).reshape(b, h, w, c)
+
+
+shifted_window_attention.__module__ = "torchvision.models.swin_transformer"
+torch.fx.wrap("shifted_window_attention")
+
+
+class SwinAttention(nn.Module):
+    def __init__(self, c: int, positions: int):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.bias = nn.Parameter(torch.zeros(positions, positions))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shifted_window_attention(x, self.qkv.weight, self.proj.weight, self.bias, [2, 2], 1, [0, 0],
+                                        qkv_bias=self.qkv.bias, proj_bias=self.proj.bias, training=self.training)
+
+
+class SwinBlock(nn.Module):
+    """torchvision's SwinTransformerBlock on a channels-last map: attention, then an MLP."""
+
+    def __init__(self, c: int, positions: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(c), SwinAttention(c, positions)
+        self.norm2, self.mlp = nn.LayerNorm(c), nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + stochastic_depth(self.attn(self.norm1(x)), 0.1, "row", self.training)
+        return x + stochastic_depth(self.mlp(self.norm2(x)), 0.1, "row", self.training)
+
+
+class Swinish(nn.Module):
+    def __init__(self, c: int = 8, classes: int = 4):
+        super().__init__()
+        self.patches = nn.Sequential(nn.Conv2d(3, c, 4, stride=4), Permute([0, 2, 3, 1]), nn.LayerNorm(c))
+        self.stage = nn.Sequential(SwinBlock(c, 4), SwinBlock(c, 4))
+        self.head = nn.Linear(c, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage(self.patches(x)).mean((1, 2)))

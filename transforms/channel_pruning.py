@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import torch
 from torch import fx
 
-from graphmorph.graph.channel_ops import output_weight
+from graphmorph.graph.channel_ops import ChannelLayout, is_channel_norm, output_weight
 from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_removal
 from graphmorph.graph import ops
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
@@ -27,6 +27,7 @@ from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
+from transforms.masked_norm import mask_statistics
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
 __all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "PruneChannels", "PruneFilters"]
@@ -99,10 +100,10 @@ class _ChannelRemoval(Rewrite):
     def edit(self, step: Step) -> Edit:
         gm, deps = step.source, channel_dependencies(step.source, self.registry)
         removal = deps.removal(self._classes(deps))
-        cut = apply_removal(step.work, removal, deps.parameter_dims, deps.registry)
+        cut = apply_removal(step.work, removal, deps.registry, deps.layout)
         step.work.meta[KEPT_KEY] = cut.kept_indices
         stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
-        return Edit(cut.param_delta, lambda: mask_channels(gm, removal),
+        return Edit(cut.param_delta, lambda: mask_channels(gm, removal, deps.layout),
                     ("eval",) if stochastic else ("eval", "train"))
 
 
@@ -142,24 +143,33 @@ class PruneFilters(_ChannelRemoval):
         return [c for target, channels in self.pruned for c in deps.classes(target, list(channels))]
 
 
-def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]]) -> fx.GraphModule:
+def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
+                  layout: ChannelLayout | None = None) -> fx.GraphModule:
     """The reference of the pruning contract: a copy of `gm` that multiplies a 0/1 channel mask in
-    after every node carrying removed channels (`removal`: node name -> channel indices)."""
+    after every node carrying removed channels (`removal`: node name -> channel indices; `layout`:
+    where each node's channels run, `ChannelDependencies.layout`). A norm over masked channels
+    (layer, RMS or one-group norm) computes its statistics over the kept channels alone, as the
+    pruned layer does."""
+    layout = layout or ChannelLayout()
     masked = clone(gm)
     for k, node in enumerate(list(masked.graph.nodes)):
         removed = removal.get(node.name)
-        if not removed or node.op == "get_attr" or not node.users:
+        if not removed or node.op == "get_attr" or node.name in layout.parameter_dims or not node.users:
             continue
         shape = node.meta["tensor_meta"].shape
-        mask = torch.ones(shape[1], dtype=node.meta["tensor_meta"].dtype)
+        axis = layout.axes.get(node.name, 1)
+        mask = torch.ones(shape[axis], dtype=node.meta["tensor_meta"].dtype)
         mask[removed] = 0.0
         name = f"_graphmorph_mask{k}"
-        masked.register_buffer(name, mask.view(1, -1, *[1] * (len(shape) - 2)))
+        masked.register_buffer(name, mask.view(*[-1 if d == axis else 1 for d in range(len(shape))]))
         with masked.graph.inserting_after(node):
             attr = masked.graph.get_attr(name)
         with masked.graph.inserting_after(attr):
             product = masked.graph.call_function(operator.mul, (node, attr))
         node.replace_all_uses_with(product, delete_user_cb=lambda user: user is not product)
+        for user in list(product.users):
+            if is_channel_norm(masked, user):
+                mask_statistics(masked, user, attr)
     masked.recompile()
     return masked
 
@@ -207,7 +217,8 @@ def _featuremap_squares(gm, deps, groups, data) -> dict[str, list[float]]:
         def run_node(self, node):
             value = super().run_node(node)
             if node.name in wanted:
-                dims = [d for d in range(value.dim()) if d != 1]
+                axis = deps.layout.axes.get(node.name, 1)
+                dims = [d for d in range(value.dim()) if d != axis]
                 square = value.detach().double().pow(2).mean(dims)
                 sums[node.name] = sums.get(node.name, 0) + square
             return value

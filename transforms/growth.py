@@ -127,9 +127,9 @@ class Grow(Rewrite):
         same_shapes = annotate_rewritten(gm, work, step.inputs, f"stacking a copy of block {template.name!r}")
         _check_shape_preserving(template, plan.entry, output)
         new_block = next((b for b in find_blocks(work) if b.input_node == plan.entry.name), None)
-        last_affine = plan.targets.get(template.last_affine_module or "")
-        layer = work.get_submodule(last_affine) if last_affine else None
-        _initialise(work, self.init, layer, self.std, self.seed, new_block, template)
+        layers = [_copied_layer(work, plan, target) for target in template.initialised]
+        _initialise(work, self.init, layers, self.std, self.seed, new_block, template)
+        layer = layers[-1] if layers else None
         notes = {"new_block": new_block.name if new_block else None}
         if self.init == "adam":
             new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
@@ -191,7 +191,11 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str) -> str | None:
                 "use init='zero' for residual blocks")
     if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None:
         return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
-                "end in a BatchNorm, conv or linear module followed only by zero-preserving ops")
+                "end in a BatchNorm, conv or linear module, or a layer scale (a product with a parameter), "
+                "followed only by zero-preserving ops")
+    if init == "adam" and len(block.initialised) > 1:
+        return (f"init='adam' optimises one BatchNorm, but block {name!r} has {len(block.initialised)} residual "
+                "branches; use init='zero'")
     if init == "adam" and not ops.is_norm(gm, _node(gm, block.last_affine)):
         return (f"init='adam' optimises the block's last BatchNorm, but block {name!r}'s branch "
                 f"ends in {block.last_affine_module!r}, which is not a normalisation layer")
@@ -329,31 +333,58 @@ def _copied_meta(meta: dict, rename: Callable[[str], str]) -> dict:
     return copied
 
 
-def _initialise(work, init: str, layer: nn.Module | None, std: float, seed: int, block: Block | None, template: Block):
-    if init == "zero":
-        zero_init(layer)
-    elif init in ("uni", "gau"):
-        noise_init(layer, init, std, seed)
-    elif init == "identity":
+def _initialise(work, init: str, layers: list[nn.Module | torch.Tensor | _Projection], std: float, seed: int,
+                block: Block | None, template: Block):
+    """Set the last affine layer of each of the new block's residual branches (modules or layer-scale
+    parameters), or make a plain block an identity."""
+    if init == "identity":
         conv, norm = _identity_layers(work, block, template)
         identity_init(conv, norm)
+        return
+    for k, layer in enumerate(layers):
+        if init == "zero":
+            zero_init(layer)
+        elif init in ("uni", "gau"):
+            noise_init(layer, init, std, seed + k)
+
+
+@dataclass
+class _Projection:
+    """The copied weight and bias of a layer the graph reads as parameters (an attention
+    function's output projection), set by an init as the layer would be."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def _copied_layer(work: fx.GraphModule, plan: _Plan, target: str) -> nn.Module | torch.Tensor | _Projection:
+    """The copy of a template's module or parameter `target`: copied itself, inside a copied module
+    (an attention module's `out_proj`), or as the parameters the graph reads from it."""
+    if target in plan.targets:
+        return attribute(work, plan.targets[target])
+    owner = next((t for t in plan.targets if target.startswith(t + ".")), None)
+    if owner is not None:
+        return attribute(work, plan.targets[owner] + target[len(owner):])
+    weight, bias = (plan.targets.get(f"{target}.{part}") for part in ("weight", "bias"))
+    return _Projection(attribute(work, weight), attribute(work, bias) if bias else None)
 
 
 def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block):
-    """The conv and BN of a plain conv-BN-ReLU block that can pass its input through."""
-    why = f"init='identity' needs a conv-BN-ReLU block, and block {template.name!r}"
+    """The conv and BN (None for VGG's conv-ReLU) of a plain conv-BN-ReLU block that can pass its input through."""
+    why = f"init='identity' needs a conv-BN-ReLU or conv-ReLU block, and block {template.name!r}"
     if block is None:
         raise RewriteError(f"{why} was not recognised after copying")
     nodes = {n.name: n for n in work.graph.nodes}
     chain = [nodes[n] for n in block.nodes if nodes[n].op not in ("get_attr", "placeholder")]
     kinds = [_identity_role(work, n) for n in chain]
-    if kinds != ["conv", "norm", "relu"]:
+    if kinds not in (["conv", "norm", "relu"], ["conv", "relu"]):
         raise RewriteError(f"{why} is {' -> '.join(str(n.target) for n in chain)}")
-    conv, norm = work.get_submodule(chain[0].target), work.get_submodule(chain[1].target)
+    conv = work.get_submodule(chain[0].target)
+    norm = work.get_submodule(chain[1].target) if len(chain) == 3 else None
     same = all(p == d * (k - 1) // 2 and k % 2 == 1 for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
     if conv.groups != 1 or conv.in_channels != conv.out_channels or not same or conv.padding_mode != "zeros":
         raise RewriteError(f"{why}'s conv cannot be an identity: it needs groups=1, equal channels and 'same' zero padding")
-    if not (norm.affine and norm.track_running_stats):
+    if norm is not None and not (norm.affine and norm.track_running_stats):
         raise RewriteError(f"{why}'s BatchNorm needs affine parameters and running statistics")
     return conv, norm
 

@@ -4,8 +4,8 @@
 - `uni` / `gau`: scale drawn from uniform / Gaussian noise with standard deviation `std` (1.0 in
   the paper), shift 0. For a conv/linear that ends a branch the std is relative to its fan-in
   (weights ~ std / sqrt(fan_in)), so that "1.0" means a unit-gain layer there too.
-- `identity`: for plain conv-BN-ReLU blocks, a Net2DeeperNet-style morphism: dirac conv, BN passing
-  its input through in eval mode, ReLU idempotent after the previous block's ReLU.
+- `identity`: for plain conv-BN-ReLU (or VGG's conv-ReLU) blocks, a Net2DeeperNet-style morphism:
+  dirac conv, BN passing its input through in eval mode, ReLU idempotent after the previous block's ReLU.
 - `adam`: AdamInit, see `adam_init`.
 """
 from __future__ import annotations
@@ -28,20 +28,21 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tu
 
 
 @torch.no_grad()
-def zero_init(layer: nn.Module) -> None:
-    """Scale and shift to zero: the layer outputs zeros."""
-    layer.weight.zero_()
-    if getattr(layer, "bias", None) is not None:
-        layer.bias.zero_()
+def zero_init(layer: nn.Module | torch.Tensor) -> None:
+    """Scale and shift to zero: the layer outputs zeros (a layer-scale parameter: set to zero)."""
+    weight, bias = _scale_and_shift(layer)
+    weight.zero_()
+    if bias is not None:
+        bias.zero_()
 
 
 @torch.no_grad()
-def noise_init(layer: nn.Module, distribution: str, std: float, seed: int) -> None:
+def noise_init(layer: nn.Module | torch.Tensor, distribution: str, std: float, seed: int) -> None:
     """Scale drawn from `distribution` ("uni" or "gau") with standard deviation `std`, shift zero.
 
     Draws on the CPU from a generator seeded with `seed`, so the result is the same on any device.
     """
-    weight = layer.weight
+    weight, bias = _scale_and_shift(layer)
     scale = std if weight.dim() == 1 else std / math.sqrt(weight[0].numel())
     generator = torch.Generator().manual_seed(seed)
     if distribution == "gau":
@@ -49,16 +50,25 @@ def noise_init(layer: nn.Module, distribution: str, std: float, seed: int) -> No
     else:  # uniform on [-a, a] has standard deviation a / sqrt(3)
         draw = (torch.rand(weight.shape, generator=generator, dtype=torch.float64) * 2 - 1) * scale * math.sqrt(3)
     weight.copy_(draw)
-    if getattr(layer, "bias", None) is not None:
-        layer.bias.zero_()
+    if bias is not None:
+        bias.zero_()
+
+
+def _scale_and_shift(layer: nn.Module | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer's weight and bias, or a layer-scale parameter (a tensor) and no shift."""
+    if isinstance(layer, torch.Tensor):
+        return layer, None
+    return layer.weight, getattr(layer, "bias", None)
 
 
 @torch.no_grad()
-def identity_init(conv: nn.Conv2d, norm: nn.modules.batchnorm._BatchNorm) -> None:
-    """Conv passes its input through (dirac), BN passes it through in eval mode."""
+def identity_init(conv: nn.Conv2d, norm: nn.modules.batchnorm._BatchNorm | None) -> None:
+    """Conv passes its input through (dirac), BN (where there is one) passes it through in eval mode."""
     nn.init.dirac_(conv.weight)
     if conv.bias is not None:
         conv.bias.zero_()
+    if norm is None:
+        return
     norm.running_mean.zero_()
     norm.running_var.fill_(1.0 - norm.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
     norm.weight.fill_(1.0)

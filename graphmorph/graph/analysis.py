@@ -20,6 +20,7 @@ How blocks are found, structure first and names second:
 from __future__ import annotations
 
 import bisect
+import operator
 from dataclasses import dataclass
 
 import networkx as nx
@@ -41,8 +42,13 @@ class Block:
     """One sub-module of a network (AutoGrow's unit of growth).
 
     Shapes exclude the batch dimension. `last_affine` is the fx node of the last affine layer on the
-    residual (or new-features) branch, or of a plain block's own path: a BatchNorm, or a
-    conv/linear when the branch ends in one. It is None when a non-zero-preserving op follows it.
+    residual (or new-features) branch, or of a plain block's own path: a BatchNorm, a conv/linear
+    when the branch ends in one, or a layer scale (a product with a parameter, ConvNeXt's gamma).
+    It is None when a non-zero-preserving op follows it. `last_affine_module` is what an init sets:
+    that layer's module, the layer scale's parameter, or an attention module's output projection.
+    A block of several residual branches (a transformer layer: attention, then an MLP) has one such
+    target per branch in `initialised`, in graph order; `last_affine` is the last branch's, and both
+    are None when any branch has none.
     """
 
     name: str                      # qualified module name, or its first weighted layer's name
@@ -57,6 +63,7 @@ class Block:
     last_affine: str | None
     last_affine_module: str | None
     named_by_module: bool          # True when `name` is a module that holds exactly this block
+    initialised: tuple[str, ...] = ()
 
     @property
     def residual(self) -> bool:
@@ -199,7 +206,7 @@ class _Analysis:
             if exit_.op == "output":
                 break
             members = frozenset(inner[k])
-            weighted = sum(ops.is_weighted(self.gm, n) for n in [*members, exit_])
+            weighted = sum(self._learned(n) for n in [*members, exit_])
             segments.append(_Segment(entry, exit_, members, self._merge_kind(exit_, members), weighted))
         return segments
 
@@ -251,7 +258,7 @@ class _Analysis:
 
     def _units(self) -> list[_Unit]:
         cores = [k for k, s in enumerate(self.segments) if s.is_core]
-        units = [self._core_unit(k, cores) for k in cores]
+        units = self._layers([self._core_unit(k, cores) for k in cores])
         if cores:
             classes = {self.classes.get(u.name) for u in units if u.named_by_module}
             classes.discard(None)
@@ -280,6 +287,33 @@ class _Analysis:
                 best = _Unit(lo, hi, prefix, True)
                 break
         return best or _Unit(k, k, self._fallback_name(k, k), False)
+
+    def _layers(self, units: list[_Unit]) -> list[_Unit]:
+        """Join residual branches that no module of their own holds, written one after another in
+        one module's forward (a transformer layer: `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`),
+        into one unit named by that module: the smallest aligned module around them that holds
+        only such branches."""
+        loose = {u.lo: u for u in units if not u.named_by_module and not self._held(u.lo, u.hi)}
+        joined: list[_Unit] = []
+        for unit in units:
+            if joined and joined[-1].lo <= unit.lo <= joined[-1].hi:
+                continue
+            if unit.lo in loose:
+                path = ops.module_path(self.segments[unit.lo].exit)
+                parts = path.split(".") if path else []
+                for depth in range(len(parts), 0, -1):
+                    prefix = ".".join(parts[:depth])
+                    lo, hi = self.aligned.get(prefix, (-1, -1))
+                    inside = [u for u in units if lo <= u.lo <= hi]
+                    if lo == unit.lo and len(inside) > 1 and all(u.lo in loose for u in inside):
+                        unit = _Unit(lo, hi, prefix, True)
+                        break
+            joined.append(unit)
+        return joined
+
+    def _held(self, lo: int, hi: int) -> bool:
+        """Whether one module holds exactly the segments' nodes other than the last merge."""
+        return self._holder(lo, hi) is not None
 
     @staticmethod
     def _cores_in(cores: list[int], lo: int, hi: int) -> int:
@@ -324,9 +358,9 @@ class _Analysis:
     def _weighted_in(self, lo: int, hi: int) -> int:
         return sum(self.segments[k].weighted for k in range(lo, hi + 1))
 
-    def _fallback_name(self, lo: int, hi: int) -> str:
-        """The module holding exactly the block's nodes other than its merge (for `x = x + blk(x)`
-        written in the parent), else the block's first weighted layer."""
+    def _holder(self, lo: int, hi: int) -> str | None:
+        """The module holding exactly the segments' nodes other than the last merge (for
+        `x = x + blk(x)` written in the parent), or None."""
         nodes = [n for k in range(lo, hi + 1) for n in self.segments[k].nodes]
         merge = self.segments[hi].exit if self.segments[hi].is_core else None
         paths = [ops.module_path(n).split(".") for n in nodes if n is not merge]
@@ -335,6 +369,15 @@ class _Analysis:
             ".".join(p) == common or ".".join(p).startswith(common + ".") for p in paths
         ):
             return common
+        return None
+
+    def _fallback_name(self, lo: int, hi: int) -> str:
+        """The module holding exactly the block's nodes other than its merge, else the block's
+        first weighted layer."""
+        held = self._holder(lo, hi)
+        if held is not None:
+            return held
+        nodes = [n for k in range(lo, hi + 1) for n in self.segments[k].nodes]
         first = min(
             (n for n in nodes if ops.is_weighted(self.gm, n)), key=self.order.__getitem__, default=None
         )
@@ -367,13 +410,18 @@ class _Analysis:
 
     def _block(self, unit: _Unit, name: str, nodes: list[fx.Node]) -> Block:
         first, last = self.segments[unit.lo], self.segments[unit.hi]
-        core = next((s for s in self.segments[unit.lo: unit.hi + 1] if s.is_core), None)
-        if core is not None:
-            kind, shortcut, shortcut_nodes, branch = self._merge_structure(core)
-            affine = self._last_affine(branch, core.inner) if branch is not None else None
+        cores = [s for s in self.segments[unit.lo: unit.hi + 1] if s.is_core]
+        if cores:
+            structures = [self._merge_structure(core) for core in cores]
+            kind, shortcut, shortcut_nodes, _ = structures[0]
+            ends = [self._last_affine(branch, core.inner) if branch is not None else None
+                    for core, (_, _, _, branch) in zip(cores, structures)]
         else:  # a plain block is all branch
             kind, shortcut, shortcut_nodes = "plain", None, ()
-            affine = self._last_affine(last.exit, frozenset(nodes))
+            ends = [self._last_affine(last.exit, frozenset(nodes))]
+        targets = [self._initialised(end) for end in ends]
+        complete = all(target is not None for target in targets)
+        affine = ends[-1] if complete else None
         return Block(
             name=name,
             kind=kind,
@@ -385,8 +433,9 @@ class _Analysis:
             shortcut=shortcut,
             shortcut_nodes=tuple(n.name for n in sorted(shortcut_nodes, key=self.order.__getitem__)),
             last_affine=affine.name if affine is not None else None,
-            last_affine_module=str(affine.target) if affine is not None and affine.op == "call_module" else None,
+            last_affine_module=targets[-1] if complete else None,
             named_by_module=unit.named_by_module,
+            initialised=tuple(targets) if complete else (),
         )
 
     def _merge_structure(self, core: _Segment):
@@ -403,7 +452,7 @@ class _Analysis:
             other = inputs[1] if inputs[0] is core.entry else inputs[0]
             return "residual", "identity", (), other
         branches = [self._upstream(i, core.inner) for i in inputs]
-        weights = [sum(ops.is_weighted(self.gm, n) for n in b) for b in branches]
+        weights = [sum(self._learned(n) for n in b) for b in branches]
         if weights[0] == weights[1]:
             return "branches", None, (), None
         short, long_ = (0, 1) if weights[0] < weights[1] else (1, 0)
@@ -424,19 +473,50 @@ class _Analysis:
     def _last_affine(self, node: fx.Node, region: frozenset[fx.Node]) -> fx.Node | None:
         """Walk back from the branch's end through zero-preserving ops and gates to an affine layer."""
         while node in region:
-            if ops.is_affine(self.gm, node):
+            if ops.is_affine(self.gm, node) or self._layer_scale(node) is not None or ops.is_attention(self.gm, node):
                 return node
             inputs = [i for i in node.all_input_nodes if i in self.graph]
+            if node.target is operator.getitem and node.args[1] == 0 and ops.is_attention(self.gm, node.args[0]):
+                node = node.args[0]          # attention's output, before its weights
+                continue
             if ops.is_mul(node) and len(inputs) == 2:
                 a, b = inputs  # the gated tensor is upstream of its gate
                 node = a if a in self._upstream(b, region) else b if b in self._upstream(a, region) else None
                 if node is None:
                     return None
-            elif ops.is_zero_preserving(self.gm, node) and len(inputs) == 1:
-                node = inputs[0]
+            elif ops.is_zero_preserving(self.gm, node) and (len(inputs) == 1 or ops.takes_shape_of(node)):
+                node = node.args[0]
             else:
                 return None
         return None
+
+
+    def _learned(self, node: fx.Node) -> bool:
+        """A layer with learned weights on the data path: conv, linear, attention or layer scale."""
+        return ops.is_weighted(self.gm, node) or ops.is_attention(self.gm, node) or self._layer_scale(node) is not None
+
+    def _layer_scale(self, node: fx.Node) -> fx.Node | None:
+        """The parameter (get_attr) a product scales its one data operand by, directly or through a
+        view (`gamma * x`, `x.mul(gamma.reshape(1, -1, 1, 1))`); None for any other node."""
+        if not ops.is_mul(node):
+            return None
+        constants = [i for i in node.all_input_nodes if i not in self.graph]
+        if len(constants) != 1 or len(node.all_input_nodes) != 2:
+            return None
+        source = constants[0]
+        while source.op in ("call_method", "call_function") and len(source.all_input_nodes) == 1:
+            source = source.all_input_nodes[0]
+        return source if source.op == "get_attr" else None
+
+    def _initialised(self, affine: fx.Node | None) -> str | None:
+        if affine is None:
+            return None
+        if ops.is_attention(self.gm, affine):
+            return ops.attention_output(self.gm, affine)
+        if affine.op == "call_module":
+            return str(affine.target)
+        scale = self._layer_scale(affine)
+        return str(scale.target) if scale is not None else None
 
 
 def _require_shapes(gm: fx.GraphModule) -> None:

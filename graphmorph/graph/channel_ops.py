@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -28,8 +29,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphmorph.graph.registry import Registry
 
 __all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Concat", "Split", "GetItem", "Reduce",
-           "Reshape", "Convolution", "TransposedConvolution", "Linear", "output_weight", "TensorQuestions", "describe",
+           "Reshape", "Expand", "Permute", "Shift", "Convolution", "TransposedConvolution", "Linear", "ChannelNorm",
+           "output_weight", "is_channel_norm", "TensorQuestions", "ChannelLayout", "describe",
            "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS"]
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """Where channels run in each tensor: `axes` maps a node name to its channel axis where it is
+    not 1 (channels-last blocks, tokens-then-features tensors); `parameter_dims` maps a constant
+    node (a parameter or buffer, or a view of one) to the dimension indexed by the channels it meets."""
+
+    axes: dict[str, int] = field(default_factory=dict)
+    parameter_dims: dict[str, int] = field(default_factory=dict)
+
 
 class TensorQuestions:
     """Shape questions about the nodes of `self.gm` (shapes as captured, before any edit), and
@@ -37,6 +49,7 @@ class TensorQuestions:
 
     gm: fx.GraphModule
     registry: "Registry"
+    layout: ChannelLayout = ChannelLayout()
 
     def handler(self, node: fx.Node) -> "ChannelOp | None":
         return self.registry.channel_op(self.gm, node)
@@ -50,17 +63,31 @@ class TensorQuestions:
     def rank(self, node) -> int:
         return len(self.shape(node) or ())
 
+    def is_constant(self, node: fx.Node) -> bool:
+        """A parameter, buffer or a tensor computed from them alone (not from the model's input)."""
+        return node.op == "get_attr" or node.name in self.layout.parameter_dims
+
+    def channel_axis(self, node: fx.Node) -> int:
+        """The dimension holding the node's channels: 1 unless the layout says otherwise."""
+        dims = self.layout.parameter_dims
+        return dims[node.name] if node.name in dims else self.layout.axes.get(node.name, 1)
+
     def channels(self, node) -> int | None:
         """Channel count of a data tensor of rank >= 2, else None (parameters and sizes included)."""
-        if not isinstance(node, fx.Node) or node.op == "get_attr":
+        if not isinstance(node, fx.Node) or self.is_constant(node):
             return None
         shape = self.shape(node)
-        return shape[1] if shape is not None and len(shape) >= 2 else None
+        axis = self.channel_axis(node)
+        return shape[axis] if shape is not None and len(shape) >= 2 and axis < len(shape) else None
 
     def piece_channels(self, split: fx.Node) -> list[int]:
         """Channel counts of a split's pieces, along the split dimension."""
         dim = _split_dim(split, self.rank(split.args[0]))
         return [m.shape[dim] for m in split.meta["tensor_meta"]]
+
+    def splits_channels(self, split: fx.Node) -> bool:
+        """Whether a split cuts along its input's channel axis."""
+        return _split_dim(split, self.rank(split.args[0])) == self.channel_axis(split.args[0])
 
     def describe(self, node: fx.Node) -> str:
         return describe(self.gm, node)
@@ -137,7 +164,8 @@ class Ignore(ChannelOp):
 
 class Elementwise(ChannelOp):
     """add, sub, mul, div with broadcasting: an operand with the output's channels shares them;
-    a parameter shaped like `[1, C, 1, 1]` is sliced with them; size-1 channels broadcast."""
+    a parameter shaped like `[1, C, 1, 1]` or `[C]` (layer scale, position embeddings), or a view
+    of one, is sliced with them; size-1 channels broadcast."""
 
     def relate(self, rel, node):
         out_rank, out_c = rel.rank(node), rel.channels(node)
@@ -145,13 +173,13 @@ class Elementwise(ChannelOp):
             shape = rel.shape(arg)
             if shape is None:
                 continue
-            dim = len(shape) - out_rank + 1  # the operand dim that lines up with the output's channels
+            dim = len(shape) - out_rank + rel.channel_axis(node)  # the operand dim lined up with the channels
             size = shape[dim] if 0 <= dim < len(shape) else 1
             if size == 1 and out_c != 1:
                 continue
-            if arg.op == "get_attr":
+            if rel.is_constant(arg):
                 rel.couple_parameter(node, arg, dim)
-            elif dim == 1 and rel.channels(arg) == out_c:
+            elif dim == rel.channel_axis(arg) and rel.channels(arg) == out_c:
                 rel.same(node, arg)
             else:
                 rel.refuse(node, f"{rel.describe(node)} broadcasts {arg.name} of shape {tuple(shape)} "
@@ -162,10 +190,19 @@ class Concat(ChannelOp):
     """torch.cat: along dim 1 each input's channels land at an offset; along another dim they are shared."""
 
     def relate(self, rel, node):
-        parts = list(node.args[0])
-        if ops.cat_dim(node, rel.rank(node)) != 1:
+        parts, axis = list(node.args[0]), rel.channel_axis(node)
+        if any(not rel.is_constant(p) and rel.channel_axis(p) != axis for p in parts):
+            rel.refuse(node, f"{rel.describe(node)} joins tensors whose channels run along different axes")
+            return
+        if ops.cat_dim(node, rel.rank(node)) != axis:   # e.g. a class token joined to the patch tokens
             for part in parts:
-                rel.same(node, part)
+                if rel.is_constant(part):
+                    rel.couple_parameter(node, part, axis)
+                else:
+                    rel.same(node, part)
+            return
+        if any(rel.is_constant(p) for p in parts):
+            rel.refuse(node, f"{rel.describe(node)} joins parameters to the channels")
             return
         offset = 0
         for part in parts:
@@ -184,28 +221,29 @@ class Split(ChannelOp):
         if any(not (u.op == "call_function" and u.target is operator.getitem) for u in pieces):
             rel.refuse(node, f"{rel.describe(node)} is used other than by indexing its pieces")
             return
-        dim = _split_dim(node, rel.rank(source))
+        along_channels = rel.splits_channels(node)
         sizes = rel.piece_channels(node)
         offsets = [sum(sizes[:k]) for k in range(len(sizes))]
         for piece in pieces:
             k = piece.args[1]
-            if dim == 1:
+            rel.set_axis(piece, rel.channel_axis(source))
+            if along_channels:
                 rel.same(piece, source, in_index=range(offsets[k], offsets[k] + sizes[k]))
             else:
                 rel.same(piece, source)
 
     def check(self, cut, node):
-        if _split_dim(node, len(cut.shape(node.args[0]))) != 1:
+        if not cut.splits_channels(node):
             return None
         if any(size == 0 for size in self._new_sizes(cut, node)):
             return f"{node.name} would leave a piece of its split without channels"
         return None
 
     def cut(self, cut, node):
-        if _split_dim(node, len(cut.shape(node.args[0]))) != 1 or not cut.removed(node.args[0]):
+        if not cut.splits_channels(node) or not cut.removed(node.args[0]):
             return
         sizes = self._new_sizes(cut, node)
-        cut.replace_call(node, torch.split, (node.args[0], sizes, 1))
+        cut.replace_call(node, torch.split, (node.args[0], sizes, cut.channel_axis(node.args[0])))
 
     @staticmethod
     def _new_sizes(cut, node) -> list[int]:
@@ -216,14 +254,26 @@ class Split(ChannelOp):
 
 
 class GetItem(ChannelOp):
-    """Indexing a split's pieces is handled by the split; indexing a tensor is refused."""
+    """Indexing a split's pieces is handled by the split; indexing a tensor with integers and
+    slices that leave the channel axis whole (`x[:, 0]`, a class token; `x[:, 0::2, 0::2, :]`)
+    keeps the channels; any other indexing is refused."""
 
     def relate(self, rel, node):
         source = node.args[0]
         if source.op in ("call_function", "call_method") and isinstance(rel.handler(source), Split):
             return
-        if rel.channels(node) is not None or rel.channels(source) is not None:
-            rel.refuse(node, f"{rel.describe(node)} indexes a tensor")
+        if rel.channels(source) is None:
+            if rel.channels(node) is not None:
+                rel.refuse(node, f"{rel.describe(node)} indexes a tensor")
+            return
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        axis = rel.channel_axis(source)
+        simple = all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in index)
+        if not simple or (axis < len(index) and index[axis] != slice(None)) or rel.channels(node) is None:
+            rel.refuse(node, f"{rel.describe(node)} indexes a tensor across its channels")
+            return
+        rel.set_axis(node, axis - sum(isinstance(i, int) for i in index[:axis]))
+        rel.same(node, source)
 
 
 class Reduce(ChannelOp):
@@ -232,50 +282,105 @@ class Reduce(ChannelOp):
     def relate(self, rel, node):
         source = node.args[0]
         dims = ops.argument(node, 1, "dim")
-        rank = rel.rank(source)
+        rank, axis = rel.rank(source), rel.channel_axis(source)
         dims = [dims] if isinstance(dims, int) else dims
-        if dims is None or any(d % rank in (0, 1) for d in dims) or rel.channels(node) is None:
+        if dims is None or any(d % rank in (0, axis) for d in dims):
             rel.refuse(node, f"{rel.describe(node)} reduces over the batch or channel dimension")
-        else:
-            rel.same(node, source)
+            return
+        keepdim = ops.argument(node, 2, "keepdim", False)
+        rel.set_axis(node, axis if keepdim else axis - sum(1 for d in dims if d % rank < axis))
+        rel.same(node, source)
 
 
 class Reshape(ChannelOp):
-    """view / reshape / flatten: keeping the channel axis, flattening it with the spatial axes into
-    features (into a Linear), or unflattening features into channels; any other reshape is refused."""
+    """view / reshape / flatten. The channel axis stays whole where the reshape keeps it as one
+    dimension (a window partition of a channels-last map, tokens to a grid); channels flattened with
+    the dimensions after them into features (into a Linear), or features unflattened into channels,
+    map one channel to a run of features; any other reshape is refused."""
 
     def relate(self, rel, node):
         source = node.args[0]
         before, after = rel.shape(source), rel.shape(node)
-        if before is None or len(before) < 2:   # e.g. a 1-D layer-scale parameter viewed as (C, 1, 1)
-            rel.refuse(node, f"{rel.describe(node)} reshapes a tensor of shape "
-                             f"{tuple(before) if before is not None else '?'}, which has no channel axis")
-            return
-        if after is None or len(after) < 2 or after[0] != before[0]:
+        if after is None or len(after) < 2:
             rel.refuse(node, f"{rel.describe(node)} folds channels into the batch dimension")
             return
-        c_in, c_out = before[1], after[1]
-        inner_in, inner_out = math.prod(before[2:]), math.prod(after[2:])
-        if c_in == c_out and inner_in == inner_out:
-            rel.same(node, source)
-        elif len(after) == 2 and c_out == c_in * inner_in:
-            rel.same(node, source, out_index=range(c_out), in_index=[f // inner_in for f in range(c_out)])
-        elif len(before) == 2 and c_in == c_out * inner_out:
-            rel.same(node, source, out_index=[f // inner_out for f in range(c_in)], in_index=range(c_in))
-        else:
-            rel.refuse(node, f"{rel.describe(node)} folds channels into other dimensions "
-                             f"({tuple(before)} -> {tuple(after)})")
+        axis = rel.channel_axis(source)
+        channels, prefix = before[axis], math.prod(before[:axis])
+        for j in range(1, len(after)):
+            if math.prod(after[:j]) != prefix:
+                continue
+            if after[j] == channels:
+                rel.set_axis(node, j)
+                rel.same(node, source)
+                return
+            merged = _merged_run(before[axis:], after[j])          # channels and the dims after them
+            if merged:
+                rel.set_axis(node, j)
+                rel.same(node, source, out_index=range(after[j]), in_index=[f // merged for f in range(after[j])])
+                return
+            split = _merged_run(after[j:], channels)                # channels into the dims after them
+            if split:
+                rel.set_axis(node, j)
+                rel.same(node, source, out_index=[c // split for c in range(channels)], in_index=range(channels))
+                return
+        rel.refuse(node, f"{rel.describe(node)} folds channels into other dimensions "
+                         f"({tuple(before)} -> {tuple(after)})")
 
     def cut(self, cut, node):
-        removed = cut.removed(node)
-        if not removed or node.target in ("flatten", torch.flatten) or node.op == "call_module":
+        if node.target in ("flatten", torch.flatten) or node.op == "call_module":
             return
-        sizes = list(node.args[1:])
-        nested = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
-        sizes = list(sizes[0]) if nested else sizes
-        if len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1:
-            sizes[1] -= len(removed)
-            node.args = (node.args[0], tuple(sizes)) if nested else (node.args[0], *sizes)
+        _resize_size_argument(cut, node)
+
+
+class Expand(ChannelOp):
+    """expand / repeat-free broadcasting of a tensor to a larger shape with its channels kept."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        axis = rel.channel_axis(source)
+        if rel.rank(node) != rel.rank(source) or rel.shape(node)[axis] != rel.channels(source):
+            rel.refuse(node, f"{rel.describe(node)} broadcasts across the channel dimension")
+        else:
+            rel.same(node, source)
+
+    def cut(self, cut, node):
+        _resize_size_argument(cut, node)
+
+
+class Permute(ChannelOp):
+    """permute / transpose: the channels move to another axis (channels-last blocks, tokens)."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        rank, axis = rel.rank(source), rel.channel_axis(source)
+        rel.set_axis(node, self.order(node, rank).index(axis))
+        rel.same(node, source)
+
+    @staticmethod
+    def order(node: fx.Node, rank: int) -> list[int]:
+        """The source dimension each output dimension takes."""
+        if node.target in ("transpose", torch.transpose):
+            a, b = (d % rank for d in node.args[1:3])
+            order = list(range(rank))
+            order[a], order[b] = b, a
+            return order
+        dims = node.args[1:] if node.op == "call_method" else (node.args[1],) if len(node.args) > 1 \
+            else (node.kwargs["dims"],)
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return [d % rank for d in dims]
+
+
+class Shift(ChannelOp):
+    """torch.roll over dimensions other than the channels' (a shifted window) keeps them."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        dims = ops.argument(node, 2, "dims")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        if not dims or rel.channel_axis(source) in [d % rel.rank(source) for d in dims]:
+            rel.refuse(node, f"{rel.describe(node)} rolls the channels")
+        else:
+            rel.same(node, source)
 
 
 class Convolution(ChannelOp):
@@ -290,6 +395,9 @@ class Convolution(ChannelOp):
             rel.refuse(node, f"{rel.describe(node)} takes a weight that is not a parameter")
             return
         source, groups = node.args[0], _conv_groups(rel.gm, node)
+        if rel.channel_axis(source) != 1:
+            rel.refuse(node, f"{rel.describe(node)} reads a tensor whose channels are not along dimension 1")
+            return
         c_in, c_out = rel.channels(source), weight.shape[0]
         if groups == 1:
             rel.fresh(node)
@@ -364,14 +472,84 @@ class TransposedConvolution(_WeightedLayer):
 
 
 class Linear(_WeightedLayer):
-    """nn.Linear / F.linear on `[batch, features]`."""
+    """nn.Linear / F.linear on the last dimension: `[batch, features]`, tokens `[batch, tokens,
+    features]` or a channels-last map `[batch, height, width, channels]`. A linear layer over
+    another dimension than the channels' (MLP-Mixer's token mixing) keeps each channel apart:
+    channel c is channel c, and its weight does not change."""
 
     def refusal(self, rel, node):
-        if _weight(rel.gm, node) is None:
-            return "takes a weight that is not a parameter"
-        if rel.rank(node.args[0]) != 2:
-            return f"applies to the last dimension of a rank-{rel.rank(node.args[0])} tensor"
-        return None
+        return "takes a weight that is not a parameter" if _weight(rel.gm, node) is None else None
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        if rel.channel_axis(source) != rel.rank(source) - 1 and self.refusal(rel, node) is None:
+            rel.same(node, source)                    # mixes tokens, not channels
+            return
+        rel.set_axis(node, rel.rank(node) - 1)
+        super().relate(rel, node)
+
+    def cut(self, cut, node):
+        if cut.channel_axis(node.args[0]) == len(cut.shape(node.args[0])) - 1:
+            super().cut(cut, node)
+
+
+class ChannelNorm(PassThrough):
+    """A norm whose statistics span the channels: nn.LayerNorm / nn.RMSNorm / F.layer_norm /
+    F.rms_norm over the channels alone (normalized_shape == (C,), channels last), or a one-group
+    GroupNorm (channels along dim 1). Channel c is channel c, the affine weight and bias are
+    sliced with them; the statistics then run over the kept channels only (the pruning reference,
+    `transforms.masked_norm`, leaves masked channels out of them)."""
+
+    def __init__(self):
+        super().__init__(("weight", "bias"))
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        if self._groups(rel.gm, node) is not None:
+            if self._groups(rel.gm, node) != 1 or rel.channel_axis(source) != 1:
+                rel.refuse(node, f"{rel.describe(node)} normalises across groups of channels")
+                return
+            super().relate(rel, node)
+            for arg in node.all_input_nodes[1:]:
+                rel.couple_parameter(node, arg, 0)
+            return
+        shape = tuple(self.normalized_shape(rel.gm, node))
+        if rel.channel_axis(source) != rel.rank(source) - 1 or shape != (rel.channels(source),):
+            rel.refuse(node, f"{rel.describe(node)} normalises over {shape}, more than the channels")
+            return
+        super().relate(rel, node)
+        for arg in node.all_input_nodes[1:]:
+            rel.couple_parameter(node, arg, 0)
+
+    def cut(self, cut, node):
+        if not cut.removed(node):
+            return
+        super().cut(cut, node)
+        kept = (len(cut.kept(node)),)
+        if self._groups(cut.gm, node) is not None:
+            if node.op == "call_module":
+                cut.module(node).num_channels = kept[0]
+        elif node.op == "call_module":
+            cut.module(node).normalized_shape = kept
+        else:
+            node.args = (node.args[0], kept, *node.args[2:]) if len(node.args) > 1 \
+                else node.args
+            if "normalized_shape" in node.kwargs:
+                node.kwargs = {**node.kwargs, "normalized_shape": kept}
+
+    @staticmethod
+    def _groups(gm: fx.GraphModule, node: fx.Node) -> int | None:
+        """A GroupNorm's group count, None for a layer or RMS norm."""
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            return module.num_groups if isinstance(module, nn.GroupNorm) else None
+        return ops.argument(node, 1, "num_groups") if node.target is F.group_norm else None
+
+    @staticmethod
+    def normalized_shape(gm: fx.GraphModule, node: fx.Node) -> tuple:
+        if node.op == "call_module":
+            return tuple(gm.get_submodule(node.target).normalized_shape)
+        return tuple(ops.argument(node, 1, "normalized_shape"))
 
 
 class FunctionalBatchNorm(PassThrough):
@@ -402,8 +580,9 @@ DEFAULT_MODULES: dict[type, ChannelOp] = {
     nn.Flatten: Reshape(),
     nn.Softmax: Refuse("normalises across channels"),
     nn.Softmax2d: Refuse("normalises across channels"),
-    nn.GroupNorm: Refuse("normalises across groups of channels"),
-    nn.LayerNorm: Refuse("normalises across channels"),
+    nn.GroupNorm: ChannelNorm(),
+    nn.LayerNorm: ChannelNorm(),
+    nn.RMSNorm: ChannelNorm(),
     nn.PixelShuffle: Refuse("moves channels into space"),
     nn.PixelUnshuffle: Refuse("moves space into channels"),
     nn.ChannelShuffle: Refuse("permutes channels across groups"),
@@ -416,7 +595,7 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
                           F.hardtanh, F.dropout1d, F.dropout3d, torch.clone)},
     F.softmax: Refuse("normalises across a dimension"),
     torch.softmax: Refuse("normalises across a dimension"),
-    **{f: Elementwise() for f in ops.ELEMENTWISE_BINARY_FUNCTIONS},
+    **{f: Elementwise() for f in (*ops.ELEMENTWISE_BINARY_FUNCTIONS, torch.addcmul)},
     **{f: Concat() for f in ops.CAT_FUNCTIONS},
     torch.split: Split(),
     torch.chunk: Split(),
@@ -429,8 +608,12 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     getattr: Ignore(),
     F.pixel_shuffle: Refuse("moves channels into space"),
     F.channel_shuffle: Refuse("permutes channels across groups"),
-    torch.transpose: Refuse("moves the channel dimension"),
-    torch.permute: Refuse("moves the channel dimension"),
+    torch.transpose: Permute(),
+    torch.permute: Permute(),
+    F.layer_norm: ChannelNorm(),
+    F.rms_norm: ChannelNorm(),
+    F.group_norm: ChannelNorm(),
+    torch.roll: Shift(),
 }
 DEFAULT_METHODS: dict[str, ChannelOp] = {
     **{m: _PASS for m in (*ops.ZERO_PRESERVING_METHODS, *ops.ACTIVATION_METHODS, "clone", "float", "sigmoid_")},
@@ -440,14 +623,25 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
     "chunk": Split(),
     "view": Reshape(),
     "reshape": Reshape(),
+    "view_as": Reshape(),
+    "reshape_as": Reshape(),
     "flatten": Reshape(),
     "mean": Reduce(),
     "sum": Reduce(),
     "amax": Reduce(),
     **{m: Ignore() for m in ("size", "dim")},
-    "transpose": Refuse("moves the channel dimension"),
-    "permute": Refuse("moves the channel dimension"),
+    "transpose": Permute(),
+    "permute": Permute(),
+    "expand": Expand(),
+    "roll": Shift(),
 }
+
+
+def is_channel_norm(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A layer norm, RMS norm or GroupNorm, module or functional (the ops `ChannelNorm` handles)."""
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm))
+    return node.op == "call_function" and node.target in (F.layer_norm, F.rms_norm, F.group_norm)
 
 
 def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
@@ -459,6 +653,28 @@ def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _merged_run(dims: tuple[int, ...], total: int) -> int | None:
+    """`total // dims[0]` when `total` is the product of the first two or more of `dims`, else None."""
+    for m in range(2, len(dims) + 1):
+        if math.prod(dims[:m]) == total:
+            return total // dims[0]
+    return None
+
+
+def _resize_size_argument(cut, node: fx.Node) -> None:
+    """Shrink a view/reshape/expand's explicit size at the node's channel axis by the removed channels."""
+    removed = cut.removed(node)
+    if not removed:
+        return
+    sizes = list(node.args[1:])
+    nested = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
+    sizes = list(sizes[0]) if nested else sizes
+    axis = cut.channel_axis(node)
+    if axis < len(sizes) and isinstance(sizes[axis], int) and sizes[axis] != -1:
+        sizes[axis] = cut.shape(node)[axis] - len(removed)
+        node.args = (node.args[0], tuple(sizes)) if nested else (node.args[0], *sizes)
 
 
 def _first_tensor(rel, node: fx.Node) -> fx.Node | None:

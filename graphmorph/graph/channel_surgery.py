@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from graphmorph.graph import ops
-from graphmorph.graph.channel_ops import TensorQuestions
+from graphmorph.graph.channel_ops import ChannelLayout, TensorQuestions
 from graphmorph.graph.channels import ChannelDependencies
 from graphmorph.graph.registry import Registry
 
@@ -24,8 +24,10 @@ KEPT_KEY = "graphmorph.kept_indices"   # gm.meta: {parameter name: {"old_shape":
 class Cut(TensorQuestions):
     """The edit of one graph for one removal; handlers call its methods from `check` and `cut`."""
 
-    def __init__(self, gm: fx.GraphModule, removal: dict[str, list[int]], registry: Registry):
+    def __init__(self, gm: fx.GraphModule, removal: dict[str, list[int]], registry: Registry,
+                 layout: ChannelLayout | None = None):
         self.gm, self._removal, self.registry = gm, removal, registry
+        self.layout = layout or ChannelLayout()
         self.param_delta = 0
         self.kept_indices: dict[str, dict] = {}
         self._done: set[str] = set()
@@ -115,10 +117,10 @@ class Cut(TensorQuestions):
 
 def check_removal(gm: fx.GraphModule, deps: ChannelDependencies, removal: dict[str, list[int]]) -> str | None:
     """Why `removal` cannot be applied to `gm` (a node left without channels, a handler's refusal), or None."""
-    cut = Cut(gm, removal, deps.registry)
+    cut = Cut(gm, removal, deps.registry, deps.layout)
     for node in deps.near(removal):
         removed = removal.get(node.name)
-        if removed and node.op != "get_attr" and len(removed) >= cut.channels(node):
+        if removed and not cut.is_constant(node) and len(removed) >= cut.channels(node):
             return f"it would remove every channel of {cut.describe(node)}"
         handler = cut.handler(node) if node.op in ("call_module", "call_function", "call_method") else None
         reason = handler.check(cut, node) if handler is not None else None
@@ -127,13 +129,13 @@ def check_removal(gm: fx.GraphModule, deps: ChannelDependencies, removal: dict[s
     return None
 
 
-def apply_removal(work: fx.GraphModule, removal: dict[str, list[int]],
-                  parameter_dims: dict[str, int] | None = None, registry: Registry | None = None) -> Cut:
+def apply_removal(work: fx.GraphModule, removal: dict[str, list[int]], registry: Registry | None = None,
+                  layout: ChannelLayout | None = None) -> Cut:
     """Cut every node of `work` (a copy of the analysed graph, same node names) in place with the
-    handlers of `registry` (default: `Registry.default()`); recompiles. `parameter_dims` maps
-    get_attr node names to the dim their channels run along (`ChannelDependencies.parameter_dims`)."""
-    cut = Cut(work, removal, registry or Registry.default())
-    dims = parameter_dims or {}
+    handlers of `registry` (default: `Registry.default()`); recompiles. `layout` says where the
+    channels run (`ChannelDependencies.layout`; default: dim 1 everywhere, no parameters coupled)."""
+    cut = Cut(work, removal, registry or Registry.default(), layout)
+    dims = cut.layout.parameter_dims
     for node in list(work.graph.nodes):
         if node.op == "get_attr" and node.name in dims and removal.get(node.name):
             keep = [c for c in range(cut.shape(node)[dims[node.name]]) if c not in set(removal[node.name])]

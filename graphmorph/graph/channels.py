@@ -1,6 +1,8 @@
 """Channel dependencies on the fx graph: which channels must be removed together, and which cannot be.
 
-Every data tensor of rank >= 2 (batch first) has one *slot* per channel along dim 1. Each node's
+Every data tensor of rank >= 2 (batch first) has one *slot* per channel along its channel axis:
+dim 1 as the model's input has it, moved by permutes and transposes (channels-last blocks), kept
+whole through reshapes, and the last dim after a Linear on tokens. Each node's
 handler (`graphmorph.graph.channel_ops`) relates its output's slots to its inputs': the same channel
 (BatchNorm, activations, residual adds, squeeze-excitation gates), an offset (concatenation,
 split), a range (flatten into a Linear), or fresh channels (the outputs of a convolution or a
@@ -20,7 +22,7 @@ from typing import Iterable, Sequence
 from torch import fx
 
 from graphmorph.graph.analysis import _require_shapes
-from graphmorph.graph.channel_ops import TensorQuestions
+from graphmorph.graph.channel_ops import ChannelLayout, TensorQuestions
 from graphmorph.graph.memo import memoized
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError, first_line
@@ -69,6 +71,24 @@ class Relations(TensorQuestions):
         self.refusals: list[tuple[fx.Node, str, bool]] = []
         self.evens: list[tuple[fx.Node, int]] = []
         self.parameter_dim: dict[fx.Node, int] = {}
+        self.axis: dict[fx.Node, int] = {}
+        self.data: set[fx.Node] = set()     # nodes computed from the model's input
+        self.constants: set[fx.Node] = set()  # nodes computed from parameters and sizes alone
+        self.layout = ChannelLayout()        # filled in by `layout_of` once the analysis is done
+
+    def is_constant(self, node: fx.Node) -> bool:
+        return node.op == "get_attr" or node in self.constants
+
+    def channel_axis(self, node: fx.Node) -> int:
+        return self.parameter_dim[node] if node in self.parameter_dim else self.axis.get(node, 1)
+
+    def set_axis(self, node: fx.Node, axis: int) -> None:
+        """The node's channels run along `axis` (a handler says so before relating them)."""
+        self.axis[node] = axis
+
+    def layout_of(self) -> ChannelLayout:
+        return ChannelLayout({n.name: a for n, a in self.axis.items() if a != 1},
+                             {n.name: d for n, d in self.parameter_dim.items()})
 
     # ---- what handlers declare
 
@@ -95,17 +115,32 @@ class Relations(TensorQuestions):
         """The node's channels (and, with `inputs`, its inputs') cannot be removed."""
         self.refusals.append((node, reason, inputs))
 
-    def couple_parameter(self, node: fx.Node, attr: fx.Node, dim: int) -> None:
-        """A parameter or buffer read by `node` is indexed by the node's channels along `dim`."""
-        if self.parameter_dim.setdefault(attr, dim) != dim:
-            self.refuse(node, f"{attr.target} is indexed by channels along two different dimensions")
-            return
-        shape = self.shape(attr)
-        if attr not in self.base:
-            self.base[attr], self.width[attr] = len(self.parent), shape[dim]
-            self.parent.extend(range(len(self.parent), len(self.parent) + shape[dim]))
-        for c in range(shape[dim]):
-            self._union(self._slots(node) + c, self.base[attr] + c)
+    def couple_parameter(self, node: fx.Node, constant: fx.Node, dim: int) -> None:
+        """A parameter or buffer read by `node`, or a view of one (`gamma.view(1, -1, 1, 1)`,
+        `cls_token.expand(n, -1, -1)`), is indexed by the node's channels along `dim`."""
+        chain = [(constant, dim)]
+        while chain[-1][0].op != "get_attr":
+            current, at = chain[-1]
+            sources = [a for a in current.all_input_nodes if self.shape(a) is not None]
+            size = self.shape(current)[at]
+            dims = [d for d, s in enumerate(self.shape(sources[0]) or ()) if s == size] if len(sources) == 1 else []
+            if current.op not in ("call_method", "call_function") or len(dims) != 1:
+                self.refuse(node, f"{self.describe(node)} reads {current.name}, computed from parameters in a "
+                                  f"way the channel analysis does not follow")
+                return
+            chain.append((sources[0], dims[0]))
+        for held, at in chain:
+            if self.parameter_dim.setdefault(held, at) != at:
+                self.refuse(node, f"{held.name} is indexed by channels along two different dimensions")
+                return
+        previous = self._slots(node)
+        for held, at in chain:
+            if held not in self.base:
+                self.base[held], self.width[held] = len(self.parent), self.shape(held)[at]
+                self.parent.extend(range(len(self.parent), len(self.parent) + self.width[held]))
+            for c in range(self.width[held]):
+                self._union(previous + c, self.base[held] + c)
+            previous = self.base[held]
 
     def even(self, node: fx.Node, groups: int) -> None:
         """The node's channels fall into `groups` equal runs that must keep equal counts (grouped conv)."""
@@ -152,6 +187,7 @@ class ChannelDependencies:
         for node, roots in self.root.items():
             for channel, root in enumerate(roots):
                 self._slots_of_class.setdefault(root, []).append((node, channel))
+        self._layout = rel.layout = rel.layout_of()
         self.by_name = {node.name: node for node in gm.graph.nodes}
         self.order = {node: k for k, node in enumerate(gm.graph.nodes)}
         self._build_groups()
@@ -182,9 +218,9 @@ class ChannelDependencies:
         return [c for c, root in enumerate(self.root[self.node(target)]) if root in picked]
 
     @property
-    def parameter_dims(self) -> dict[str, int]:
-        """get_attr node name -> the dim of that parameter its channels run along."""
-        return {attr.name: dim for attr, dim in self.rel.parameter_dim.items()}
+    def layout(self) -> ChannelLayout:
+        """Where the channels run in each tensor (the channel axes, and the constants' dims)."""
+        return self._layout
 
     def removal(self, classes: Iterable[int]) -> dict[str, list[int]]:
         """Per node name, the channel indices (of that node's tensor) that go with `classes`."""
@@ -224,6 +260,7 @@ class ChannelDependencies:
         if node.op == "get_attr":
             return
         if node.op == "placeholder":
+            rel.data.add(node)
             if rel.channels(node) is not None:
                 rel._slots(node)
                 rel.refuse(node, f"its channels come from the model's input {node.name!r}")
@@ -233,6 +270,14 @@ class ChannelDependencies:
                 if rel.channels(arg) is not None:
                     rel.refuse(arg, "its channels reach the model's output", inputs=False)
             return
+        inputs = [a for a in node.all_input_nodes if a in rel.data]
+        if not inputs or not _holds_tensors(node):
+            rel.constants.add(node)  # a view of a parameter, arithmetic on sizes, a size read from a tensor
+            return
+        rel.data.add(node)
+        rank = rel.rank(node)
+        inherited = rel.axis.get(inputs[0], 1)
+        rel.set_axis(node, inherited if rank == 0 or inherited < rank else 1)
         touches = rel.channels(node) is not None or any(rel.channels(a) is not None for a in node.all_input_nodes)
         if not touches:
             return
@@ -246,6 +291,9 @@ class ChannelDependencies:
         except Exception as err:  # a form the handler does not know: refused with the reason, never a crash
             rel.refuse(node, f"{rel.describe(node)} is a form the channel analysis does not handle "
                              f"({type(err).__name__}: {first_line(err)})")
+        if node not in rel.base and None not in (rel.shape(node), rel.shape(inputs[0])) \
+                and rel.shape(node) != rel.shape(inputs[0]):
+            rel.set_axis(node, 1)    # channels not followed through a reshaping node: along dim 1 after it
 
     def _couple_shared_modules(self) -> None:
         """A module with parameters called more than once has one set of channels for all calls."""
@@ -333,6 +381,12 @@ class ChannelDependencies:
             raise RewriteError(f"{_target(node)} has no prunable output channels of its own (they come from "
                                f"the model's input or an op without a weight)")
         return root
+
+
+def _holds_tensors(node: fx.Node) -> bool:
+    """A tensor, or a tuple holding tensors (a split, attention's output), as shape propagation recorded it."""
+    meta = node.meta.get("tensor_meta")
+    return hasattr(meta, "shape") or (isinstance(meta, (tuple, list)) and any(hasattr(m, "shape") for m in meta))
 
 
 def _target(node: fx.Node) -> str:

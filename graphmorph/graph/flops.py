@@ -7,7 +7,9 @@ counts. Convolutions and linear layers are counted from their shapes. When the g
 whose cost does not follow from shapes (a leaf module, an `fx.wrap`-ped attention function, a
 matrix product, an op this module does not list), every node is measured with FlopCounterMode
 while the graph runs once on the example input, so the total equals FlopCounterMode on the
-model. Everything else is counted apart
+model, with autograd on (eval-mode attention's fused fast path is not counted) and with the
+attention kernel of the CPU counted as FlopCounterMode counts the CUDA ones (it has no formula for
+the CPU's, and would leave attention out on the CPU only). Everything else is counted apart
 as `elementwise` operations, one per output element (normalisation: 2, scale and shift; pooling:
 kernel area per output element, adaptive pooling: one per input element; a layer's bias: 1).
 Counts are for the example input as given, batch included: pass batch size 1 for per-image numbers.

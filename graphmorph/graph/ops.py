@@ -50,6 +50,9 @@ ZERO_PRESERVING_FUNCTIONS = {
     F.dropout, F.dropout2d, *POOL_FUNCTIONS,
 }
 ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous"}
+# ops that move elements without computing on them (so f(0) == 0 too)
+LAYOUT_FUNCTIONS = {torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.roll, operator.getitem}
+LAYOUT_METHODS = {"permute", "transpose", "reshape", "view", "flatten", "reshape_as", "view_as", "roll"}
 ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax"}
 
 # Ops of packages graphmorph does not import, by qualified name: stochastic depth zeroes whole
@@ -57,6 +60,12 @@ ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax"}
 STOCHASTIC_DEPTH_NAMES = {
     "torchvision.ops.stochastic_depth.stochastic_depth", "torchvision.ops.stochastic_depth.StochasticDepth",
     "timm.layers.drop.DropPath", "timm.layers.drop.drop_path", "timm.models.layers.drop.DropPath",
+}
+
+# attention functions of packages graphmorph does not import: (position, name) of the output
+# projection's weight argument, whose module's weight and bias set the op's output
+ATTENTION_FUNCTIONS = {
+    "torchvision.models.swin_transformer.shifted_window_attention": (2, "proj_weight"),
 }
 
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
@@ -131,6 +140,24 @@ def is_weighted(gm: fx.GraphModule, node: fx.Node) -> bool:
     return is_conv(gm, node) or is_conv_transpose(gm, node) or is_linear(gm, node)
 
 
+def is_attention(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """An attention op whose projections fx does not see: torch's nn.MultiheadAttention (a leaf
+    module), or a wrapped attention function that takes them as arguments (torchvision's Swin)."""
+    return attention_output(gm, node) is not None
+
+
+def attention_output(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """The module path of an attention op's output projection (zeroing it silences the op), else None."""
+    if isinstance(module_of(gm, node), nn.MultiheadAttention):
+        return f"{node.target}.out_proj"
+    position = next((ATTENTION_FUNCTIONS[n] for n in qualified_names(gm, node) if n in ATTENTION_FUNCTIONS), None)
+    if position is None:
+        return None
+    weight = argument(node, *position)
+    owner, _, leaf = str(getattr(weight, "target", "")).rpartition(".")
+    return owner if leaf == "weight" and getattr(weight, "op", None) == "get_attr" else None
+
+
 def is_norm(gm: fx.GraphModule, node: fx.Node) -> bool:
     return _is(gm, node, NORM_MODULES, NORM_FUNCTIONS)
 
@@ -149,9 +176,14 @@ def is_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def is_zero_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """A one-input op with f(0) == 0 (ReLU, dropout, pooling, stochastic depth...)."""
-    return _is(gm, node, ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS) \
-        or is_stochastic_depth(gm, node)
+    """A one-input op with f(0) == 0 (ReLU, dropout, pooling, stochastic depth, a permute or reshape...)."""
+    return _is(gm, node, ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS | LAYOUT_FUNCTIONS,
+               ZERO_PRESERVING_METHODS | LAYOUT_METHODS) or is_stochastic_depth(gm, node)
+
+
+def takes_shape_of(node: fx.Node) -> bool:
+    """`x.reshape_as(y)` / `x.view_as(y)`: the second tensor gives only its shape."""
+    return node.op == "call_method" and node.target in ("reshape_as", "view_as")
 
 
 def is_stochastic_depth(gm: fx.GraphModule, node: fx.Node) -> bool:

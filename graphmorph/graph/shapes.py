@@ -1,6 +1,8 @@
 """Shape propagation that leaves the model as it found it (mode, buffers, gradients)."""
 from __future__ import annotations
 
+import math
+
 import contextlib
 import copy
 from typing import Iterator, Sequence
@@ -92,6 +94,18 @@ class _NodeFailure(Exception):
         self.node, self.cause = node, cause
 
 
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of scaled dot-product attention: scores (q k^T) and their product with v, per query."""
+    *batch, queries, width = query_shape
+    return 2 * math.prod(batch) * queries * key_shape[-2] * (width + value_shape[-1])
+
+
+# FlopCounterMode counts the CUDA attention kernels but not the CPU one that scaled_dot_product_attention
+# (and MultiheadAttention through it) runs on: without this its FLOPs would be left out on the CPU only
+_CPU_ATTENTION = {op: _attention_flops for op in (getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu",
+                                                          None),) if op is not None}
+
+
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph and records what torch.fx's ShapeProp records, without printing on failure;
     with a `flops` dict, each node's FlopCounterMode count too."""
@@ -107,7 +121,7 @@ class _ShapeRecorder(fx.Interpreter):
 
         # autograd on: with it off, eval-mode MultiheadAttention and TransformerEncoderLayer take a
         # fused fast path that FlopCounterMode does not count
-        with torch.enable_grad(), FlopCounterMode(display=False) as self.counter:
+        with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as self.counter:
             return super().run(*args)
 
     def run_node(self, n: fx.Node):

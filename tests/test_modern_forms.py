@@ -1,0 +1,228 @@
+"""Channels-last blocks, layer norms, layer scale and transformer layers (torchvision's and timm's
+ConvNeXt and ViT forms, in small): channel pruning follows the channels through permutes,
+reshapes and token tensors, and equals masking with the layer norms' statistics over the kept
+channels; ZeroInit growth finds a layer scale or an attention output as a branch's last affine
+layer, and silences every branch of a transformer layer."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import graphmorph
+import transforms
+from graphmorph.graph.channels import channel_dependencies
+from graphmorph.graph.verify import output_differences, verification_inputs
+from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
+from third_party_forms import (ConvNeXtish, DropPath, MetaFormerBlock, Swinish, TimmConvNeXtBlock, TokenNet, TvConvNeXtBlock,
+                               ViTish)
+from transforms.masked_norm import masked_norm
+
+ATOL = 1e-10
+X = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+
+
+def _captured(model: nn.Module) -> torch.fx.GraphModule:
+    return graphmorph.capture(randomize_state(model.double(), 0), X, leaf_modules=[DropPath]).eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 3), min_size=0, max_size=2), channels=st.integers(2, 7), data=st.data())
+def test_the_masked_norm_reference_is_the_norm_of_the_kept_channels(shape, channels, data):
+    """The pruning reference's layer, RMS and one-group norms against torch's on the kept channels alone."""
+    keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=channels, max_size=channels).filter(any)))
+    generator = torch.Generator().manual_seed(len(shape) * 31 + channels)
+    x = torch.randn(2, *shape, channels, generator=generator, dtype=torch.float64)
+    weight, bias = torch.randn(2, channels, generator=generator, dtype=torch.float64)
+    k, last = int(keep.sum()), [1] * (len(shape) + 1) + [channels]
+    layer = masked_norm(x, keep.double().view(last), weight, bias, 1e-5, False, (x.dim() - 1,))
+    rms = masked_norm(x, keep.double().view(last), weight, None, 1e-5, True, (x.dim() - 1,))
+    assert torch.allclose(layer[..., keep], F.layer_norm(x[..., keep], (k,), weight[keep], bias[keep], 1e-5),
+                          atol=1e-12, rtol=0)
+    assert torch.allclose(rms[..., keep], F.rms_norm(x[..., keep], (k,), weight[keep], 1e-5), atol=1e-12, rtol=0)
+    first = x.movedim(-1, 1)                              # channels along dim 1 for the GroupNorm
+    group = masked_norm(first, keep.double().view(1, channels, *[1] * len(shape)), weight, bias, 1e-5, False,
+                        tuple(range(1, first.dim())))
+    assert torch.allclose(group[:, keep], F.group_norm(first[:, keep], 1, weight[keep], bias[keep], 1e-5),
+                          atol=1e-12, rtol=0)
+
+
+def _by_hand(model: ConvNeXtish, kept: list[int]) -> dict[str, torch.Tensor]:
+    """The state of torchvision-form ConvNeXtish with stage 0's residual channels cut to `kept`,
+    sliced by hand from the architecture (not from the rewrite's bookkeeping)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    index = torch.tensor(kept)
+    state["stem.weight"], state["stem.bias"] = state["stem.weight"][index], state["stem.bias"][index]
+    for b in range(2):
+        p = f"stage0.{b}.block"
+        state[f"{p}.0.weight"], state[f"{p}.0.bias"] = state[f"{p}.0.weight"][index], state[f"{p}.0.bias"][index]
+        state[f"{p}.2.weight"], state[f"{p}.2.bias"] = state[f"{p}.2.weight"][index], state[f"{p}.2.bias"][index]
+        state[f"{p}.3.weight"] = state[f"{p}.3.weight"][:, index]
+        state[f"{p}.5.weight"], state[f"{p}.5.bias"] = state[f"{p}.5.weight"][index], state[f"{p}.5.bias"][index]
+        state[f"stage0.{b}.layer_scale"] = state[f"stage0.{b}.layer_scale"][index]
+    state["down_norm.weight"], state["down_norm.bias"] = state["down_norm.weight"][index], state["down_norm.bias"][index]
+    state["down.weight"] = state["down.weight"][:, index]
+    return state
+
+
+def test_pruning_a_convnext_residual_stream_through_layer_norms_matches_the_net_sliced_by_hand():
+    model = randomize_state(ConvNeXtish().double(), 0).eval()
+    gm = graphmorph.capture(model, X)
+    deps = channel_dependencies(gm)
+    assert [g.producers[0] for g in deps.groups if g.refused] == ["head.1"]    # only the classifier
+    pruned = transforms.prune_channels(gm, "stem", [1, 5])
+    kept = [0, 2, 3, 4, 6, 7]
+    expected = _by_hand(model, kept)
+    assert pruned.state_dict().keys() == expected.keys()
+    for name, tensor in pruned.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    for b in range(2):
+        assert pruned.get_submodule(f"stage0.{b}.block.2").normalized_shape == (6,)
+    reference = ConvNeXtish().double().eval()                  # the same architecture, 6 channels in stage 0
+    reference.stem = nn.Conv2d(3, 6, 2, stride=2).double()
+    for b in range(2):
+        block = reference.stage0[b]
+        block.block[0] = nn.Conv2d(6, 6, 7, padding=3, groups=6).double()
+        block.block[2], block.block[3] = nn.LayerNorm(6, eps=1e-6).double(), nn.Linear(6, 32).double()
+        block.block[5], block.layer_scale = nn.Linear(32, 6).double(), nn.Parameter(torch.zeros(6, 1, 1).double())
+    reference.down_norm, reference.down = nn.LayerNorm(6).double(), nn.Conv2d(6, 16, 2, stride=2).double()
+    reference.load_state_dict(expected)
+    assert output_differences(reference, pruned, X, ("eval",))["eval"] <= ATOL
+
+
+@pytest.mark.parametrize("block", [TvConvNeXtBlock, TimmConvNeXtBlock], ids=["torchvision", "timm"])
+def test_convnext_prunes_as_masking_and_grows_through_its_layer_scale(block):
+    gm = _captured(ConvNeXtish(block))
+    deps = channel_dependencies(gm)
+    assert [g.producers[0] for g in deps.groups if g.refused] == ["head.1"]
+    pruned = transforms.prune_filters(gm, 0.3, per_layer=True)
+    record = graphmorph.history(pruned)[-1]
+    assert not record["skipped"] and len(record["pruned"]) >= 6
+    removal = deps.removal([c for target, channels in record["pruned"] for c in deps.classes(target, list(channels))])
+    assert_prune_equals_mask(gm, pruned, transforms.mask_channels(gm, removal, deps.layout),
+                             verification_inputs(gm), ("eval",), ATOL)
+    assert_state_carried(gm, pruned, resized=True)
+    assert graphmorph.count_flops(pruned).macs < 0.65 * graphmorph.count_flops(gm).macs   # 0.8 with the hidden alone
+    for stage in graphmorph.find_stages(gm):
+        template = stage.block_info[-1]
+        assert template.last_affine_module.endswith(("layer_scale", "gamma"))
+        grown = transforms.grow(gm, stage=stage.index, init="zero")
+        new_block = graphmorph.history(grown)[-1]["new_block"]
+        assert_state_carried(gm, grown, added=(new_block,))
+        scale = graphmorph.find_blocks(grown)[[b.name for b in graphmorph.find_blocks(grown)].index(new_block)]
+        assert torch.count_nonzero(grown.get_parameter(scale.last_affine_module)) == 0
+        assert output_differences(gm, grown, X, ("eval", "train"))["eval"] <= ATOL
+
+
+def test_a_transformer_layer_is_one_block_and_grows_with_both_branches_silenced():
+    gm = _captured(ViTish())
+    stages = graphmorph.find_stages(gm)
+    assert [s.blocks for s in stages] == [("layers.0", "layers.1")]
+    assert stages[0].block_info[-1].initialised == ("layers.1.attention.out_proj", "layers.1.mlp.2")
+    grown = transforms.grow(gm, stage=0, init="zero")
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    assert new_block == "layers.2"
+    assert_state_carried(gm, grown, added=(new_block,))
+    for silenced in ("layers.2.attention.out_proj", "layers.2.mlp.2"):
+        layer = grown.get_submodule(silenced)
+        assert torch.count_nonzero(layer.weight) == 0 and torch.count_nonzero(layer.bias) == 0
+    assert output_differences(gm, grown, X, ("eval", "train"))["eval"] <= ATOL
+    noisy = transforms.grow(gm, stage=0, init="gau")   # both branches drawn, not only the last
+    assert all(torch.count_nonzero(noisy.get_submodule(f"layers.2.{p}").weight) > 0
+               for p in ("attention.out_proj", "mlp.2"))
+
+
+def test_vit_tokens_prune_the_mlps_and_refuse_the_attention_stream_with_its_reason():
+    gm = _captured(ViTish())
+    groups = {g.producers[0]: g.refused for g in channel_dependencies(gm).groups}
+    assert "MultiheadAttention" in groups["conv_proj"]                  # the residual stream meets attention
+    assert groups["layers.0.mlp.0"] is None and groups["layers.1.mlp.0"] is None
+    pruned = transforms.prune_channels(gm, "layers.0.mlp.0", [0, 3, 4])
+    assert pruned.get_submodule("layers.0.mlp.0").out_features == 13
+    assert pruned.get_submodule("layers.0.mlp.2").in_features == 13
+    assert_state_carried(gm, pruned, resized=True)
+
+    def mask(model):
+        model.get_submodule("layers.0.mlp.0").weight[[0, 3, 4]] = 0
+        model.get_submodule("layers.0.mlp.0").bias[[0, 3, 4]] = 0
+    assert_prune_equals_mask(gm, pruned, mask, X, ("eval", "train"), ATOL)
+
+
+def test_poolformer_prunes_through_one_group_norms_and_grows_with_both_layer_scales_silenced():
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), MetaFormerBlock(8), MetaFormerBlock(8),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)))
+    groups = {g.producers[0]: g.refused for g in channel_dependencies(gm).groups}
+    assert groups == {"0": None, "1.mlp.0": None, "2.mlp.0": None, "5": "its channels reach the model's output"}
+    pruned = transforms.prune_channels(gm, "0", [2, 6])            # verified: equals masking, float64
+    assert pruned.get_submodule("1.norm1").num_channels == 6 and pruned.get_parameter("2.scale2").shape == (6,)
+    assert_state_carried(gm, pruned, resized=True)
+    grown = transforms.grow(gm, stage=0, init="zero")
+    assert graphmorph.find_blocks(gm)[-1].initialised == ("2.scale1", "2.scale2")
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    assert_state_carried(gm, grown, added=(new_block,))
+    assert output_differences(gm, grown, X, ("eval", "train"))["eval"] <= ATOL
+
+
+def test_a_group_norm_of_several_groups_is_refused_with_its_reason():
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 3)))
+    assert "across groups of channels" in channel_dependencies(gm).group_of("0").refused
+
+
+def test_token_mixing_linears_keep_the_channels_and_batch_folded_norms_prune():
+    gm = _captured(TokenNet())
+    deps = channel_dependencies(gm)
+    groups = {g.producers[0]: g.refused for g in deps.groups}
+    assert groups["stem"] is None and groups["blocks.0.channels.0"] is None
+    assert "proj" in deps.group_of("stem").producers                # a residual through the folded norm
+    assert "blocks.0.tokens.0" not in groups                        # token mixing makes no channels
+    pruned = transforms.prune_filters(gm, 0.4, per_layer=True)      # verified: equals masking, float64
+    assert_state_carried(gm, pruned, resized=True)
+    assert pruned.get_submodule("blocks.0.tokens.0").weight.shape == (8, 4)     # tokens untouched
+    assert pruned.get_parameter("blocks.1.alpha").shape[-1] == pruned.get_submodule("stem").out_channels == 5
+    assert pruned.get_submodule("bn").num_features == pruned.get_submodule("proj").out_features == 5
+    assert [b.initialised for b in graphmorph.find_blocks(gm)[:2]] == [
+        ("blocks.0.tokens.2", "blocks.0.channels.2"), ("blocks.1.tokens.2", "blocks.1.channels.2")]
+
+
+def test_a_swin_block_grows_with_its_attention_function_and_mlp_silenced():
+    """torchvision's Swin calls one wrapped attention function with its projections' weights as
+    arguments; the output projection it reads is the attention branch's last affine layer."""
+    gm = _captured(Swinish())
+    template = graphmorph.find_stages(gm)[0].block_info[-1]
+    assert template.name == "stage.1" and template.initialised == ("stage.1.attn.proj", "stage.1.mlp.2")
+    grown = transforms.grow(gm, stage=0, init="zero")
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    assert_state_carried(gm, grown, added=(new_block,))
+    assert output_differences(gm, grown, X, ("eval", "train"))["eval"] <= ATOL
+    copied = [n for n in grown.graph.nodes if n.op == "get_attr" and str(n.target).startswith(new_block)]
+    zeroed = {str(n.target) for n in copied if torch.count_nonzero(grown.get_parameter(str(n.target))) == 0}
+    assert {f"{new_block}.attn.proj.weight", f"{new_block}.attn.proj.bias"} <= zeroed
+
+
+def test_a_vgg_conv_relu_block_grows_as_an_identity():
+    """VGG without BatchNorm: a conv-ReLU block is an identity with a dirac conv and zero bias,
+    since the ReLU repeats the one before it (was refused: 'needs a conv-BN-ReLU block')."""
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                                 nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)))
+    for stage in graphmorph.find_stages(gm):
+        grown = transforms.grow(gm, stage=stage.index, init="identity")
+        new_block = graphmorph.history(grown)[-1]["new_block"]
+        assert_state_carried(gm, grown, added=(new_block,))
+        conv = next(m for name, m in grown.named_modules() if name.startswith(new_block) and isinstance(m, nn.Conv2d))
+        expected = torch.zeros_like(conv.weight)
+        nn.init.dirac_(expected)
+        assert torch.equal(conv.weight, expected) and torch.count_nonzero(conv.bias) == 0
+        assert output_differences(gm, grown, X, ("eval", "train"))["eval"] <= ATOL
+
+
+def test_attention_is_counted_on_the_cpu():
+    """FlopCounterMode has no formula for the CPU attention kernel: the projections alone were
+    counted. By hand for ViTish (d 8, 2 heads of 4, 5 tokens, batch 2): q, k, v and output
+    projections 4 x 5 x 8 x 8, scores and their product with v 2 heads x 5 x 5 x (4 + 4)."""
+    gm = _captured(ViTish())
+    report = graphmorph.count_flops(gm)
+    attention = [n.cost.macs for n in report.by_node if n.target == "layers.0.attention"]
+    assert attention == [2 * (4 * 5 * 8 * 8 + 2 * 5 * 5 * (4 + 4))]
