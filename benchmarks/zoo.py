@@ -241,15 +241,20 @@ def _onnx(gm, x):
 
 
 def _grow(gm, stages):
-    """A function-preserving growth of every stage: ZeroInit after a residual block, identity
-    after a plain one (a refusal, with its reason, where the block fits neither)."""
+    """A function-preserving growth of every stage: one more layer in its last dense block, else
+    ZeroInit after a residual block, identity after a plain one (a refusal, with its reason, where
+    the block fits none)."""
     import graphmorph
     import transforms
     grown, reasons = [], {}
     for stage in stages:
+        dense = next((b.name for b in reversed(stage.block_info) if _is_dense(gm, b.name)), None)
         try:
-            init = "zero" if stage.block_info[-1].kind == "residual" else "identity"
-            transforms.grow(gm, stage=stage.index, init=init)
+            if dense is not None:
+                transforms.grow_dense(gm, dense)
+            else:
+                init = "zero" if stage.block_info[-1].kind == "residual" else "identity"
+                transforms.grow(gm, stage=stage.index, init=init)
             grown.append(stage.index)
         except graphmorph.RewriteError as err:
             reasons[stage.index] = str(err).splitlines()[0][:200]
@@ -257,6 +262,16 @@ def _grow(gm, stages):
         return "refused", "no stages", None
     status = "ok" if len(grown) == len(stages) else ("refused" if not grown else "partial")
     return status, "; ".join(f"stage {k}: {r}" for k, r in reasons.items()), {"grown": grown, "stages": len(stages)}
+
+
+def _is_dense(gm, block: str) -> bool:
+    import graphmorph
+    import transforms
+    try:
+        transforms.dense_layer(gm, block)
+    except graphmorph.RewriteError:
+        return False
+    return True
 
 
 def _prune(gm):

@@ -17,11 +17,13 @@ from graphmorph.graph.history import history
 from graphmorph.models import build
 from graphmorph.testing import assert_preserves_function, assert_state_carried, randomize_state
 from graphmorph.graph.verify import output_differences
+from third_party_forms import DenseNetish
 from transforms import REWRITES, apply, rewrite_of
 
 RESNET = ("Basic3ResNet-1-2-1", dict(num_classes=3, in_channels=1, widths=(4, 6, 8)), (2, 1, 8, 8))
 PLAIN = ("Plain3Net-1-1-1", dict(num_classes=3, in_channels=1, widths=(4, 6, 8)), (2, 1, 8, 8))
 ENVELOPE = ("EnvelopeNet-4/2-1/3", dict(num_classes=3, in_channels=1), (2, 1, 8, 8))
+DENSE = (DenseNetish, {}, (2, 3, 8, 8))
 
 
 @dataclass
@@ -62,6 +64,9 @@ CASES = {
     "prune_skips": Case(ENVELOPE, lambda gm: transforms.PruneSkips((("stage0.reduce2", "input"),)),
                         lambda gm: transforms.PruneSkips((("stage0.reduce2", "cell7"),)), "no skip",
                         removed=("stage0.reduce2.w_input",), resized=True),
+    "grow_dense": Case(DENSE, lambda gm: transforms.GrowDense(block="block1", seed=4),
+                       lambda gm: transforms.GrowDense(block="stem", seed=4), "not a dense block",
+                       added=("block1.denselayer3",), resized=True, preserves=("eval", "train")),
     "add_cell": Case(ENVELOPE, lambda gm: transforms.AddCell(1, ("conv1x1", "sep3x3"), "preserve", 9),
                      lambda gm: transforms.AddCell(5, ("conv1x1",), "preserve", 9), "no EnvelopeNet stage 5",
                      added=("stage1.cell1", "stage1.reduce2"), preserves=("eval", "train")),
@@ -70,7 +75,7 @@ CASES = {
 
 def source(net, seed: int = 0):
     arch, options, shape = net
-    model = randomize_state(build(arch, **options).double(), seed)
+    model = randomize_state((arch(**options) if callable(arch) else build(arch, **options)).double(), seed)
     return graphmorph.capture(model, torch.randn(*shape, dtype=torch.float64))
 
 

@@ -288,3 +288,48 @@ class Swinish(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stage(self.patches(x)).mean((1, 2)))
+
+
+class DenseLayer(nn.Module):
+    """torchvision's _DenseLayer: it joins the features so far itself, then BN-ReLU-conv1x1-BN-ReLU-conv3x3."""
+
+    def __init__(self, c_in: int, growth: int, width: int = 2):
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(c_in), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(c_in, width * growth, 1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(width * growth), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        joined = torch.cat(features, 1)
+        return self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(joined))))))
+
+
+class DenseBlock(nn.ModuleDict):
+    def __init__(self, layers: int, c_in: int, growth: int):
+        super().__init__({f"denselayer{k + 1}": DenseLayer(c_in + k * growth, growth) for k in range(layers)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class DenseNetish(nn.Module):
+    """torchvision's DenseNet in small: dense blocks, a transition (BN-ReLU-conv1x1-avgpool), BN-ReLU-pool-linear."""
+
+    def __init__(self, c: int = 4, growth: int = 2, classes: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
+        self.block1 = DenseBlock(2, c, growth)
+        wide = c + 2 * growth
+        self.transition = nn.Sequential(nn.BatchNorm2d(wide), nn.ReLU(inplace=True), nn.Conv2d(wide, c, 1, bias=False),
+                                        nn.AvgPool2d(2))
+        self.block2 = DenseBlock(2, c, growth)
+        self.norm = nn.BatchNorm2d(wide)
+        self.classifier = nn.Linear(wide, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.transition(self.block1(self.stem(x))))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.norm(x)), 1), 1))

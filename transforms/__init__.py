@@ -8,6 +8,7 @@ the graphmorph core.
 """
 from transforms.cells import CELL_INITS, AddCell, add_cell
 from transforms.channel_pruning import CRITERIA, PruneChannels, PruneFilters, mask_channels, prune_channels, prune_filters
+from transforms.dense import GrowDense, dense_layer, grow_dense
 from transforms.growth import PRESERVED_MODES, Grow, grow, growth_refusal
 from transforms.initializers import INITS, AdamInitOptions
 from transforms.protocol import REWRITES, Edit, Rewrite, Step, apply, register, rewrite_of
@@ -22,4 +23,4 @@ __all__ = ["grow", "growth_refusal", "replay_architecture", "prune_channels", "p
            "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation",
            "apply", "register", "rewrite_of", "Rewrite", "Edit", "Step", "REWRITES",
            "Grow", "PruneChannels", "PruneFilters", "PruneBranches", "PruneSkips", "PruneSkipEdges", "RemoveBlock",
-           "AddCell"]
+           "AddCell", "grow_dense", "GrowDense", "dense_layer"]
