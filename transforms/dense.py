@@ -19,7 +19,7 @@ from torch import fx, nn
 from graphmorph.errors import RewriteError
 from graphmorph.graph import ops
 from graphmorph.graph.channel_ops import describe
-from graphmorph.graph.analysis import find_blocks
+from graphmorph.graph.analysis import find_blocks, upstream
 from graphmorph.graph.layers import fresh_copy
 from graphmorph.graph.ops import attribute
 from graphmorph.graph.registry import Registry
@@ -68,13 +68,13 @@ def dense_layer(gm: fx.GraphModule, block: str) -> DenseLayer:
                            f"its layers' outputs along the channels")
     last, before = parts[-1], list(parts[:-1])
     inside = set(inside)
-    reads = next((n for n in _ancestors(last, inside) if ops.is_cat(n) and list(n.args[0]) == before),
-                 before[0] if len(before) == 1 and before[0] in _ancestors(last, inside | set(before)) else None)
+    reads = next((n for n in upstream(last, inside) if ops.is_cat(n) and list(n.args[0]) == before),
+                 before[0] if len(before) == 1 and before[0] in upstream(last, inside | set(before)) else None)
     if reads is None:
         raise RewriteError(f"block {block!r} is not a dense block: its last part {last.name!r} is not computed "
                            f"from the parts before it")
-    layer = [n for n in gm.graph.nodes if n in inside and n is not reads and n in _ancestors(last, inside)
-             and reads in _ancestors(n, inside | {reads})]
+    layer = [n for n in gm.graph.nodes if n in inside and n is not reads and n in upstream(last, inside)
+             and reads in upstream(n, inside | {reads})]
     return DenseLayer(tuple(layer), reads, last, joined)
 
 
@@ -327,14 +327,3 @@ def _layer_like(module: nn.Module, in_features: int) -> nn.Module:
 
 def _channels(node: fx.Node) -> int:
     return node.meta["tensor_meta"].shape[1]
-
-
-def _ancestors(node: fx.Node, region: set[fx.Node]) -> set[fx.Node]:
-    seen, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if n in seen or n not in region:
-            continue
-        seen.add(n)
-        stack.extend(n.all_input_nodes)
-    return seen

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import operator
 from dataclasses import dataclass
+from typing import Collection
 
 import networkx as nx
 from torch import fx
@@ -32,7 +33,7 @@ from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.errors import AnalysisError
 from graphmorph.graph.shapes import annotate_shapes, has_shapes
 
-__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages"]
+__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages", "upstream"]
 
 _SOURCE = "__graphmorph_source__"
 
@@ -451,24 +452,12 @@ class _Analysis:
         if core.entry in inputs:
             other = inputs[1] if inputs[0] is core.entry else inputs[0]
             return "residual", "identity", (), other
-        branches = [self._upstream(i, core.inner) for i in inputs]
+        branches = [upstream(i, core.inner) for i in inputs]
         weights = [sum(self._learned(n) for n in b) for b in branches]
         if weights[0] == weights[1]:
             return "branches", None, (), None
         short, long_ = (0, 1) if weights[0] < weights[1] else (1, 0)
         return "residual", "projection", branches[short], inputs[long_]
-
-    @staticmethod
-    def _upstream(node: fx.Node, region: frozenset[fx.Node]) -> set[fx.Node]:
-        """`node` and its ancestors inside `region`."""
-        seen, stack = set(), [node]
-        while stack:
-            n = stack.pop()
-            if n in seen or n not in region:
-                continue
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-        return seen
 
     def _last_affine(self, node: fx.Node, region: frozenset[fx.Node]) -> fx.Node | None:
         """Walk back from the branch's end through zero-preserving ops and gates to an affine layer."""
@@ -481,7 +470,7 @@ class _Analysis:
                 continue
             if ops.is_mul(node) and len(inputs) == 2:
                 a, b = inputs  # the gated tensor is upstream of its gate
-                node = a if a in self._upstream(b, region) else b if b in self._upstream(a, region) else None
+                node = a if a in upstream(b, region) else b if b in upstream(a, region) else None
                 if node is None:
                     return None
             elif ops.is_zero_preserving(self.gm, node) and (len(inputs) == 1 or ops.takes_shape_of(node)):
@@ -517,6 +506,18 @@ class _Analysis:
             return str(affine.target)
         scale = self._layer_scale(affine)
         return str(scale.target) if scale is not None else None
+
+
+def upstream(node: fx.Node, region: Collection[fx.Node]) -> set[fx.Node]:
+    """`node` and its ancestors inside `region` (empty when `node` is outside it)."""
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in region:
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return seen
 
 
 def _require_shapes(gm: fx.GraphModule) -> None:
