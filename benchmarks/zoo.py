@@ -242,8 +242,8 @@ def _onnx(gm, x):
 
 def _grow(gm, stages):
     """A function-preserving growth of every stage: one more layer in its last dense block, else
-    ZeroInit after a residual block, identity after a plain one (a refusal, with its reason, where
-    the block fits none)."""
+    ZeroInit after a residual block, identity (or ZeroInit in a new shortcut) after a plain one (a
+    refusal, with its reason, where the block fits none)."""
     import graphmorph
     import transforms
     grown, reasons = [], {}
@@ -252,9 +252,10 @@ def _grow(gm, stages):
         try:
             if dense is not None:
                 transforms.grow_dense(gm, dense)
+            elif stage.block_info[-1].kind == "residual":
+                transforms.grow(gm, stage=stage.index, init="zero")
             else:
-                init = "zero" if stage.block_info[-1].kind == "residual" else "identity"
-                transforms.grow(gm, stage=stage.index, init=init)
+                _grow_plain(gm, stage.index)
             grown.append(stage.index)
         except graphmorph.RewriteError as err:
             reasons[stage.index] = str(err).splitlines()[0][:200]
@@ -262,6 +263,20 @@ def _grow(gm, stages):
         return "refused", "no stages", None
     status = "ok" if len(grown) == len(stages) else ("refused" if not grown else "partial")
     return status, "; ".join(f"stage {k}: {r}" for k, r in reasons.items()), {"grown": grown, "stages": len(stages)}
+
+
+def _grow_plain(gm, stage: int) -> None:
+    """A plain block: as an identity (conv-BN-ReLU, conv-ReLU), else zero-initialised inside a new
+    identity shortcut (a block ending in BatchNorm, MobileNet's); the first refusal if neither applies."""
+    import graphmorph
+    import transforms
+    try:
+        transforms.grow(gm, stage=stage, init="identity")
+    except graphmorph.RewriteError as identity:
+        try:
+            transforms.grow(gm, stage=stage, init="zero", shortcut=True)
+        except graphmorph.RewriteError:
+            raise identity from None
 
 
 def _is_dense(gm, block: str) -> bool:

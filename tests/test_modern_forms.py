@@ -252,3 +252,44 @@ def test_dense_growth_refuses_a_block_that_is_not_dense_or_a_reader_it_cannot_wi
     depthwise = nn.Sequential(nn.Conv2d(3, 4, 1), DenseBlock(1, 4, 2), nn.Conv2d(6, 6, 3, groups=6))
     with pytest.raises(graphmorph.RewriteError, match="2 .*reads the dense block's output and cannot take new channels"):
         transforms.grow_dense(_captured(depthwise), "1")
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's MobileNetV2 block: a shortcut only when it keeps the channels and the size."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        hidden = 2 * c_in
+        self.conv = nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                                  nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+                                  nn.BatchNorm2d(hidden), nn.ReLU6(), nn.Conv2d(hidden, c_out, 1, bias=False),
+                                  nn.BatchNorm2d(c_out))
+        self.residual = c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+def test_a_plain_block_ending_in_batchnorm_grows_inside_a_new_shortcut():
+    """MobileNetV2's last block of a stage changes the channels, so it has no shortcut and the
+    identity init cannot apply (no ReLU after its last BatchNorm); its copy, shape-preserving,
+    wrapped in an identity shortcut, is silenced by ZeroInit."""
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), InvertedResidual(4, 4), InvertedResidual(4, 6),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)))
+    template = graphmorph.find_stages(gm)[0].block_info[-1]
+    assert (template.name, template.kind, template.last_affine_module) == ("2", "plain", "2.conv.7")
+    with pytest.raises(graphmorph.RewriteError, match="no shortcut.*or shortcut=True"):
+        transforms.grow(gm, stage=0, init="zero")
+    grown = transforms.grow(gm, stage=0, init="zero", shortcut=True)
+    record = graphmorph.history(grown)[-1]
+    assert record["shortcut"] is True
+    new = next(b for b in graphmorph.find_blocks(grown) if b.name == record["new_block"])
+    assert new.kind == "residual" and new.shortcut == "identity"
+    assert grown.get_submodule(f"{record['new_block']}.0").in_channels == 6        # the shape-preserving form
+    assert torch.count_nonzero(grown.get_submodule(new.last_affine_module).weight) == 0
+    assert_state_carried(gm, grown, added=(record["new_block"],))
+    assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
+    replayed = transforms.replay(gm, graphmorph.history(grown))
+    assert all(torch.equal(a, b) for a, b in zip(replayed.state_dict().values(), grown.state_dict().values()))
+    with pytest.raises(graphmorph.RewriteError, match="shortcut=True wraps a plain block"):
+        transforms.grow(grown, stage=0, init="zero", shortcut=True)

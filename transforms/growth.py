@@ -11,6 +11,7 @@ shortcut replaced by the identity, which is how AutoGrow's sub-networks add sub-
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -52,6 +53,7 @@ def grow(
     generator: torch.Generator | None = None,
     verify: bool = True,
     registry: Registry | None = None,
+    shortcut: bool = False,
 ) -> fx.GraphModule:
     """A new GraphModule with a block stacked after the last block of `stage` or after the block
     named `after`; `gm` is left untouched.
@@ -62,14 +64,16 @@ def grow(
     the history, so `replay` reproduces them. Verification (`graphmorph.graph.verify`) runs on
     `example_input` (default: seeded random data shaped like the captured input) and, for zero and
     identity, checks the function is preserved. `registry` says how to resize layers of the
-    shape-preserving form of a reducing block (default: `Registry.default()`). Raises RewriteError
-    with the reason when the rewrite cannot apply.
+    shape-preserving form of a reducing block (default: `Registry.default()`). With `shortcut`, a
+    plain block's copy gets an identity shortcut around it, so that ZeroInit (or uni/gau/adam on
+    its last affine layer) applies where the identity init does not (MobileNet's blocks that change
+    the channels). Raises RewriteError with the reason when the rewrite cannot apply.
     """
     with unchanged(gm):  # finding the template and the rewrite's check share one block analysis
         template = _template(gm, stage, after)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, adam_options=adam_options,
-                       registry=registry)
+        rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, shortcut=shortcut,
+                       adam_options=adam_options, registry=registry)
         return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
 
 
@@ -93,7 +97,8 @@ def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | N
 @dataclass(frozen=True, kw_only=True)
 class Grow(Rewrite):
     """Stack a fresh copy of block `after` right after it (`stage` is recorded for the reader),
-    its last affine layer set by `init` from `seed` (`std` for uni/gau)."""
+    its last affine layer set by `init` from `seed` (`std` for uni/gau); with `shortcut`, a plain
+    block's copy is wrapped in an identity shortcut."""
 
     name: ClassVar[str] = "grow"
     after: str
@@ -101,6 +106,7 @@ class Grow(Rewrite):
     init: str
     std: float
     seed: int
+    shortcut: bool = False
     adam_options: AdamInitOptions = field(default=AdamInitOptions(), metadata=NOT_RECORDED)
 
     def describe(self) -> str:
@@ -111,7 +117,7 @@ class Grow(Rewrite):
             return f"unknown init {self.init!r}; choose one of {', '.join(INITS)}"
         if not (isinstance(self.std, (int, float)) and self.std > 0):
             return f"std must be a positive number, got {self.std!r}"
-        return _init_refusal(gm, _block_named(gm, self.after), self.init)
+        return _init_refusal(gm, _block_named(gm, self.after), self.init, self.shortcut)
 
     def edit(self, step: Step) -> Edit:
         if self.init == "adam" and step.data is None:
@@ -121,6 +127,8 @@ class Grow(Rewrite):
         plan = _plan(work, template)
         values = _new_values(work, template, plan, self.seed, self.op_registry)
         output = _insert(work, plan)
+        if self.shortcut:
+            output = _around(work, plan.entry, output)
         for target, value in values.items():
             _install(work, target, value)
         work.recompile()
@@ -181,11 +189,14 @@ class _Plan:
     derived: bool                       # stacking the shape-preserving form of a reducing block
 
 
-def _init_refusal(gm: fx.GraphModule, block: Block, init: str) -> str | None:
+def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = False) -> str | None:
     name = block.name
-    if init == "zero" and block.kind != "residual":
+    if shortcut and (block.kind != "plain" or init == "identity"):
+        return (f"shortcut=True wraps a plain block's copy for init='zero', 'uni', 'gau' or 'adam'; block "
+                f"{name!r} is {block.kind} and init is {init!r}")
+    if init == "zero" and block.kind != "residual" and not shortcut:
         return (f"init='zero' silences a residual branch, but block {name!r} is {block.kind} with no shortcut "
-                "to carry its input; use init='identity' for plain conv-BN-ReLU blocks")
+                "to carry its input; use init='identity' for plain conv-BN-ReLU blocks, or shortcut=True")
     if init == "identity" and block.kind != "plain":
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
                 "use init='zero' for residual blocks")
@@ -282,6 +293,9 @@ def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channe
     try:
         if channels is not None and surgery.in_channels(module) != channels:
             layer = surgery.with_in_channels(module, channels)
+        if derived and isinstance(module, nn.modules.conv._ConvNd) and not _same_size(module):
+            raise ValueError(f"{type(module).__name__} {target!r} (kernel {module.kernel_size}, padding "
+                             f"{module.padding}) changes the size even at stride 1")
         if derived and _strided(module):
             if surgery is None or surgery.with_unit_stride is None:
                 raise ValueError(f"{type(module).__name__} {target!r} reduces the size and has no stride-1 form")
@@ -296,6 +310,14 @@ def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channe
         if reference.is_floating_point():
             layer.to(dtype=reference.dtype)
     return layer
+
+
+def _same_size(conv: nn.modules.conv._ConvNd) -> bool:
+    """Whether the convolution keeps the spatial size at stride 1."""
+    if conv.padding == "same":
+        return True
+    padding = (conv.padding,) * len(conv.kernel_size) if isinstance(conv.padding, int) else conv.padding
+    return all(k % 2 == 1 and p == d * (k - 1) // 2 for k, p, d in zip(conv.kernel_size, padding, conv.dilation))
 
 
 def _strided(module: nn.Module) -> bool:
@@ -402,6 +424,15 @@ def _identity_role(work: fx.GraphModule, node: fx.Node) -> str | None:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _around(work: fx.GraphModule, entry: fx.Node, output: fx.Node) -> fx.Node:
+    """An identity shortcut around the copy: `entry + output`, read by everything that read `output`."""
+    with work.graph.inserting_after(output):
+        residual = work.graph.call_function(operator.add, (entry, output))
+    residual.meta = {k: v for k, v in output.meta.items() if k not in ("tensor_meta", "type")}
+    output.replace_all_uses_with(residual, delete_user_cb=lambda user: user is not residual)
+    return residual
 
 
 def _check_shape_preserving(template: Block, entry: fx.Node, output: fx.Node) -> None:
