@@ -17,7 +17,7 @@ from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
 from third_party_forms import (ConvNeXtish, DenseBlock, DenseNetish, DropPath, MetaFormerBlock, Swinish, TimmConvNeXtBlock,
-                               TokenNet, TvConvNeXtBlock, ViTish)
+                               TimmBottleneck, TokenNet, TvConvNeXtBlock, ViTish)
 from transforms.masked_norm import masked_norm
 
 ATOL = 1e-10
@@ -293,3 +293,23 @@ def test_a_plain_block_ending_in_batchnorm_grows_inside_a_new_shortcut():
     assert all(torch.equal(a, b) for a, b in zip(replayed.state_dict().values(), grown.state_dict().values()))
     with pytest.raises(graphmorph.RewriteError, match="shortcut=True wraps a plain block"):
         transforms.grow(grown, stage=0, init="zero", shortcut=True)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU])
+def test_a_functional_batchnorm_ends_a_branch_and_a_non_idempotent_activation_after_the_add_is_refused(act):
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), TimmBottleneck(4, act), TimmBottleneck(4, act),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)))
+    # captured in train mode: fx bakes training=True into F.batch_norm, so any run of the graph, even
+    # in eval mode, updates its running statistics; the shape propagation of growth must not keep that
+    template = graphmorph.find_stages(gm)[0].block_info[-1]
+    assert template.last_affine_module == "3.bn2"              # the module holding F.batch_norm's weight
+    if act is nn.SiLU:
+        with pytest.raises(graphmorph.RewriteError, match=r"applies .*SiLU.* after its residual add"):
+            transforms.grow(gm, stage=0, init="zero")
+        return
+    grown = transforms.grow(gm, stage=0, init="zero")
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    bn = grown.get_submodule(f"{new_block}.bn2")
+    assert torch.count_nonzero(bn.weight) == torch.count_nonzero(bn.bias) == 0
+    assert_state_carried(gm, grown, added=(new_block,))
+    assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL

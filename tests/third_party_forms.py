@@ -333,3 +333,29 @@ class DenseNetish(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block2(self.transition(self.block1(self.stem(x))))
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.norm(x)), 1), 1))
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: fx traces into it, so its BatchNorm is F.batch_norm on its parameters."""
+
+    def __init__(self, c: int, act: type[nn.Module] = nn.Identity):
+        super().__init__(c)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                     self.training, self.momentum, self.eps)
+        return self.act(x)
+
+
+class TimmBottleneck(nn.Module):
+    """timm's ByobNet bottleneck: convs with BatchNormAct2d, an activation after the residual add."""
+
+    def __init__(self, c: int, act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 1, bias=False), BatchNormAct2d(c, nn.ReLU)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), BatchNormAct2d(c)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.bn2(self.conv2(self.bn1(self.conv1(x)))))

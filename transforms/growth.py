@@ -21,6 +21,7 @@ from torch.fx.node import map_arg
 
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import Block, find_blocks, find_stages
+from graphmorph.graph.channel_ops import describe
 from graphmorph.errors import RewriteError
 from graphmorph.graph.layers import fresh_copy
 from graphmorph.graph.memo import unchanged
@@ -200,6 +201,11 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = 
     if init == "identity" and block.kind != "plain":
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
                 "use init='zero' for residual blocks")
+    if init == "zero" and block.kind == "residual":
+        after = _after_merge(gm, block)
+        if after is not None:
+            return (f"init='zero' silences block {name!r}'s residual branch, but the block applies "
+                    f"{after} after its residual add, so a silenced copy would apply it twice")
     if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None:
         return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
                 "end in a BatchNorm, conv or linear module, or a layer scale (a product with a parameter), "
@@ -424,6 +430,20 @@ def _identity_role(work: fx.GraphModule, node: fx.Node) -> str | None:
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _after_merge(gm: fx.GraphModule, block: Block) -> str | None:
+    """The first op a residual block applies after its last add that is not idempotent (SiLU, GELU),
+    or None: applied twice it changes the function (ReLU twice is ReLU once)."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    members = [nodes[n] for n in block.nodes]
+    merges = [k for k, n in enumerate(members) if ops.is_add(n)]
+    for node in members[merges[-1] + 1:] if merges else []:
+        if node.op in ("get_attr", "placeholder") or _identity_role(gm, node) == "relu" \
+                or isinstance(ops.module_of(gm, node), (nn.Identity, nn.Dropout)):
+            continue
+        return describe(gm, node)
+    return None
 
 
 def _around(work: fx.GraphModule, entry: fx.Node, output: fx.Node) -> fx.Node:

@@ -46,18 +46,32 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         yield module
 
 
+@contextlib.contextmanager
+def kept_buffers(module: nn.Module) -> Iterator[nn.Module]:
+    """Restore every buffer's values on exit (running statistics a run may update in place)."""
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    try:
+        yield module
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
 def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs,
                     flops: dict[str, int] | None = None) -> None:
     """Store `tensor_meta` (shape, dtype) for `example_input` in every node's meta, in place.
 
-    Runs in eval mode without gradients, so BatchNorm statistics are untouched. With `flops` (a
+    Runs in eval mode without gradients, and puts every buffer back as it was, so BatchNorm
+    statistics are untouched (even by a `F.batch_norm(..., training=True)` that fx traced from a
+    module in train mode, which eval mode does not reach). With `flops` (a
     dict), also fills it with what `torch.utils.flop_counter.FlopCounterMode` counts for each node
     by name, whatever the node hides (a leaf module, a wrapped function); that run records autograd
     (never used for a backward pass) so that fused attention fast paths are not taken. Raises
     ShapeError naming the node and module where the input stopped fitting the model.
     """
     inputs = as_inputs(example_input)
-    with evaluating(gm):
+    with evaluating(gm), kept_buffers(gm):
         try:
             _ShapeRecorder(gm, flops).run(*inputs)
         except _NodeFailure as failure:
