@@ -257,11 +257,11 @@ def test_dense_growth_refuses_a_block_that_is_not_dense_or_a_reader_it_cannot_wi
 class InvertedResidual(nn.Module):
     """torchvision's MobileNetV2 block: a shortcut only when it keeps the channels and the size."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, expand: bool = True):
         super().__init__()
-        hidden = 2 * c_in
-        self.conv = nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-                                  nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+        hidden = 2 * c_in if expand else c_in
+        expansion = [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()] if expand else []
+        self.conv = nn.Sequential(*expansion, nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
                                   nn.BatchNorm2d(hidden), nn.ReLU6(), nn.Conv2d(hidden, c_out, 1, bias=False),
                                   nn.BatchNorm2d(c_out))
         self.residual = c_in == c_out
@@ -311,5 +311,20 @@ def test_a_functional_batchnorm_ends_a_branch_and_a_non_idempotent_activation_af
     new_block = graphmorph.history(grown)[-1]["new_block"]
     bn = grown.get_submodule(f"{new_block}.bn2")
     assert torch.count_nonzero(bn.weight) == torch.count_nonzero(bn.bias) == 0
+    assert_state_carried(gm, grown, added=(new_block,))
+    assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
+
+
+def test_the_shape_preserving_copy_of_a_depthwise_block_keeps_its_convolution_depthwise():
+    """MobileNetV2's first block (depthwise, then a projection to other channels): its copy reads
+    the projected channels, so its depthwise convolution takes as many groups (was refused:
+    'Conv2d with groups=4 cannot change its input channels alone')."""
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), InvertedResidual(4, 6, expand=False),
+                                 InvertedResidual(6, 6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)))
+    grown = transforms.grow(gm, after="1", init="zero", shortcut=True)
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    depthwise = grown.get_submodule(f"{new_block}.0")
+    assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (6, 6, 6)
+    assert grown.get_submodule(f"{new_block}.1").num_features == 6
     assert_state_carried(gm, grown, added=(new_block,))
     assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL

@@ -277,7 +277,8 @@ def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, r
 
 def _input_layers(work: fx.GraphModule, plan: _Plan, registry: Registry) -> set[str]:
     """Targets of the layers that read the block's input channels: every registered layer reached
-    from the input before (and including) the first weighted layer on each path."""
+    from the input before (and including) the first weighted layer on each path that mixes
+    channels (a depthwise convolution keeps them, so the walk goes on through it)."""
     inside = set(plan.nodes)
     found, seen, stack = set(), set(), list(plan.sources)
     while stack:
@@ -285,11 +286,16 @@ def _input_layers(work: fx.GraphModule, plan: _Plan, registry: Registry) -> set[
             if user not in inside or user in seen:
                 continue
             seen.add(user)
-            if user.op == "call_module" and registry.layer_surgery(work.get_submodule(user.target)) is not None:
+            module = ops.module_of(work, user)
+            if module is not None and registry.layer_surgery(module) is not None:
                 found.add(str(user.target))
-            if not ops.is_weighted(work, user):
+            if not ops.is_weighted(work, user) or _depthwise(module):
                 stack.append(user)
     return found
+
+
+def _depthwise(module: nn.Module | None) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels == module.out_channels > 1
 
 
 def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channels: int | None,

@@ -35,12 +35,13 @@ def fresh_copy(module: nn.Module) -> nn.Module:
 
 
 def _conv_with(m: nn.modules.conv._ConvNd, in_channels: int, stride=None) -> nn.Module:
-    if m.groups != 1:
+    depthwise = m.groups == m.in_channels == m.out_channels
+    if m.groups != 1 and not depthwise:
         raise ValueError(f"{type(m).__name__} with groups={m.groups} cannot change its input channels alone")
-    return type(m)(
-        in_channels, m.out_channels, m.kernel_size, stride=m.stride if stride is None else stride,
-        padding=m.padding, dilation=m.dilation, groups=1, bias=m.bias is not None,
-        padding_mode=m.padding_mode,
+    return type(m)(  # a depthwise convolution stays depthwise: as many outputs and groups as inputs
+        in_channels, in_channels if depthwise else m.out_channels, m.kernel_size,
+        stride=m.stride if stride is None else stride, padding=m.padding, dilation=m.dilation,
+        groups=in_channels if depthwise else 1, bias=m.bias is not None, padding_mode=m.padding_mode,
     )
 
 
