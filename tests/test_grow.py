@@ -186,17 +186,20 @@ def test_a_block_that_cannot_be_made_shape_preserving_is_refused():
         transforms.grow(gm, stage=0, init="gau")
 
 
-def test_depthwise_first_layer_cannot_take_other_channels():
+def test_a_depthwise_first_layer_takes_the_channels_of_the_shape_preserving_copy():
+    """Was refused ('Conv2d with groups=8 cannot change its input channels alone'): the copy of a
+    block that starts depthwise reads the block's output channels, so its depthwise conv takes them."""
     from zoo import InvertedResidual
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), InvertedResidual(8, 16, 2, expand=1),
                               InvertedResidual(16, 16, 1, expand=1))
     gm = graphmorph.capture(net, torch.zeros(1, 3, 16, 16))
     assert [s.blocks for s in graphmorph.find_stages(gm)] == [("1", "2")]
-    with pytest.raises(graphmorph.RewriteError,
-                       match="cannot stack a shape-preserving copy of block '1': Conv2d with groups=8"):
-        transforms.grow(gm, after="1", init="gau")
-    grown = transforms.grow(gm, after="2", init="zero")  # its shape-preserving sibling grows fine
+    grown = transforms.grow(gm, after="1", init="gau")
+    depthwise = next(m for m in grown.get_submodule(history(grown)[-1]["new_block"]).modules()
+                     if isinstance(m, torch.nn.Conv2d))
+    assert (depthwise.in_channels, depthwise.groups, depthwise.stride) == (16, 16, (1, 1))
+    grown = transforms.grow(gm, after="2", init="zero")  # its shape-preserving sibling grows too
     assert [s.blocks for s in graphmorph.find_stages(grown)] == [("1", "2", "3")]
 
 
