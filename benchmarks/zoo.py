@@ -49,9 +49,10 @@ def main() -> int:
                                                  "(default, and for fixed-size models: the model's own)")
     parser.add_argument("--summarise", metavar="JSONL", help="summarise the lines of an earlier (or unfinished) run")
     parser.add_argument("--one", help=argparse.SUPPRESS)      # a child: check one model, print its line
+    parser.add_argument("--tool", choices=("graphmorph", "torch_pruning"), default="graphmorph", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(check_model(args.one, args.size)))
+        print(json.dumps(check_model(args.one, args.size, args.tool)))
         return 0
     if args.summarise:
         rows = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line.strip()]
@@ -95,18 +96,26 @@ def model_names(which: str) -> list[str]:
 
 
 def run_child(name: str, timeout: int, size: int | None) -> dict:
-    command = [sys.executable, __file__, "--one", name, *(["--size", str(size)] if size else [])]
+    """graphmorph's checks and Torch-Pruning's in two subprocesses, each with its own time limit,
+    so that one tool hanging or dying does not take the other's results with it."""
+    row = _child(name, timeout, size, "graphmorph", "capture")
+    row["checks"].update(_child(name, timeout, size, "torch_pruning", "torch_pruning")["checks"])
+    return row
+
+
+def _child(name: str, timeout: int, size: int | None, tool: str, first: str) -> dict:
+    command = [sys.executable, __file__, "--one", name, "--tool", tool, *(["--size", str(size)] if size else [])]
     began = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"model": name, "family": family(name), "seconds": timeout,
-                "checks": {"capture": {"status": "timeout", "detail": f"over {timeout} s"}}}
+                "checks": {first: {"status": "timeout", "detail": f"over {timeout} s"}}}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         return {"model": name, "family": family(name), "seconds": round(time.perf_counter() - began, 1),
-                "checks": {"capture": {"status": "crash", "detail": f"exit {done.returncode}: " + " | ".join(tail)}}}
+                "checks": {first: {"status": "crash", "detail": f"exit {done.returncode}: " + " | ".join(tail)}}}
     return json.loads(lines[-1])
 
 
@@ -120,7 +129,7 @@ def family(name: str) -> str:
 # ---------------------------------------------------------------------------------------------- one model
 
 
-def check_model(name: str, size: int | None) -> dict:
+def check_model(name: str, size: int | None, tool: str = "graphmorph") -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -129,14 +138,15 @@ def check_model(name: str, size: int | None) -> dict:
     x = torch.randn(1, 3, size, size)
     began = time.perf_counter()
     checks: dict[str, dict] = {}
-    gm = _check(checks, "capture", lambda: _capture(model, x))
+    gm = _check(checks, "capture", lambda: _capture(model, x)) if tool == "graphmorph" else None
     if gm is not None:
         _check(checks, "flops", lambda: _flops(model, gm, x))
         stages = _check(checks, "stages", lambda: _stages(gm))
         _check(checks, "onnx", lambda: _onnx(gm, x))
         _check(checks, "grow", lambda: _grow(gm, stages or []))
         _check(checks, "prune", lambda: _prune(gm))
-    _check(checks, "torch_pruning", lambda: _torch_pruning(name, size))
+    if tool == "torch_pruning":
+        _check(checks, "torch_pruning", lambda: _torch_pruning(name, size))
     return {"model": name, "family": family(name), "size": size, "seconds": round(time.perf_counter() - began, 1),
             "params": sum(p.numel() for p in model.parameters()), "checks": checks}
 

@@ -16,8 +16,8 @@ import transforms
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
-from third_party_forms import (ConvNeXtish, DenseBlock, DenseNetish, DropPath, MetaFormerBlock, Swinish, TimmConvNeXtBlock,
-                               TimmBottleneck, TokenNet, TvConvNeXtBlock, ViTish)
+from third_party_forms import (BatchNormAct2d, ConvNeXtish, DenseBlock, DenseNetish, DropPath, MetaFormerBlock, Swinish,
+                               TimmBottleneck, TimmConvNeXtBlock, TokenNet, TvConvNeXtBlock, ViTish)
 from transforms.masked_norm import masked_norm
 
 ATOL = 1e-10
@@ -228,21 +228,23 @@ def test_attention_is_counted_on_the_cpu():
     assert attention == [2 * (4 * 5 * 8 * 8 + 2 * 5 * 5 * (4 + 4))]
 
 
-def test_a_dense_block_grows_a_layer_its_readers_take_with_zero_weights():
-    gm = _captured(DenseNetish())
+@pytest.mark.parametrize("norm", [nn.BatchNorm2d, BatchNormAct2d], ids=["torchvision", "timm functional norms"])
+def test_a_dense_block_grows_a_layer_its_readers_take_with_zero_weights(norm):
+    gm = _captured(DenseNetish(norm=norm))
     grown = transforms.grow_dense(transforms.grow_dense(gm, "block1", seed=1), "block2", seed=2)
     assert [r["new_layer"] for r in graphmorph.history(grown)[-2:]] == ["block1.denselayer3", "block2.denselayer3"]
-    assert grown.get_submodule("block1.denselayer3.norm1").num_features == 8          # reads the whole block
+    assert grown.get_submodule("block1.denselayer3.norm1").running_mean.shape == (8,)  # reads the whole block
     assert grown.get_submodule("block1.denselayer3.conv1").in_channels == 8
     transition, classifier = grown.get_submodule("transition.2"), grown.get_submodule("classifier")
     assert transition.in_channels == classifier.in_features == 10
     assert torch.count_nonzero(transition.weight[:, 8:]) == torch.count_nonzero(classifier.weight[:, 8:]) == 0
     assert torch.equal(grown.get_submodule("norm").running_var[8:], torch.ones(2, dtype=torch.float64))
+    assert torch.equal(grown.get_submodule("norm").weight[8:], torch.ones(2, dtype=torch.float64))
     assert_state_carried(gm, grown, added=("block1.denselayer3", "block2.denselayer3"), resized=True)
     assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
     again = transforms.grow_dense(grown, "block1", seed=3)                            # the block keeps its name
     assert graphmorph.history(again)[-1]["new_layer"] == "block1.denselayer4"
-    assert again.get_submodule("block1.denselayer4.norm1").num_features == 10
+    assert again.get_submodule("block1.denselayer4.norm1").running_mean.shape == (10,)
 
 
 def test_dense_growth_refuses_a_block_that_is_not_dense_or_a_reader_it_cannot_widen():

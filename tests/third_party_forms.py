@@ -293,11 +293,11 @@ class Swinish(nn.Module):
 class DenseLayer(nn.Module):
     """torchvision's _DenseLayer: it joins the features so far itself, then BN-ReLU-conv1x1-BN-ReLU-conv3x3."""
 
-    def __init__(self, c_in: int, growth: int, width: int = 2):
+    def __init__(self, c_in: int, growth: int, width: int = 2, norm: type[nn.Module] = nn.BatchNorm2d):
         super().__init__()
-        self.norm1, self.relu1 = nn.BatchNorm2d(c_in), nn.ReLU(inplace=True)
+        self.norm1, self.relu1 = norm(c_in), nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(c_in, width * growth, 1, bias=False)
-        self.norm2, self.relu2 = nn.BatchNorm2d(width * growth), nn.ReLU(inplace=True)
+        self.norm2, self.relu2 = norm(width * growth), nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(width * growth, growth, 3, padding=1, bias=False)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -306,8 +306,8 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.ModuleDict):
-    def __init__(self, layers: int, c_in: int, growth: int):
-        super().__init__({f"denselayer{k + 1}": DenseLayer(c_in + k * growth, growth) for k in range(layers)})
+    def __init__(self, layers: int, c_in: int, growth: int, norm: type[nn.Module] = nn.BatchNorm2d):
+        super().__init__({f"denselayer{k + 1}": DenseLayer(c_in + k * growth, growth, norm=norm) for k in range(layers)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -317,17 +317,18 @@ class DenseBlock(nn.ModuleDict):
 
 
 class DenseNetish(nn.Module):
-    """torchvision's DenseNet in small: dense blocks, a transition (BN-ReLU-conv1x1-avgpool), BN-ReLU-pool-linear."""
+    """torchvision's DenseNet in small: dense blocks, a transition (BN-ReLU-conv1x1-avgpool),
+    BN-ReLU-pool-linear; with `norm=BatchNormAct2d`, timm's, whose norms fx traces into."""
 
-    def __init__(self, c: int = 4, growth: int = 2, classes: int = 4):
+    def __init__(self, c: int = 4, growth: int = 2, classes: int = 4, norm: type[nn.Module] = nn.BatchNorm2d):
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, padding=1, bias=False)
-        self.block1 = DenseBlock(2, c, growth)
+        self.block1 = DenseBlock(2, c, growth, norm)
         wide = c + 2 * growth
-        self.transition = nn.Sequential(nn.BatchNorm2d(wide), nn.ReLU(inplace=True), nn.Conv2d(wide, c, 1, bias=False),
+        self.transition = nn.Sequential(norm(wide), nn.ReLU(inplace=True), nn.Conv2d(wide, c, 1, bias=False),
                                         nn.AvgPool2d(2))
-        self.block2 = DenseBlock(2, c, growth)
-        self.norm = nn.BatchNorm2d(wide)
+        self.block2 = DenseBlock(2, c, growth, norm)
+        self.norm = norm(wide)
         self.classifier = nn.Linear(wide, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

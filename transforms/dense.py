@@ -10,10 +10,12 @@ in eval and train mode alike: the layers reading the new channels multiply them 
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph.errors import RewriteError
@@ -121,7 +123,7 @@ class GrowDense(Rewrite):
 def _copied_modules(work, layer: DenseLayer, width: int, seed: int, registry: Registry) -> dict[str, nn.Module]:
     """Fresh modules for the new layer, keyed by their new paths: the layers reading the block's
     output take its `width` channels."""
-    targets = list(dict.fromkeys(str(n.target) for n in layer.nodes if n.op == "call_module"))
+    targets = _layer_modules(layer)
     owner = _common_owner(targets)
     rename = _renamer(work, owner, targets)
     reading = _frontier(work, layer)
@@ -130,7 +132,9 @@ def _copied_modules(work, layer: DenseLayer, width: int, seed: int, registry: Re
         for target in targets:
             old = work.get_submodule(target)
             surgery = registry.layer_surgery(old)
-            if target in reading and surgery is not None:
+            if target in reading and _holds_statistics(old) and not isinstance(old, nn.modules.batchnorm._BatchNorm):
+                new = _widened(old, old.running_mean.numel(), width - old.running_mean.numel())   # F.batch_norm's
+            elif target in reading and surgery is not None:
                 new = surgery.with_in_channels(old, width)
             elif target in reading and any(True for _ in old.parameters()):
                 raise RewriteError(f"{type(old).__name__} {target!r} reads the dense block's input and graphmorph "
@@ -147,12 +151,14 @@ def _copied_modules(work, layer: DenseLayer, width: int, seed: int, registry: Re
 def _insert(work, layer: DenseLayer, modules: dict[str, nn.Module]) -> tuple[fx.Node, set[fx.Node]]:
     """Copy the layer's nodes after the block's output, reading it; returns the new layer's output
     and every new node."""
-    targets = list(dict.fromkeys(str(n.target) for n in layer.nodes if n.op == "call_module"))
-    renamed = dict(zip(targets, modules))
+    renamed = dict(zip(_layer_modules(layer), modules))
     for path, module in modules.items():
         work.add_submodule(path, module)
     env = {layer.reads: layer.joined}
     with work.graph.inserting_before(layer.joined.next):
+        for attr in _parameters_read(layer):          # the copy's own parameters, under its modules
+            owner, _, leaf = str(attr.target).rpartition(".")
+            env[attr] = work.graph.get_attr(f"{renamed[owner]}.{leaf}")
         for node in layer.nodes:
             target = renamed.get(str(node.target), node.target) if node.op == "call_module" else node.target
             env[node] = work.graph.create_node(
@@ -161,6 +167,18 @@ def _insert(work, layer: DenseLayer, modules: dict[str, nn.Module]) -> tuple[fx.
                 name=target.replace(".", "_") if node.op == "call_module" else None)
             env[node].meta = _moved_meta(node.meta, renamed)
     return env[layer.output], {env[n] for n in layer.nodes}
+
+
+def _layer_modules(layer: DenseLayer) -> list[str]:
+    """The layer's modules: those it calls, and those holding the parameters it reads (a traced
+    timm BatchNormAct2d's statistics)."""
+    called = [str(n.target) for n in layer.nodes if n.op == "call_module"]
+    owners = [str(a.target).rpartition(".")[0] for a in _parameters_read(layer)]
+    return list(dict.fromkeys(called + owners))
+
+
+def _parameters_read(layer: DenseLayer) -> list[fx.Node]:
+    return list(dict.fromkeys(a for n in layer.nodes for a in n.all_input_nodes if a.op == "get_attr"))
 
 
 def _moved_meta(meta: dict, renamed: dict[str, str]) -> dict:
@@ -187,6 +205,8 @@ def _frontier(work, layer: DenseLayer) -> set[str]:
                 continue
             if user.op == "call_module":
                 found.add(str(user.target))
+            elif _norm_owner(work, user) is not None:
+                found.add(_norm_owner(work, user))
             if not ops.is_weighted(work, user):
                 stack.append(user)
     return found
@@ -252,12 +272,12 @@ def _widen_readers(work, grown: fx.Node, width: int, added: int) -> int:
     fresh statistics in BatchNorm. Returns the parameters added."""
     delta = 0
 
-    def widen(node: fx.Node, inner: int) -> None:
+    def widen(target: str, inner: int) -> None:
         nonlocal delta
-        module = work.get_submodule(node.target)
+        module = work.get_submodule(target)
         before = sum(p.numel() for p in module.parameters())
         replacement = _widened(module, width * inner, added * inner)
-        parent, _, name = str(node.target).rpartition(".")
+        parent, _, name = target.rpartition(".")
         setattr(attribute(work, parent) if parent else work, name, replacement)
         delta += sum(p.numel() for p in replacement.parameters()) - before
 
@@ -266,18 +286,22 @@ def _widen_readers(work, grown: fx.Node, width: int, added: int) -> int:
 
 
 def _walk_readers(gm: fx.GraphModule, start: fx.Node, visit) -> None:
-    """Call visit(node, features per channel) on each module reading `start`'s channels: BatchNorm
-    (passed through) and the convolutions and linear layers where they end; refuse anything else."""
+    """Call visit(module path, features per channel) on each module reading `start`'s channels:
+    BatchNorm, module or functional (passed through), and the convolutions and linear layers where
+    they end; refuse anything else."""
     stack = [(start, 1)]
     while stack:
         node, inner = stack.pop()
         for user in node.users:
             module = ops.module_of(gm, user)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                visit(user, inner)
+            if user.target is getattr or user.target in ("size", "dim"):
+                continue                          # reads the shape, not the channels' values
+            norm = str(user.target) if isinstance(module, nn.modules.batchnorm._BatchNorm) else _norm_owner(gm, user)
+            if norm is not None:
+                visit(norm, inner)
                 stack.append((user, inner))
             elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and getattr(module, "groups", 1) == 1:
-                visit(user, inner)
+                visit(str(user.target), inner)
             elif _flattens(gm, user):
                 shape = user.args[0].meta["tensor_meta"].shape
                 stack.append((user, inner * int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else inner))
@@ -288,6 +312,21 @@ def _walk_readers(gm: fx.GraphModule, start: fx.Node, visit) -> None:
                                    f"and cannot take new channels with zero weights")
 
 
+def _norm_owner(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """The module holding the parameters and statistics an `F.batch_norm` call reads (timm's
+    BatchNormAct2d, which fx traced into, keeps them in a plain module), or None."""
+    if node.target is not F.batch_norm:
+        return None
+    weight = ops.argument(node, 3, "weight")
+    owner = str(getattr(weight, "target", "")).rpartition(".")[0]
+    held = attribute(gm, owner) if owner else None
+    return owner if _holds_statistics(held) else None
+
+
+def _holds_statistics(module) -> bool:
+    return isinstance(module, nn.Module) and torch.is_tensor(getattr(module, "running_mean", None))
+
+
 def _flattens(gm: fx.GraphModule, node: fx.Node) -> bool:
     return isinstance(ops.module_of(gm, node), nn.Flatten) or node.target in (torch.flatten, "flatten")
 
@@ -296,12 +335,14 @@ def _widened(module: nn.Module, width: int, added: int) -> nn.Module:
     """`module` reading `added` more input features after its first `width`: zero weight columns, or
     BatchNorm entries with weight 1, bias 0, mean 0, variance 1."""
     with torch.no_grad():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            new = type(module)(width + added, eps=module.eps, momentum=module.momentum, affine=module.affine,
-                               track_running_stats=module.track_running_stats)
+        if _holds_statistics(module):
+            new = copy.deepcopy(module)              # its own class, activation and all
+            new.num_features = width + added
+            fresh = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
             for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
-                fresh = getattr(new, name).to(tensor)
-                value = tensor.detach().clone() if tensor.dim() == 0 else torch.cat([tensor.detach(), fresh[width:]])
+                if tensor.dim() == 0:
+                    continue
+                value = torch.cat([tensor.detach(), tensor.new_full((added,), fresh[name])])
                 if isinstance(tensor, nn.Parameter):
                     setattr(new, name, nn.Parameter(value, requires_grad=tensor.requires_grad))
                 else:
