@@ -330,3 +330,23 @@ def test_the_shape_preserving_copy_of_a_depthwise_block_keeps_its_convolution_de
     assert grown.get_submodule(f"{new_block}.1").num_features == 6
     assert_state_carried(gm, grown, added=(new_block,))
     assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
+
+
+class _AddChannelsLast(nn.Module):
+    """A residual add made channels-last and permuted back after it (timm's Swin reshapes so)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.permute(0, 2, 3, 1) + self.bn(self.conv(x)).permute(0, 2, 3, 1)
+        return y.permute(0, 3, 1, 2)
+
+
+def test_a_layout_op_after_the_residual_add_does_not_stop_zero_growth():
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _AddChannelsLast(4), _AddChannelsLast(4),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)))
+    grown = transforms.grow(gm, stage=0, init="zero")
+    assert_state_carried(gm, grown, added=(graphmorph.history(grown)[-1]["new_block"],))
+    assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL

@@ -440,12 +440,13 @@ def _identity_role(work: fx.GraphModule, node: fx.Node) -> str | None:
 
 def _after_merge(gm: fx.GraphModule, block: Block) -> str | None:
     """The first op a residual block applies after its last add that is not idempotent (SiLU, GELU),
-    or None: applied twice it changes the function (ReLU twice is ReLU once)."""
+    or None: applied twice it changes the function (ReLU twice is ReLU once; a reshape or permute
+    back to the block's layout undoes the one before the add)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     members = [nodes[n] for n in block.nodes]
     merges = [k for k, n in enumerate(members) if ops.is_add(n)]
     for node in members[merges[-1] + 1:] if merges else []:
-        if node.op in ("get_attr", "placeholder") or _identity_role(gm, node) == "relu" \
+        if node.op in ("get_attr", "placeholder") or _identity_role(gm, node) == "relu" or ops.is_layout(node) \
                 or isinstance(ops.module_of(gm, node), (nn.Identity, nn.Dropout)):
             continue
         return describe(gm, node)

@@ -181,6 +181,12 @@ def is_zero_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
                ZERO_PRESERVING_METHODS | LAYOUT_METHODS) or is_stochastic_depth(gm, node)
 
 
+def is_layout(node: fx.Node) -> bool:
+    """A permute, transpose, reshape, view or flatten: it moves elements, computing nothing."""
+    return (node.op == "call_function" and node.target in LAYOUT_FUNCTIONS - {operator.getitem, torch.roll}) or \
+        (node.op == "call_method" and node.target in LAYOUT_METHODS - {"roll"})
+
+
 def takes_shape_of(node: fx.Node) -> bool:
     """`x.reshape_as(y)` / `x.view_as(y)`: the second tensor gives only its shape."""
     return node.op == "call_method" and node.target in ("reshape_as", "view_as")
