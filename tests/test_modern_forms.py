@@ -350,3 +350,18 @@ def test_a_layout_op_after_the_residual_add_does_not_stop_zero_growth():
     grown = transforms.grow(gm, stage=0, init="zero")
     assert_state_carried(gm, grown, added=(graphmorph.history(grown)[-1]["new_block"],))
     assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
+
+
+def test_an_inception_style_block_is_refused_with_its_structure_named():
+    class Inception(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c, c // 2, 3, padding=1)
+
+        def forward(self, x):
+            return torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Inception(4), Inception(4), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(4, 4)))
+    with pytest.raises(graphmorph.RewriteError, match="joins parallel branches with no shortcut"):
+        transforms.grow(gm, stage=0, init="identity")

@@ -198,6 +198,10 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = 
     if init == "zero" and block.kind != "residual" and not shortcut:
         return (f"init='zero' silences a residual branch, but block {name!r} is {block.kind} with no shortcut "
                 "to carry its input; use init='identity' for plain conv-BN-ReLU blocks, or shortcut=True")
+    if init == "identity" and block.kind == "branches":
+        return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is branches: it joins "
+                "parallel branches with no shortcut (an Inception or fire module, a channel-shuffle unit), so "
+                "no init makes its copy an identity; grow a residual, dense or plain block instead")
     if init == "identity" and block.kind != "plain":
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
                 "use init='zero' for residual blocks")
