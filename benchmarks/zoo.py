@@ -114,8 +114,9 @@ def _child(name: str, timeout: int, size: int | None, tool: str, first: str) -> 
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        detail = f"exit {done.returncode}" + (" (killed: out of memory?)" if done.returncode == -9 else "")
         return {"model": name, "family": family(name), "seconds": round(time.perf_counter() - began, 1),
-                "checks": {first: {"status": "crash", "detail": f"exit {done.returncode}: " + " | ".join(tail)}}}
+                "checks": {first: {"status": "crash", "detail": f"{detail}: " + _unplaced(" | ".join(tail))}}}
     return json.loads(lines[-1])
 
 
@@ -191,6 +192,12 @@ def _check(checks: dict, check: str, run):
         checks[check].update(value)
         return give
     return value
+
+
+def _unplaced(text: str) -> str:
+    """`text` with this machine's paths cut down to what lies within site-packages or the project."""
+    text = re.sub(r"\S*/site-packages/", "", text)
+    return text.replace(str(Path(__file__).resolve().parents[1]) + "/", "")
 
 
 def _where(filename: str) -> str:
