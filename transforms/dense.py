@@ -21,9 +21,9 @@ from torch import fx, nn
 from graphmorph.errors import RewriteError
 from graphmorph.graph import ops
 from graphmorph.graph.channel_ops import describe
-from graphmorph.graph.analysis import find_blocks, upstream
+from graphmorph.graph.analysis import common_prefix, find_blocks, upstream
 from graphmorph.graph.layers import fresh_copy
-from graphmorph.graph.ops import attribute
+from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
@@ -213,14 +213,8 @@ def _frontier(work, layer: DenseLayer) -> set[str]:
 
 
 def _common_owner(targets: list[str]) -> str:
-    parts = [t.split(".")[:-1] for t in targets]
-    common = parts[0]
-    for p in parts[1:]:
-        k = 0
-        while k < min(len(common), len(p)) and common[k] == p[k]:
-            k += 1
-        common = common[:k]
-    return ".".join(common)
+    """The deepest module path holding every one of `targets`."""
+    return ".".join(common_prefix([t.split(".")[:-1] for t in targets]))
 
 
 def _renamer(work, owner: str, targets: list[str]):
@@ -231,7 +225,7 @@ def _renamer(work, owner: str, targets: list[str]):
         fresh = _next_sibling(work, base)
         return lambda path: fresh + path[len(base):]
     k = 1
-    while any(_exists(work, f"{t}_d{k}") for t in targets):
+    while any(has_attribute(work, f"{t}_d{k}") for t in targets):
         k += 1
     return lambda path: f"{path}_d{k}"
 
@@ -245,14 +239,6 @@ def _next_sibling(work, name: str) -> str:
     while f"{stem}{k}" in taken:
         k += 1
     return f"{parent}.{stem}{k}" if parent else f"{stem}{k}"
-
-
-def _exists(work, target: str) -> bool:
-    try:
-        attribute(work, target)
-    except AttributeError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- the readers

@@ -28,7 +28,7 @@ from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
-from graphmorph.graph.ops import attribute
+from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
@@ -249,7 +249,7 @@ def _plan(work: fx.GraphModule, template: Block) -> _Plan:
             return new_prefix + path[len(prefix):] if inside else path
     else:
         k = 1
-        while any(_exists(work, f"{t}_g{k}") for t in referenced):
+        while any(has_attribute(work, f"{t}_g{k}") for t in referenced):
             k += 1
         suffixed = {t: f"{t}_g{k}" for t in referenced}
 
@@ -479,16 +479,8 @@ def _node(gm: fx.GraphModule, name: str) -> fx.Node:
     return next(n for n in gm.graph.nodes if n.name == name)
 
 
-def _exists(gm: nn.Module, target: str) -> bool:
-    try:
-        attribute(gm, target)
-    except AttributeError:
-        return False
-    return True
-
-
 def _is_module(gm: nn.Module, target: str) -> bool:
-    return bool(target) and _exists(gm, target) and isinstance(attribute(gm, target), nn.Module)
+    return bool(target) and has_attribute(gm, target) and isinstance(attribute(gm, target), nn.Module)
 
 
 def _free_sibling(gm: nn.Module, name: str) -> str:
@@ -511,7 +503,7 @@ def _install(gm: fx.GraphModule, target: str, value) -> None:
         gm.add_submodule(target, value)
         return
     owner_path, _, name = target.rpartition(".")
-    if owner_path and not _exists(gm, owner_path):
+    if owner_path and not has_attribute(gm, owner_path):
         gm.add_submodule(owner_path, nn.Module())
     owner = attribute(gm, owner_path) if owner_path else gm
     if isinstance(value, nn.Parameter):

@@ -34,7 +34,7 @@ from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
 from graphmorph.errors import AnalysisError
 from graphmorph.graph.shapes import annotate_shapes, has_shapes
 
-__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages", "upstream"]
+__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages", "upstream", "common_prefix"]
 
 _SOURCE = "__graphmorph_source__"
 
@@ -366,7 +366,7 @@ class _Analysis:
         nodes = [n for k in range(lo, hi + 1) for n in self.segments[k].nodes]
         merge = self.segments[hi].exit if self.segments[hi].is_core else None
         paths = [ops.module_path(n).split(".") for n in nodes if n is not merge]
-        common = ".".join(_common_prefix(paths))
+        common = ".".join(common_prefix(paths))
         if common and self.node_count.get(common) == sum(
             ".".join(p) == common or ".".join(p).startswith(common + ".") for p in paths
         ):
@@ -546,7 +546,8 @@ def _require_shapes(gm: fx.GraphModule) -> None:
     annotate_shapes(gm, example_inputs(gm))
 
 
-def _common_prefix(paths: list[list[str]]) -> list[str]:
+def common_prefix(paths: list[list[str]]) -> list[str]:
+    """The longest list every one of `paths` starts with."""
     prefix = paths[0] if paths else []
     for path in paths[1:]:
         k = 0

@@ -255,6 +255,15 @@ def attribute(root: nn.Module, target: str):
     return value
 
 
+def has_attribute(root: nn.Module, target: str) -> bool:
+    """Whether a dotted path under `root` names something."""
+    try:
+        attribute(root, target)
+    except AttributeError:
+        return False
+    return True
+
+
 def device_of(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (the CPU for a module without any)."""
     return next((p.device for p in module.parameters()), torch.device("cpu"))
