@@ -28,6 +28,7 @@ from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import annotate_rewritten
+from transforms.growth import copied_meta
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
 __all__ = ["grow_dense", "GrowDense", "dense_layer"]
@@ -107,10 +108,10 @@ class GrowDense(Rewrite):
         new, copies = _insert(work, layer, modules)
         with work.graph.inserting_after(new):
             grown = work.graph.call_function(torch.cat, ([layer.joined, new],), {"dim": 1})
-        grown.meta = _moved_meta(layer.joined.meta, {})          # inside the block's module, as its output was
+        grown.meta = copied_meta(layer.joined.meta, lambda path: path)   # inside the block's module, as its output was
         layer.joined.replace_all_uses_with(grown, delete_user_cb=lambda user: user is not grown and user not in copies)
         delta = sum(p.numel() for m in modules.values() for p in m.parameters())
-        delta += _widen_readers(work, grown, width, added)
+        delta += _widen_readers(work, grown, width, added, self.registry or Registry.default())
         work.recompile()
         same_shapes = annotate_rewritten(step.source, work, step.inputs, f"growing dense block {self.block!r}")
         return Edit(delta, lambda: step.source, ("eval", "train"), shapes_propagated=same_shapes,
@@ -165,7 +166,7 @@ def _insert(work, layer: DenseLayer, modules: dict[str, nn.Module]) -> tuple[fx.
                 node.op, target, fx.node.map_arg(node.args, lambda a: env.get(a, a)),
                 fx.node.map_arg(node.kwargs, lambda a: env.get(a, a)),
                 name=target.replace(".", "_") if node.op == "call_module" else None)
-            env[node].meta = _moved_meta(node.meta, renamed)
+            env[node].meta = copied_meta(node.meta, _renaming(renamed))
     return env[layer.output], {env[n] for n in layer.nodes}
 
 
@@ -181,19 +182,10 @@ def _parameters_read(layer: DenseLayer) -> list[fx.Node]:
     return list(dict.fromkeys(a for n in layer.nodes for a in n.all_input_nodes if a.op == "get_attr"))
 
 
-def _moved_meta(meta: dict, renamed: dict[str, str]) -> dict:
-    """A copied node's meta without shapes, its module stack naming the copy's modules (`renamed`:
-    the layer's module paths to the copy's)."""
-    moved = {k: v for k, v in meta.items() if k not in ("tensor_meta", "type")}
-    stack = meta.get("nn_module_stack")
-    if stack and renamed:
-        old, new = _common_owner(list(renamed)), _common_owner(list(renamed.values()))
-
-        def rename(path: str) -> str:
-            inside = old and (path == old or path.startswith(old + "."))
-            return new + path[len(old):] if inside else path
-        moved["nn_module_stack"] = type(stack)((rename(key), (rename(path), cls)) for key, (path, cls) in stack.items())
-    return moved
+def _renaming(renamed: dict[str, str]):
+    """Module paths of the layer to the copy's: its owner module's path swapped for the copy's."""
+    old, new = _common_owner(list(renamed)), _common_owner(list(renamed.values()))
+    return lambda path: new + path[len(old):] if old and (path == old or path.startswith(old + ".")) else path
 
 
 def _frontier(work, layer: DenseLayer) -> set[str]:
@@ -252,7 +244,7 @@ def _readers_refusal(gm: fx.GraphModule, joined: fx.Node) -> str | None:
     return None
 
 
-def _widen_readers(work, grown: fx.Node, width: int, added: int) -> int:
+def _widen_readers(work, grown: fx.Node, width: int, added: int, registry: Registry) -> int:
     """Give every layer that reads `grown` (through BatchNorm, activations, pooling, flatten) its
     `added` new channels after the first `width`: zero weights in convolutions and linear layers,
     fresh statistics in BatchNorm. Returns the parameters added."""
@@ -262,7 +254,7 @@ def _widen_readers(work, grown: fx.Node, width: int, added: int) -> int:
         nonlocal delta
         module = work.get_submodule(target)
         before = sum(p.numel() for p in module.parameters())
-        replacement = _widened(module, width * inner, added * inner)
+        replacement = _widened(module, width * inner, added * inner, registry)
         parent, _, name = target.rpartition(".")
         setattr(attribute(work, parent) if parent else work, name, replacement)
         delta += sum(p.numel() for p in replacement.parameters()) - before
@@ -317,7 +309,7 @@ def _flattens(gm: fx.GraphModule, node: fx.Node) -> bool:
     return isinstance(ops.module_of(gm, node), nn.Flatten) or node.target in (torch.flatten, "flatten")
 
 
-def _widened(module: nn.Module, width: int, added: int) -> nn.Module:
+def _widened(module: nn.Module, width: int, added: int, registry: Registry | None = None) -> nn.Module:
     """`module` reading `added` more input features after its first `width`: zero weight columns, or
     BatchNorm entries with weight 1, bias 0, mean 0, variance 1."""
     with torch.no_grad():
@@ -336,20 +328,12 @@ def _widened(module: nn.Module, width: int, added: int) -> nn.Module:
             return new
         weight = module.weight
         extra = torch.zeros(weight.shape[0], added, *weight.shape[2:], dtype=weight.dtype, device=weight.device)
-        new = _layer_like(module, width + added)
+        new = (registry or Registry.default()).layer_surgery(module).with_in_channels(module, width + added)
+        new.to(device=weight.device, dtype=weight.dtype)
         new.weight = nn.Parameter(torch.cat([weight, extra], 1), requires_grad=weight.requires_grad)
         if module.bias is not None:
             new.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=module.bias.requires_grad)
         return new
-
-
-def _layer_like(module: nn.Module, in_features: int) -> nn.Module:
-    """A conv or linear layer like `module` with `in_features` inputs (its weights set by the caller)."""
-    if isinstance(module, nn.Linear):
-        return nn.Linear(in_features, module.out_features, bias=module.bias is not None)
-    return type(module)(in_features, module.out_channels, module.kernel_size, stride=module.stride,
-                        padding=module.padding, dilation=module.dilation, bias=module.bias is not None,
-                        padding_mode=module.padding_mode)
 
 
 def _channels(node: fx.Node) -> int:

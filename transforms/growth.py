@@ -352,7 +352,7 @@ def _insert(work: fx.GraphModule, plan: _Plan) -> fx.Node:
             name = target.replace(".", "_") if node.op in ("call_module", "get_attr") else node.name
             copy = graph.create_node(node.op, target, map_arg(node.args, lambda a: env.get(a, a)),
                                      map_arg(node.kwargs, lambda a: env.get(a, a)), name=name, type_expr=node.type)
-            copy.meta = _copied_meta(node.meta, plan.rename)
+            copy.meta = copied_meta(node.meta, plan.rename)
             env[node] = copy
             created.append(copy)
     output = env[plan.entry]  # the copy of the template's output
@@ -361,7 +361,8 @@ def _insert(work: fx.GraphModule, plan: _Plan) -> fx.Node:
     return output
 
 
-def _copied_meta(meta: dict, rename: Callable[[str], str]) -> dict:
+def copied_meta(meta: dict, rename: Callable[[str], str]) -> dict:
+    """A copied node's meta without its shapes, the module paths in its stack passed through `rename`."""
     copied = {k: v for k, v in meta.items() if k not in ("tensor_meta", "type")}
     stack = meta.get("nn_module_stack")
     if stack:
