@@ -12,7 +12,8 @@ def _conv_bn(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
 
 
-# ShuffleNet-style: grouped 1x1 convs with a channel shuffle between them (view/transpose/view)
+# ShuffleNet-style: grouped 1x1 convs with a channel shuffle between them (view/transpose/view): channel
+# k of every group is one channel, so each group keeps as many
 class ShuffleUnit(nn.Module):
     def __init__(self, channels: int, groups: int = 2):
         super().__init__()
@@ -127,6 +128,5 @@ PRUNING_ZOO = {
 }
 # layers whose groups must be refused, and a word the reason must contain
 REFUSED = {
-    "ShuffleNetish": {"stage.0.gconv1.0": "folds channels", "stage.1.gconv1.0": "folds channels"},
     "PixelShuffleNet": {"conv": "moves channels into space"},
 }

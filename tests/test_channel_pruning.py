@@ -43,7 +43,8 @@ def _pick(deps, group, choose):
 
 def _assert_prune_equals_mask(gm, pruned, deps, target, channels, modes=("eval",)):
     removal = deps.removal(deps.classes(target, channels))
-    assert_prune_equals_mask(gm, pruned, transforms.mask_channels(gm, removal), verification_inputs(gm), modes, ATOL)
+    masked = transforms.mask_channels(gm, removal, deps.layout)
+    assert_prune_equals_mask(gm, pruned, masked, verification_inputs(gm), modes, ATOL)
     return removal
 
 
@@ -205,6 +206,20 @@ def test_prune_filters_keeps_grouped_convolutions_even_and_replays():
     again = transforms.replay(_captured(ZOO["PlusEqualsResNeXt"][0], 16), graphmorph.history(pruned))
     x = torch.randn(2, 3, 16, 16)
     assert torch.allclose(again.eval()(x), pruned.eval()(x), atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(groups=st.integers(1, 4), width=st.integers(2, 9), ratio=st.floats(0.0, 0.95))
+def test_per_layer_pruning_takes_the_nearest_count_from_every_group_of_a_grouped_convolution(groups, width, ratio):
+    channels = groups * width
+    model = nn.Sequential(nn.Conv2d(3, channels, 1), nn.ReLU(), nn.Conv2d(channels, channels, 3, groups=groups),
+                          nn.ReLU(), nn.Conv2d(channels, 5, 1))
+    gm = graphmorph.capture(model, torch.randn(2, 3, 6, 6))
+    lost = min(width - 1, math.floor(ratio * width + 0.5))       # per group: nearest to ratio, one kept
+    pruned = transforms.prune_filters(gm, ratio, per_layer=True)
+    for name in ("0", "2"):
+        assert pruned.get_submodule(name).out_channels == groups * (width - lost)
+    assert pruned.get_submodule("2").groups == groups
 
 
 def test_depthwise_pruning_removes_whole_groups():

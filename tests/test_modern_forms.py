@@ -16,8 +16,8 @@ import transforms
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
-from third_party_forms import (BatchNormAct2d, ConvNeXtish, DenseBlock, DenseNetish, DropPath, MetaFormerBlock, Swinish,
-                               TimmBottleneck, TimmConvNeXtBlock, TokenNet, TvConvNeXtBlock, ViTish)
+from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, DenseBlock, DenseNetish, DropPath, MetaFormerBlock, Swinish,
+                               TimmBottleneck, TimmConvNeXtBlock, TimmViTish, TokenNet, TvConvNeXtBlock, ViTish, PaddedWindows)
 from transforms.masked_norm import masked_norm
 
 ATOL = 1e-10
@@ -137,7 +137,7 @@ def test_a_transformer_layer_is_one_block_and_grows_with_both_branches_silenced(
 def test_vit_tokens_prune_the_mlps_and_refuse_the_attention_stream_with_its_reason():
     gm = _captured(ViTish())
     groups = {g.producers[0]: g.refused for g in channel_dependencies(gm).groups}
-    assert "MultiheadAttention" in groups["conv_proj"]                  # the residual stream meets attention
+    assert "MultiheadAttention" in groups["conv_proj"] and "embed_dim" in groups["conv_proj"]
     assert groups["layers.0.mlp.0"] is None and groups["layers.1.mlp.0"] is None
     pruned = transforms.prune_channels(gm, "layers.0.mlp.0", [0, 3, 4])
     assert pruned.get_submodule("layers.0.mlp.0").out_features == 13
@@ -148,6 +148,92 @@ def test_vit_tokens_prune_the_mlps_and_refuse_the_attention_stream_with_its_reas
         model.get_submodule("layers.0.mlp.0").weight[[0, 3, 4]] = 0
         model.get_submodule("layers.0.mlp.0").bias[[0, 3, 4]] = 0
     assert_prune_equals_mask(gm, pruned, mask, X, ("eval", "train"), ATOL)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "written-out"])
+def test_attention_head_features_prune_across_q_k_v_and_every_head_as_masking_by_hand(fused):
+    """timm's qkv form, 2 heads of 4: removing feature 1 of q's first head removes feature 1 of q, k
+    and v in both heads (12 qkv rows) and the 2 projection columns those heads' feature 1 feed; the
+    scores keep the full width's scale. The reference zeroes those rows in the original model."""
+    gm = _captured(TimmViTish(d=8, fused=fused))
+    deps = channel_dependencies(gm)
+    assert deps.group_of("blocks.0.attn.qkv").size == 4 and deps.group_of("blocks.0.attn.qkv").prunable
+    pruned = transforms.prune_channels(gm, "blocks.0.attn.qkv", [1])
+    rows, columns = [r for r in range(24) if r % 4 != 1], [c for c in range(8) if c % 4 != 1]
+    before, after = gm.state_dict(), pruned.state_dict()
+    assert torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"][rows])
+    assert torch.equal(after["blocks.0.attn.qkv.bias"], before["blocks.0.attn.qkv.bias"][rows])
+    assert torch.equal(after["blocks.0.attn.proj.weight"], before["blocks.0.attn.proj.weight"][:, columns])
+    assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("blocks.0.attn."))
+    assert_state_carried(gm, pruned, resized=True)
+
+    def mask(model):
+        model.get_submodule("blocks.0.attn.qkv").weight[1::4] = 0
+        model.get_submodule("blocks.0.attn.qkv").bias[1::4] = 0
+    assert_prune_equals_mask(gm, pruned, mask, X, ("eval", "train"), ATOL)
+
+
+@pytest.mark.parametrize("channel, rows", [(9, [9, 21]), (0, [0, 4, 12, 16])], ids=["v", "q-and-k"])
+def test_channels_first_attention_prunes_per_head_features_as_masking_by_hand(channel, rows):
+    """timm's Attention2d form, 2 heads of 4 features: the qkv convolution's rows run (head, q/k/v,
+    feature). Removing v's feature 1 of head 0 (row 9) removes it in both heads (rows 9, 21); q's
+    feature 0 (row 0) takes k's feature 0 with it in both heads (rows 0, 4, 12, 16)."""
+    gm = _captured(ConvAttentionNet())
+    deps = channel_dependencies(gm)
+    assert deps.group_of("attn.qkv").size == 8 and deps.group_of("attn.qkv").prunable   # 4 q=k + 4 v features
+    pruned = transforms.prune_channels(gm, "attn.qkv", [channel])
+    kept = [r for r in range(24) if r not in rows]
+    assert torch.equal(pruned.get_submodule("attn.qkv").weight, gm.get_submodule("attn.qkv").weight[kept])
+    columns = [c for c in range(8) if channel < 4 or c % 4 != 1]     # v's feature 1 feeds proj columns 1 and 5
+    assert torch.equal(pruned.get_submodule("attn.proj").weight, gm.get_submodule("attn.proj").weight[:, columns])
+
+    def mask(model):
+        model.get_submodule("attn.qkv").weight[rows] = 0
+        model.get_submodule("attn.qkv").bias[rows] = 0
+    assert_prune_equals_mask(gm, pruned, mask, X, ("eval", "train"), ATOL)
+
+
+def test_padding_beside_the_channels_keeps_them_and_padding_them_is_refused():
+    gm = _captured(PaddedWindows())
+    assert channel_dependencies(gm).group_of("stem").prunable
+    pruned = transforms.prune_filters(gm, 0.3, per_layer=True)              # verified: equals masking, float64
+    assert pruned.get_submodule("mix").in_features == pruned.get_submodule("stem").out_channels == 6
+    refused = channel_dependencies(_captured(PaddedWindows(pad_channels=True))).group_of("stem").refused
+    assert "pads the channels" in refused
+
+
+def _stream_by_hand(model: TimmViTish, kept: list[int]) -> dict[str, torch.Tensor]:
+    """TimmViTish's state with its residual stream cut to `kept`, sliced by hand from the architecture."""
+    state, index = {k: v.clone() for k, v in model.state_dict().items()}, torch.tensor(kept)
+    rows = ["patch_embed.weight", "patch_embed.bias", "norm.weight", "norm.bias"]
+    columns = ["head.weight"]
+    for b in range(2):
+        p = f"blocks.{b}"
+        rows += [f"{p}.{n}.{t}" for n in ("norm1", "norm2", "attn.proj", "mlp.2") for t in ("weight", "bias")]
+        columns += [f"{p}.attn.qkv.weight", f"{p}.mlp.0.weight"]
+    for name in rows:
+        state[name] = state[name][index]
+    for name in columns:
+        state[name] = state[name][:, index]
+    for name in ("cls_token", "pos_embed"):
+        state[name] = state[name][..., index]
+    return state
+
+
+def test_a_vit_residual_stream_prunes_through_attention_and_the_class_token_as_sliced_by_hand():
+    model = randomize_state(TimmViTish(d=8).double(), 0)
+    gm = graphmorph.capture(model, X, leaf_modules=[DropPath]).eval()
+    assert [g.producers[0] for g in channel_dependencies(gm).groups if g.refused] == ["head"]
+    pruned = transforms.prune_channels(gm, "patch_embed", [0, 5, 6])     # verified: equals masking, float64
+    expected = _stream_by_hand(model, [1, 2, 3, 4, 7])
+    assert pruned.state_dict().keys() == expected.keys()
+    for name, tensor in pruned.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert pruned(X).shape == (2, 4)
+    both = transforms.prune_filters(gm, 0.3, per_layer=True)     # the nearest count of 8, 4 and 16 channels
+    pruned_rows = [len(channels) for _, channels in graphmorph.history(both)[-1]["pruned"]]
+    assert pruned_rows == [2, 1 * 3 * 2, 5, 1 * 3 * 2, 5]        # qkv: a feature of q, k and v in 2 heads
+    assert_state_carried(gm, both, resized=True)
 
 
 def test_poolformer_prunes_through_one_group_norms_and_grows_with_both_layer_scales_silenced():

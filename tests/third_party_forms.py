@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -360,3 +361,111 @@ class TimmBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+
+
+class QKVAttention(nn.Module):
+    """timm's Attention: one qkv Linear, split into heads by reshape and permute, q, k, v by unbind,
+    an optional LayerNorm over each head's features, then F.scaled_dot_product_attention (`fused`)
+    or the product, softmax and product written out; heads merged by transpose and reshape to the
+    input's width, read from its shape."""
+
+    def __init__(self, d: int, heads: int = 2, fused: bool = True, qk_norm: bool = False):
+        super().__init__()
+        self.heads, self.head_dim, self.fused = heads, d // heads, fused
+        self.qkv = nn.Linear(d, 3 * d)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+            x = scores.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TimmViTBlock(nn.Module):
+    """timm's ViT block: pre-norm attention and MLP branches, each through a DropPath."""
+
+    def __init__(self, d: int, **attention):
+        super().__init__()
+        self.norm1, self.attn, self.drop_path1 = nn.LayerNorm(d), QKVAttention(d, **attention), DropPath()
+        self.norm2, self.drop_path2 = nn.LayerNorm(d), DropPath()
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class TimmViTish(nn.Module):
+    """timm's VisionTransformer in small: patches flattened and transposed into tokens, a class
+    token and position embedding, blocks, a final norm, the class token into the head."""
+
+    def __init__(self, d: int = 8, depth: int = 2, image: int = 8, patch: int = 4, classes: int = 4, **attention):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, d) * 0.1)
+        self.blocks = nn.Sequential(*[TimmViTBlock(d, **attention) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class ConvAttention(nn.Module):
+    """timm's Attention2d (CoAtNet, MaxViT) on a channels-first map: a 1x1 convolution makes q, k
+    and v, a view splits them into heads (`(B, 3C, H, W) -> (B, heads, 3D, HW)`), chunk takes the
+    pieces, attention runs over the transposed pieces and a reshape merges the heads into channels."""
+
+    def __init__(self, d: int, heads: int = 2):
+        super().__init__()
+        self.heads, self.head_dim = heads, d // heads
+        self.qkv = nn.Conv2d(d, 3 * d, 1)
+        self.proj = nn.Conv2d(d, d, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q, k, v = self.qkv(x).view(b, self.heads, 3 * self.head_dim, -1).chunk(3, dim=2)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
+class ConvAttentionNet(nn.Module):
+    """A stem, one residual ConvAttention block, pooled into a classifier."""
+
+    def __init__(self, d: int = 8, classes: int = 4):
+        super().__init__()
+        self.stem, self.norm, self.attn = nn.Conv2d(3, d, 2, stride=2), nn.BatchNorm2d(d), ConvAttention(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.attn(self.norm(x))
+        return self.head(x.mean((2, 3)))
+
+
+class PaddedWindows(nn.Module):
+    """timm's Swin padding: a channels-last map padded on the right and bottom to whole windows
+    (`F.pad(x, (0, 0, 0, pad_w, 0, pad_h))`), a per-token Linear, the padding cropped off."""
+
+    def __init__(self, d: int = 8, classes: int = 4, pad_channels: bool = False):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, d, 3, padding=1), nn.Linear(d, classes)
+        self.mix = nn.Linear(d + pad_channels, d)
+        self.pad = (0, 1, 0, 1, 0, 1) if pad_channels else (0, 0, 0, 1, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)
+        h, w = x.shape[1], x.shape[2]
+        x = self.mix(F.pad(x, self.pad))[:, :h, :w, :]
+        return self.head(x.mean((1, 2)))

@@ -55,8 +55,9 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     `criterion` "l2" scores a channel by the L2 norm of the weights that produce it; "featuremap_l2"
     by the mean square of its featuremaps on `data` (a batch of inputs, or an iterable of batches or
     (inputs, labels) pairs). Globally (scores normalised by each group's mean) or, with `per_layer`,
-    `ratio` of every group. Never empties a layer; never touches a group that reaches the model's
-    output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even.
+    the count nearest `ratio` of every group. Never empties a layer; never touches a group that
+    reaches the model's output, or one holding a layer named in `ignore`. A grouped convolution
+    keeps its groups even: each loses the count nearest `ratio` of its own channels.
     Groups whose removal is refused are skipped; the history record lists them with the reason.
     `registry` holds the channel handlers of the ops (default: `Registry.default()`).
     """
@@ -248,8 +249,8 @@ def _choose(deps, groups, scores, ratio: float, per_layer: bool) -> list[tuple[C
     for group, score, budget in zip(groups, scores, budgets):
         runs = deps.partition(group)
         size = min(len(r) for r in runs)
-        wanted = int(ratio * group.size) if budget is None else budget
-        per_run = min(size - 1, wanted // len(runs))
+        per_run = int(ratio * size + 0.5) if budget is None else budget // len(runs)   # the nearest count
+        per_run = min(size - 1, per_run)
         if per_run <= 0:
             continue
         classes = deps.group_classes(group)

@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphmorph.graph.registry import Registry
 
 __all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Concat", "Split", "GetItem", "Reduce",
-           "Reshape", "Expand", "Permute", "Shift", "Convolution", "TransposedConvolution", "Linear", "ChannelNorm",
+           "Reshape", "Expand", "Permute", "Shift", "Unbind", "MatMul", "Pad",
+           "ScaledDotProductAttention", "Convolution", "TransposedConvolution", "Linear", "ChannelNorm",
            "output_weight", "is_channel_norm", "TensorQuestions", "ChannelLayout", "describe",
            "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS"]
 
@@ -253,6 +254,22 @@ class Split(ChannelOp):
         return [sum(1 for c in range(o, o + s) if c not in removed) for o, s in zip(offsets, sizes)]
 
 
+class Unbind(ChannelOp):
+    """unbind along a dimension other than the channels' (q, k and v out of one qkv tensor): the
+    getitem nodes that read the pieces keep the channels."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        rank, axis = rel.rank(source), rel.channel_axis(source)
+        dim = ops.argument(node, 1, "dim", 0) % rank
+        if dim == axis or any(not (u.op == "call_function" and u.target is operator.getitem) for u in node.users):
+            rel.refuse(node, f"{rel.describe(node)} unbinds the channels or is used other than by indexing its pieces")
+            return
+        for piece in node.users:
+            rel.set_axis(piece, axis - (dim < axis))
+            rel.same(piece, source)
+
+
 class GetItem(ChannelOp):
     """Indexing a split's pieces is handled by the split; indexing a tensor with integers and
     slices that leave the channel axis whole (`x[:, 0]`, a class token; `x[:, 0::2, 0::2, :]`)
@@ -260,7 +277,7 @@ class GetItem(ChannelOp):
 
     def relate(self, rel, node):
         source = node.args[0]
-        if source.op in ("call_function", "call_method") and isinstance(rel.handler(source), Split):
+        if source.op in ("call_function", "call_method") and isinstance(rel.handler(source), (Split, Unbind)):
             return
         if rel.channels(source) is None:
             if rel.channels(node) is not None:
@@ -294,9 +311,13 @@ class Reduce(ChannelOp):
 
 class Reshape(ChannelOp):
     """view / reshape / flatten. The channel axis stays whole where the reshape keeps it as one
-    dimension (a window partition of a channels-last map, tokens to a grid); channels flattened with
-    the dimensions after them into features (into a Linear), or features unflattened into channels,
-    map one channel to a run of features; any other reshape is refused."""
+    dimension (a window partition of a channels-last map, tokens to a grid). Channels merged with
+    the dimensions after them (flattened into a Linear) map one channel to a run of features, and
+    features unflattened into channels and space map a run back to one channel. Channels split into
+    heads (`(B, N, 3C) -> (B, N, 3, H, D)`, `(B, 3C, H, W) -> (B, H, 3D, HW)`, a channel shuffle's
+    `(B, G, C/G, H, W)`) run along the split's last dimension, feature d of every head one channel
+    (so every head keeps as many), and heads merged back map feature f to channel f % D. Any other
+    reshape is refused."""
 
     def relate(self, rel, node):
         source = node.args[0]
@@ -306,25 +327,32 @@ class Reshape(ChannelOp):
             return
         axis = rel.channel_axis(source)
         channels, prefix = before[axis], math.prod(before[:axis])
+        tokens_last = 2 <= axis == len(before) - 1
         for j in range(1, len(after)):
-            if math.prod(after[:j]) != prefix:
-                continue
-            if after[j] == channels:
-                rel.set_axis(node, j)
-                rel.same(node, source)
-                return
-            merged = _merged_run(before[axis:], after[j])          # channels and the dims after them
+            head = math.prod(after[:j])
+            if head == prefix and after[j] == channels:
+                return self._relate(rel, node, j)
+            merged = _run_length(before[axis:], after[j]) if head == prefix else None    # with the dims after
             if merged:
-                rel.set_axis(node, j)
-                rel.same(node, source, out_index=range(after[j]), in_index=[f // merged for f in range(after[j])])
-                return
-            split = _merged_run(after[j:], channels)                # channels into the dims after them
-            if split:
-                rel.set_axis(node, j)
-                rel.same(node, source, out_index=[c // split for c in range(channels)], in_index=range(channels))
-                return
+                per = after[j] // channels
+                return self._relate(rel, node, j, range(after[j]), [f // per for f in range(after[j])])
+            split = _run_length(after[j:], channels) if head == prefix else None         # into several dims
+            if split and (j + split < len(after) or tokens_last):                        # heads
+                width = after[j + split - 1]
+                return self._relate(rel, node, j + split - 1, [c % width for c in range(channels)])
+            if split:                                                                    # and space
+                per = channels // after[j]
+                return self._relate(rel, node, j, [c // per for c in range(channels)])
+            if any(math.prod(before[:k]) == head and math.prod(before[k:axis + 1]) == after[j]
+                   for k in range(1, axis)):                                             # heads merged
+                return self._relate(rel, node, j, range(after[j]), [f % channels for f in range(after[j])])
         rel.refuse(node, f"{rel.describe(node)} folds channels into other dimensions "
                          f"({tuple(before)} -> {tuple(after)})")
+
+    @staticmethod
+    def _relate(rel, node: fx.Node, axis: int, out_index=None, in_index=None) -> None:
+        rel.set_axis(node, axis)
+        rel.same(node, node.args[0], out_index, in_index)
 
     def cut(self, cut, node):
         if node.target in ("flatten", torch.flatten) or node.op == "call_module":
@@ -379,6 +407,59 @@ class Shift(ChannelOp):
         dims = [dims] if isinstance(dims, int) else list(dims or [])
         if not dims or rel.channel_axis(source) in [d % rel.rank(source) for d in dims]:
             rel.refuse(node, f"{rel.describe(node)} rolls the channels")
+        else:
+            rel.same(node, source)
+
+
+class MatMul(ChannelOp):
+    """matmul / @ in attention: `q @ k.transpose(-2, -1)` meets q's and k's channels along the
+    contracted dimension (channel d of q with channel d of k) and makes scores without channels;
+    `scores @ v` keeps v's channels along the last axis. Any other product is refused."""
+
+    def relate(self, rel, node):
+        a, b = node.args[:2]
+        if not all(isinstance(t, fx.Node) and rel.rank(t) >= 2 for t in (a, b)):
+            rel.refuse(node, f"{rel.describe(node)} multiplies a tensor that is not a matrix batch")
+        elif rel.channels(a) is None and rel.channel_axis(b) == rel.rank(b) - 1 and rel.rank(node) == rel.rank(b):
+            rel.set_axis(node, rel.rank(node) - 1)
+            rel.same(node, b)
+        elif rel.channel_axis(a) == rel.rank(a) - 1 and rel.channel_axis(b) == rel.rank(b) - 2 \
+                and rel.channels(a) == rel.channels(b) and not rel.is_constant(b):
+            rel.same(b, a)
+            rel.free.add(node)
+        else:
+            rel.refuse(node, f"{rel.describe(node)} multiplies matrices across the channels")
+
+
+class ScaledDotProductAttention(ChannelOp):
+    """F.scaled_dot_product_attention with q, k and v's features along the last axis: channel d
+    of q meets channel d of k, the output's channels are v's. A cut that removes q's features
+    passes the scale of the full width, so the scores stay those of masking."""
+
+    def relate(self, rel, node):
+        q, k, v = node.args[:3]
+        if any(rel.channels(t) is None or rel.channel_axis(t) != rel.rank(t) - 1 for t in (q, k, v)) \
+                or rel.channels(q) != rel.channels(k):
+            rel.refuse(node, f"{rel.describe(node)} takes q, k, v without their features along the last axis")
+            return
+        rel.same(k, q)
+        rel.set_axis(node, rel.rank(node) - 1)
+        rel.same(node, v)
+
+    def cut(self, cut, node):
+        q = node.args[0]
+        if cut.removed(q) and ops.argument(node, 6, "scale") is None:
+            node.kwargs = {**node.kwargs, "scale": cut.shape(q)[-1] ** -0.5}
+
+
+class Pad(ChannelOp):
+    """F.pad of dimensions other than the channels' (a channels-last map padded to whole windows)."""
+
+    def relate(self, rel, node):
+        source, pad = node.args[0], ops.argument(node, 1, "pad")
+        at = 2 * (rel.rank(source) - 1 - rel.channel_axis(source))
+        if not isinstance(pad, (tuple, list)) or any(pad[at:at + 2]):
+            rel.refuse(node, f"{rel.describe(node)} pads the channels")
         else:
             rel.same(node, source)
 
@@ -586,6 +667,8 @@ DEFAULT_MODULES: dict[type, ChannelOp] = {
     nn.PixelShuffle: Refuse("moves channels into space"),
     nn.PixelUnshuffle: Refuse("moves space into channels"),
     nn.ChannelShuffle: Refuse("permutes channels across groups"),
+    nn.MultiheadAttention: Refuse("ties its input width to its heads' (embed_dim), so its channels are kept; "
+                                  "attention written as a qkv Linear and scaled_dot_product_attention prunes"),
 }
 DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     **{f: Convolution() for f in ops.CONV_FUNCTIONS},
@@ -614,6 +697,11 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.rms_norm: ChannelNorm(),
     F.group_norm: ChannelNorm(),
     torch.roll: Shift(),
+    torch.unbind: Unbind(),
+    F.pad: Pad(),
+    torch.matmul: MatMul(),
+    operator.matmul: MatMul(),
+    F.scaled_dot_product_attention: ScaledDotProductAttention(),
 }
 DEFAULT_METHODS: dict[str, ChannelOp] = {
     **{m: _PASS for m in (*ops.ZERO_PRESERVING_METHODS, *ops.ACTIVATION_METHODS, "clone", "float", "sigmoid_")},
@@ -634,6 +722,8 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
     "permute": Permute(),
     "expand": Expand(),
     "roll": Shift(),
+    "unbind": Unbind(),
+    "matmul": MatMul(),
 }
 
 
@@ -655,26 +745,41 @@ def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _merged_run(dims: tuple[int, ...], total: int) -> int | None:
-    """`total // dims[0]` when `total` is the product of the first two or more of `dims`, else None."""
-    for m in range(2, len(dims) + 1):
-        if math.prod(dims[:m]) == total:
-            return total // dims[0]
-    return None
+def _run_length(dims: tuple[int, ...], total: int) -> int | None:
+    """How many (two or more) of the first `dims` multiply to `total`, else None."""
+    return next((m for m in range(2, len(dims) + 1) if math.prod(dims[:m]) == total), None)
 
 
 def _resize_size_argument(cut, node: fx.Node) -> None:
-    """Shrink a view/reshape/expand's explicit size at the node's channel axis by the removed channels."""
-    removed = cut.removed(node)
-    if not removed:
-        return
+    """Set a view/reshape/expand's explicit size at the node's channel axis to the kept channels where
+    it loses channels, or where the size is read from the shape of a tensor that does (`C` of
+    `B, N, C = x.shape` in `reshape(B, N, C)`, which may be another width than the node's)."""
     sizes = list(node.args[1:])
     nested = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
     sizes = list(sizes[0]) if nested else sizes
     axis = cut.channel_axis(node)
-    if axis < len(sizes) and isinstance(sizes[axis], int) and sizes[axis] != -1:
-        sizes[axis] = cut.shape(node)[axis] - len(removed)
+    if axis >= len(sizes):
+        return
+    size = sizes[axis]
+    if (size != -1 and cut.removed(node)) or (isinstance(size, fx.Node) and _reads_cut_shape(cut, size)):
+        sizes[axis] = cut.shape(node)[axis] - len(cut.removed(node))
         node.args = (node.args[0], tuple(sizes)) if nested else (node.args[0], *sizes)
+
+
+def _reads_cut_shape(cut, size: fx.Node) -> bool:
+    """Whether a size argument is computed from the shape of a tensor that loses channels."""
+    stack, seen = [size], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if cut.shape(current) is not None:
+            if cut.removed(current):
+                return True
+        else:
+            stack.extend(current.all_input_nodes)
+    return False
 
 
 def _first_tensor(rel, node: fx.Node) -> fx.Node | None:

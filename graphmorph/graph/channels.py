@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 from torch import fx
 
+from graphmorph.graph import ops
 from graphmorph.graph.analysis import _require_shapes
 from graphmorph.graph.channel_ops import ChannelLayout, TensorQuestions
 from graphmorph.graph.memo import memoized
@@ -74,10 +75,14 @@ class Relations(TensorQuestions):
         self.axis: dict[fx.Node, int] = {}
         self.data: set[fx.Node] = set()     # nodes computed from the model's input
         self.constants: set[fx.Node] = set()  # nodes computed from parameters and sizes alone
+        self.free: set[fx.Node] = set()       # data without channels (attention scores), and ops on it alone
         self.layout = ChannelLayout()        # filled in by `layout_of` once the analysis is done
 
     def is_constant(self, node: fx.Node) -> bool:
         return node.op == "get_attr" or node in self.constants
+
+    def channels(self, node) -> int | None:
+        return None if node in self.free else super().channels(node)
 
     def channel_axis(self, node: fx.Node) -> int:
         return self.parameter_dim[node] if node in self.parameter_dim else self.axis.get(node, 1)
@@ -242,16 +247,21 @@ class ChannelDependencies:
         return [(p, [position[r] for r in self.root[p]]) for p in self._producers[group.index]]
 
     def partition(self, group: ChannelGroup) -> list[list[int]]:
-        """Class positions in runs that must keep equal counts (a grouped convolution's groups);
-        one run holding every class when nothing constrains the group."""
+        """Class positions in runs that must keep equal counts (a grouped convolution's groups; the
+        finest such split where several grouped convolutions meet the group, runs that share classes,
+        as after a channel shuffle, constraining nothing); one run holding every class when nothing
+        constrains the group."""
         position = {root: k for k, root in enumerate(self._classes[group.index])}
+        finest = [list(range(group.size))]
         for node, parts in self.rel.evens:
             roots = self.root[node]
             if roots and self._group_index.get(roots[0]) == group.index:
                 per = len(roots) // parts
                 runs = [sorted({position[r] for r in roots[k * per:(k + 1) * per]}) for k in range(parts)]
-                return runs
-        return [list(range(group.size))]
+                disjoint = sum(map(len, runs)) == len({p for run in runs for p in run})
+                if disjoint and len(runs) > len(finest):
+                    finest = runs
+        return finest
 
     # ---- analysis
 
@@ -275,9 +285,13 @@ class ChannelDependencies:
             rel.constants.add(node)  # a view of a parameter, arithmetic on sizes, a size read from a tensor
             return
         rel.data.add(node)
+        if all(a in rel.free for a in inputs) and not (ops.is_conv(self.gm, node) or ops.is_linear(self.gm, node)):
+            rel.free.add(node)   # softmax, scaling, views, a bias or mask added, dropout: still no channels
+            return
         rank = rel.rank(node)
         inherited = rel.axis.get(inputs[0], 1)
-        rel.set_axis(node, inherited if rank == 0 or inherited < rank else 1)
+        if node not in rel.axis:   # a split or unbind has set its pieces' axis already
+            rel.set_axis(node, inherited if rank == 0 or inherited < rank else 1)
         touches = rel.channels(node) is not None or any(rel.channels(a) is not None for a in node.all_input_nodes)
         if not touches:
             return
