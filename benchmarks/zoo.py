@@ -48,16 +48,25 @@ def main() -> int:
     parser.add_argument("--size", type=int, help="input height and width where the model runs at it "
                                                  "(default, and for fixed-size models: the model's own)")
     parser.add_argument("--summarise", metavar="JSONL", help="summarise the lines of an earlier (or unfinished) run")
+    parser.add_argument("--only", help=f"comma-separated checks to run (default: all of {', '.join(CHECKS)}; "
+                                       "capture always runs)")
+    parser.add_argument("--keep", metavar="JSONL", help="an earlier run's lines: each model's checks not run now "
+                                                        "are carried from it (rerun what a change affects)")
     parser.add_argument("--one", help=argparse.SUPPRESS)      # a child: check one model, print its line
     parser.add_argument("--tool", choices=("graphmorph", "torch_pruning"), default="graphmorph", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else set(CHECKS)
+    if only - set(CHECKS):
+        parser.error(f"unknown checks {sorted(only - set(CHECKS))}; choose from {', '.join(CHECKS)}")
     if args.one:
-        print(json.dumps(check_model(args.one, args.size, args.tool)))
+        print(json.dumps(check_model(args.one, args.size, args.tool, only)))
         return 0
     if args.summarise:
         rows = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line.strip()]
         write_summary(Path(args.summarise), rows)
         return 0
+    earlier = {row["model"]: row for row in map(json.loads, Path(args.keep).read_text().splitlines())} \
+        if args.keep else {}
     names = args.models.split(",") if args.models else model_names(args.set)
     label = "custom" if args.models else args.set
     out = RESULTS / f"zoo-{label}-{_device()}.jsonl"
@@ -65,7 +74,9 @@ def main() -> int:
     rows = []
     with out.open("w") as stream:
         for k, name in enumerate(names, 1):
-            row = run_child(name, args.timeout, args.size)
+            row = run_child(name, args.timeout, args.size, only)
+            if name in earlier:
+                row["checks"] = {**earlier[name]["checks"], **row["checks"]}
             rows.append(row)
             stream.write(json.dumps(row) + "\n")
             stream.flush()
@@ -95,16 +106,18 @@ def model_names(which: str) -> list[str]:
     return names
 
 
-def run_child(name: str, timeout: int, size: int | None) -> dict:
+def run_child(name: str, timeout: int, size: int | None, only: set[str]) -> dict:
     """graphmorph's checks and Torch-Pruning's in two subprocesses, each with its own time limit,
     so that one tool hanging or dying does not take the other's results with it."""
-    row = _child(name, timeout, size, "graphmorph", "capture")
-    row["checks"].update(_child(name, timeout, size, "torch_pruning", "torch_pruning")["checks"])
+    row = _child(name, timeout, size, only, "graphmorph", "capture")
+    if "torch_pruning" in only:
+        row["checks"].update(_child(name, timeout, size, only, "torch_pruning", "torch_pruning")["checks"])
     return row
 
 
-def _child(name: str, timeout: int, size: int | None, tool: str, first: str) -> dict:
-    command = [sys.executable, __file__, "--one", name, "--tool", tool, *(["--size", str(size)] if size else [])]
+def _child(name: str, timeout: int, size: int | None, only: set[str], tool: str, first: str) -> dict:
+    command = [sys.executable, __file__, "--one", name, "--tool", tool, "--only", ",".join(sorted(only)),
+               *(["--size", str(size)] if size else [])]
     began = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -130,7 +143,7 @@ def family(name: str) -> str:
 # ---------------------------------------------------------------------------------------------- one model
 
 
-def check_model(name: str, size: int | None, tool: str = "graphmorph") -> dict:
+def check_model(name: str, size: int | None, tool: str = "graphmorph", only: set[str] = set(CHECKS)) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -141,11 +154,11 @@ def check_model(name: str, size: int | None, tool: str = "graphmorph") -> dict:
     checks: dict[str, dict] = {}
     gm = _check(checks, "capture", lambda: _capture(model, x)) if tool == "graphmorph" else None
     if gm is not None:
-        _check(checks, "flops", lambda: _flops(model, gm, x))
-        stages = _check(checks, "stages", lambda: _stages(gm))
-        _check(checks, "onnx", lambda: _onnx(gm, x))
-        _check(checks, "grow", lambda: _grow(gm, stages or []))
-        _check(checks, "prune", lambda: _prune(gm))
+        runs = {"flops": lambda: _flops(model, gm, x), "stages": lambda: _stages(gm), "onnx": lambda: _onnx(gm, x),
+                "grow": lambda: _grow(gm), "prune": lambda: _prune(gm)}
+        for check, run in runs.items():
+            if check in only:
+                _check(checks, check, run)
     if tool == "torch_pruning":
         _check(checks, "torch_pruning", lambda: _torch_pruning(name, size))
     return {"model": name, "family": family(name), "size": size, "seconds": round(time.perf_counter() - began, 1),
@@ -175,7 +188,8 @@ def _build(name: str, size: int | None):
 
 
 def _check(checks: dict, check: str, run):
-    """Run one check: its (status, detail, numbers) go into `checks`; returns what it gives on."""
+    """Run one check: its (status, detail, numbers) go into `checks`; returns what it gives on
+    (the captured graph) where that is not numbers."""
     from graphmorph import GraphmorphError
 
     began = time.perf_counter()
@@ -188,9 +202,8 @@ def _check(checks: dict, check: str, run):
         status, detail, value = "crash", f"{type(err).__name__}: {str(err)[:200]} ({_where(frame.filename)}:{frame.lineno})", None
     checks[check] = {"status": status, "detail": detail, "seconds": round(time.perf_counter() - began, 1)}
     if isinstance(value, dict):
-        give = value.pop("give", None)
         checks[check].update(value)
-        return give
+        return None
     return value
 
 
@@ -240,7 +253,7 @@ def _stages(gm):
     blocks = [len(s.blocks) for s in stages]
     if not stages:
         return "refused", "no stages: no block with a spatial output was found", None
-    return "ok", f"{len(stages)} stages, blocks {blocks}", {"blocks": blocks, "give": stages}
+    return "ok", f"{len(stages)} stages, blocks {blocks}", {"blocks": blocks}
 
 
 def _onnx(gm, x):
@@ -257,13 +270,13 @@ def _onnx(gm, x):
     return "ok", f"max |ort - torch| {report.max_abs_diff:.3g}", {"max_abs_diff": report.max_abs_diff}
 
 
-def _grow(gm, stages):
+def _grow(gm):
     """A function-preserving growth of every stage: one more layer in its last dense block, else
     ZeroInit after a residual block, identity (or ZeroInit in a new shortcut) after a plain one (a
     refusal, with its reason, where the block fits none)."""
     import graphmorph
     import transforms
-    grown, reasons = [], {}
+    grown, reasons, stages = [], {}, graphmorph.find_stages(gm)
     for stage in stages:
         dense = next((b.name for b in reversed(stage.block_info) if _is_dense(gm, b.name)), None)
         try:
