@@ -117,6 +117,23 @@ def test_growth_resizes_layers_with_the_registry_it_is_given():
     assert type(default.get_submodule("layer2.2.conv1")) is torch.nn.Conv2d
 
 
+def test_a_norm_resized_for_a_copy_keeps_its_subclass_and_settings_with_fresh_statistics():
+    class NormAct(torch.nn.BatchNorm2d):          # timm's BatchNormAct2d: a norm with its activation
+        def __init__(self, c):
+            super().__init__(c, eps=1e-3, momentum=0.01)
+            self.act = torch.nn.SiLU()
+
+    norm = NormAct(8)
+    with torch.no_grad():
+        norm.running_mean.fill_(3.0)
+    resized = graphmorph.Registry.default().layer_surgery(norm).with_in_channels(norm, 5)
+    assert type(resized) is NormAct and isinstance(resized.act, torch.nn.SiLU)
+    assert (resized.num_features, resized.eps, resized.momentum) == (5, 1e-3, 0.01)
+    assert resized.weight.shape == resized.running_mean.shape == (5,)
+    assert torch.equal(resized.running_mean, torch.zeros(5)) and torch.equal(resized.weight, torch.ones(5))
+    assert norm.num_features == 8 and torch.equal(norm.running_mean, torch.full((8,), 3.0))   # untouched
+
+
 def test_new_blocks_get_fresh_parameters_and_deterministic_names():
     gm = graphmorph.capture(build("Basic3ResNet-2-1-1", widths=(4, 8, 8)), torch.zeros(1, 3, 8, 8))
     a = transforms.grow(gm, stage=0, init="gau", generator=torch.Generator().manual_seed(5))

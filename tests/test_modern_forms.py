@@ -16,7 +16,7 @@ import transforms
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
-from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, DenseBlock, DenseNetish, DropPath, MetaFormerBlock, Swinish,
+from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, DenseBlock, DepthwiseSeparable, DenseNetish, DropPath, MetaFormerBlock, Swinish,
                                TimmBottleneck, TimmConvNeXtBlock, TimmViTish, TokenNet, TvConvNeXtBlock, ViTish, PaddedWindows)
 from transforms.masked_norm import masked_norm
 
@@ -414,6 +414,28 @@ def test_the_shape_preserving_copy_of_a_depthwise_block_keeps_its_convolution_de
     depthwise = grown.get_submodule(f"{new_block}.0")
     assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (6, 6, 6)
     assert grown.get_submodule(f"{new_block}.1").num_features == 6
+    assert_state_carried(gm, grown, added=(new_block,))
+    assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
+
+
+@pytest.mark.parametrize("timm_norm", [False, True], ids=["torchvision", "timm-functional-norm"])
+def test_the_copy_of_a_gated_block_that_changes_channels_resizes_its_gate_and_functional_norm(timm_norm):
+    """EfficientNet's first block (8 -> 4 channels, a squeeze-excitation gate): its copy reads 4
+    channels, so the gate's expanding convolution makes 4 (was: 'size of tensor a (8) must match
+    the size of tensor b (4)'), and a norm fx traced into F.batch_norm gets 4-wide tensors (was:
+    'running_mean should contain 4 elements not 8')."""
+    blocks = nn.Sequential(DepthwiseSeparable(8, 4, timm_norm), DepthwiseSeparable(4, 4, timm_norm))
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 4)))
+    grown = transforms.grow(gm, after="1.0", init="zero", shortcut=True)
+    new_block = graphmorph.history(grown)[-1]["new_block"]           # the copy's layers, in a new shortcut
+    gate = f"{new_block}.1"
+    assert grown.get_submodule(f"{gate}.fc1").in_channels == 4 and grown.get_submodule(f"{gate}.fc2").out_channels == 4
+    assert grown.get_submodule(f"{new_block}.0.0").groups == 4
+    norm = f"{new_block}.0.1"
+    assert {n: tuple(t.shape) for n, t in grown.state_dict().items() if n.startswith(norm)
+            and not n.endswith("num_batches_tracked")} == {f"{norm}.{k}": (4,) for k in
+                                                           ("weight", "bias", "running_mean", "running_var")}
     assert_state_carried(gm, grown, added=(new_block,))
     assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
 

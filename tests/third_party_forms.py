@@ -469,3 +469,31 @@ class PaddedWindows(nn.Module):
         h, w = x.shape[1], x.shape[2]
         x = self.mix(F.pad(x, self.pad))[:, :h, :w, :]
         return self.head(x.mean((1, 2)))
+
+
+class SqueezeExcitation(nn.Module):
+    """torchvision's SqueezeExcitation: pooled, reduced, expanded, a sigmoid gate multiplied on."""
+
+    def __init__(self, c: int, squeezed: int = 2):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, squeezed, 1), nn.Conv2d(squeezed, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc2(F.silu(self.fc1(x.mean((2, 3), keepdim=True))))) * x
+
+
+class DepthwiseSeparable(nn.Module):
+    """EfficientNet's first blocks: a depthwise convolution, its norm (torchvision's BatchNorm2d and
+    SiLU, or timm's BatchNormAct2d traced into F.batch_norm), a squeeze-excitation gate, the
+    projection and its norm; a shortcut where c_in == c_out."""
+
+    def __init__(self, c_in: int, c_out: int, timm_norm: bool = False):
+        super().__init__()
+        norm = [BatchNormAct2d(c_in, nn.SiLU)] if timm_norm else [nn.BatchNorm2d(c_in), nn.SiLU()]
+        self.block = nn.Sequential(nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False), *norm),
+                                   SqueezeExcitation(c_in),
+                                   nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out)))
+        self.residual = c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) + x if self.residual else self.block(x)

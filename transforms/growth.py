@@ -260,15 +260,20 @@ def _plan(work: fx.GraphModule, template: Block) -> _Plan:
 
 def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, registry: Registry) -> dict[str, Any]:
     """Fresh modules and parameters for the copy, keyed by their new targets, drawn from `seed`."""
-    frontier = _input_layers(work, plan, registry) if plan.derived else set()
+    resized = _resized(work, plan, template, registry) if plan.derived else _Resized(set(), set(), set())
     channels = template.out_shape[0] if plan.derived else None
     values = {}
     with seeded(seed, like=work):
         for old, new in plan.targets.items():
             value = attribute(work, old)
             if isinstance(value, nn.Module):
-                values[new] = _new_layer(value, old, template.name, plan.derived, channels if old in frontier else None,
-                                         registry)
+                values[new] = _new_layer(value, old, template.name, plan.derived, registry,
+                                         channels if old in resized.inputs else None,
+                                         channels if old in resized.gates else None)
+            elif old in resized.norm_tensors:   # a functional norm's: its default, at the new width
+                fresh = torch.full((channels,), 1.0 if old.endswith(("weight", "running_var")) else 0.0,
+                                   dtype=value.dtype, device=value.device)
+                values[new] = nn.Parameter(fresh, value.requires_grad) if isinstance(value, nn.Parameter) else fresh
             elif isinstance(value, nn.Parameter):
                 fresh = nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad)
                 if fresh.dim() >= 2:  # PyTorch's default for conv and linear weights
@@ -279,12 +284,24 @@ def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, r
     return values
 
 
-def _input_layers(work: fx.GraphModule, plan: _Plan, registry: Registry) -> set[str]:
-    """Targets of the layers that read the block's input channels: every registered layer reached
-    from the input before (and including) the first weighted layer on each path that mixes
-    channels (a depthwise convolution keeps them, so the walk goes on through it)."""
-    inside = set(plan.nodes)
-    found, seen, stack = set(), set(), list(plan.sources)
+@dataclass(frozen=True)
+class _Resized:
+    """What a derived copy resizes to the block's output width (targets in the template)."""
+
+    inputs: set[str]         # layers reading the input's channels
+    gates: set[str]          # layers whose output is multiplied or added onto them
+    norm_tensors: set[str]   # the parameters and statistics of functional norms over them
+
+
+def _resized(work: fx.GraphModule, plan: _Plan, template: Block, registry: Registry) -> _Resized:
+    """The layers whose channels follow the block's input in a derived copy: those that read them
+    (every registered layer reached from the input before, and including, the first weighted layer
+    on each path that mixes channels; a depthwise convolution keeps them, so the walk goes on
+    through it), the tensors of functional norms on the way (timm's BatchNormAct2d as traced), and
+    the layers whose output is multiplied or added onto them (a squeeze-excitation gate's
+    expanding convolution)."""
+    inside, width = set(plan.nodes), template.in_shape[0]
+    inputs, norm_tensors, seen, stack = set(), set(), set(), list(plan.sources)
     while stack:
         for user in stack.pop().users:
             if user not in inside or user in seen:
@@ -292,23 +309,57 @@ def _input_layers(work: fx.GraphModule, plan: _Plan, registry: Registry) -> set[
             seen.add(user)
             module = ops.module_of(work, user)
             if module is not None and registry.layer_surgery(module) is not None:
-                found.add(str(user.target))
+                inputs.add(str(user.target))
+            elif user.op == "call_function" and ops.is_norm(work, user):
+                norm_tensors |= {str(a.target) for a in user.all_input_nodes
+                                 if a.op == "get_attr" and tuple(attribute(work, str(a.target)).shape) == (width,)}
             if not ops.is_weighted(work, user) or _depthwise(module):
                 stack.append(user)
+    gates = set()
+    for node in seen:
+        if ops.is_elementwise_binary(node):
+            for operand in node.all_input_nodes:
+                if operand in inside and operand not in seen:
+                    gates |= {str(n.target) for n in _last_weighted(work, operand, inside)
+                              if _out_channels(work.get_submodule(n.target)) == width}
+    return _Resized(inputs, gates, norm_tensors)
+
+
+def _last_weighted(work: fx.GraphModule, node: fx.Node, inside: set[fx.Node]) -> list[fx.Node]:
+    """The weighted layer modules that make `node`, through ops without weights (a gate's sigmoid)."""
+    found, stack, seen = [], [node], set()
+    while stack:
+        current = stack.pop()
+        if current in seen or current not in inside:
+            continue
+        seen.add(current)
+        if ops.is_weighted(work, current):
+            if current.op == "call_module":
+                found.append(current)
+        else:
+            stack.extend(current.all_input_nodes)
     return found
+
+
+def _out_channels(module: nn.Module) -> int | None:
+    return getattr(module, "out_channels", getattr(module, "out_features", None))
 
 
 def _depthwise(module: nn.Module | None) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels == module.out_channels > 1
 
 
-def _new_layer(module: nn.Module, target: str, block: str, derived: bool, channels: int | None,
-               registry: Registry) -> nn.Module:
+def _new_layer(module: nn.Module, target: str, block: str, derived: bool, registry: Registry,
+               in_channels: int | None = None, out_channels: int | None = None) -> nn.Module:
     surgery = registry.layer_surgery(module)
     layer = None
     try:
-        if channels is not None and surgery.in_channels(module) != channels:
-            layer = surgery.with_in_channels(module, channels)
+        if in_channels is not None and surgery.in_channels(module) != in_channels:
+            layer = surgery.with_in_channels(module, in_channels)
+        if out_channels is not None and _out_channels(module) != out_channels:
+            if surgery is None or surgery.with_out_channels is None:
+                raise ValueError(f"{type(module).__name__} {target!r} would need {out_channels} output channels")
+            layer = surgery.with_out_channels(layer or module, out_channels)
         if derived and isinstance(module, nn.modules.conv._ConvNd) and not _same_size(module):
             raise ValueError(f"{type(module).__name__} {target!r} (kernel {module.kernel_size}, padding "
                              f"{module.padding}) changes the size even at stride 1")

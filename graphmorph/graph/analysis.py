@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Collection
 
 import networkx as nx
-import torch.nn.functional as F
 from torch import fx
 
 from graphmorph.graph.memo import memoized
@@ -508,19 +507,7 @@ class _Analysis:
         scale = self._layer_scale(affine)
         if scale is not None:
             return str(scale.target)
-        return self._weight_owner(affine)
-
-    def _weight_owner(self, node: fx.Node) -> str | None:
-        """The module holding a functional layer's weight (`F.batch_norm(x, ..., self.weight,
-        self.bias)` inside timm's BatchNormAct2d), whose weight and bias an init sets."""
-        position = 3 if node.target is F.batch_norm else 2 if ops.is_norm(self.gm, node) else 1
-        weight = ops.argument(node, position, "weight")
-        if not isinstance(weight, fx.Node) or weight.op != "get_attr":
-            return None
-        owner, _, leaf = str(weight.target).rpartition(".")
-        holder = self.gm.get_submodule(owner) if owner else self.gm
-        return owner if leaf == "weight" and owner and getattr(holder, "weight", None) is ops.attribute(
-            self.gm, str(weight.target)) else None
+        return ops.weight_owner(self.gm, affine)
 
 
 def upstream(node: fx.Node, region: Collection[fx.Node]) -> set[fx.Node]:

@@ -1,6 +1,7 @@
 """Layer surgery for growth: what a layer's input channels are and how to make a fresh layer of the
-same kind with other input channels or with stride 1. The defaults here are what
-`graphmorph.graph.registry.Registry` starts from; users register their own layers there.
+same kind with other input channels, other output channels (a gate's) or with stride 1. The
+defaults here are what `graphmorph.graph.registry.Registry` starts from; users register their own
+layers there.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 __all__ = ["LayerSurgery", "fresh_copy", "DEFAULT_LAYERS"]
@@ -21,6 +23,7 @@ class LayerSurgery:
     in_channels: Callable[[nn.Module], int]
     with_in_channels: Callable[[nn.Module, int], nn.Module]
     with_unit_stride: Callable[[nn.Module], nn.Module] | None = None
+    with_out_channels: Callable[[nn.Module, int], nn.Module] | None = None
 
 
 def fresh_copy(module: nn.Module) -> nn.Module:
@@ -45,6 +48,13 @@ def _conv_with(m: nn.modules.conv._ConvNd, in_channels: int, stride=None) -> nn.
     )
 
 
+def _conv_out(m: nn.modules.conv._ConvNd, out_channels: int) -> nn.Module:
+    if m.groups != 1:
+        raise ValueError(f"{type(m).__name__} with groups={m.groups} cannot change its output channels alone")
+    return type(m)(m.in_channels, out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
+                   dilation=m.dilation, bias=m.bias is not None, padding_mode=m.padding_mode)
+
+
 def _conv_unit_stride(m: nn.modules.conv._ConvNd) -> nn.Module:
     clone = fresh_copy(m)
     clone.stride = (1,) * len(m.stride)
@@ -52,8 +62,18 @@ def _conv_unit_stride(m: nn.modules.conv._ConvNd) -> nn.Module:
 
 
 def _norm_with(m: nn.modules.batchnorm._NormBase, channels: int) -> nn.Module:
-    return type(m)(channels, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                   track_running_stats=m.track_running_stats)
+    """The norm over `channels`, its other settings (and a subclass's own, timm's fused activation)
+    kept, its parameters and statistics fresh."""
+    clone = copy.deepcopy(m)
+    clone.num_features = channels
+    for name in ("weight", "bias"):
+        if getattr(clone, name, None) is not None:
+            setattr(clone, name, nn.Parameter(torch.empty(channels)))
+    for name in ("running_mean", "running_var"):
+        if getattr(clone, name, None) is not None:
+            clone.register_buffer(name, torch.empty(channels))
+    clone.reset_parameters()
+    return clone
 
 
 def _group_norm_with(m: nn.GroupNorm, channels: int) -> nn.Module:
@@ -64,12 +84,16 @@ def _linear_with(m: nn.Linear, features: int) -> nn.Module:
     return nn.Linear(features, m.out_features, bias=m.bias is not None)
 
 
-_CONV = LayerSurgery(lambda m: m.in_channels, _conv_with, _conv_unit_stride)
+def _linear_out(m: nn.Linear, features: int) -> nn.Module:
+    return nn.Linear(m.in_features, features, bias=m.bias is not None)
+
+
+_CONV = LayerSurgery(lambda m: m.in_channels, _conv_with, _conv_unit_stride, _conv_out)
 _NORM = LayerSurgery(lambda m: m.num_features, _norm_with)
 DEFAULT_LAYERS: dict[type[nn.Module], LayerSurgery] = {
     **{conv: _CONV for conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d)},
     **{norm: _NORM for norm in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
                                 nn.InstanceNorm3d)},
     nn.GroupNorm: LayerSurgery(lambda m: m.num_channels, _group_norm_with),
-    nn.Linear: LayerSurgery(lambda m: m.in_features, _linear_with),
+    nn.Linear: LayerSurgery(lambda m: m.in_features, _linear_with, with_out_channels=_linear_out),
 }

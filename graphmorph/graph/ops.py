@@ -140,6 +140,21 @@ def is_weighted(gm: fx.GraphModule, node: fx.Node) -> bool:
     return is_conv(gm, node) or is_conv_transpose(gm, node) or is_linear(gm, node)
 
 
+def weight_owner(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """The module holding a functional layer's weight (`F.batch_norm(x, ..., self.weight,
+    self.bias)` inside timm's BatchNormAct2d, `F.conv2d(x, self.weight)`), or None."""
+    if node.op != "call_function":
+        return None
+    position = 3 if node.target is F.batch_norm else 2 if is_norm(gm, node) else 1
+    weight = argument(node, position, "weight")
+    if not isinstance(weight, fx.Node) or weight.op != "get_attr":
+        return None
+    owner, _, leaf = str(weight.target).rpartition(".")
+    holder = gm.get_submodule(owner) if owner else gm
+    return owner if leaf == "weight" and owner and getattr(holder, "weight", None) is attribute(
+        gm, str(weight.target)) else None
+
+
 def is_attention(gm: fx.GraphModule, node: fx.Node) -> bool:
     """An attention op whose projections fx does not see: torch's nn.MultiheadAttention (a leaf
     module), or a wrapped attention function that takes them as arguments (torchvision's Swin)."""
