@@ -332,7 +332,9 @@ def _prune(gm):
     ratio = graphmorph.count_flops(pruned).macs / graphmorph.count_flops(gm).macs
     reasons = Counter(reason.split(":")[0][:80] for _, reason in record["skipped"])
     if not record["pruned"]:
-        return "refused", f"every group refused: {dict(reasons.most_common(3))}", {"macs_ratio": 1.0}
+        from graphmorph.graph.channels import channel_groups
+        refusals = reasons or Counter(g.refused[:100] for g in channel_groups(gm) if g.refused)
+        return "refused", f"every group refused: {dict(refusals.most_common(3))}", {"macs_ratio": 1.0}
     return "ok", f"{len(record['skipped'])} groups skipped" if reasons else "", {
         "macs_ratio": round(ratio, 4), "skipped": len(record["skipped"]), "skip_reasons": dict(reasons.most_common(5))}
 
