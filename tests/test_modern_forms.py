@@ -17,7 +17,8 @@ from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
 from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, DenseBlock, DepthwiseSeparable, DenseNetish, DropPath, MetaFormerBlock, Swinish,
-                               TimmBottleneck, TimmConvNeXtBlock, TimmViTish, TokenNet, TvConvNeXtBlock, ViTish, PaddedWindows)
+                               TimmBottleneck, TimmConvNeXtBlock, TimmViTish, TokenNet, TvConvNeXtBlock, ViTish, PaddedWindows,
+                               XceptionModule)
 from transforms.masked_norm import masked_norm
 
 ATOL = 1e-10
@@ -436,6 +437,20 @@ def test_the_copy_of_a_gated_block_that_changes_channels_resizes_its_gate_and_fu
     assert {n: tuple(t.shape) for n, t in grown.state_dict().items() if n.startswith(norm)
             and not n.endswith("num_batches_tracked")} == {f"{norm}.{k}": (4,) for k in
                                                            ("weight", "bias", "running_mean", "running_var")}
+    assert_state_carried(gm, grown, added=(new_block,))
+    assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
+
+
+def test_the_copy_of_a_projection_block_drops_the_whole_shortcut_for_the_identity():
+    """timm's Xception: the projection's norm reads the shape of the conv before it, so the conv
+    has a reader outside the shortcut. The copy's merge must read its own input (it read the
+    template's projection, 5e-7 off on xception41) and keep none of the projection's parameters."""
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), XceptionModule(4, 6, stride=2), XceptionModule(6, 6),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)))
+    grown = transforms.grow(gm, after="1", init="zero")              # verified: preserves eval and train
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    added = {n for n, _ in grown.named_parameters()} - {n for n, _ in gm.named_parameters()}
+    assert added and all(n.startswith(f"{new_block}.stack.") for n in added), sorted(added)
     assert_state_carried(gm, grown, added=(new_block,))
     assert max(output_differences(gm, grown, X, ("eval", "train")).values()) <= ATOL
 

@@ -345,6 +345,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.ndim == 4, "expected a 4-d input")      # as timm checks: a read of the input's shape
         x = nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                      self.training, self.momentum, self.eps)
         return self.act(x)
@@ -361,6 +362,23 @@ class TimmBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+
+
+class XceptionModule(nn.Module):
+    """timm's Xception block: a pre-activated stack of convolutions and, where the block changes
+    the channels or the size, a projection shortcut whose BatchNormAct2d reads its input's shape."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.stack = nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                                   BatchNormAct2d(c_out, nn.ReLU),
+                                   nn.Conv2d(c_out, c_out, 3, stride=stride, padding=1, bias=False),
+                                   BatchNormAct2d(c_out))
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), BatchNormAct2d(c_out)) \
+            if c_in != c_out or stride != 1 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stack(x) + (self.shortcut(x) if self.shortcut is not None else x)
 
 
 class QKVAttention(nn.Module):

@@ -231,13 +231,11 @@ def _plan(work: fx.GraphModule, template: Block) -> _Plan:
             f"block {template.name!r} is not shape-preserving and cannot be made so: it concatenates its input, "
             "so its output always has more channels than its input"
         )
-    skip = set(template.shortcut_nodes) if derived else set()
+    skip = _dropped(nodes, template) if derived else set()
     entry = nodes[template.output_node]
     sources = {nodes[template.input_node]: entry}
     if derived and template.shortcut == "projection":
-        shortcut = [nodes[n] for n in template.shortcut_nodes]
-        end = next(n for n in shortcut if any(u.name not in skip for u in n.users))
-        sources[end] = entry
+        sources[nodes[template.shortcut_nodes[-1]]] = entry     # what the merge read from the projection
     copied = [nodes[n] for n in template.nodes if n not in skip]
     referenced = list(dict.fromkeys(str(n.target) for n in copied if n.op in ("call_module", "get_attr")))
     prefix = template.name
@@ -256,6 +254,18 @@ def _plan(work: fx.GraphModule, template: Block) -> _Plan:
         def rename(path: str) -> str:
             return suffixed.get(path, path)
     return _Plan(copied, entry, sources, {t: rename(t) for t in referenced}, rename, derived)
+
+
+def _dropped(nodes: dict[str, fx.Node], template: Block) -> set[str]:
+    """The template's projection shortcut, and what only it reads (its norm's parameters), which a
+    shape-preserving copy replaces by the identity."""
+    dropped = set(template.shortcut_nodes)
+    while True:
+        only = {n for n in template.nodes if n not in dropped and nodes[n].users
+                and all(u.name in dropped for u in nodes[n].users)}
+        if not only:
+            return dropped
+        dropped |= only
 
 
 def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, registry: Registry) -> dict[str, Any]:
