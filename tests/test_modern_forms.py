@@ -16,7 +16,7 @@ import transforms
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
-from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, DenseBlock, DepthwiseSeparable, DenseNetish, DropPath, MetaFormerBlock, Swinish,
+from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, ConvNeXtV2Block, DenseBlock, DepthwiseSeparable, DenseNetish, DropPath, MetaFormerBlock, Swinish,
                                TimmBottleneck, TimmConvNeXtBlock, TimmViTish, TokenNet, TvConvNeXtBlock, ViTish, PaddedWindows,
                                XceptionModule)
 from transforms.masked_norm import masked_norm
@@ -192,6 +192,29 @@ def test_channels_first_attention_prunes_per_head_features_as_masking_by_hand(ch
         model.get_submodule("attn.qkv").weight[rows] = 0
         model.get_submodule("attn.qkv").bias[rows] = 0
     assert_prune_equals_mask(gm, pruned, mask, X, ("eval", "train"), ATOL)
+
+
+def test_a_global_response_norm_prunes_with_its_mean_over_the_kept_channels():
+    """ConvNeXt-V2's GRN divides each channel's spread by its mean over the channels: pruned, the
+    mean runs over the kept ones. Reference by hand: the block's hidden channels run through the
+    GRN's formula with that mean taken over the kept channels of the original's hidden tensor."""
+    block = randomize_state(ConvNeXtV2Block(4).double(), 0)
+    with torch.no_grad():
+        block.grn.weight.normal_()
+    gm = _captured(nn.Sequential(nn.Conv2d(3, 4, 2, stride=2), block, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(4, 4)))
+    assert channel_dependencies(gm).group_of("1.fc1").prunable
+    kept = [k for k in range(16) if k not in (2, 9, 13)]
+    pruned = transforms.prune_channels(gm, "1.fc1", [2, 9, 13])     # verified against mask_channels
+    assert pruned.get_parameter("1.grn.weight").shape == (13,)
+    b = gm.get_submodule("1")
+    stem = gm.get_submodule("0")(X)
+    hidden = F.gelu(b.fc1(b.norm(b.conv_dw(stem).permute(0, 2, 3, 1))))[..., kept]
+    spread = hidden.norm(p=2, dim=(1, 2), keepdim=True)
+    gated = hidden + b.grn.bias[kept] + b.grn.weight[kept] * hidden * spread / (spread.mean(-1, keepdim=True) + 1e-6)
+    out = stem + F.linear(gated, b.fc2.weight[:, kept], b.fc2.bias).permute(0, 3, 1, 2)
+    expected = gm.get_submodule("4")(out.mean((2, 3)))
+    assert torch.allclose(pruned(X), expected, atol=ATOL, rtol=0)
 
 
 def test_padding_beside_the_channels_keeps_them_and_padding_them_is_refused():

@@ -515,3 +515,30 @@ class DepthwiseSeparable(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x) + x if self.residual else self.block(x)
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's GRN on a channels-last map: each channel's L2 norm over space, divided by
+    that norm's mean over the channels, gates the input, with a per-channel affine."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.zeros(c)), nn.Parameter(torch.zeros(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spread = x.norm(p=2, dim=(1, 2), keepdim=True)
+        response = spread / (spread.mean(dim=-1, keepdim=True) + 1e-6)
+        return x + torch.addcmul(self.bias.view(1, 1, 1, -1), self.weight.view(1, 1, 1, -1), x * response)
+
+
+class ConvNeXtV2Block(nn.Module):
+    """timm's ConvNeXt-V2 block: depthwise conv, channels-last LayerNorm, MLP with GRN, residual."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv_dw, self.norm = nn.Conv2d(c, c, 7, padding=3, groups=c), nn.LayerNorm(c)
+        self.fc1, self.grn, self.fc2 = nn.Linear(c, 4 * c), GlobalResponseNorm(4 * c), nn.Linear(4 * c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.conv_dw(x).permute(0, 2, 3, 1))
+        return x + self.fc2(self.grn(F.gelu(self.fc1(y)))).permute(0, 3, 1, 2)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 import torch
 from torch import fx
 
-from graphmorph.graph.channel_ops import ChannelLayout, is_channel_norm, output_weight
+from graphmorph.graph.channel_ops import ChannelLayout, is_channel_mean, is_channel_norm, output_weight
 from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_removal
 from graphmorph.graph import ops
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
@@ -150,7 +150,7 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
     after every node carrying removed channels (`removal`: node name -> channel indices; `layout`:
     where each node's channels run, `ChannelDependencies.layout`). A norm over masked channels
     (layer, RMS or one-group norm) computes its statistics over the kept channels alone, as the
-    pruned layer does."""
+    pruned layer does, and so does a mean over the channels (ConvNeXt-V2's response norm)."""
     layout = layout or ChannelLayout()
     masked = clone(gm)
     for k, node in enumerate(list(masked.graph.nodes)):
@@ -171,11 +171,20 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
         for user in list(product.users):
             if is_channel_norm(masked, user):
                 mask_statistics(masked, user, attr)
+            elif is_channel_mean(user, axis, len(shape)):     # the mean of the kept channels
+                _rescale(masked, user, shape[axis] / (shape[axis] - len(set(removed))))
     masked.recompile()
     return masked
 
 
 # --------------------------------------------------------------------------- implementation
+
+
+def _rescale(gm: fx.GraphModule, node: fx.Node, factor: float) -> None:
+    """Multiply `node`'s output by `factor` for all its readers."""
+    with gm.graph.inserting_after(node):
+        scaled = gm.graph.call_function(operator.mul, (node, factor))
+    node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
 
 
 def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[tuple]:

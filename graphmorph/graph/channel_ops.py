@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Concat", "Split", "GetItem", "Reduce",
            "Reshape", "Expand", "Permute", "Shift", "Unbind", "MatMul", "Pad",
            "ScaledDotProductAttention", "Convolution", "TransposedConvolution", "Linear", "ChannelNorm",
-           "output_weight", "is_channel_norm", "TensorQuestions", "ChannelLayout", "describe",
+           "output_weight", "is_channel_norm", "is_channel_mean", "TensorQuestions", "ChannelLayout", "describe",
            "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS"]
 
 @dataclass(frozen=True)
@@ -294,19 +294,37 @@ class GetItem(ChannelOp):
 
 
 class Reduce(ChannelOp):
-    """mean / sum / amax over dimensions other than batch and channels keeps the channels."""
+    """mean / sum / amax / norm over dimensions other than batch and channels keeps the channels.
+    A mean over the channels kept as a size-1 dimension (ConvNeXt-V2's global response norm) is a
+    statistic of them, like a layer norm's: after a cut it runs over the kept channels, and the
+    pruning reference computes it so (`is_channel_mean`). Any other reduction over them is refused.
+    `dim_at` is the position of the `dim` argument (2 for `norm(p, dim)`)."""
+
+    def __init__(self, dim_at: int = 1):
+        self.dim_at = dim_at
 
     def relate(self, rel, node):
         source = node.args[0]
-        dims = ops.argument(node, 1, "dim")
+        dims = ops.argument(node, self.dim_at, "dim")
         rank, axis = rel.rank(source), rel.channel_axis(source)
         dims = [dims] if isinstance(dims, int) else dims
+        keepdim = ops.argument(node, self.dim_at + 1, "keepdim", False)
+        if dims is not None and is_channel_mean(node, axis, rank):
+            return
         if dims is None or any(d % rank in (0, axis) for d in dims):
             rel.refuse(node, f"{rel.describe(node)} reduces over the batch or channel dimension")
             return
-        keepdim = ops.argument(node, 2, "keepdim", False)
         rel.set_axis(node, axis if keepdim else axis - sum(1 for d in dims if d % rank < axis))
         rel.same(node, source)
+
+
+def is_channel_mean(node: fx.Node, axis: int, rank: int) -> bool:
+    """A mean over the channel `axis` alone (of a rank-`rank` input), kept as a size-1 dimension."""
+    if not (node.op == "call_method" and node.target == "mean") and node.target is not torch.mean:
+        return False
+    dims = ops.argument(node, 1, "dim")
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    return [d % rank for d in dims] == [axis] and ops.argument(node, 2, "keepdim", False) is True
 
 
 class Reshape(ChannelOp):
@@ -688,6 +706,8 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     torch.mean: Reduce(),
     torch.sum: Reduce(),
     torch.amax: Reduce(),
+    torch.norm: Reduce(dim_at=2),
+    torch.linalg.vector_norm: Reduce(dim_at=2),
     getattr: Ignore(),
     F.pixel_shuffle: Refuse("moves channels into space"),
     F.channel_shuffle: Refuse("permutes channels across groups"),
@@ -717,6 +737,7 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
     "mean": Reduce(),
     "sum": Reduce(),
     "amax": Reduce(),
+    "norm": Reduce(dim_at=2),
     **{m: Ignore() for m in ("size", "dim")},
     "transpose": Permute(),
     "permute": Permute(),
