@@ -350,8 +350,9 @@ def _torch_pruning(name: str, size: int):
         return "refused", "torch-pruning is not installed", None
     model, _ = _build(name, size)
     x = torch.randn(1, 3, size, size)
-    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
-                  and m.out_features == _num_classes(model)]
+    classes = _num_classes(model)   # the classifier: a Linear, or a 1x1 convolution as in SqueezeNet
+    classifier = [m for m in model.modules() if (isinstance(m, torch.nn.Linear) and m.out_features == classes)
+                  or (isinstance(m, torch.nn.Conv2d) and m.out_channels == classes)]
     before = _reference_flops(model, x)      # the count graphmorph's ratio is checked against
     with torch.enable_grad():
         pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
