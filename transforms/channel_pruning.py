@@ -165,14 +165,12 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
         masked.register_buffer(name, mask.view(*[-1 if d == axis else 1 for d in range(len(shape))]))
         with masked.graph.inserting_after(node):
             attr = masked.graph.get_attr(name)
-        with masked.graph.inserting_after(attr):
-            product = masked.graph.call_function(operator.mul, (node, attr))
-        node.replace_all_uses_with(product, delete_user_cb=lambda user: user is not product)
+        product = _multiplied(masked, node, attr)
         for user in list(product.users):
             if is_channel_norm(masked, user):
                 mask_statistics(masked, user, attr)
             elif is_channel_mean(user, axis, len(shape)):     # the mean of the kept channels
-                _rescale(masked, user, shape[axis] / (shape[axis] - len(set(removed))))
+                _multiplied(masked, user, shape[axis] / (shape[axis] - len(set(removed))))
     masked.recompile()
     return masked
 
@@ -180,11 +178,13 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
 # --------------------------------------------------------------------------- implementation
 
 
-def _rescale(gm: fx.GraphModule, node: fx.Node, factor: float) -> None:
-    """Multiply `node`'s output by `factor` for all its readers."""
-    with gm.graph.inserting_after(node):
-        scaled = gm.graph.call_function(operator.mul, (node, factor))
-    node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+def _multiplied(gm: fx.GraphModule, node: fx.Node, factor: fx.Node | float) -> fx.Node:
+    """`node * factor`, inserted after both and read by all of `node`'s readers instead of it."""
+    anchor = factor if isinstance(factor, fx.Node) else node
+    with gm.graph.inserting_after(anchor):
+        product = gm.graph.call_function(operator.mul, (node, factor))
+    node.replace_all_uses_with(product, delete_user_cb=lambda user: user is not product)
+    return product
 
 
 def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[int]) -> list[tuple]:

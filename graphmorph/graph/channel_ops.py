@@ -309,7 +309,7 @@ class Reduce(ChannelOp):
         rank, axis = rel.rank(source), rel.channel_axis(source)
         dims = [dims] if isinstance(dims, int) else dims
         keepdim = ops.argument(node, self.dim_at + 1, "keepdim", False)
-        if dims is not None and is_channel_mean(node, axis, rank):
+        if is_channel_mean(node, axis, rank):
             return
         if dims is None or any(d % rank in (0, axis) for d in dims):
             rel.refuse(node, f"{rel.describe(node)} reduces over the batch or channel dimension")
