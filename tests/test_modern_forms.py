@@ -16,7 +16,7 @@ import transforms
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.verify import output_differences, verification_inputs
 from graphmorph.testing import assert_prune_equals_mask, assert_state_carried, randomize_state
-from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, ConvNeXtV2Block, DenseBlock, DepthwiseSeparable, DenseNetish, DropPath, MetaFormerBlock, Swinish,
+from third_party_forms import (BatchNormAct2d, ConvAttentionNet, ConvNeXtish, ConvNeXtV2Block, DenseBlock, DepthwiseSeparable, DenseNetish, DropPath, GhostBottleneck, GhostModule, MetaFormerBlock, Swinish,
                                TimmBottleneck, TimmConvNeXtBlock, TimmViTish, TokenNet, TvConvNeXtBlock, ViTish, PaddedWindows,
                                XceptionModule)
 from transforms.masked_norm import masked_norm
@@ -511,3 +511,33 @@ def test_an_inception_style_block_is_refused_with_its_structure_named():
                                  nn.Flatten(), nn.Linear(4, 4)))
     with pytest.raises(graphmorph.RewriteError, match="joins parallel branches with no shortcut"):
         transforms.grow(gm, stage=0, init="identity")
+
+
+def test_a_ghost_modules_channel_slice_prunes_with_moved_bounds_as_sliced_by_hand():
+    """GhostNet cuts `cat([x1, cheap(x1)])` to an odd width with `out[:, :C]`: removing primary
+    channel 0 removes cheap channel 0 with it (depthwise), so of the 5 sliced channels 1, 2 and 4
+    stay; the reference slices the state and the head's columns by hand."""
+    model = randomize_state(nn.Sequential(GhostModule(3, 5), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          nn.Linear(5, 4)).double(), 0).eval()
+    gm = graphmorph.capture(model, X).eval()
+    pruned = transforms.prune_channels(gm, "0.primary_conv.0", [0])     # verified: equals masking, float64
+    rows, columns = torch.tensor([1, 2]), torch.tensor([1, 2, 4])
+    expected = {name: tensor[rows] if name.startswith("0.") and tensor.dim() else tensor
+                for name, tensor in model.state_dict().items()}
+    expected["3.weight"] = model.get_submodule("3").weight[:, columns]
+    assert pruned.state_dict().keys() == expected.keys()
+    for name, tensor in pruned.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    features = model[:3](X)[:, columns]
+    by_hand = F.linear(features, expected["3.weight"], expected["3.bias"])
+    assert torch.allclose(pruned(X), by_hand, atol=ATOL, rtol=0)
+
+
+def test_ghost_bottlenecks_prune_every_group_through_their_slices():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), GhostBottleneck(6, 7), GhostBottleneck(6, 9),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    gm = _captured(model)
+    assert [g.producers[0] for g in channel_dependencies(gm).groups if g.refused] == ["5"]
+    pruned = transforms.prune_filters(gm, 0.3, per_layer=True)        # verified: equals masking, float64
+    assert_state_carried(gm, pruned, resized=True)
+    assert pruned.get_submodule("5").in_features < 6

@@ -3,6 +3,8 @@ packages give them, so the tests can check that graphmorph knows them by name: t
 `stochastic_depth` (an fx-wrapped function) and timm's `DropPath` (a module)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -542,3 +544,35 @@ class ConvNeXtV2Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.conv_dw(x).permute(0, 2, 3, 1))
         return x + self.fc2(self.grn(F.gelu(self.fc1(y)))).permute(0, 3, 1, 2)
+
+
+class GhostModule(nn.Module):
+    """timm's GhostNet module: a primary convolution makes ceil(out / 2) channels, a depthwise
+    "cheap" convolution makes as many more from them, and the concatenation is cut to `out`
+    channels with a slice (`out[:, :out_chs]`), which drops the last cheap channel where out is odd."""
+
+    def __init__(self, c_in: int, out: int, act: bool = True):
+        super().__init__()
+        primary = math.ceil(out / 2)
+        self.out_chs = out
+        self.primary_conv = nn.Sequential(nn.Conv2d(c_in, primary, 1, bias=False), nn.BatchNorm2d(primary),
+                                          nn.ReLU() if act else nn.Identity())
+        self.cheap_operation = nn.Sequential(nn.Conv2d(primary, primary, 3, padding=1, groups=primary, bias=False),
+                                             nn.BatchNorm2d(primary), nn.ReLU() if act else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.primary_conv(x)
+        out = torch.cat([x1, self.cheap_operation(x1)], dim=1)
+        return out[:, :self.out_chs, :, :]
+
+
+class GhostBottleneck(nn.Module):
+    """GhostNet's residual block at stride 1: a ghost module expands, a second one (no activation)
+    projects back, and the block's input is added."""
+
+    def __init__(self, c: int, hidden: int):
+        super().__init__()
+        self.ghost1, self.ghost2 = GhostModule(c, hidden), GhostModule(hidden, c, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.ghost1(x)) + x

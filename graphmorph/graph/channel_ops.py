@@ -272,8 +272,9 @@ class Unbind(ChannelOp):
 
 class GetItem(ChannelOp):
     """Indexing a split's pieces is handled by the split; indexing a tensor with integers and
-    slices that leave the channel axis whole (`x[:, 0]`, a class token; `x[:, 0::2, 0::2, :]`)
-    keeps the channels; any other indexing is refused."""
+    slices keeps the channels where the channel axis is left whole (`x[:, 0]`, a class token;
+    `x[:, 0::2, 0::2, :]`) or sliced with step 1 (`x[:, :C]`, GhostNet: output channel i is input
+    channel start + i, and a cut moves the bounds); any other indexing is refused."""
 
     def relate(self, rel, node):
         source = node.args[0]
@@ -283,14 +284,36 @@ class GetItem(ChannelOp):
             if rel.channels(node) is not None:
                 rel.refuse(node, f"{rel.describe(node)} indexes a tensor")
             return
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        axis = rel.channel_axis(source)
+        index, axis = self._index(node), rel.channel_axis(source)
         simple = all(isinstance(i, (int, slice)) and not isinstance(i, bool) for i in index)
-        if not simple or (axis < len(index) and index[axis] != slice(None)) or rel.channels(node) is None:
+        across = axis < len(index) and not (isinstance(index[axis], slice) and index[axis].step in (None, 1))
+        if not simple or across or rel.channels(node) is None:
             rel.refuse(node, f"{rel.describe(node)} indexes a tensor across its channels")
             return
         rel.set_axis(node, axis - sum(isinstance(i, int) for i in index[:axis]))
-        rel.same(node, source)
+        start = self._channel_slice(rel, node).indices(rel.channels(source))[0]
+        rel.same(node, source, in_index=range(start, start + rel.channels(node)))
+
+    def cut(self, cut, node):
+        source = node.args[0]
+        if not cut.removed(source) or source.op in ("call_function", "call_method") \
+                and isinstance(cut.handler(source), (Split, Unbind)):
+            return
+        start = self._channel_slice(cut, node).indices(cut.channels(source))[0]
+        kept = cut.kept(source)
+        new_start = sum(c < start for c in kept)
+        index = list(self._index(node))
+        index += [slice(None)] * (cut.channel_axis(source) + 1 - len(index))
+        index[cut.channel_axis(source)] = slice(new_start, new_start + len(cut.kept(node)))
+        node.args = (source, tuple(index))
+
+    @staticmethod
+    def _index(node: fx.Node) -> tuple:
+        return node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+
+    def _channel_slice(self, questions, node: fx.Node) -> slice:
+        index, axis = self._index(node), questions.channel_axis(node.args[0])
+        return index[axis] if axis < len(index) else slice(None)
 
 
 class Reduce(ChannelOp):
