@@ -29,6 +29,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 MAX_PARAMS = 150e6
 RATIO = 0.3                      # nominal pruning ratio, graphmorph and Torch-Pruning alike
+GAP = 0.03                       # the largest MACs-ratio difference from Torch-Pruning counted as matching it
 FLOPS_TOLERANCE = 0.01           # |count_flops / FlopCounterMode - 1| above this is wrong
 TIMM = ("resnet18", "resnet50d", "resnext26ts", "seresnet18", "convnext_atto", "convnextv2_atto", "efficientnet_b0",
         "tf_efficientnet_b0", "efficientnetv2_rw_t", "mobilenetv3_small_100", "mobilenetv4_conv_small", "ghostnet_100",
@@ -325,18 +326,29 @@ def _is_dense(gm, block: str) -> bool:
 
 
 def _prune(gm):
+    """prune_filters at RATIO per layer; where a grouped convolution's groups round the count, also
+    with rounding="up" (Torch-Pruning's count), as `macs_ratio_up`."""
     import graphmorph
     import transforms
+    from graphmorph.graph.channels import channel_dependencies, channel_groups
     pruned = transforms.prune_filters(gm, RATIO, criterion="l2", per_layer=True)   # as Torch-Pruning's default
     record = graphmorph.history(pruned)[-1]
-    ratio = graphmorph.count_flops(pruned).macs / graphmorph.count_flops(gm).macs
     reasons = Counter(reason.split(":")[0][:80] for _, reason in record["skipped"])
     if not record["pruned"]:
-        from graphmorph.graph.channels import channel_groups
         refusals = reasons or Counter(g.refused[:100] for g in channel_groups(gm) if g.refused)
         return "refused", f"every group refused: {dict(refusals.most_common(3))}", {"macs_ratio": 1.0}
-    return "ok", f"{len(record['skipped'])} groups skipped" if reasons else "", {
-        "macs_ratio": round(ratio, 4), "skipped": len(record["skipped"]), "skip_reasons": dict(reasons.most_common(5))}
+    result = {"macs_ratio": _macs_ratio(gm, pruned), "skipped": len(record["skipped"]),
+              "skip_reasons": dict(reasons.most_common(5))}
+    deps = channel_dependencies(gm)
+    if any(len(deps.partition(g)) > 1 for g in deps.groups if g.prunable):
+        up = transforms.prune_filters(gm, RATIO, criterion="l2", per_layer=True, rounding="up")
+        result["macs_ratio_up"] = _macs_ratio(gm, up)
+    return "ok", f"{len(record['skipped'])} groups skipped" if reasons else "", result
+
+
+def _macs_ratio(before, after) -> float:
+    import graphmorph
+    return round(graphmorph.count_flops(after).macs / graphmorph.count_flops(before).macs, 4)
 
 
 def _torch_pruning(name: str, size: int):
@@ -374,14 +386,17 @@ def summarise(rows: list[dict]) -> dict:
     for row in rows:
         for check in CHECKS:
             by_family[row["family"]][check][row["checks"].get(check, {}).get("status", "not run")] += 1
-    both = [(r["checks"]["prune"]["macs_ratio"], r["checks"]["torch_pruning"]["macs_ratio"]) for r in rows
+    both = [(r["model"], r["checks"]["prune"], r["checks"]["torch_pruning"]["macs_ratio"]) for r in rows
             if r["checks"].get("prune", {}).get("status") == "ok"
             and r["checks"].get("torch_pruning", {}).get("status") == "ok"]
+    gaps = {model: {"graphmorph": ours["macs_ratio"], "rounding_up": ours.get("macs_ratio_up"), "torch_pruning": tp}
+            for model, ours, tp in both if abs(ours["macs_ratio"] - tp) > GAP}
     return {"models": len(rows), "totals": {c: dict(v) for c, v in totals.items()},
             "by_family": {f: {c: dict(v) for c, v in checks.items()} for f, checks in sorted(by_family.items())},
             "macs_ratio_pairs": len(both),
-            "macs_ratio_median": {"graphmorph": _median([a for a, _ in both]),
-                                  "torch_pruning": _median([b for _, b in both])}}
+            "macs_ratio_median": {"graphmorph": _median([o["macs_ratio"] for _, o, _ in both]),
+                                  "torch_pruning": _median([tp for _, _, tp in both])},
+            "macs_ratio_gaps": gaps}
 
 
 def table(summary: dict) -> str:
@@ -391,7 +406,11 @@ def table(summary: dict) -> str:
         lines.append(f"{check:<14}" + "".join(f"{counts.get(s, 0):>9}" for s in statuses))
     medians = summary["macs_ratio_median"]
     lines.append(f"median MACs ratio at {RATIO} on the {summary['macs_ratio_pairs']} models both prune: "
-                 f"graphmorph {medians['graphmorph']}, Torch-Pruning {medians['torch_pruning']}")
+                 f"graphmorph {medians['graphmorph']}, Torch-Pruning {medians['torch_pruning']}; "
+                 f"within {GAP} on {summary['macs_ratio_pairs'] - len(summary['macs_ratio_gaps'])}, beyond it:")
+    for model, ratios in summary["macs_ratio_gaps"].items():
+        up = f" (rounding up: {ratios['rounding_up']})" if ratios["rounding_up"] is not None else ""
+        lines.append(f"  {model:<28} graphmorph {ratios['graphmorph']}{up}, Torch-Pruning {ratios['torch_pruning']}")
     lines.append("")
     lines.append(f"{'family':<16}{'models':>7}  grow ok/partial/refused  prune ok/refused  crash  wrong"
                  "  Torch-Pruning crash")

@@ -3,6 +3,7 @@ ONNX parity, FLOPs that fall by what the removed channels account for, refusals 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -209,17 +210,27 @@ def test_prune_filters_keeps_grouped_convolutions_even_and_replays():
 
 
 @settings(max_examples=15, deadline=None)
-@given(groups=st.integers(1, 4), width=st.integers(2, 9), ratio=st.floats(0.0, 0.95))
-def test_per_layer_pruning_takes_the_nearest_count_from_every_group_of_a_grouped_convolution(groups, width, ratio):
-    channels = groups * width
+@given(groups=st.integers(1, 4), width=st.integers(2, 9), twentieths=st.integers(0, 19),
+       rounding=st.sampled_from(["nearest", "up"]))
+def test_per_layer_pruning_takes_the_rounded_count_from_every_group_of_a_grouped_convolution(groups, width, twentieths,
+                                                                                             rounding):
+    channels, share = groups * width, Fraction(twentieths, 20) * width     # exact: ratio * width
     model = nn.Sequential(nn.Conv2d(3, channels, 1), nn.ReLU(), nn.Conv2d(channels, channels, 3, groups=groups),
                           nn.ReLU(), nn.Conv2d(channels, 5, 1))
     gm = graphmorph.capture(model, torch.randn(2, 3, 6, 6))
-    lost = min(width - 1, math.floor(ratio * width + 0.5))       # per group: nearest to ratio, one kept
-    pruned = transforms.prune_filters(gm, ratio, per_layer=True)
+    lost = math.floor(share + Fraction(1, 2)) if rounding == "nearest" else math.ceil(share)
+    lost = min(width - 1, lost)                                            # per group, one kept
+    pruned = transforms.prune_filters(gm, twentieths / 20, per_layer=True, rounding=rounding)
     for name in ("0", "2"):
         assert pruned.get_submodule(name).out_channels == groups * (width - lost)
     assert pruned.get_submodule("2").groups == groups
+    assert graphmorph.history(pruned)[-1]["rounding"] == rounding
+
+
+def test_an_unknown_rounding_is_refused_with_the_choices():
+    gm = graphmorph.capture(nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1)), torch.randn(1, 3, 4, 4))
+    with pytest.raises(graphmorph.RewriteError, match="rounding must be one of nearest, up"):
+        transforms.prune_filters(gm, 0.3, per_layer=True, rounding="down")
 
 
 def test_depthwise_pruning_removes_whole_groups():

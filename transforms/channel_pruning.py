@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import torch
 from torch import fx
@@ -30,9 +30,13 @@ from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 from transforms.masked_norm import mask_statistics
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "PruneChannels", "PruneFilters"]
+__all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "ROUNDINGS", "PruneChannels", "PruneFilters"]
 
 CRITERIA = ("l2", "featuremap_l2")
+ROUNDINGS: dict[str, Callable[[float], int]] = {   # a group's per-layer count from ratio * size
+    "nearest": lambda share: int(share + 0.5),
+    "up": lambda share: math.ceil(share - 1e-9),     # 0.3 * 10 is 3.0000000000000004: 3, not 4
+}
 
 
 def prune_channels(gm: fx.GraphModule, target: str, channels: Sequence[int], *,
@@ -47,7 +51,7 @@ def prune_channels(gm: fx.GraphModule, target: str, channels: Sequence[int], *,
 
 
 def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data: Any = None,
-                  per_layer: bool = False, ignore: Iterable[str] = (), *,
+                  per_layer: bool = False, ignore: Iterable[str] = (), *, rounding: str = "nearest",
                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
                   registry: Registry | None = None) -> fx.GraphModule:
     """Remove about `ratio` of the prunable channels, lowest importance first, in one verified rewrite.
@@ -55,9 +59,10 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     `criterion` "l2" scores a channel by the L2 norm of the weights that produce it; "featuremap_l2"
     by the mean square of its featuremaps on `data` (a batch of inputs, or an iterable of batches or
     (inputs, labels) pairs). Globally (scores normalised by each group's mean) or, with `per_layer`,
-    the count nearest `ratio` of every group. Never empties a layer; never touches a group that
-    reaches the model's output, or one holding a layer named in `ignore`. A grouped convolution
-    keeps its groups even: each loses the count nearest `ratio` of its own channels.
+    the count nearest `ratio` of every group (`rounding="up"`: ratio * size rounded up, which is
+    Torch-Pruning's count). Never empties a layer; never touches a group that reaches the model's
+    output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even:
+    each loses that count of its own channels (at 0.3, 1 of 4 rounded to the nearest, 2 rounded up).
     Groups whose removal is refused are skipped; the history record lists them with the reason.
     `registry` holds the channel handlers of the ops (default: `Registry.default()`).
     """
@@ -65,6 +70,8 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
     if criterion not in CRITERIA:
         raise RewriteError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    if rounding not in ROUNDINGS:
+        raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if criterion == "featuremap_l2" and data is None:
         raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
     with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
@@ -73,13 +80,14 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
         scores = _scores(gm, deps, groups, criterion, data)
         pruned, skipped = [], []
-        for group, picked in _choose(deps, groups, scores, ratio, per_layer):
+        for group, picked in _choose(deps, groups, scores, ratio, per_layer, ROUNDINGS[rounding]):
             reason = check_removal(gm, deps, deps.removal(picked))
             if reason:
                 skipped.append((group.producers[0], reason))
             else:
                 pruned += _by_producer(deps, group, picked)
-        rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), registry=registry)
+        rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), rounding=rounding,
+                               registry=registry)
         return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
@@ -131,7 +139,7 @@ class PruneChannels(_ChannelRemoval):
 @dataclass(frozen=True)
 class PruneFilters(_ChannelRemoval):
     """Remove the channels `prune_filters` chose: `pruned` lists (producer, its output channels);
-    `ratio`, `criterion`, `per_layer` and the `skipped` groups (with the reason) say how it chose."""
+    `ratio`, `criterion`, `per_layer`, `rounding` and the `skipped` groups (with the reason) say how it chose."""
 
     name: ClassVar[str] = "prune_filters"
     ratio: float
@@ -139,6 +147,7 @@ class PruneFilters(_ChannelRemoval):
     per_layer: bool
     pruned: tuple[tuple[str, tuple[int, ...]], ...]
     skipped: tuple[tuple[str, str], ...]
+    rounding: str = field(default="nearest", kw_only=True)
 
     def _classes(self, deps: ChannelDependencies) -> list[int]:
         return [c for target, channels in self.pruned for c in deps.classes(target, list(channels))]
@@ -245,7 +254,8 @@ def _featuremap_squares(gm, deps, groups, data) -> dict[str, list[float]]:
     return {name: (total / count).tolist() for name, total in sums.items()}
 
 
-def _choose(deps, groups, scores, ratio: float, per_layer: bool) -> list[tuple[ChannelGroup, list[int]]]:
+def _choose(deps, groups, scores, ratio: float, per_layer: bool,
+            count: Callable[[float], int]) -> list[tuple[ChannelGroup, list[int]]]:
     """Classes to remove per group: the lowest scores, at least one channel kept in every run of a
     group's partition, equal counts in every run."""
     if per_layer:
@@ -258,7 +268,7 @@ def _choose(deps, groups, scores, ratio: float, per_layer: bool) -> list[tuple[C
     for group, score, budget in zip(groups, scores, budgets):
         runs = deps.partition(group)
         size = min(len(r) for r in runs)
-        per_run = int(ratio * size + 0.5) if budget is None else budget // len(runs)   # the nearest count
+        per_run = count(ratio * size) if budget is None else budget // len(runs)
         per_run = min(size - 1, per_run)
         if per_run <= 0:
             continue
