@@ -186,6 +186,8 @@ def joined() -> Iterator[World]:
         dist.init_process_group(backend, timeout=TIMEOUT)
     try:
         yield World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if created:      # no rank tears gloo down while a peer still talks to it (an abort at exit)
+            dist.barrier()
     finally:
         if created:
             dist.destroy_process_group()
