@@ -98,7 +98,10 @@ def adam_init(
     `options.max_epochs` epochs over `data` (batches of (inputs, labels), or a callable giving them).
 
     Old modules run in eval mode throughout, so their parameters and BN statistics stay exactly as
-    they were; the new block runs in train mode. Returns the epochs used and both accuracies.
+    they were; the new block runs in train mode. Where the target is not reached, the new block keeps
+    the state (parameters and BN statistics) of its most accurate epoch, the start included, so
+    AdamInit never leaves the deeper net worse than it found it. Returns the epochs run, the epoch
+    kept and both accuracies (the deeper net's is that of the state returned).
     """
     if data is None:
         raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
@@ -106,7 +109,10 @@ def adam_init(
     trainable = list(norm.parameters())
     frozen = [(p, p.requires_grad) for p in deep.parameters()]
     optimizer = torch.optim.Adam(trainable, lr=options.lr, weight_decay=options.weight_decay)
+    new_modules = list(new_modules)
+    _calibrate_statistics(deep, new_modules, data)
     epochs, deep_accuracy = 0, _accuracy(deep, data)
+    best = (deep_accuracy, epochs, _states(new_modules))
     device = trainable[0].device
     try:
         with kept_modes(deep):
@@ -116,18 +122,58 @@ def adam_init(
                 p.requires_grad_(True)
             while deep_accuracy < shallow_accuracy - options.tolerance and epochs < options.max_epochs:
                 deep.eval()
-                for module in new_modules:
-                    module.train()
                 for x, y in _batches(data):
                     optimizer.zero_grad(set_to_none=True)
                     F.cross_entropy(deep(x.to(device)), y.to(device)).backward()
                     optimizer.step()
                 epochs += 1
                 deep_accuracy = _accuracy(deep, data)
+                if deep_accuracy >= best[0]:
+                    best = (deep_accuracy, epochs, _states(new_modules))
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
-    return {"epochs": epochs, "shallow_accuracy": shallow_accuracy, "deep_accuracy": deep_accuracy}
+    deep_accuracy, kept_epoch, kept_states = best
+    if kept_epoch < epochs:
+        for module, state in zip(new_modules, kept_states):
+            module.load_state_dict(state)
+    return {"epochs": epochs, "kept_epoch": kept_epoch, "shallow_accuracy": shallow_accuracy,
+            "deep_accuracy": deep_accuracy}
+
+
+@torch.no_grad()
+def _calibrate_statistics(deep: nn.Module, new_modules: list[nn.Module], data: Batches) -> None:
+    """Set each new BN's statistics to those of its input over the training data in eval mode (the
+    cumulative average over one pass, in the order the BNs run, each after the ones before it)."""
+    norms = {id(m): m for module in new_modules for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    device = next(deep.parameters()).device
+    with kept_modes(deep):
+        deep.eval()
+        for norm in _in_running_order(deep, list(norms.values()), data, device):
+            momentum, norm.momentum = norm.momentum, None
+            norm.reset_running_stats()
+            norm.train()
+            for x, _ in _batches(data):
+                deep(x.to(device))
+            norm.eval()
+            norm.momentum = momentum
+
+
+def _in_running_order(deep: nn.Module, norms: list[nn.Module], data: Batches, device) -> list[nn.Module]:
+    order: list[nn.Module] = []
+    hooks = [norm.register_forward_pre_hook(lambda module, _: order.append(module)) for norm in norms]
+    try:
+        x, _ = next(iter(_batches(data)))
+        deep(x.to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return list({id(m): m for m in order}.values())
+
+
+def _states(modules: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    return [{name: value.detach().clone() for name, value in module.state_dict().items()} for module in modules]
 
 
 def _batches(data: Batches):
