@@ -127,6 +127,34 @@ def test_stochastic_depth_is_known_by_name_to_pruning_and_growth(block):
     assert [s.blocks for s in graphmorph.find_stages(grown)][0][-1] == "layer1.2"
 
 
+class WeightReadingBlock(nn.Module):
+    """EdgeNeXt's positional encoding reads its projection's weight (for its dtype) besides calling it."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.proj = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + self.bn(self.proj(x.to(self.proj.weight.dtype)))
+
+
+def test_a_weight_read_from_a_copied_module_is_copied_once_with_it():
+    """Before: the weight was copied twice, as a parameter and inside its module, so the verified
+    parameter count was off by the weight (EdgeNeXt: 34804 expected, 31732 added)."""
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), WeightReadingBlock(), WeightReadingBlock(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    gm = graphmorph.capture(randomize_state(net.double(), 0), x).eval()
+    grown = transforms.grow(gm, stage=0, init="zero")
+    new_block = graphmorph.history(grown)[-1]["new_block"]
+    assert_state_carried(gm, grown, added=(new_block,))
+    template_size = sum(p.numel() for p in gm.get_submodule("2").parameters())
+    assert sum(p.numel() for p in grown.parameters()) == sum(p.numel() for p in gm.parameters()) + template_size
+    read = [n.target for n in grown.graph.nodes if n.op == "get_attr" and n.target.startswith(new_block)]
+    assert read and all(grown.get_parameter(t) is grown.get_submodule(t.rpartition(".")[0]).weight for t in read)
+
+
 class Mixer(nn.Module):
     """A leaf module of a package the project does not import."""
 

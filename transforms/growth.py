@@ -273,8 +273,11 @@ def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, r
     resized = _resized(work, plan, template, registry) if plan.derived else _Resized(set(), set(), set())
     channels = template.out_shape[0] if plan.derived else None
     values = {}
+    modules = {old for old in plan.targets if isinstance(attribute(work, old), nn.Module)}
     with seeded(seed, like=work):
         for old, new in plan.targets.items():
+            if any(old.startswith(owner + ".") for owner in modules):
+                continue        # read from a copied module (EdgeNeXt reads a conv's weight): copied with it
             value = attribute(work, old)
             if isinstance(value, nn.Module):
                 values[new] = _new_layer(value, old, template.name, plan.derived, registry,
