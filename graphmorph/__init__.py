@@ -23,11 +23,22 @@ from graphmorph.graph.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
+_SEARCH_CONTROLLERS = {"AutoGrow": "graphmorph.search.grower"}
+
+
+def __getattr__(name: str):
+    """The search controllers, imported on first use: the core does not import the searches."""
+    if name in _SEARCH_CONTROLLERS:
+        import importlib
+        return getattr(importlib.import_module(_SEARCH_CONTROLLERS[name]), name)
+    raise AttributeError(f"module 'graphmorph' has no attribute {name!r}")
+
+
 __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
     "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
     "history_document", "read_history", "ModelSource",
     "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
-    "RewriteError", "HistoryError", "ModelError",
+    "RewriteError", "HistoryError", "ModelError", "AutoGrow",
 ]

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-import graphmorph.search.autogrow as autogrow
+import graphmorph.search.grower as grower
 from graphmorph.cli import main
 
 mode, arguments = sys.argv[1], sys.argv[3:]
@@ -22,8 +22,8 @@ if mode == "seed-by-rank":
     arguments += ["--seed", str(rank)]
 elif mode == "diverge-growth":
     if rank == 1:
-        grow = autogrow.grow
-        autogrow.grow = lambda gm, **options: grow(gm, **{**options, "generator": torch.Generator().manual_seed(99)})
+        grow = grower.grow
+        grower.grow = lambda gm, **options: grow(gm, **{**options, "generator": torch.Generator().manual_seed(99)})
 elif mode != "plain":
     raise SystemExit(f"unknown mode {mode!r}")
 sys.exit(main(arguments))

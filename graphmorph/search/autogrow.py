@@ -19,27 +19,27 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from graphmorph.graph.analysis import find_blocks, find_stages
+from graphmorph.graph.analysis import find_blocks
 from graphmorph.graph.capture import model_name
 from graphmorph.run.data import Dataset
 from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.history import history
 from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
-from graphmorph.run.events import BudgetSpent, DepthCapped, Event, Found, Grew, Stopped, event_fields
+from graphmorph.run.events import Grew, event_fields
 from graphmorph.run.report import finish_run, write_rewrites
-from graphmorph.run.optim import optimizer_state, rebuild_optimizer, restore_optimizer
-from graphmorph.run.sources import ModelError, ModelSource, is_factory
+from graphmorph.run.optim import optimizer_state, restore_optimizer
+from graphmorph.run.sources import ModelSource, is_factory
 from graphmorph.search.config import config_from_dict
+from graphmorph.search.grower import AutoGrow, Change, shape_text
 from graphmorph.search.session import SearchSession
 from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float, shape, sizes)
-from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
+from graphmorph.search.policies import POLICIES
 from graphmorph.run.train import TrainingDiverged, staircase_lr
-from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
 
-__all__ = ["AutoGrowConfig", "ConfigError", "SearchState", "run", "BASELINE_EPOCHS", "COMPILE_MODES"]
+__all__ = ["AutoGrowConfig", "ConfigError", "RunTimes", "run", "BASELINE_EPOCHS", "COMPILE_MODES"]
 
 # When torch.compile runs: never; for the fine-tuning of the found net only (one compile); or after
 # every growth as well (a compile per growth, measured in `compile_seconds`).
@@ -151,18 +151,9 @@ class AutoGrowConfig:
 
 
 @dataclass
-class SearchState:
-    """Where the search stands; saved in every checkpoint."""
+class RunTimes:
+    """Where the time went; saved in every checkpoint (the search state is the controller's)."""
 
-    epoch: int = 0
-    phase: str = "grow"                # grow | finetune | done
-    growing: list[int] = field(default_factory=list)   # the circular list of growing stages
-    current: int | None = 0            # growingSubNet
-    grown: int | None = None           # grownSubNet
-    last_check: int = 0
-    finetune_start: int = 0
-    val_accuracy: list[float] = field(default_factory=list)
-    found: str | None = None
     growth_seconds: float = 0.0
     finetune_seconds: float = 0.0
     rewrite_seconds: float = 0.0       # of growth_seconds: grow, its verification, the optimizer rebuild
@@ -183,25 +174,26 @@ class _Session(SearchSession):
     def __init__(self, config: AutoGrowConfig, world: World, progress: Callable[[str], None]):
         super().__init__(config, world, progress)
         self.rows: list[dict[str, Any]] = []
-        self.state = SearchState()
+        self.state = RunTimes()
         self.source = _model_source(config, self.data)
         self.gm = self.trainer.place_model(self.source.capture())  # seeds the global RNG with config.seed
         world.check_replicas(self.gm, "building the seed net")
 
     def begin(self) -> None:
-        """Choose the stages that can grow (a trial growth each), and the optimizer."""
-        if self.config.grow:
-            refusals = {s.index: growth_refusal(self.gm, s.index, self.config.init) for s in find_stages(self.gm)}
-            self.state.growing = [index for index, reason in refusals.items() if reason is None]
-            if not self.state.growing:
-                raise ModelError(_nothing_to_grow(self.gm, refusals, self.config.label()))
-            self.state.current = self.state.growing[0]
-            for index, reason in refusals.items():
-                if reason is not None:
-                    self.progress(f"stage {index} will not grow: {reason}")
-        self.state.phase = "grow" if self.config.grow else "finetune"
+        """The controller (a trial growth of each stage says which can grow), and the optimizer."""
+        self.grower = self._controller()
+        for index, reason in self.grower.refusals.items():
+            self.progress(f"stage {index} will not grow: {reason}")
         self.base_lr = self._base_lr()
         self.optimizer = self._sgd(self.gm.parameters())
+
+    def _controller(self) -> AutoGrow:
+        config = self.config
+        return AutoGrow(self.gm, policy=config.policy, K=config.K, J=config.stopping_window(), tau=config.tau,
+                        init=config.init, std=config.std, max_depth=config.max_depth,
+                        max_growth_epochs=config.max_growth_epochs, finetune_epochs=config.finetune(),
+                        stages=None if config.grow else [], data=self._adam_batches if config.init == "adam" else None,
+                        generator=self.rewrite_rng, name=config.label())
 
     def resolved_config(self) -> dict[str, Any]:
         config = self.config
@@ -210,14 +202,16 @@ class _Session(SearchSession):
             "baseline_epochs": config.baseline_epochs()}}
 
     def where(self) -> str:
-        return f"after epoch {self.state.epoch}"
+        return f"after epoch {self.grower.state.epoch}"
 
     def load(self, checkpoint: dict[str, Any]) -> None:
-        self.gm = self.trainer.place_model(replay(self.gm, checkpoint["rewrites"], data=self._adam_batches))
+        self.grower = self._controller()
+        self.grower.load_state_dict(checkpoint["grower"])
+        self.gm = self.trainer.place_model(self.grower.model)
         self.gm.load_state_dict(checkpoint["model"])
         self.base_lr = self._base_lr()
         self.optimizer = restore_optimizer(torch.optim.SGD, self.gm, checkpoint["optimizer"])
-        self.state = SearchState(**checkpoint["state"])
+        self.state = RunTimes(**checkpoint["state"])
         self.rows = checkpoint["rows"]
 
     def _base_lr(self) -> float:
@@ -236,101 +230,57 @@ class _Session(SearchSession):
     # ---- one epoch
 
     def done(self) -> bool:
-        return self.state.phase == "done"
+        return self.grower.done
 
     def step(self) -> str:
-        state = self.state
+        search = self.grower.state
         began = time.perf_counter()
         lr = self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        phase = search.phase
         self.trainer.compile = self.config.compile == "always" or (
-            self.config.compile == "finetune" and state.phase == "finetune")
+            self.config.compile == "finetune" and phase == "finetune")
         try:
             train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x, self.train_y,
-                                                             self.shuffle, label=f"epoch {state.epoch + 1} ({state.phase})")
+                                                             self.shuffle, label=f"epoch {search.epoch + 1} ({phase})")
         except TrainingDiverged as err:
-            raise self.diverged(err, f"in epoch {state.epoch + 1} ({arch_of(self.gm)}, lr {lr:g})") from None
+            raise self.diverged(err, f"in epoch {search.epoch + 1} ({arch_of(self.gm)}, lr {lr:g})") from None
         _, val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)
-        state.epoch += 1
-        scheduled = self.config.test_every and state.epoch % self.config.test_every == 0
+        epoch = search.epoch + 1
+        scheduled = self.config.test_every and epoch % self.config.test_every == 0
         test_acc = self._test_score() if scheduled else None
-        state.val_accuracy.append(val_acc)
-        phase = state.phase
         arch = arch_of(self.gm)
-        events = self._policies() if phase == "grow" else []
-        if state.phase == "finetune" and state.epoch - state.finetune_start >= self.config.finetune():
-            state.phase = "done"
+        decided = time.perf_counter()
+        change = self.grower.epoch_end(val_acc)
+        if change.grew:
+            self._adopt(change)
+            self.state.rewrite_seconds += time.perf_counter() - decided
         seconds = time.perf_counter() - began
         if phase == "grow":
-            state.growth_seconds += seconds
+            self.state.growth_seconds += seconds
         else:
-            state.finetune_seconds += seconds
-        row = {"epoch": state.epoch, "phase": phase, "arch": arch, "lr": lr, "train_loss": round(train_loss, 6),
+            self.state.finetune_seconds += seconds
+        row = {"epoch": epoch, "phase": phase, "arch": arch, "lr": lr, "train_loss": round(train_loss, 6),
                "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4),
-               "val_best": round(max(state.val_accuracy), 4), "test_acc": test_acc,
-               **event_fields(events), "seconds": round(seconds, 3)}
+               "val_best": round(max(search.val_accuracy), 4), "test_acc": test_acc,
+               **event_fields(list(change.events)), "seconds": round(seconds, 3)}
         self.rows.append(row)
         return _progress_line(row)
 
     def _lr(self) -> float:
-        state = self.state
-        if state.phase == "grow":
+        search = self.grower.state
+        if search.phase == "grow":
             return self.base_lr
-        return staircase_lr(self.base_lr, state.epoch - state.finetune_start, max(1, self.config.finetune()))
+        return staircase_lr(self.base_lr, search.epoch - search.finetune_start, max(1, self.config.finetune()))
 
-    def _policies(self) -> list[Event]:
-        """Algorithm 1's body, every K epochs: stop the recently grown stage if its growth did not
-        pay, grow the current stage, move on round-robin; fine-tune once no stage grows."""
-        config, state = self.config, self.state
-        budget_spent = config.max_growth_epochs is not None and state.epoch >= config.max_growth_epochs
-        if state.epoch - state.last_check < config.K and not budget_spent:
-            return []
-        state.last_check = state.epoch
-        events = []
-        metric = running_max(state.val_accuracy)
-        if meets_stopping_policy(metric, config.stopping_window(), config.tau, state.grown):
-            events.append(Stopped(state.grown))
-            self._remove(state.grown)
-            state.grown = None
-        if budget_spent and state.growing:
-            events.append(BudgetSpent())
-            state.growing = []
-        if state.growing and meets_growing_policy(config.policy, metric, config.K, config.tau):
-            stage = state.current
-            events.append(self._grow(stage))
-            state.grown = stage
-            state.current = next_stage(state.growing, stage)
-            if len(find_stages(self.gm)[stage].blocks) >= config.max_depth:
-                events.append(DepthCapped(stage, config.max_depth))
-                self._remove(stage)
-        if not state.growing:
-            state.phase, state.finetune_start = "finetune", state.epoch
-            state.found = arch_of(self.gm)
-            events.append(Found(state.found, config.finetune()))
-            if config.finetune() == 0:
-                state.phase = "done"
-        return events
-
-    def _remove(self, stage: int) -> None:
-        state = self.state
-        if stage not in state.growing:
-            return
-        if state.current == stage:
-            state.current = next_stage(state.growing, stage) if len(state.growing) > 1 else None
-        state.growing.remove(stage)
-
-    def _grow(self, stage: int) -> Grew:
-        began = time.perf_counter()
-        data = self._adam_batches if self.config.init == "adam" else None
-        new = grow(self.gm, stage=stage, init=self.config.init, std=self.config.std, data=data,
-                   generator=self.rewrite_rng)
-        new = self.trainer.place_model(new)
+    def _adopt(self, change: Change) -> None:
+        """Train the grown net from now on, with the optimizer's state for the parameters it kept."""
+        new = self.trainer.place_model(change.model)
+        stage = next(event.stage for event in change.events if isinstance(event, Grew))
         self.world.check_replicas(new, f"growing stage {stage}")
-        self.optimizer = rebuild_optimizer(self.optimizer, self.gm, new)
+        self.optimizer = change.optimizer(self.optimizer)
         self.gm = new
-        self.state.rewrite_seconds += time.perf_counter() - began
-        return Grew(stage, arch_of(new))
 
     def checkpoint(self) -> None:
         if self.directory is not None and self.world.is_main:
@@ -338,7 +288,7 @@ class _Session(SearchSession):
         super().checkpoint()
 
     def saved(self) -> dict[str, Any]:
-        return {"rewrites": history(self.gm), "model": self.gm.state_dict(),
+        return {"grower": self.grower.state_dict(), "model": self.gm.state_dict(),
                 "optimizer": optimizer_state(self.optimizer, self.gm), "rows": self.rows}
 
     def log_rows(self) -> list[dict[str, Any]]:
@@ -357,10 +307,10 @@ class _Session(SearchSession):
             "kind": "autogrow" if self.config.grow else "train",
             "data": self.config.data,
             "seed_arch": self.config.label(),
-            "found": self.state.found or _name_of(self.gm),
+            "found": self.grower.state.found or _name_of(self.gm),
             "test_acc": self.rows[-1]["test_acc"],
-            "val_best": max(self.state.val_accuracy),
-            "epochs": self.state.epoch,
+            "val_best": max(self.grower.state.val_accuracy),
+            "epochs": self.grower.state.epoch,
             "growth_seconds": round(self.state.growth_seconds, 3),
             "finetune_seconds": round(self.state.finetune_seconds, 3),
             "rewrite_seconds": round(self.state.rewrite_seconds, 3),
@@ -374,29 +324,10 @@ class _Session(SearchSession):
 def _model_source(config: AutoGrowConfig, data: Dataset) -> ModelSource:
     shape = (data.in_channels, data.image_size, data.image_size)
     if config.input_shape is not None and tuple(config.input_shape) != shape:
-        raise ConfigError(f"input shape {_shape(config.input_shape)} does not match the data: "
-                          f"{config.data} has {_shape(shape)} images; drop --input-shape or pick data "
+        raise ConfigError(f"input shape {shape_text(config.input_shape)} does not match the data: "
+                          f"{config.data} has {shape_text(shape)} images; drop --input-shape or pick data "
                           "of that shape")
     return ModelSource(config.label(), shape, data.num_classes, widths=config.widths, seed=config.seed)
-
-
-def _nothing_to_grow(gm: fx.GraphModule, refusals: dict[int, str], label: str) -> str:
-    """Why no stage of `gm` can grow: the blocks considered, and each stage's refusal."""
-    blocks = find_blocks(gm)
-    if not blocks:
-        return (f"{label} has no block AutoGrow can grow: none was found. graphmorph looks for residual (add) or "
-                "concatenating merges around weighted layers, modules holding exactly one weighted layer, or the "
-                "conv units of a flat nn.Sequential (see graphmorph.graph.analysis)")
-    considered = "; ".join(f"{b.name} ({b.kind}, {_shape(b.in_shape)} -> {_shape(b.out_shape)})" for b in blocks)
-    reasons = " ".join(f"Stage {i}: {reason}." for i, reason in refusals.items()) or \
-        "No block has a spatial (C x H x W) output, so there are no stages."
-    return (f"{label} has no block AutoGrow can grow. Blocks considered: {considered}. {reasons} AutoGrow stacks "
-            "shape-preserving copies of each stage's last block (a residual block, a conv-BN-ReLU module, or a "
-            "cell of parallel branches)")
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "x".join(map(str, shape)) if shape else "?"
 
 
 def _progress_line(row: dict[str, Any]) -> str:
