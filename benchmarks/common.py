@@ -96,7 +96,7 @@ def grow_and_scratch(config, folder: Path) -> dict[str, object]:
         "growth_seconds": grown["growth_seconds"], "rewrite_seconds": grown["rewrite_seconds"],
         "finetune_seconds": grown["finetune_seconds"], "scratch_seconds": fixed["finetune_seconds"],
         "search_over_scratch": round(grown["growth_seconds"] / fixed["finetune_seconds"], 3),
-        "growth_epochs": grown["epochs"] - config.finetune(), "finetune_epochs": config.finetune(),
+        "growth_epochs": grown["epochs"] - grown["finetune_epochs"], "finetune_epochs": grown["finetune_epochs"],
         "compile": config.compile, "compile_seconds": compiles,
         "compile_share_of_growth": round(sum(growth_compiles) / grown["growth_seconds"], 3) if growth_compiles else None,
         "macs": grown["macs"], "params": grown["params"],

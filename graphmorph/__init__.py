@@ -17,6 +17,7 @@ from graphmorph.graph.registry import Registry
 from graphmorph.graph.flops import FlopReport, count_flops
 from graphmorph.graph.history import history
 from graphmorph.run.history_file import HistoryError, history_document, read_history
+from graphmorph.run.data import DataError, Dataset, load as load_data
 from graphmorph.run.optim import rebuild_optimizer
 from graphmorph.run.sources import ModelError, ModelSource
 from graphmorph.graph.verify import VerifyReport, verify
@@ -37,7 +38,7 @@ def __getattr__(name: str):
 __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
     "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
-    "history_document", "read_history", "ModelSource",
+    "history_document", "read_history", "ModelSource", "load_data", "Dataset", "DataError",
     "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
     "RewriteError", "HistoryError", "ModelError", "AutoGrow",

@@ -250,7 +250,7 @@ def _run_autogrow(args) -> int:
 
     result, where = _start_or_resume(
         args, AutoGrowConfig, run, "autogrow", lambda c: c.model or c.seed_net,
-        lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth, K={c.K}, J={c.stopping_window()}, "
+        lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth, K={c.K}, "
                   f"tau={c.tau}, init={c.init}")
     _print_result(result, where)
     return 0
@@ -288,7 +288,7 @@ def _run_train(args) -> int:
                      **({"finetune_epochs": args.epochs} if args.epochs else {}))
     where = _run_dir(args, "train", _label_for_path(args.arch))
     args.run_dir = str(where)
-    _tell(f"training {args.arch} on {config.data} for {config.finetune()} epochs; writing {where}")
+    _tell(f"training {args.arch} on {config.data}; writing {where}")
     _print_result(run(config, where), where)
     return 0
 

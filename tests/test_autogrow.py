@@ -43,9 +43,13 @@ def test_autogrow_grows_stops_and_leaves_a_complete_run_directory(tiny_run):
     for stop_epoch, stage in stopped:  # a stopped stage leaves the list: it never grows again
         assert not [e for epoch, e in events if epoch > stop_epoch and isinstance(e, Grew) and e.stage == stage]
     assert all(r["event"] == "; ".join(e.text() for e in read_events(r)) for r in rows)
-    assert all(e.text() in lines[epoch - 1] for epoch, e in events)  # the display line says each event
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert all(e.text() in epoch_lines[epoch - 1] for epoch, e in events)  # the display line says each event
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
-    assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"] and len(lines) == len(rows)
+    assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"] and len(epoch_lines) == len(rows)
+    assert lines[0].startswith("budget: 647 training images -> a 10-epoch baseline schedule")
+    assert "J=2 epochs, fine-tuning 2 epochs, growth capped at 14 epochs" in lines[0]
+    assert lines[1].startswith("estimate: about ") and result["estimated_seconds"] > 0
     assert rows[-1]["arch"] == result["found"] != "Basic3ResNet-1-1-1"
     assert (where / "log.csv").read_text().splitlines()[0].startswith("epoch,phase,arch,lr")
 

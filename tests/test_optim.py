@@ -70,3 +70,18 @@ def test_parameter_groups_keep_their_hyper_parameters():
     assert [g["lr"] for g in rebuilt.param_groups] == [0.1, 0.01]
     assert {names[id(p)] for p in rebuilt.param_groups[1]["params"]} == {"fc.weight", "fc.bias"}
     assert "layer1.1.conv1.weight" in {names[id(p)] for p in rebuilt.param_groups[0]["params"]}
+
+
+def test_a_rebuilt_optimizers_state_loads_into_one_built_on_the_grown_net_afresh():
+    """Lightning and plain torch restore optimizer state by index: the rebuilt optimizer must list
+    the grown net's parameters in the net's own order (stage 0 grows in the middle of the list)."""
+    gm, optimizer = trained(torch.optim.SGD, lr=0.1, momentum=0.9)
+    grown = transforms.grow(gm, stage=0, init="zero")
+    rebuilt = graphmorph.rebuild_optimizer(optimizer, gm, grown)
+    assert [id(p) for p in rebuilt.param_groups[0]["params"]] == [id(p) for p in grown.parameters()]
+    fresh = torch.optim.SGD(grown.parameters(), lr=0.1, momentum=0.9)
+    fresh.load_state_dict(rebuilt.state_dict())
+    for param in grown.parameters():
+        assert (param in fresh.state) == (param in rebuilt.state)
+        if param in rebuilt.state:
+            assert torch.equal(fresh.state[param]["momentum_buffer"], rebuilt.state[param]["momentum_buffer"])

@@ -11,6 +11,8 @@
 | svhn | train_32x32.mat, test_32x32.mat (MATLAB) |
 | folder | train/CLASS/*.png|jpg and test/CLASS/*, or CLASS/* (a seeded 20% becomes the test set) |
 
+Or a data factory of the user's, `load("package.module:factory")` (see `graphmorph.run.user_data`).
+
 Growth and stopping decisions use a validation split held out from the training data (seeded);
 the test set is only scored.
 """
@@ -26,6 +28,8 @@ import numpy as np
 import torch
 
 from graphmorph.errors import GraphmorphError
+from graphmorph.run.imports import is_factory
+from graphmorph.run.user_data import Splits, read_factory
 
 __all__ = ["DataError", "Dataset", "DATASETS", "load"]
 
@@ -60,38 +64,56 @@ class Dataset:
         return self.train_x.shape[1]
 
     @property
-    def image_size(self) -> int:
-        return self.train_x.shape[-1]
+    def input_shape(self) -> tuple[int, int, int]:
+        """C, H, W of one example."""
+        return tuple(self.train_x.shape[1:])
 
 
 def load(spec: str, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0) -> Dataset:
-    """Load `NAME` or `NAME:DIR`, keep `fraction` of the training data (the dataset-size study),
-    hold out `val_fraction` of what remains for validation, both seeded with `seed`."""
-    name, _, folder = spec.partition(":")
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} (NAME or NAME:DIR)")
+    """Load `NAME`, `NAME:DIR` or a data factory `package.module:factory`
+    (`graphmorph.run.user_data`); keep `fraction` of the training data (the dataset-size study) and,
+    unless the factory gives a validation split, hold out `val_fraction` of what remains for
+    validation, both seeded with `seed`. Built-in data is normalised by the training split's
+    per-channel mean and std; a factory's is used as given."""
     if not 0 < fraction <= 1:
         raise DataError(f"--fraction must be in (0, 1], got {fraction}")
     if not 0 < val_fraction < 1:
         raise DataError(f"the validation fraction must be in (0, 1), got {val_fraction}")
-    reader, needs_folder, augment = DATASETS[name]
+    name, _, folder = spec.partition(":")
+    built_in = name in DATASETS
+    if built_in:
+        splits, augment = _built_in(name, folder), DATASETS[name][2]
+    elif is_factory(spec):
+        splits, augment, name = read_factory(spec, seed, DataError), False, spec
+    else:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} (NAME or NAME:DIR), "
+                        "or name your own: package.module:factory")
+    generator = torch.Generator().manual_seed(seed)
+    train_x, train_y = splits.train
+    keep = torch.randperm(len(train_y), generator=generator)[: max(2, round(fraction * len(train_y)))]
+    train_x, train_y = train_x[keep], train_y[keep]
+    if splits.val is None:
+        n_val = max(1, round(val_fraction * len(train_y)))
+        (train_x, val_x), (train_y, val_y) = (train_x[n_val:], train_x[:n_val]), (train_y[n_val:], train_y[:n_val])
+    else:
+        val_x, val_y = splits.val
+    test_x, test_y = splits.test
+    classes = splits.num_classes or int(max(train_y.max(), val_y.max(), test_y.max())) + 1
+    if built_in:   # normalised by the training split
+        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        train_x, val_x, test_x = (((x - mean) / std).contiguous() for x in (train_x, val_x, test_x))
+    return Dataset(name, train_x, train_y, val_x, val_y, test_x, test_y, classes, augment)
+
+
+def _built_in(name: str, folder: str) -> Splits:
+    reader, needs_folder, _ = DATASETS[name]
     if needs_folder and not folder:
         raise DataError(f"{name} is read from files: pass --data {name}:DIR (graphmorph never downloads)")
     if folder and not Path(folder).is_dir():
         raise DataError(f"{name}: folder {folder} does not exist")
     train_x, train_y, test_x, test_y = reader(Path(folder)) if needs_folder else reader()
-    generator = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(train_y), generator=generator)[: max(2, round(fraction * len(train_y)))]
-    train_x, train_y = train_x[keep], train_y[keep]
-    n_val = max(1, round(val_fraction * len(train_y)))
-    train_x, val_x = train_x[n_val:], train_x[:n_val]
-    train_y, val_y = train_y[n_val:], train_y[:n_val]
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    normalise = lambda x: ((x - mean) / std).contiguous()  # noqa: E731
-    classes = int(max(train_y.max(), test_y.max())) + 1
-    return Dataset(name, normalise(train_x), train_y, normalise(val_x), val_y, normalise(test_x), test_y,
-                   classes, augment)
+    return Splits((train_x, train_y), None, (test_x, test_y), None)
 
 
 # --------------------------------------------------------------------------- readers

@@ -19,7 +19,8 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.
 
     Each parameter group keeps its hyper-parameters and the parameters of `new` that share a
     qualified name with the group's parameters in `old`; parameters only `new` has join the first
-    group with fresh state. State of surviving parameters is copied, so the old optimizer stays
+    group with fresh state; each group lists its parameters in `new`'s order, so an optimizer saved
+    after the rebuild loads into one built on `new` afresh. State of surviving parameters is copied, so the old optimizer stays
     usable; a parameter a pruning rewrite sliced gets its state sliced by the same indices (the
     momentum of surviving channels is kept). Parameters `new` no longer has are dropped.
     """
@@ -32,6 +33,9 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.
         placed.update(kept)
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [new_params[n] for n in kept]})
     groups[0]["params"] += [p for n, p in new_params.items() if n not in placed]
+    position = {id(p): index for index, p in enumerate(new_params.values())}
+    for group in groups:   # in `new`'s order, as an optimizer built on `new` has them (index-keyed state loads)
+        group["params"].sort(key=lambda p: position[id(p)])
     rebuilt = type(optimizer)(groups, **optimizer.defaults)
     kept = getattr(new, "meta", {}).get(KEPT_KEY, {})
     for old_param, state in optimizer.state.items():

@@ -4,13 +4,11 @@ fresh copy of it.
 
 A factory is any callable returning an `nn.Module`; it is called with `num_classes=` and
 `in_channels=` when its signature takes them, else with no arguments. Its module is imported
-with the current directory on `sys.path`, as `python -m` would.
+with the current directory on `sys.path`, as `python -m` would (`graphmorph.run.imports`).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +18,7 @@ from torch import fx, nn
 from graphmorph.graph.capture import capture
 from graphmorph.errors import GraphmorphError
 from graphmorph.models import build
+from graphmorph.run.imports import import_callable, is_factory
 from graphmorph.graph.verify import output_shape
 
 __all__ = ["ModelError", "ModelSource", "load_factory", "is_factory"]
@@ -29,32 +28,9 @@ class ModelError(GraphmorphError, ValueError):
     """A user's model factory cannot be imported or called, or its model does not fit the data."""
 
 
-def is_factory(model: str) -> bool:
-    """True for `package.module:factory`, False for an architecture string."""
-    return ":" in model
-
-
 def load_factory(spec: str) -> Callable[..., nn.Module]:
     """The callable named by `package.module:factory` (`factory` may be dotted: `module:Class.make`)."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ModelError(f"--model {spec!r}: expected package.module:factory, e.g. mynets.resnet:make")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # the current directory, as `python -m` has it
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelError(f"--model {spec!r}: cannot import {module_name!r} ({err}); run from the folder that "
-                         "holds it or add that folder to PYTHONPATH") from None
-    except Exception as err:  # the user's module failed while importing
-        raise ModelError(f"--model {spec!r}: importing {module_name!r} failed: {type(err).__name__}: {err}") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ModelError(f"--model {spec!r}: {module_name!r} has no {attribute!r}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ModelError(f"--model {spec!r}: {attribute!r} is a {type(target).__name__}, not a callable")
-    return target
+    return import_callable(spec, "--model", ModelError)
 
 
 def _call_factory(spec: str, num_classes: int, in_channels: int) -> nn.Module:

@@ -30,26 +30,21 @@ from graphmorph.run.events import Grew, event_fields
 from graphmorph.run.report import finish_run, write_rewrites
 from graphmorph.run.optim import optimizer_state, restore_optimizer
 from graphmorph.run.sources import ModelSource, is_factory
+from graphmorph.search.budget import Budget, Estimate, baseline_epochs, estimate
 from graphmorph.search.config import config_from_dict
 from graphmorph.search.grower import AutoGrow, Change, shape_text
 from graphmorph.search.session import SearchSession
 from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float, shape, sizes)
 from graphmorph.search.policies import POLICIES
-from graphmorph.run.train import TrainingDiverged, staircase_lr
+from graphmorph.run.train import TrainingDiverged
 from transforms.initializers import INITS
 
-__all__ = ["AutoGrowConfig", "ConfigError", "RunTimes", "run", "BASELINE_EPOCHS", "COMPILE_MODES"]
+__all__ = ["AutoGrowConfig", "ConfigError", "RunTimes", "run", "COMPILE_MODES"]
 
 # When torch.compile runs: never; for the fine-tuning of the found net only (one compile); or after
 # every growth as well (a compile per growth, measured in `compile_seconds`).
 COMPILE_MODES = ("off", "finetune", "always")
-
-# Epochs of the baseline schedule per dataset (paper: 200 on the small datasets, LR x0.1 at half);
-# digits is tiny, so its baseline is scaled down to keep the default run to a few CPU minutes.
-BASELINE_EPOCHS = {"digits": 16}
-DEFAULT_BASELINE_EPOCHS = 200
-
 
 @dataclass(frozen=True)
 class AutoGrowConfig:
@@ -70,7 +65,8 @@ class AutoGrowConfig:
     policy: str = field(default="periodic", metadata=option("growing policy", choices=POLICIES))
     K: int = field(default=3, metadata=option("epochs between growth checks, also the growth period", type=int))
     J: int | None = field(default=None, metadata=option(
-        "stopping window in epochs", type=int, default_text="the baseline's epochs at top LR for periodic, K for convergent"))
+        "stopping window in epochs", type=int,
+        default_text="the baseline schedule's epochs at top LR (from the training set's size) for periodic, K for convergent"))
     tau: float = field(default=0.05, metadata=option("accuracy gain that counts, percentage points", type=float))
     init: str = field(default="gau", metadata=option("initialiser of new blocks", choices=INITS))
     std: float = field(default=1.0, metadata=option("noise std of uni/gau", type=positive_float))
@@ -80,7 +76,7 @@ class AutoGrowConfig:
     weight_decay: float = 5e-4
     batch_size: int = field(default=128, metadata=BATCH_SIZE)
     finetune_epochs: int | None = field(default=None, metadata=option(
-        "fine-tuning epochs", type=int, default_text="baseline epochs"))
+        "fine-tuning epochs", type=int, default_text="the baseline schedule's epochs, from the training set's size"))
     max_depth: int = field(default=64, metadata=option("blocks per stage at most", type=positive))
     max_growth_epochs: int | None = field(default=None, metadata=option(
         "cap on the growth phase, epochs", type=positive, default_text="no cap"))
@@ -138,16 +134,13 @@ class AutoGrowConfig:
         check_arch(self.seed_net)
         return self.seed_net
 
-    def baseline_epochs(self) -> int:
-        return BASELINE_EPOCHS.get(self.data.partition(":")[0], DEFAULT_BASELINE_EPOCHS)
-
-    def stopping_window(self) -> int:
-        if self.J is not None:
-            return self.J
-        return self.K if self.policy == "convergent" else self.baseline_epochs() // 2
-
-    def finetune(self) -> int:
-        return self.baseline_epochs() if self.finetune_epochs is None else self.finetune_epochs
+    def budget(self, n_train: int) -> Budget:
+        """J and the fine-tuning epochs: as given, or from the baseline schedule for `n_train`
+        training images (`graphmorph.search.budget`); J is K for convergent growth."""
+        baseline = baseline_epochs(n_train)
+        J = self.J if self.J is not None else (self.K if self.policy == "convergent" else max(1, baseline // 2))
+        finetune = baseline if self.finetune_epochs is None else self.finetune_epochs
+        return Budget(n_train, baseline, J, finetune, self.max_growth_epochs)
 
 
 @dataclass
@@ -157,6 +150,7 @@ class RunTimes:
     growth_seconds: float = 0.0
     finetune_seconds: float = 0.0
     rewrite_seconds: float = 0.0       # of growth_seconds: grow, its verification, the optimizer rebuild
+    estimated_seconds: float | None = None   # the estimate printed before training
 
 
 def run(config: AutoGrowConfig | None, run_dir: str | Path, resume: bool = False,
@@ -178,28 +172,41 @@ class _Session(SearchSession):
         self.source = _model_source(config, self.data)
         self.gm = self.trainer.place_model(self.source.capture())  # seeds the global RNG with config.seed
         world.check_replicas(self.gm, "building the seed net")
+        self.budget = config.budget(len(self.train_y))
 
     def begin(self) -> None:
-        """The controller (a trial growth of each stage says which can grow), and the optimizer."""
+        """The controller (a trial growth of each stage says which can grow), the budget and its
+        estimate, and the optimizer."""
         self.grower = self._controller()
         for index, reason in self.grower.refusals.items():
             self.progress(f"stage {index} will not grow: {reason}")
+        self.progress(self.budget.text())
+        self.estimate = self._estimate()
+        self.state.estimated_seconds = round(self.estimate.seconds, 1)
+        self.progress(self.estimate.text())
         self.base_lr = self._base_lr()
         self.optimizer = self._sgd(self.gm.parameters())
 
     def _controller(self) -> AutoGrow:
-        config = self.config
-        return AutoGrow(self.gm, policy=config.policy, K=config.K, J=config.stopping_window(), tau=config.tau,
+        config, budget = self.config, self.budget
+        return AutoGrow(self.gm, policy=config.policy, K=config.K, J=budget.J, tau=config.tau,
                         init=config.init, std=config.std, max_depth=config.max_depth,
-                        max_growth_epochs=config.max_growth_epochs, finetune_epochs=config.finetune(),
+                        max_growth_epochs=config.max_growth_epochs, finetune_epochs=budget.finetune_epochs,
                         stages=None if config.grow else [], data=self._adam_batches if config.init == "adam" else None,
                         generator=self.rewrite_rng, name=config.label())
 
-    def resolved_config(self) -> dict[str, Any]:
+    def _estimate(self) -> Estimate:
         config = self.config
-        return {**dataclasses.asdict(config), "resolved": {
-            "seed_arch": config.label(), "J": config.stopping_window(), "finetune_epochs": config.finetune(),
-            "baseline_epochs": config.baseline_epochs()}}
+        scored = len(self.val_y) + (len(self.test_y) // config.test_every if config.test_every else 0)
+        return estimate(self.gm, self.source.example_input().to(self.trainer.device), self.trainer, self.train_x,
+                        self.train_y, scored, self.budget, config.K, self.grower.state.growing, config.max_depth)
+
+    def resolved_config(self) -> dict[str, Any]:
+        budget = self.budget
+        return {**dataclasses.asdict(self.config), "resolved": {
+            "seed_arch": self.config.label(), "J": budget.J, "finetune_epochs": budget.finetune_epochs,
+            "baseline_epochs": budget.baseline_epochs, "n_train": budget.n_train,
+            "estimated_seconds": self.state.estimated_seconds}}
 
     def where(self) -> str:
         return f"after epoch {self.grower.state.epoch}"
@@ -235,7 +242,7 @@ class _Session(SearchSession):
     def step(self) -> str:
         search = self.grower.state
         began = time.perf_counter()
-        lr = self._lr()
+        lr = self.grower.learning_rate(self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         phase = search.phase
@@ -267,12 +274,6 @@ class _Session(SearchSession):
                **event_fields(list(change.events)), "seconds": round(seconds, 3)}
         self.rows.append(row)
         return _progress_line(row)
-
-    def _lr(self) -> float:
-        search = self.grower.state
-        if search.phase == "grow":
-            return self.base_lr
-        return staircase_lr(self.base_lr, search.epoch - search.finetune_start, max(1, self.config.finetune()))
 
     def _adopt(self, change: Change) -> None:
         """Train the grown net from now on, with the optimizer's state for the parameters it kept."""
@@ -314,6 +315,8 @@ class _Session(SearchSession):
             "growth_seconds": round(self.state.growth_seconds, 3),
             "finetune_seconds": round(self.state.finetune_seconds, 3),
             "rewrite_seconds": round(self.state.rewrite_seconds, 3),
+            "estimated_seconds": self.state.estimated_seconds,
+            "J": self.budget.J, "finetune_epochs": self.budget.finetune_epochs,
             "compile_seconds": [round(s, 3) for s in self.trainer.compile_seconds],
             "device": str(self.trainer.device),
             "world_size": self.world.size,
@@ -322,7 +325,7 @@ class _Session(SearchSession):
 
 
 def _model_source(config: AutoGrowConfig, data: Dataset) -> ModelSource:
-    shape = (data.in_channels, data.image_size, data.image_size)
+    shape = data.input_shape
     if config.input_shape is not None and tuple(config.input_shape) != shape:
         raise ConfigError(f"input shape {shape_text(config.input_shape)} does not match the data: "
                           f"{config.data} has {shape_text(shape)} images; drop --input-shape or pick data "
@@ -334,6 +337,8 @@ def _progress_line(row: dict[str, Any]) -> str:
     line = (f"epoch {row['epoch']:>4}  {row['phase']:<8} {row['arch']:<26} lr {row['lr']:<7.3g} "
             f"loss {row['train_loss']:.3f}  train {row['train_acc']:5.1f}%  val {row['val_acc']:5.1f}% "
             f"(best {row['val_best']:5.1f}%)")
+    if row["test_acc"] is not None:
+        line += f"  test {row['test_acc']:5.1f}%"
     return line + (f"  | {row['event']}" if row["event"] else "")
 
 

@@ -28,6 +28,7 @@ from graphmorph.models import arch_of
 from graphmorph.run.events import BudgetSpent, DepthCapped, Event, Found, Grew, Stopped
 from graphmorph.run.optim import rebuild_optimizer
 from graphmorph.run.sources import ModelError
+from graphmorph.run.train import staircase_lr
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
@@ -121,6 +122,13 @@ class AutoGrow:
     def phase(self) -> str:
         """grow, finetune or done."""
         return self.state.phase
+
+    def learning_rate(self, base: float) -> float:
+        """The paper's schedule for the coming epoch: `base` while growing; in fine-tuning, x0.1 from
+        half way and x0.01 from three quarters of `finetune_epochs`."""
+        if self.state.phase == "grow":
+            return base
+        return staircase_lr(base, self.state.epoch - self.state.finetune_start, max(1, self.finetune_epochs))
 
     def epoch_end(self, val_accuracy: float) -> Change:
         """Record one epoch's validation accuracy (percent) and apply Algorithm 1's decisions; the

@@ -30,21 +30,21 @@ from graphmorph.run.data import Dataset
 from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.flops import count_flops
-from graphmorph.graph.history import history
-from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, envelope_structure, structure_label
+from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
 from graphmorph.models.envelope import parse_envelope
-from graphmorph.run.events import AddedCell, PrunedBranches, PrunedSkips, event_fields
+from graphmorph.run.events import event_fields
 from graphmorph.run.report import save_result
 from graphmorph.run.sources import ModelSource
 from graphmorph.search.config import config_from_dict
 from graphmorph.search.session import SearchSession
 from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float, sizes)
-from graphmorph.search.nac_choices import branches_to_prune, random_structure, skips_to_prune
+from graphmorph.search.constructor import NAC
+from graphmorph.search.nac_choices import random_structure
 from graphmorph.search.nac_plots import plot_comparison, plot_iterations, plot_statistics
 from graphmorph.run.train import TrainingDiverged, staircase_lr
-from transforms import CELL_INITS, add_cell, prune_branches, prune_skips
-from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation
+from transforms import CELL_INITS
+from transforms.statistics import branch_statistics
 
 __all__ = ["NACConfig", "NACState", "run", "BASELINES"]
 
@@ -122,11 +122,9 @@ class NACConfig:
 class NACState:
     """Where the run stands; saved in every checkpoint."""
 
-    iteration: int = 0
     phase: str = "construct"                               # construct | train | done
     rows: list[dict[str, Any]] = field(default_factory=list)        # one per iteration
     statistics: list[dict[str, Any]] = field(default_factory=list)  # snapshots during truncated training
-    rewrites: list[dict[str, Any]] = field(default_factory=list)
     construction_seconds: float = 0.0
     constructed: dict[str, Any] | None = None
     trained: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -147,27 +145,28 @@ class _Session(SearchSession):
     def __init__(self, config: NACConfig, world: World, progress: Callable[[str], None], data: Dataset | None = None):
         super().__init__(config, world, progress, data)
         d = self.data
-        self.source = ModelSource(config.base, (d.in_channels, d.image_size, d.image_size), d.num_classes,
+        self.source = ModelSource(config.base, d.input_shape, d.num_classes,
                                   seed=config.seed)
         self.example = self.source.example_input()
         self.state = NACState()
         self.final_model: dict[str, torch.Tensor] | None = None
         self._to_train: list[tuple[str, dict[str, Any]]] | None = None
-        self.gm = self._capture(self.source.build())  # seeds the global RNG with config.seed
+        self.gm = self.trainer.place_model(capture(self.source.build(), self.example))  # seeds the global RNG
         world.check_replicas(self.gm, "building the base EnvelopeNet")
-
-    def _capture(self, model: torch.nn.Module) -> fx.GraphModule:
-        return self.trainer.place_model(capture(model, self.example))
+        self.nac = NAC(self.gm, self.example, iterations=config.iterations, max_prune=config.max_prune,
+                       max_cells=config.max_cells, branches=config.branch_set(), cell_init=config.cell_init,
+                       keep_weights=config.keep_weights, prune_best=config.worst, generator=self.rewrite_rng)
 
     def _fresh(self, structure: dict[str, Any]) -> fx.GraphModule:
-        return self._capture(build(structure, num_classes=self.data.num_classes, in_channels=self.data.in_channels))
+        return self.trainer.place_model(self.nac.fresh(structure))
 
     def where(self) -> str:
-        return (f"after iteration {self.state.iteration} ({self.state.phase} phase, "
+        return (f"after iteration {self.nac.iteration} ({self.state.phase} phase, "
                 f"{len(self.state.trained)} net(s) trained)")
 
     def load(self, checkpoint: dict[str, Any]) -> None:
-        self.gm = self._fresh(checkpoint["structure"])
+        self.nac.load_state_dict(checkpoint["constructor"])
+        self.gm = self.trainer.place_model(self.nac.model)
         self.gm.load_state_dict(checkpoint["model"])
         self.state = NACState(**checkpoint["state"])
         self.final_model = checkpoint.get("final_model")
@@ -200,73 +199,44 @@ class _Session(SearchSession):
         self.state.construction_seconds += time.perf_counter() - began
         row["seconds"] = round(time.perf_counter() - began, 3)
         self.state.rows.append(row)
-        self.state.iteration += 1
-        if self.state.iteration == self.config.iterations:
+        if self.nac.done:
             self.state.constructed = envelope_arch(self.gm)
             self.state.phase = "train" if self.config.epochs else "done"
         return _progress_line(row, self.config.iterations)
 
     def _iteration(self) -> dict[str, Any]:
-        config, state = self.config, self.state
-        gm = self.gm if config.keep_weights or state.iteration == 0 else self._fresh(envelope_arch(self.gm))
-        arch_before = arch_of(gm)
-        instrumented = instrument_branches(gm)
+        """Truncated training of the controller's instrumented net, then its decisions."""
+        config, state, iteration = self.config, self.state, self.nac.iteration + 1
+        instrumented = self.trainer.place_model(self.nac.instrumented)
+        arch_before = arch_of(instrumented)
         optimizer = torch.optim.SGD(instrumented.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
-        first_step = state.iteration * config.steps
+        first_step = self.nac.iteration * config.steps
 
         def snapshot(step: int) -> None:
             if step % config.log_every == 0 or step == config.steps:
                 self.world.average_buffers(instrumented)
                 flat = {f"{cell}.{branch}": value
                         for cell, values in branch_statistics(instrumented).items() for branch, value in values.items()}
-                state.statistics.append({"iteration": state.iteration + 1, "step": first_step + step, **flat})
+                state.statistics.append({"iteration": iteration, "step": first_step + step, **flat})
 
         try:
             loss, train_acc = self.trainer.train_steps(instrumented, optimizer, self.train_x, self.train_y,
                                                        self.shuffle, config.steps, snapshot,
-                                                       label=f"iteration {state.iteration + 1}/{config.iterations}")
+                                                       label=f"iteration {iteration}/{config.iterations}")
         except TrainingDiverged as err:
-            raise self.diverged(err, f"in iteration {state.iteration + 1} ({arch_before}, lr {config.lr:g})") from None
-        statistic = branch_statistics(instrumented)
-        gm = remove_instrumentation(instrumented)
-        _, val_acc = self.trainer.evaluate(gm, self.val_x, self.val_y)
-        _, test_acc = self.trainer.evaluate(gm, self.test_x, self.test_y)  # for plots, never decisions
-        known = len(history(gm))
+            raise self.diverged(err, f"in iteration {iteration} ({arch_before}, lr {config.lr:g})") from None
         rewriting = time.perf_counter()
-        gm, events = self._restructure(gm, statistic)
+        change = self.nac.iteration_end()
         rewrite_seconds = time.perf_counter() - rewriting
-        self.gm = self.trainer.place_model(gm)
-        self.world.check_replicas(self.gm, f"iteration {state.iteration + 1}'s rewrites")
-        state.rewrites.extend(history(gm)[known:])
-        return {"iteration": state.iteration + 1, "arch": arch_before, "train_loss": round(loss, 6),
+        _, val_acc = self.trainer.evaluate(change.trained, self.val_x, self.val_y)
+        _, test_acc = self.trainer.evaluate(change.trained, self.test_x, self.test_y)  # for plots, never decisions
+        self.gm = self.trainer.place_model(change.model)
+        self.world.check_replicas(self.gm, f"iteration {iteration}'s rewrites")
+        return {"iteration": iteration, "arch": arch_before, "train_loss": round(loss, 6),
                 "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4),
-                "params": sum(p.numel() for p in gm.parameters()), "next_arch": arch_of(gm),
-                "rewrite_seconds": round(rewrite_seconds, 3), **event_fields(events)}
-
-    def _restructure(self, gm: fx.GraphModule, statistic: dict[str, dict[str, float]]):
-        """Per stage: prune branches, prune skips, add a cell (Algorithm 1's inner loop)."""
-        config = self.config
-        events = []
-        for index, stage in enumerate(envelope_arch(gm)["stages"]):
-            pruned = branches_to_prune(stage, statistic, config.max_prune, prune_best=config.worst)
-            for cell, branches in pruned.items():
-                gm = prune_branches(gm, cell, branches)
-            if pruned:
-                events.append(PrunedBranches(index, tuple(f"{c.rpartition('.')[2]}.{b}"
-                                                          for c, bs in pruned.items() for b in bs)))
-            if not config.worst:
-                declared = envelope_structure(gm).stages[index].skips
-                skips = skips_to_prune({(s.reduction, s.source): float(gm.get_parameter(s.weight).detach())
-                                        for s in declared})
-                if skips:
-                    gm = prune_skips(gm, skips)
-                    events.append(PrunedSkips(index, len(skips)))
-            cells = len(stage["cells"])
-            if config.max_cells is None or cells < config.max_cells[index]:
-                gm = add_cell(gm, index, branches=config.branch_set(), init=config.cell_init, generator=self.rewrite_rng)
-                events.append(AddedCell(index, f"cell{cells}"))
-        return gm, events
+                "params": sum(p.numel() for p in change.model.parameters()), "next_arch": arch_of(change.model),
+                "rewrite_seconds": round(rewrite_seconds, 3), **event_fields(list(change.events))}
 
     # ---- training from scratch
 
@@ -326,7 +296,7 @@ class _Session(SearchSession):
     # ---- persistence and results
 
     def saved(self) -> dict[str, Any]:
-        return {"structure": envelope_arch(self.gm), "model": self.gm.state_dict(), "final_model": self.final_model}
+        return {"constructor": self.nac.state_dict(), "model": self.gm.state_dict(), "final_model": self.final_model}
 
     def log_rows(self) -> list[dict[str, Any]]:
         return self.state.rows
@@ -365,7 +335,7 @@ class _Session(SearchSession):
         directory.write_json("statistics.json", state.statistics)
         if state.trained:
             directory.write_json("trained.json", list(state.trained.values()))
-        result = save_result(directory, final, self.source, result, rewrites=state.rewrites)
+        result = save_result(directory, final, self.source, result, rewrites=self.nac.rewrites)
         title = f"NAC {config.base} -> {result['found']} on {config.data}"
         plot_statistics(state.statistics, directory.path / "statistics.png", title)
         plot_iterations(state.rows, directory.path / "iterations.png", title)
@@ -388,5 +358,5 @@ def compare(trained: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def _progress_line(row: dict[str, Any], iterations: int) -> str:
     return (f"iteration {row['iteration']}/{iterations}  {row['arch']:<28} train {row['train_acc']:5.1f}%  "
-            f"val {row['val_acc']:5.1f}%  -> {row['next_arch']}  ({row['seconds']:.1f} s)"
+            f"val {row['val_acc']:5.1f}%  test {row['test_acc']:5.1f}%  -> {row['next_arch']}  ({row['seconds']:.1f} s)"
             + (f"\n    {row['event']}" if row["event"] else ""))

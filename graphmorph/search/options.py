@@ -115,8 +115,9 @@ def shape(text: str) -> tuple[int, int, int]:
 
 # ---- options both searches take
 
-DATA = option("digits (embedded), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, svhn:DIR, folder:DIR",
-              metavar="NAME[:DIR]")
+DATA = option("digits (embedded), mnist:DIR, fashion-mnist:DIR, cifar10:DIR, cifar100:DIR, svhn:DIR, folder:DIR, "
+              "or your own: package.module:factory returning (train, val, test) datasets or loaders",
+              metavar="NAME[:DIR]|MODULE:FACTORY")
 FRACTION = option("share of the training data to use", type=fraction)
 VAL_FRACTION = option("validation share of the training data, held out for decisions", type=fraction)
 BATCH_SIZE = option("batch size", type=positive)

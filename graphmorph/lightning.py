@@ -1,0 +1,100 @@
+"""AutoGrow in a PyTorch Lightning fit (`pip install "graphmorph[lightning]"`).
+
+    module = MyLightningModule()                      # keeps its network in `module.net`
+    grow = AutoGrowCallback(example_input, monitor="val_acc", K=3, J=30, tau=0.05, init="gau")
+    lightning.Trainer(max_epochs=300, callbacks=[grow]).fit(module, train_loader, val_loader)
+
+At setup the callback captures `module.net` and puts the captured net in its place; after each
+validation it reports the logged accuracy to `graphmorph.AutoGrow`, and when the net grows it
+swaps `module.net` for the grown net and rebuilds the trainer's optimizers (surviving parameters
+keep their state, and schedulers follow). When the search is done it stops the fit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graphmorph.errors import ConfigError
+from graphmorph.search.grower import AutoGrow, Change
+
+try:
+    import lightning.pytorch as pl
+except ImportError as err:   # the optional extra is not installed
+    raise ImportError('graphmorph.lightning needs PyTorch Lightning: pip install "graphmorph[lightning]"') from err
+
+__all__ = ["AutoGrowCallback"]
+
+
+class AutoGrowCallback(pl.Callback):
+    """Drive `graphmorph.AutoGrow` from a Lightning fit.
+
+    example_input: a batch the net takes (for capture). attribute: the LightningModule attribute
+    holding the network. monitor: the logged validation accuracy, multiplied by `scale` to give
+    percent (100 for a fraction in [0, 1], as torchmetrics logs it; 1 for percent). resume_from: the
+    Lightning checkpoint a resumed fit loads (`fit(ckpt_path=...)` too), so the callback can grow
+    the net to the saved architecture before Lightning loads its weights. Other keywords go to
+    `AutoGrow` (policy, K, J, tau, init, ...).
+    """
+
+    def __init__(self, example_input: torch.Tensor, *, attribute: str = "net", monitor: str = "val_acc",
+                 scale: float = 100.0, resume_from: str | Path | None = None, **settings: Any):
+        self.example_input, self.attribute, self.monitor, self.scale = example_input, attribute, monitor, scale
+        self.resume_from, self.settings = resume_from, settings
+        self.grower: AutoGrow | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"AutoGrowCallback[{self.attribute}]"
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.grower is not None:
+            return
+        if trainer.world_size > 1:
+            raise ConfigError("AutoGrowCallback swaps the network between epochs, which a multi-process strategy "
+                              "cannot follow; fit on one device, or run `graphmorph autogrow` under torchrun")
+        if not hasattr(pl_module, self.attribute):
+            raise ConfigError(f"{type(pl_module).__name__} has no attribute {self.attribute!r} holding the network: "
+                              "pass AutoGrowCallback(..., attribute=NAME)")
+        self.grower = AutoGrow(getattr(pl_module, self.attribute), self.example_input, **self.settings)
+        if self.resume_from is not None:
+            self.grower.load_state_dict(self._saved_state(self.resume_from))
+        setattr(pl_module, self.attribute, self.grower.model.to(pl_module.device))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After the epoch's metrics are final (as EarlyStopping), one `epoch_end` of the search."""
+        if trainer.sanity_checking or self.grower.done:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            raise ConfigError(f"AutoGrowCallback monitors {self.monitor!r}, which the module did not log; logged: "
+                              f"{', '.join(sorted(trainer.callback_metrics)) or 'nothing'} (log it in "
+                              "validation_step with self.log, or pass monitor=NAME)")
+        change = self.grower.epoch_end(float(trainer.callback_metrics[self.monitor]) * self.scale)
+        if change.grew:
+            self._adopt(trainer, pl_module, change)
+        if self.grower.done:
+            trainer.should_stop = True
+
+    def _adopt(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: Change) -> None:
+        setattr(pl_module, self.attribute, change.model.to(pl_module.device))
+        rebuilt = {id(old): change.optimizer(old) for old in trainer.optimizers}
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.optimizer = rebuilt[id(config.scheduler.optimizer)]
+        trainer.optimizers = list(rebuilt.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.grower.state_dict() if self.grower is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores this after the weights; the architecture came from `resume_from`."""
+        if state_dict and self.grower is not None and self.grower.state_dict()["state"] != state_dict["state"]:
+            raise ConfigError("the checkpoint's search state differs from the one loaded from resume_from: pass the "
+                              "same checkpoint to AutoGrowCallback(resume_from=...) and fit(ckpt_path=...)")
+
+    def _saved_state(self, path: str | Path) -> dict[str, Any]:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        saved = checkpoint.get("callbacks", {}).get(self.state_key)
+        if not saved:
+            raise ConfigError(f"{path} holds no {self.state_key} state: it was not saved by a fit with this callback")
+        return saved
