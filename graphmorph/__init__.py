@@ -24,7 +24,7 @@ from graphmorph.graph.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
-_SEARCH_CONTROLLERS = {"AutoGrow": "graphmorph.search.grower"}
+_SEARCH_CONTROLLERS = {"AutoGrow": "graphmorph.search.grower", "NAC": "graphmorph.search.constructor"}
 
 
 def __getattr__(name: str):
@@ -41,5 +41,5 @@ __all__ = [
     "history_document", "read_history", "ModelSource", "load_data", "Dataset", "DataError",
     "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
-    "RewriteError", "HistoryError", "ModelError", "AutoGrow",
+    "RewriteError", "HistoryError", "ModelError", "AutoGrow", "NAC",
 ]

@@ -6,7 +6,8 @@
     graphmorph (the package's own re-exports)
     transforms                               the rewrites
     graphmorph.search                        the searches and rewrite artifacts
-    graphmorph.cli, graphmorph.__main__      the command line
+    graphmorph.cli, graphmorph.__main__,     the command line and the Lightning callback
+    graphmorph.lightning
 
 Every import statement is read with `ast`, those inside functions included."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (("graphmorph.errors", "graphmorph.graph"), ("graphmorph.models",), ("graphmorph.run", "graphmorph.testing"),
-          ("graphmorph",), ("transforms",), ("graphmorph.search",), ("graphmorph.cli", "graphmorph.__main__"))
+          ("graphmorph",), ("transforms",), ("graphmorph.search",), ("graphmorph.cli", "graphmorph.__main__", "graphmorph.lightning"))
 
 
 def layer_of(module: str) -> int | None:

@@ -1,6 +1,6 @@
 """docs/your-loop.md works as written: its loop grows the net with graphmorph.AutoGrow, finds what
 `graphmorph autogrow` finds with the same data, seeds and settings, and its resume rebuilds the
-saved net."""
+saved net; its NAC loop constructs what `graphmorph nac` constructs."""
 import contextlib
 import io
 import json
@@ -16,7 +16,7 @@ from graphmorph.cli import main
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "your-loop.md"
 TEXT = GUIDE.read_text()
-LOOP, RESUME = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
+LOOP, RESUME, NAC_LOOP = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -76,4 +76,24 @@ def test_the_guides_loop_finds_the_net_and_history_its_autogrow_command_finds(gu
         line.split("%  ", 1)[1] for line in printed if line.startswith("epoch ") and line.split("%  ", 1)[1]]
     trained = torch.load(tmp_path / "cli" / "checkpoint.pt", weights_only=True)["model"]
     ours = grower.model.state_dict()
+    assert trained.keys() == ours.keys() and all(torch.equal(trained[k], ours[k]) for k in ours)
+
+
+def test_the_guides_nac_loop_constructs_the_net_its_nac_command_constructs(tmp_path):
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(NAC_LOOP, str(GUIDE), "exec"), namespace)
+    nac = namespace["nac"]
+    printed = out.getvalue().splitlines()
+    command = re.search(r"`graphmorph\s+nac\s+([^`]*)`", TEXT).group(1).split()
+    assert main(["nac", *command, "--run-dir", str(tmp_path / "cli")]) == 0
+
+    structure = graphmorph.models.envelope_arch(nac.model)
+    assert json.loads((tmp_path / "cli" / "architecture.json").read_text()) == structure
+    assert printed[-1] == f"constructed {graphmorph.models.structure_label(structure)}"
+    assert nac.done and nac.iteration == 2 and len(printed) == 3
+    _, rewrites = graphmorph.read_history(tmp_path / "cli" / "rewrites.json")
+    assert rewrites == nac.rewrites and {r["rewrite"] for r in rewrites} >= {"prune_branches", "add_cell"}
+    trained = torch.load(tmp_path / "cli" / "checkpoint.pt", weights_only=True)["model"]
+    ours = nac.model.state_dict()
     assert trained.keys() == ours.keys() and all(torch.equal(trained[k], ours[k]) for k in ours)

@@ -64,10 +64,10 @@ class NAC:
                  max_prune: int = 4, max_cells: Sequence[int] | None = None, branches: Sequence[str] | None = None,
                  cell_init: str = "preserve", keep_weights: bool = True, prune_best: bool = False, seed: int = 0,
                  generator: torch.Generator | None = None):
+        self.stages = len(envelope_arch(model)["stages"])    # ArchError for a model that is no EnvelopeNet
         gm = model if isinstance(model, fx.GraphModule) else capture(model, example_input)
         self.example_input = example_input
         self.num_classes = output_shape(gm)[-1]
-        self.stages = len(envelope_arch(gm)["stages"])    # ArchError for a model that is no EnvelopeNet
         self.iterations, self.max_prune, self.cell_init = iterations, max_prune, cell_init
         self.max_cells = tuple(max_cells) if max_cells is not None else None
         self.branches = tuple(branches) if branches is not None else _branch_set(gm)
