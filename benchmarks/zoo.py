@@ -53,6 +53,9 @@ def main() -> int:
                                        "capture always runs)")
     parser.add_argument("--keep", metavar="JSONL", help="an earlier run's lines: each model's checks not run now "
                                                         "are carried from it (rerun what a change affects)")
+    parser.add_argument("--out", metavar="JSONL", help="where the lines go (default: benchmarks/results/zoo-<set>-<device>.jsonl)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a graphmorph check crashes, is wrong or "
+                                                              "times out (CI)")
     parser.add_argument("--one", help=argparse.SUPPRESS)      # a child: check one model, print its line
     parser.add_argument("--tool", choices=("graphmorph", "torch_pruning"), default="graphmorph", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -70,8 +73,8 @@ def main() -> int:
         if args.keep else {}
     names = args.models.split(",") if args.models else model_names(args.set)
     label = "custom" if args.models else args.set
-    out = RESULTS / f"zoo-{label}-{_device()}.jsonl"
-    RESULTS.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else RESULTS / f"zoo-{label}-{_device()}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with out.open("w") as stream:
         for k, name in enumerate(names, 1):
@@ -84,7 +87,12 @@ def main() -> int:
             print(f"[{k}/{len(names)}] {name}: " + "  ".join(f"{c} {row['checks'].get(c, {}).get('status', '-')}"
                                                               for c in CHECKS), flush=True)
     write_summary(out, rows)
-    return 0
+    failed = [f"{row['model']} {check}: {result['status']} {result.get('detail', '')}" for row in rows
+              for check, result in row["checks"].items()
+              if check != "torch_pruning" and result["status"] in ("crash", "wrong", "timeout")]
+    for line in failed:
+        print("FAILED", line)
+    return 1 if args.strict and failed else 0
 
 
 def write_summary(lines: Path, rows: list[dict]) -> None:

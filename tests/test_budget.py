@@ -42,4 +42,4 @@ def test_without_growth_the_estimate_is_the_timed_epoch_times_the_finetuning(mon
     assert (found.growth_epochs, found.growths) == (0, 0)
     assert found.seconds == pytest.approx(7 * 0.5 * (3 + 150 / 100 / 3))
     grown = estimate(gm, torch.zeros(1, 1, 8, 8), trainer, x, y, 150, plan, K=1, growing=[0, 1, 2], max_depth=8)
-    assert (grown.growth_epochs, grown.growths) == (4, 4) and grown.seconds > found.seconds * (1 + 4 / 7)
+    assert (grown.growth_epochs, grown.growths) == (8, 8) and grown.seconds > found.seconds * (1 + 8 / 7)   # 4J, a block an epoch
