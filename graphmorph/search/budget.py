@@ -55,8 +55,8 @@ class Budget:
     def text(self) -> str:
         return (f"budget: {self.n_train} training images -> a {self.baseline_epochs}-epoch baseline schedule "
                 f"({PAPER_EPOCHS} x (n/{PAPER_IMAGES})^{EXPONENT}, the paper's {PAPER_EPOCHS} at {PAPER_IMAGES} "
-                f"images); J={self.J} epochs, fine-tuning {self.finetune_epochs} epochs"
-                + (f", growth capped at {self.growth_cap} epochs" if self.growth_cap else ""))
+                f"images); J={_count(self.J, 'epoch')}, fine-tuning {_count(self.finetune_epochs, 'epoch')}"
+                + (f", growth capped at {_count(self.growth_cap, 'epoch')}" if self.growth_cap else ""))
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,10 @@ class Estimate:
     seconds: float
 
     def text(self) -> str:
-        growth = (f"growth about {self.growth_epochs} epochs adding about {self.growths} blocks, then "
-                  if self.growth_epochs else "")
-        return (f"estimate: about {_duration(self.seconds)} ({growth}{self.finetune_epochs} epochs of fine-tuning; "
+        growth = (f"growth about {_count(self.growth_epochs, 'epoch')} adding about {_count(self.growths, 'block')}, "
+                  "then " if self.growth_epochs else "")
+        return (f"estimate: about {_duration(self.seconds)} ({growth}{_count(self.finetune_epochs, 'epoch')} of "
+                "fine-tuning; "
                 f"the seed net trains an epoch in {self.seed_epoch_seconds:.2f} s here)")
 
 
@@ -105,6 +106,10 @@ def _step_seconds(gm: fx.GraphModule, trainer, x: torch.Tensor, y: torch.Tensor)
     began = time.perf_counter()
     trainer.train_steps(model, optimizer, x, y, order, TIMED_STEPS)
     return (time.perf_counter() - began) / TIMED_STEPS
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _duration(seconds: float) -> str:
