@@ -89,12 +89,18 @@ def estimate(gm: fx.GraphModule, example: torch.Tensor, trainer, x: torch.Tensor
         if budget.growth_cap is not None:
             growth_epochs = min(growth_epochs, budget.growth_cap)
     report = count_flops(gm, example)
-    block_macs = [report.by_stage[f"stage{s}"].macs / max(1, report.stage_blocks[f"stage{s}"]) for s in growing]
+    block_macs = [_stage_macs(report, f"stage{s}") / max(1, report.stage_blocks.get(f"stage{s}", 1)) for s in growing]
     growths = min(growth_epochs // K, max_depth * len(growing))
     added = growths * (sum(block_macs) / len(block_macs)) if growing else 0.0
     ratio_end = (report.macs + added) / report.macs
     seconds = epoch * (growth_epochs * (1 + ratio_end) / 2 + budget.finetune_epochs * ratio_end)
     return Estimate(step * steps_per_epoch, growth_epochs, growths, budget.finetune_epochs, seconds)
+
+
+def _stage_macs(report, label: str) -> int:
+    """MACs of a stage as counted (0 when the count places no node in it: it adds nothing then)."""
+    cost = report.by_stage.get(label)
+    return cost.macs if cost is not None else 0
 
 
 def _step_seconds(gm: fx.GraphModule, trainer, x: torch.Tensor, y: torch.Tensor) -> float:
