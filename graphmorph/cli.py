@@ -137,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("history", metavar="HISTORY.json", help="a history document, e.g. a run's rewrites.json")
     _source_overrides(replay)
     replay.add_argument("-o", "--output", required=True, help="weights file to write, e.g. out.pt")
+    _allow_code_argument(replay)
     replay.set_defaults(run=_run_replay)
 
     report = commands.add_parser(
@@ -174,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--rtol", type=non_negative_float, default=1e-5,
                         help="parity: tolerance relative to the largest output magnitude (default 1e-5); "
                              "outputs agree when |ort - torch| <= atol + rtol x max|torch|")
+    _allow_code_argument(export)
     export.set_defaults(run=_run_export)
     return parser
 
@@ -204,7 +206,14 @@ def _search_command(commands, name: str, config_type, run, help: str, descriptio
     add_options(parser, config_type)
     _run_dir_argument(parser)
     parser.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
+    _allow_code_argument(parser)
     parser.set_defaults(run=run)
+
+
+def _allow_code_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-code", action="append", default=[], metavar="MODULE:FACTORY",
+                        help="import and run this factory where a file (a history, a run's settings) names it; "
+                             "graphmorph runs no code a file names otherwise (repeatable)")
 
 
 def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -237,7 +246,7 @@ def _start_or_resume(args, config_type, run, kind: str, net: Callable, plan: Cal
     """Resume the run named by --resume, or start one with the options given; (result, run directory)."""
     if args.resume:
         _refuse_settings_on_resume(args, config_type)
-        return run(None, args.resume, resume=True), Path(args.resume)
+        return run(None, args.resume, resume=True, allow_code=args.allow_code), Path(args.resume)
     config = config_type.from_dict(given_options(args, config_type))
     where = _run_dir(args, kind, _label_for_path(net(config)))
     args.run_dir = str(where)
@@ -297,7 +306,7 @@ def _run_replay(args) -> int:
     from graphmorph.search.artifacts import replay_onto_fresh, save_weights
     from graphmorph.run.history_file import read_history
 
-    recorded, rewrites = read_history(args.history)
+    recorded, rewrites = read_history(args.history, args.allow_code)
     source = _overridden(recorded, args)
     gm = replay_onto_fresh(source, rewrites)
     save_weights(args.output, gm, source)
@@ -313,6 +322,8 @@ def _overridden(source, args):
     changes = {name: value for name, value in given.items() if value is not None}
     if "model" in changes and changes["model"] != source.model:
         changes["widths"] = None
+    if "model" in changes:
+        changes["unnamed_in"] = None  # named on the command line
     return dataclasses.replace(source, **changes)
 
 
@@ -399,7 +410,7 @@ def _run_export(args) -> int:
     if args.checkpoint:
         from graphmorph.search.artifacts import load_checkpoint
 
-        gm, source = load_checkpoint(args.checkpoint, args.history)
+        gm, source = load_checkpoint(args.checkpoint, args.history, args.allow_code)
         example = source.example_input()
     elif args.arch:
         model, example = _seed_net(args)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from graphmorph.errors import ConfigError
+from graphmorph.errors import ConfigError, first_line
 from graphmorph.search.grower import AutoGrow, Change
 
 try:
@@ -93,7 +93,16 @@ class AutoGrowCallback(pl.Callback):
                               "same checkpoint to AutoGrowCallback(resume_from=...) and fit(ckpt_path=...)")
 
     def _saved_state(self, path: str | Path) -> dict[str, Any]:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        """The callback's state in the Lightning checkpoint at `path`, read with `weights_only=True`:
+        tensors and plain containers only, so a crafted checkpoint runs no code."""
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ConfigError(f"resume_from={str(path)!r}: there is no such file") from None
+        except Exception as err:  # torch's UnpicklingError for anything beyond weights
+            raise ConfigError(f"resume_from={str(path)!r} holds more than tensors and plain data, or is not a "
+                              f"checkpoint; graphmorph reads checkpoints with weights_only=True and runs no code from "
+                              f"them ({first_line(err)})") from None
         saved = checkpoint.get("callbacks", {}).get(self.state_key)
         if not saved:
             raise ConfigError(f"{path} holds no {self.state_key} state: it was not saved by a fit with this callback")

@@ -68,7 +68,7 @@ def test_resuming_with_the_other_command_names_the_right_one(tmp_path, capsys):
     nac_run.mkdir()
     (nac_run / "config.json").write_text(json.dumps({"base": "EnvelopeNet-4/1/3"}))
     code, _, err = run_cli(capsys, "autogrow", "--resume", str(nac_run))
-    assert code == 2 and f"is a nac run, not a autogrow run: graphmorph nac --resume {nac_run}" in err
+    assert code == 2 and f"is a nac run, not an autogrow run: graphmorph nac --resume {nac_run}" in err
 
 
 def test_a_garbage_checkpoint_is_called_corrupt(tmp_path, capsys):

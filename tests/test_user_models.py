@@ -12,6 +12,7 @@ from graphmorph.cli import main
 from graphmorph.models import arch_of
 from graphmorph.search.autogrow import AutoGrowConfig, run
 
+ALLOW = ["--allow-code", "user_models:gated"]   # histories naming a factory build it only when the user names it
 TINY = {"model": "user_models:gated", "input_shape": (1, 8, 8), "K": 1, "J": 1, "max_growth_epochs": 4,
         "finetune_epochs": 1, "fraction": 0.5, "batch_size": 64, "device": "cpu"}
 
@@ -38,15 +39,15 @@ def test_autogrow_grows_a_users_model_and_records_its_history(grown_run):
 def test_replay_of_a_runs_history_rebuilds_its_architecture_and_export_takes_its_checkpoint(grown_run, tmp_path,
                                                                                             capsys):
     where, result = grown_run
-    assert main(["replay", str(where / "rewrites.json"), "-o", str(tmp_path / "out.pt")]) == 0
+    assert main(["replay", str(where / "rewrites.json"), "-o", str(tmp_path / "out.pt"), *ALLOW]) == 0
     replayed = torch.load(tmp_path / "out.pt", weights_only=True)
     trained = torch.load(where / "checkpoint.pt", weights_only=True)["model"]
     assert {k: v.shape for k, v in replayed["model"].items()} == {k: v.shape for k, v in trained.items()}
     assert f"now {result['found']}" in capsys.readouterr().out
-    gm, _ = load_checkpoint(where / "checkpoint.pt")        # the history beside it, the trained weights in it
+    gm, _ = load_checkpoint(where / "checkpoint.pt", allow_code=["user_models:gated"])  # history and weights in it
     assert arch_of(gm) == result["found"]
     assert all(torch.equal(gm.state_dict()[k], v) for k, v in trained.items())
-    assert main(["export", "--checkpoint", str(tmp_path / "out.pt"), "-o", str(tmp_path / "net.onnx")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "out.pt"), "-o", str(tmp_path / "net.onnx"), *ALLOW]) == 0
     assert (tmp_path / "net.onnx").stat().st_size > 0 and "max abs diff" in capsys.readouterr().out
 
 
@@ -58,7 +59,7 @@ def test_replay_gives_a_fresh_model_the_same_architecture_and_parameters(tmp_pat
     for stage, init in [(0, "gau"), (1, "uni"), (0, "zero" if model.startswith("user") else "identity")]:
         gm = transforms.grow(gm, stage=stage, init=init, generator=generator)
     (tmp_path / "h.json").write_text(json.dumps(graphmorph.history_document(source, graphmorph.history(gm))))
-    assert main(["replay", str(tmp_path / "h.json"), "-o", str(tmp_path / "out.pt")]) == 0
+    assert main(["replay", str(tmp_path / "h.json"), "-o", str(tmp_path / "out.pt"), *ALLOW]) == 0
     replayed = torch.load(tmp_path / "out.pt", weights_only=True)
     assert replayed["history"]["rewrites"] == graphmorph.history(gm)
     assert replayed["model"].keys() == gm.state_dict().keys()
@@ -124,16 +125,16 @@ def history_file(tmp_path):
 def test_replay_refuses_a_history_it_cannot_apply(history_file, tmp_path, refused, change, options, message):
     path, document = history_file
     path.write_text(json.dumps(change(document)))
-    code, err = refused(["replay", str(path), *options, "-o", str(tmp_path / "out.pt")])
+    code, err = refused(["replay", str(path), *options, "-o", str(tmp_path / "out.pt"), *ALLOW])
     assert code in (1, 2) and message in err and not (tmp_path / "out.pt").exists()
 
 
 def test_export_refuses_weights_that_do_not_fit_their_history(history_file, tmp_path, refused):
     path, document = history_file
-    assert main(["replay", str(path), "-o", str(tmp_path / "grown.pt")]) == 0
+    assert main(["replay", str(path), "-o", str(tmp_path / "grown.pt"), *ALLOW]) == 0
     path.write_text(json.dumps({**document, "rewrites": []}))
     code, err = refused(["export", "--checkpoint", str(tmp_path / "grown.pt"), "--history", str(path),
-                          "-o", str(tmp_path / "n.onnx")])
+                          "-o", str(tmp_path / "n.onnx"), *ALLOW])
     assert code == 2 and "do not fit user_models:gated after its 0 rewrites" in err
     torch.save({"model": {}}, tmp_path / "bare.pt")
     code, err = refused(["export", "--checkpoint", str(tmp_path / "bare.pt"), "-o", str(tmp_path / "n.onnx")])

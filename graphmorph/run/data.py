@@ -14,7 +14,11 @@
 Or a data factory of the user's, `load("package.module:factory")` (see `graphmorph.run.user_data`).
 
 Growth and stopping decisions use a validation split held out from the training data (seeded);
-the test set is only scored.
+the test set is only scored. Every split is checked before anything is trained or written: as many
+labels as images, one image shape, finite pixels, labels that are class indices with every class
+present somewhere, at least two classes and enough examples to train and validate on. CIFAR's
+pickles are read by an unpickler that builds only what the official files hold (dicts, lists,
+bytes and numpy arrays), so a crafted pickle runs no code.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from graphmorph.errors import GraphmorphError
 from graphmorph.run.imports import is_factory
 from graphmorph.run.user_data import Splits, read_factory
 
-__all__ = ["DataError", "Dataset", "DATASETS", "load"]
+__all__ = ["DataError", "Dataset", "DATASETS", "load", "data_factory"]
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -69,6 +73,11 @@ class Dataset:
         return tuple(self.train_x.shape[1:])
 
 
+def data_factory(spec: str) -> str | None:
+    """`spec` when it names a user's data factory (code to import), else None (built-in data)."""
+    return spec if is_factory(spec) and spec.partition(":")[0] not in DATASETS else None
+
+
 def load(spec: str, val_fraction: float = 0.1, fraction: float = 1.0, seed: int = 0) -> Dataset:
     """Load `NAME`, `NAME:DIR` or a data factory `package.module:factory`
     (`graphmorph.run.user_data`); keep `fraction` of the training data (the dataset-size study) and,
@@ -88,8 +97,10 @@ def load(spec: str, val_fraction: float = 0.1, fraction: float = 1.0, seed: int 
     else:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} (NAME or NAME:DIR), "
                         "or name your own: package.module:factory")
+    classes = _checked_classes(splits, spec)
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = splits.train
+    available = len(train_y)
     keep = torch.randperm(len(train_y), generator=generator)[: max(2, round(fraction * len(train_y)))]
     train_x, train_y = train_x[keep], train_y[keep]
     if splits.val is None:
@@ -98,12 +109,61 @@ def load(spec: str, val_fraction: float = 0.1, fraction: float = 1.0, seed: int 
     else:
         val_x, val_y = splits.val
     test_x, test_y = splits.test
-    classes = splits.num_classes or int(max(train_y.max(), val_y.max(), test_y.max())) + 1
+    _check_enough(train_y, available, fraction, spec)
     if built_in:   # normalised by the training split
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         train_x, val_x, test_x = (((x - mean) / std).contiguous() for x in (train_x, val_x, test_x))
     return Dataset(name, train_x, train_y, val_x, val_y, test_x, test_y, classes, augment)
+
+
+MIN_TRAIN = 2   # BatchNorm trains on two examples at least
+
+
+def _checked_classes(splits: Splits, spec: str) -> int:
+    """The number of classes, once every split is checked: as many labels as images, one image
+    shape, finite pixels, labels in 0..classes-1 with each class present in some split."""
+    parts = {"training": splits.train, "validation": splits.val, "test": splits.test}
+    parts = {name: pair for name, pair in parts.items() if pair is not None}
+    for name, (x, y) in parts.items():
+        if len(x) != len(y):
+            raise DataError(f"{spec}: the {name} split has {len(x)} images but {len(y)} labels; each image needs "
+                            "one label")
+        if len(y) == 0:
+            raise DataError(f"{spec}: the {name} split is empty")
+        if x.dim() != 4:
+            raise DataError(f"{spec}: the {name} images have shape {tuple(x.shape)}; expected N,C,H,W")
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"{spec}: the {name} images hold NaN or infinite values")
+    shapes = {name: tuple(x.shape[1:]) for name, (x, _) in parts.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in shapes.items())
+        raise DataError(f"{spec}: the splits' images differ in shape ({listed}); every split needs one C,H,W")
+    labels = torch.cat([y for _, y in parts.values()])
+    lowest, highest = int(labels.min()), int(labels.max())
+    if lowest < 0:
+        raise DataError(f"{spec}: a label is {lowest}; labels are class indices 0, 1, ..., classes-1")
+    classes = splits.num_classes or highest + 1
+    if highest >= classes:
+        raise DataError(f"{spec}: a label is {highest}, but the data has {classes} classes: labels must be below it")
+    present = torch.unique(labels)
+    if splits.num_classes is None and len(present) < classes:
+        missing = sorted(set(range(classes)) - set(present.tolist()))
+        raise DataError(f"{spec}: labels run up to {highest} but {len(missing)} of the classes 0..{highest} have no "
+                        f"example (first {missing[0]}); number the {len(present)} classes 0..{len(present) - 1}, or "
+                        "return num_classes from the factory")
+    training = torch.unique(splits.train[1])
+    if len(training) < 2:
+        raise DataError(f"{spec}: the training split holds a single class ({int(training[0])}); a classifier needs "
+                        "two at least")
+    return classes
+
+
+def _check_enough(train_y: torch.Tensor, available: int, fraction: float, spec: str) -> None:
+    """Refuse a training split too small to train on once the validation split is held out."""
+    if len(train_y) < MIN_TRAIN:
+        raise DataError(f"{spec}: {len(train_y)} training example(s) remain of {available} (--fraction {fraction:g}, "
+                        f"less the validation split); training needs {MIN_TRAIN} at least: raise --fraction")
 
 
 def _built_in(name: str, folder: str) -> Splits:
@@ -113,7 +173,7 @@ def _built_in(name: str, folder: str) -> Splits:
     if folder and not Path(folder).is_dir():
         raise DataError(f"{name}: folder {folder} does not exist")
     train_x, train_y, test_x, test_y = reader(Path(folder)) if needs_folder else reader()
-    return Splits((train_x, train_y), None, (test_x, test_y), None)
+    return Splits((train_x, train_y), None, (test_x, test_y), CLASSES.get(name))
 
 
 # --------------------------------------------------------------------------- readers
@@ -132,21 +192,27 @@ def _digits():
 
 def _idx(folder: Path):
     paths = _require(folder, "mnist/fashion-mnist", IDX_FILES, "gzip IDX")
-    train_x, train_y, test_x, test_y = (_read_idx(p) for p in paths)
+    train_x, train_y, test_x, test_y = (_read_idx(p, dims) for p, dims in zip(paths, (3, 1, 3, 1)))
     return _images(train_x), torch.from_numpy(train_y.astype(np.int64)), _images(test_x), torch.from_numpy(test_y.astype(np.int64))
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    """An unsigned-byte IDX array of `expected_dims` dimensions (3: images, 1: labels)."""
+    what = "images (3 dimensions)" if expected_dims == 3 else "labels (1 dimension)"
     try:
         raw = gzip.open(path).read()
+        if len(raw) < 4:
+            raise ValueError(f"it holds {len(raw)} bytes, not even a header")
         magic = struct.unpack(">I", raw[:4])[0]
         dims = magic & 0xFF
         if magic >> 8 != 0x08 or dims not in (1, 3):
             raise ValueError(f"magic number {magic:#x} is not an unsigned-byte IDX file")
+        if dims != expected_dims:
+            raise ValueError(f"it holds {dims}-dimensional data where {what} belong; are two files swapped?")
         shape = struct.unpack(">" + "I" * dims, raw[4: 4 + 4 * dims])
         return np.frombuffer(raw, np.uint8, offset=4 + 4 * dims).reshape(shape)
     except (OSError, ValueError, struct.error, EOFError) as err:
-        raise DataError(f"{path} is not a valid gzip IDX file: {err}") from err
+        raise DataError(f"{path} is not a valid gzip IDX file of {what}: {err}") from None
 
 
 def _cifar(folder: Path, files: tuple[str, ...], label_key: bytes):
@@ -161,12 +227,28 @@ def _cifar(folder: Path, files: tuple[str, ...], label_key: bytes):
             torch.from_numpy(xs[-1]).float() / 255, torch.from_numpy(ys[-1]))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Builds what CIFAR's official pickles hold (dicts, lists, bytes, numpy arrays) and nothing else."""
+
+    ALLOWED = {(f"numpy{core}.multiarray", name) for core in (".core", "._core") for name in ("_reconstruct", "scalar")}
+    ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which CIFAR's files never hold; "
+                                         "graphmorph refuses to build it")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"{path} is not a CIFAR python pickle: {err}") from err
+            loaded = _CifarUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"{path} is not a CIFAR python pickle: {err}") from None
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path} is not a CIFAR python pickle: it holds a {type(loaded).__name__}, not a dict")
+    return loaded
 
 
 def _svhn(folder: Path):
@@ -228,6 +310,9 @@ def _require(folder: Path, name: str, files: tuple[str, ...], kind: str) -> list
 def _images(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.copy()).float().unsqueeze(1) / 255
 
+
+# the classes of each standard dataset (a folder tree has one per folder)
+CLASSES = {"digits": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
 
 # name -> (reader, reads a folder, augment with random crop + flip)
 DATASETS = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from graphmorph.errors import GraphmorphError
 from graphmorph.run.sources import ModelSource
@@ -35,8 +35,10 @@ def history_document(source: ModelSource, rewrites: list[dict[str, Any]]) -> dic
     return {"format": FORMAT, "version": VERSION, "model": source.to_dict(), "rewrites": list(rewrites)}
 
 
-def parse_history(document: Any, where: str = "the history") -> tuple[ModelSource, list[dict[str, Any]]]:
-    """The model source and rewrite records of a history document; HistoryError naming what is wrong."""
+def parse_history(document: Any, where: str = "the history",
+                  allow_code: Collection[str] = ()) -> tuple[ModelSource, list[dict[str, Any]]]:
+    """The model source and rewrite records of a history document; HistoryError naming what is wrong.
+    A model factory the document names builds only if it is in `allow_code` (a history is data)."""
     if isinstance(document, list) and document and all(
             isinstance(row, dict) and ("epoch" in row or "iteration" in row) for row in document):
         raise HistoryError(f"{where} is a run's log (one row per epoch or iteration), not its rewrite history: "
@@ -57,13 +59,13 @@ def parse_history(document: Any, where: str = "the history") -> tuple[ModelSourc
     if not isinstance(rewrites, list) or not all(isinstance(r, dict) and "rewrite" in r for r in rewrites):
         raise HistoryError(f"{where}: \"rewrites\" must be a list of records, each with a \"rewrite\" name")
     try:
-        source = ModelSource.from_dict(document.get("model") or {})
+        source = ModelSource.from_dict(document.get("model") or {}, where, allow_code)
     except GraphmorphError as err:
         raise HistoryError(f"{where}: {err}") from None
     return source, rewrites
 
 
-def read_history(path: str | Path) -> tuple[ModelSource, list[dict[str, Any]]]:
+def read_history(path: str | Path, allow_code: Collection[str] = ()) -> tuple[ModelSource, list[dict[str, Any]]]:
     """`parse_history` of the JSON file at `path`."""
     try:
         document = json.loads(Path(path).read_text())
@@ -71,4 +73,4 @@ def read_history(path: str | Path) -> tuple[ModelSource, list[dict[str, Any]]]:
         raise HistoryError(f"cannot read {path}: {err.strerror or err}") from None
     except json.JSONDecodeError as err:
         raise HistoryError(f"{path} is not JSON: {err}") from None
-    return parse_history(document, str(path))
+    return parse_history(document, str(path), allow_code)

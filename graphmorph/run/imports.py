@@ -1,12 +1,16 @@
 """The callable a user names as `package.module:attribute` on the command line (a model or data
-factory), imported with the current directory on `sys.path`, as `python -m` would."""
+factory), imported with the current directory on `sys.path`, as `python -m` would.
+
+A file graphmorph reads (a rewrite history, a run's saved settings) may name such a callable too,
+but a file is data: its code is imported only when the user names the same callable as well
+(`--allow-code`, or `allow_code=` in Python), as transformers' `trust_remote_code` asks."""
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
-__all__ = ["import_callable", "is_factory"]
+__all__ = ["import_callable", "is_factory", "require_named"]
 
 
 def is_factory(spec: str) -> bool:
@@ -36,3 +40,10 @@ def import_callable(spec: str, option: str, error: type[Exception]) -> Callable[
     if not callable(target):
         raise error(f"{option} {spec!r}: {attribute!r} is a {type(target).__name__}, not a callable")
     return target
+
+
+def require_named(spec: str, allow_code: Collection[str], where: str, error: type[Exception]) -> None:
+    """Refuse to import `spec`, which the file `where` names, unless the user named it in `allow_code`."""
+    if spec not in allow_code:
+        raise error(f"{where} names the code {spec!r} to import and run; graphmorph runs only code you name: "
+                    f"if you trust it, pass --allow-code {spec} (in Python: allow_code=[{spec!r}])")

@@ -4,13 +4,14 @@ fresh copy of it.
 
 A factory is any callable returning an `nn.Module`; it is called with `num_classes=` and
 `in_channels=` when its signature takes them, else with no arguments. Its module is imported
-with the current directory on `sys.path`, as `python -m` would (`graphmorph.run.imports`).
+with the current directory on `sys.path`, as `python -m` would (`graphmorph.run.imports`). A
+source read from a file (`from_dict`) builds a factory only when the user named it too.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection
 
 import torch
 from torch import fx, nn
@@ -18,7 +19,7 @@ from torch import fx, nn
 from graphmorph.graph.capture import capture
 from graphmorph.errors import GraphmorphError
 from graphmorph.models import build
-from graphmorph.run.imports import import_callable, is_factory
+from graphmorph.run.imports import import_callable, is_factory, require_named
 from graphmorph.graph.verify import output_shape
 
 __all__ = ["ModelError", "ModelSource", "load_factory", "is_factory"]
@@ -60,13 +61,18 @@ class ModelSource:
     num_classes: int
     widths: tuple[int, ...] | None = None  # seed nets only: per-stage channels
     seed: int = 0                     # torch.manual_seed before building: the same initial parameters
+    # the file this description was read from, when the user did not name its factory: not built
+    unnamed_in: str | None = field(default=None, compare=False, repr=False)
 
     def build(self) -> nn.Module:
-        """The model, built under `seed`."""
-        torch.manual_seed(self.seed)
+        """The model, built under `seed`; a factory named only by a file is refused (ModelError)."""
         in_channels = self.input_shape[0]
         if is_factory(self.model):
+            if self.unnamed_in is not None:
+                require_named(self.model, (), self.unnamed_in, ModelError)
+            torch.manual_seed(self.seed)
             return _call_factory(self.model, self.num_classes, in_channels)
+        torch.manual_seed(self.seed)
         return build(self.model, num_classes=self.num_classes, in_channels=in_channels, widths=self.widths)
 
     def example_input(self) -> torch.Tensor:
@@ -89,12 +95,16 @@ class ModelSource:
                 "widths": list(self.widths) if self.widths else None, "seed": self.seed}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelSource":
+    def from_dict(cls, values: dict[str, Any], where: str = "the model description",
+                  allow_code: Collection[str] = ()) -> "ModelSource":
+        """The description read from the file `where`; a factory it names builds only if in `allow_code`."""
         try:
-            return cls(model=str(values["model"]), input_shape=tuple(int(v) for v in values["input_shape"]),
+            model = str(values["model"])
+            return cls(model=model, input_shape=tuple(int(v) for v in values["input_shape"]),
                        num_classes=int(values["num_classes"]),
-                       widths=tuple(values["widths"]) if values.get("widths") else None,
-                       seed=int(values.get("seed", 0)))
+                       widths=tuple(int(w) for w in values["widths"]) if values.get("widths") else None,
+                       seed=int(values.get("seed", 0)),
+                       unnamed_in=None if model in allow_code else where)
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"a model description needs model, input_shape (C, H, W) and num_classes: "
                              f"{values!r} ({type(err).__name__}: {err})") from None

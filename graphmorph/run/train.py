@@ -29,7 +29,10 @@ __all__ = ["Trainer", "TrainingDiverged", "pick_device", "staircase_lr"]
 
 
 class TrainingDiverged(GraphmorphError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or exploded past `EXPLODED` times a uniform guess's."""
+
+
+EXPLODED = 1000   # a mean loss above this many times log(classes), a uniform guess's loss, has diverged
 
 
 def pick_device(requested: str = "auto", world: World = World()) -> torch.device:
@@ -103,6 +106,9 @@ class Trainer:
         """`steps` optimizer steps on seeded random batches (a fresh order for each pass over the
         data), calling `on_step(step)` after each; returns (mean loss, accuracy %) over them. With
         `label`, a progress bar (rate and ETA) on a terminal."""
+        if len(y) < 2 * self.world.size:  # no batch could train: the loop below would never end
+            raise GraphmorphError(f"training needs {2 * self.world.size} examples at least, got {len(y)}")
+
         def batches():
             step = 0
             while True:
@@ -127,7 +133,7 @@ class Trainer:
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = done = 0
+        seen = done = classes = 0
         for index in batches:
             if len(index) < 2 * self.world.size:  # BatchNorm needs two samples per rank in train mode
                 continue
@@ -147,7 +153,7 @@ class Trainer:
                 self._untimed.discard(id(model))
             loss_sum += loss.detach() * len(yb)
             correct += (out.argmax(1) == yb).sum()
-            seen, done = seen + len(yb), done + 1
+            seen, done, classes = seen + len(yb), done + 1, out.shape[1]
             if on_step is not None:
                 on_step(done)
         self.world.average_buffers(model)
@@ -156,6 +162,9 @@ class Trainer:
         mean_loss = float(loss_sum) / max(1, float(seen))
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(f"the training loss became {mean_loss}")
+        if classes > 1 and mean_loss > EXPLODED * math.log(classes):
+            raise TrainingDiverged(f"the training loss exploded to {mean_loss:.3g} ({EXPLODED} times a uniform "
+                                   f"guess's {math.log(classes):.3g})")
         return mean_loss, 100.0 * float(correct) / max(1, float(seen))
 
     @torch.no_grad()

@@ -90,7 +90,10 @@ def _tensors(split: Any, what: str, error: type[Exception]) -> Pair:
     if images.dim() != 4:
         raise error(f"{what}: images must be C,H,W each (a batch of shape N,C,H,W), got a batch of shape "
                     f"{tuple(images.shape)}; add the channel axis (unsqueeze)")
-    if labels.dim() != 1 or labels.dtype.is_floating_point or len(labels) != len(images):
+    if not images.dtype.is_floating_point and images.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32,
+                                                                   torch.int64):
+        raise error(f"{what}: images must be numbers, got {images.dtype}")
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool or len(labels) != len(images):
         raise error(f"{what}: labels must be {len(images)} integer class indices, got {labels.dtype} of shape "
                     f"{tuple(labels.shape)}")
     if len(labels) == 0:
@@ -103,7 +106,11 @@ def _stack(items: Iterable, what: str, error: type[Exception], batched: bool) ->
     for pair in items:
         if not (isinstance(pair, (tuple, list)) and len(pair) >= 2):
             raise error(f"{what} yields {type(pair).__name__}; expected (image, label) pairs")
-        image, label = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+        try:
+            image, label = torch.as_tensor(pair[0]), torch.as_tensor(pair[1])
+        except (TypeError, ValueError, RuntimeError):
+            raise error(f"{what} yields ({type(pair[0]).__name__}, {type(pair[1]).__name__}); expected (image "
+                        "tensor, integer label) pairs") from None
         images.append(image if batched else image.unsqueeze(0))
         labels.append(label.reshape(-1))
     if not images:

@@ -10,7 +10,7 @@ constructed net under "final_model", which is preferred), and its history beside
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from torch import fx
 
@@ -44,20 +44,22 @@ def save_weights(path: str | Path, gm: fx.GraphModule, source: ModelSource) -> P
                             "model": gm.state_dict()}, Path(path))
 
 
-def load_checkpoint(path: str | Path, history_path: str | Path | None = None) -> tuple[fx.GraphModule, ModelSource]:
+def load_checkpoint(path: str | Path, history_path: str | Path | None = None,
+                    allow_code: Collection[str] = ()) -> tuple[fx.GraphModule, ModelSource]:
     """The trained net a checkpoint holds: its history's architecture rebuilt (`replay_architecture`,
     no AdamInit training) and the checkpoint's weights loaded into it.
 
-    The history comes from `history_path`, else from the checkpoint itself (a weights file), else
-    from `rewrites.json` beside it (a run directory).
+    The history comes from `history_path`, else from the checkpoint itself (a weights file or a
+    run's checkpoint), else from `rewrites.json` beside it. A model factory the history names is
+    imported only if it is in `allow_code`.
     """
     payload = _load(path)
     if history_path is not None:
-        source, rewrites = read_history(history_path)
+        source, rewrites = read_history(history_path, allow_code)
     elif isinstance(payload.get("history"), dict):
-        source, rewrites = parse_history(payload["history"], f"the history inside {path}")
+        source, rewrites = parse_history(payload["history"], f"the history inside {path}", allow_code)
     elif (Path(path).parent / "rewrites.json").is_file():
-        source, rewrites = read_history(Path(path).parent / "rewrites.json")
+        source, rewrites = read_history(Path(path).parent / "rewrites.json", allow_code)
     else:
         raise HistoryError(f"{path} has no history inside it and no rewrites.json beside it: pass --history FILE")
     gm = replay_architecture(source.capture(), rewrites)

@@ -14,7 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import fx
@@ -27,7 +27,7 @@ from graphmorph.errors import ConfigError
 from graphmorph.graph.history import history
 from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
 from graphmorph.run.events import Grew, event_fields
-from graphmorph.run.report import finish_run, write_rewrites
+from graphmorph.run.report import finish_run
 from graphmorph.run.optim import optimizer_state, restore_optimizer
 from graphmorph.run.sources import ModelSource, is_factory
 from graphmorph.search.budget import Budget, Estimate, baseline_epochs, estimate
@@ -101,7 +101,7 @@ class AutoGrowConfig:
         checks = [
             (self.K >= 1, f"K must be at least 1 epoch, got {self.K}"),
             (self.J is None or self.J >= 1, f"J must be at least 1 epoch, got {self.J}"),
-            (self.tau >= 0, f"tau must be >= 0 percentage points, got {self.tau}"),
+            (0 <= self.tau <= 100, f"tau must be 0 to 100 percentage points of accuracy, got {self.tau}"),
             (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
             (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
             (self.std > 0, f"std must be > 0, got {self.std}"),
@@ -113,7 +113,7 @@ class AutoGrowConfig:
             (self.test_every >= 0, f"test every must be >= 0 epochs, got {self.test_every}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
             (self.model is None or is_factory(self.model),
-             f"model must be package.module:factory, got {self.model!r} (an architecture goes in seed_net)"),
+             f"--model must be package.module:factory, got {self.model!r} (an architecture goes in --seed-net)"),
             (self.model is None or self.widths is None,
              "widths apply to seed nets; a model factory sets its own widths"),
             (self.input_shape is None or (len(self.input_shape) == 3 and min(self.input_shape) >= 1),
@@ -154,10 +154,10 @@ class RunTimes:
 
 
 def run(config: AutoGrowConfig | None, run_dir: str | Path, resume: bool = False,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+        progress: Callable[[str], None] = print, allow_code: Collection[str] = ()) -> dict[str, Any]:
     """Run (or resume) AutoGrow, or plain training when `config.grow` is False; returns the result
     that is also written to `run_dir/result.json`."""
-    return _Session.run(config, run_dir, resume, progress)
+    return _Session.run(config, run_dir, resume, progress, allow_code)
 
 
 class _Session(SearchSession):
@@ -283,17 +283,15 @@ class _Session(SearchSession):
         self.optimizer = change.optimizer(self.optimizer)
         self.gm = new
 
-    def checkpoint(self) -> None:
-        if self.directory is not None and self.world.is_main:
-            write_rewrites(self.directory, self.source, history(self.gm))
-        super().checkpoint()
-
     def saved(self) -> dict[str, Any]:
         return {"grower": self.grower.state_dict(), "model": self.gm.state_dict(),
                 "optimizer": optimizer_state(self.optimizer, self.gm), "rows": self.rows}
 
     def log_rows(self) -> list[dict[str, Any]]:
         return self.rows
+
+    def rewrites(self) -> list[dict[str, Any]]:
+        return history(self.gm)
 
     def _test_score(self) -> float:
         """Test accuracy (%) of the current net: for plots and the result, never for decisions."""

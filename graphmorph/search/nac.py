@@ -20,7 +20,7 @@ import statistics as stats
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from torch import fx
@@ -131,9 +131,9 @@ class NACState:
 
 
 def run(config: NACConfig | None, run_dir: str | Path, resume: bool = False,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+        progress: Callable[[str], None] = print, allow_code: Collection[str] = ()) -> dict[str, Any]:
     """Run (or resume) NAC; returns the result also written to `run_dir/result.json`."""
-    return _Session.run(config, run_dir, resume, progress)
+    return _Session.run(config, run_dir, resume, progress, allow_code)
 
 
 class _Session(SearchSession):
@@ -300,6 +300,9 @@ class _Session(SearchSession):
 
     def log_rows(self) -> list[dict[str, Any]]:
         return self.state.rows
+
+    def rewrites(self) -> list[dict[str, Any]]:
+        return self.nac.rewrites
 
     def finish(self) -> dict[str, Any]:
         config, state = self.config, self.state

@@ -3,20 +3,30 @@ a checkpoint after every unit of work, divergence messages, and the loop. An alg
 its config type, its state, `step()` (one unit: an epoch, an iteration, a trained net) and what it
 saves besides.
 
+The checkpoint holds everything, the rewrite history included; the log and rewrites.json are
+derived from it, written after it and again on resume, so no kill leaves them behind it. A
+resumed run holds its directory's lock, and imports no factory its saved settings name unless
+the user names it too (`allow_code`).
+
 Under torchrun every rank runs the loop on its share of each batch (`graphmorph.run.distributed`);
 rank 0 alone writes the run directory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Collection
 
 import torch
 
-from graphmorph.run.data import Dataset, load
+from graphmorph.errors import ConfigError
+from graphmorph.run.data import Dataset, data_factory, load
 from graphmorph.run.distributed import World, joined
-from graphmorph.run.rundir import RunDirectory
+from graphmorph.run.history_file import history_document
+from graphmorph.run.imports import require_named
+from graphmorph.run.report import write_rewrites
+from graphmorph.run.rundir import CHECKPOINT, RunDirectory
 from graphmorph.run.train import Trainer, TrainingDiverged, pick_device
 
 __all__ = ["SearchSession"]
@@ -25,9 +35,9 @@ __all__ = ["SearchSession"]
 class SearchSession:
     """One run of a search. Subclasses set `kind` (the run directory's kind), `title` (the
     algorithm's name in messages), `config_type` (with `from_dict` and `validate`) and
-    `rewrite_rng_key` (the checkpoint key of the RNG their rewrites draw from), and implement
-    `step`, `done`, `finish`, `saved` / `load`, `where`, `log_rows`, and optionally `begin` and
-    `resolved_config`."""
+    `rewrite_rng_key` (the checkpoint key of the RNG their rewrites draw from), set `source` (the
+    model the rewrites apply to), and implement `step`, `done`, `finish`, `saved` / `load`, `where`,
+    `log_rows`, `rewrites`, and optionally `begin` and `resolved_config`."""
 
     kind: ClassVar[str]
     title: ClassVar[str]
@@ -48,15 +58,23 @@ class SearchSession:
 
     @classmethod
     def run(cls, config, run_dir: str | Path, resume: bool = False,
-            progress: Callable[[str], None] = print) -> dict[str, Any]:
-        """Run (or resume) the search in `run_dir`; returns the result also written to `run_dir/result.json`."""
-        with joined() as world:
+            progress: Callable[[str], None] = print, allow_code: Collection[str] = ()) -> dict[str, Any]:
+        """Run (or resume) the search in `run_dir`; returns the result also written to `run_dir/result.json`.
+        A resumed run imports a model or data factory its saved settings name only if it is in `allow_code`."""
+        with joined() as world, contextlib.ExitStack() as held:
             progress = world.main_only(progress)
             if resume:
-                checkpoint = world.from_main(lambda: RunDirectory.existing(run_dir, cls.kind).load_checkpoint())
-                session = cls(cls.config_type.from_dict(checkpoint["config"]), world, progress)
+                directory = world.from_main(lambda: RunDirectory.existing(run_dir, cls.kind))
+                if world.is_main:
+                    held.enter_context(directory.locked())
+                checkpoint = world.from_main(directory.load_checkpoint)
+                config = cls.config_type.from_dict(checkpoint["config"])
+                for spec in cls.named_code(config):
+                    require_named(spec, allow_code, f"{directory.path / CHECKPOINT}'s settings", ConfigError)
+                session = cls(config, world, progress)
                 session.restore(checkpoint)
-                session.directory = RunDirectory(run_dir)
+                session.directory = directory
+                world.from_main(session.write_derived)  # the checkpoint may be ahead of the log it left
                 progress(f"resuming {run_dir} {session.where()}")
             else:
                 config.validate()
@@ -64,9 +82,19 @@ class SearchSession:
                 world.from_main(lambda: RunDirectory.ensure_new(run_dir))
                 session = cls(config, world, progress)  # data and model first: a failed start leaves no folder
                 session.begin()
-                session.directory = world.from_main(lambda: RunDirectory.create(run_dir, session.resolved_config()))
-                session.checkpoint()  # an interrupt in the first unit can resume from the start
+                session.directory = world.from_main(
+                    lambda: RunDirectory.create(run_dir, session.resolved_config(), session.checkpoint_payload()))
+                if world.is_main:
+                    held.enter_context(session.directory.locked())
+                session.checkpointed = True  # an interrupt in the first unit can resume from the start
+                world.from_main(session.write_derived)
             return session.loop()
+
+    @classmethod
+    def named_code(cls, config) -> list[str]:
+        """The factories (model, data) a run's settings name: code its resume would import."""
+        model = getattr(config, "model", None)
+        return [spec for spec in (model, data_factory(config.data)) if spec]
 
     # ---- what an algorithm supplies
 
@@ -99,6 +127,10 @@ class SearchSession:
     def log_rows(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def rewrites(self) -> list[dict[str, Any]]:
+        """The rewrite history of the net the checkpoint holds, on the model `source` builds."""
+        raise NotImplementedError
+
     def finish(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -124,16 +156,26 @@ class SearchSession:
         self.checkpointed = True
         self.world.check_replicas(self.gm, "restoring the checkpoint")
 
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything a resume needs, and the history the checkpoint's weights fit."""
+        return {"config": dataclasses.asdict(self.config), "state": dataclasses.asdict(self.state), **self.saved(),
+                "history": history_document(self.source, self.rewrites()),
+                "rng": torch.get_rng_state(), "shuffle_rng": self.shuffle.get_state(),
+                self.rewrite_rng_key: self.rewrite_rng.get_state()}
+
     def checkpoint(self) -> None:
-        """Save everything a resume needs, atomically (rank 0, once the directory exists)."""
+        """Save everything a resume needs, atomically, then what derives from it (rank 0, once the
+        directory exists)."""
         if self.directory is None or not self.world.is_main:
             return
-        self.directory.save_checkpoint({
-            "config": dataclasses.asdict(self.config), "state": dataclasses.asdict(self.state), **self.saved(),
-            "rng": torch.get_rng_state(), "shuffle_rng": self.shuffle.get_state(),
-            self.rewrite_rng_key: self.rewrite_rng.get_state()})
-        self.directory.write_log(self.log_rows())
+        self.directory.save_checkpoint(self.checkpoint_payload())
         self.checkpointed = True
+        self.write_derived()
+
+    def write_derived(self) -> None:
+        """The log and rewrites.json, from the state the checkpoint holds."""
+        self.directory.write_log(self.log_rows())
+        write_rewrites(self.directory, self.source, self.rewrites())
 
     def diverged(self, err: TrainingDiverged, where: str) -> TrainingDiverged:
         """The error for training that diverged `where`, saying what the run directory keeps."""
