@@ -16,7 +16,7 @@ import torch
 
 from graphmorph import models
 from graphmorph.errors import ConfigError, GraphmorphError
-from graphmorph.run.rundir import CHECKPOINT
+from graphmorph.run.rundir import CHECKPOINT, WriteError
 from graphmorph.search.autogrow import AutoGrowConfig
 from graphmorph.search.nac import NACConfig
 from graphmorph.search.options import (add_options, flag_of, given_options, non_negative_float, positive,
@@ -37,6 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(f"interrupted; {_interrupted_state(args)}")
         return EXIT_INTERRUPTED
+    except WriteError as err:
+        kept = "the last checkpoint is kept" + _resume_hint(args) if _resume_hint(args) else "free space and run it again"
+        _say(f"error: {err}; {kept}")
+        return EXIT_FAILURE
     except GraphmorphError as err:
         _say(f"error: {err}")
         return EXIT_USAGE if isinstance(err, ValueError) else EXIT_FAILURE
@@ -99,8 +103,15 @@ def _run_directory(args) -> Path | None:
     return Path(run_dir) if run_dir else None
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the cause, then where the usage is), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="graphmorph",
         description="Grow and prune PyTorch models as verified torch.fx graph rewrites.",
     )
