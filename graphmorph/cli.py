@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return args.run(args)
+        with models.size_limits(None, None) if args.allow_large else contextlib.nullcontext():
+            return args.run(args)
     except KeyboardInterrupt:
         _say(f"interrupted; {_interrupted_state(args)}")
         return EXIT_INTERRUPTED
@@ -188,6 +190,9 @@ def _parser() -> argparse.ArgumentParser:
                              "outputs agree when |ort - torch| <= atol + rtol x max|torch|")
     _allow_code_argument(export)
     export.set_defaults(run=_run_export)
+    for command in commands.choices.values():
+        command.add_argument("--allow-large", action="store_true",
+                             help="build nets past the size limits (100M parameters, 2,000 blocks)")
     return parser
 
 

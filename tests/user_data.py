@@ -44,3 +44,36 @@ def a_number():
 
 def raises():
     raise FileNotFoundError("no such file: digits.npz")
+
+
+def two_images():
+    """A training set of two examples: one is held out for validation, one is left."""
+    (x, y), _, test = digits_tensors()
+    return (x[:2], y[:2]), test
+
+
+def label_twelve_of_ten():
+    (x, y), val, test = digits_tensors()
+    return {"train": (x, torch.where(y == 3, 12, y)), "val": val, "test": test, "num_classes": 10}
+
+
+def label_minus_one():
+    (x, y), val, test = digits_tensors()
+    return (x, torch.where(y == 3, -1, y)), val, test
+
+
+def label_two_hundred():
+    (x, y), val, test = digits_tensors()
+    return (x, torch.where(y == 3, 200, y)), val, test
+
+
+def strings():
+    """A map-style dataset yielding strings where images belong."""
+    return [("not an image", 1)] * 4, [("nor this", 0)] * 2
+
+
+def nan_pixels():
+    (x, y), val, test = digits_tensors()
+    x = x.clone()
+    x[5, 0, 3, 3] = float("nan")
+    return (x, y), val, test

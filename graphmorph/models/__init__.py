@@ -13,11 +13,12 @@ from graphmorph.errors import ArchError
 from graphmorph.models.blocks import BasicBlock, Bottleneck, PlainBlock
 from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeNet, envelope_arch, envelope_structure, parse_envelope
 from graphmorph.models.seeds import FAMILIES, STEMS, SeedNet
+from graphmorph.models.size import check_size, meta_parameters, size_limits
 
 __all__ = [
     "FAMILIES", "SeedNet", "BasicBlock", "Bottleneck", "PlainBlock", "EnvelopeNet", "BRANCH_TYPES",
     "build", "arch_of", "parse_arch", "valid_forms", "envelope_arch", "envelope_structure", "check_arch", "read_structure",
-    "structure_label",
+    "structure_label", "size_limits",
 ]
 
 _ARCH = re.compile(r"^([A-Za-z0-9]+)-(\d+(?:-\d+)*)$")
@@ -97,6 +98,9 @@ def build(
     is "cifar" (3x3 stride 1, the default) or "imagenet" (7x7 stride 2 and a max-pool).
     EnvelopeNets: the first M of `branches` (default `BRANCH_TYPES`) form every cell; a dict in
     `envelope_arch`'s JSON form builds a constructed EnvelopeNet with fresh weights.
+
+    A net past the size limits (`graphmorph.models.size`: 100M parameters, 2,000 blocks or
+    branches) is refused before anything is allocated.
     """
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ArchError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -107,7 +111,11 @@ def build(
     if isinstance(arch, dict):
         if widths is not None or stem is not None or branches is not None:
             raise ArchError("widths=, stem= and branches= do not apply to an EnvelopeNet structure")
-        return EnvelopeNet.from_structure(arch, num_classes=num_classes, in_channels=in_channels)
+        make = lambda: EnvelopeNet.from_structure(arch, num_classes=num_classes, in_channels=in_channels)
+        layers = sum(len(cell.get("branches", ())) for stage in arch.get("stages", ()) for cell in stage.get("cells", ()))
+        check_size(structure_label(arch) if layers else "the EnvelopeNet structure", layers,
+                   lambda: meta_parameters(make))
+        return make()
     if isinstance(arch, str) and arch.startswith("EnvelopeNet-"):
         return _build_envelope(arch, num_classes, in_channels, widths, stem, branches)
     if branches is not None:
@@ -122,7 +130,21 @@ def build(
             )
     if stem not in STEMS:
         raise ArchError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
-    return cls(depths, num_classes=num_classes, in_channels=in_channels, widths=widths, stem=stem)
+
+    def make(stage_depths):
+        return cls(stage_depths, num_classes=num_classes, in_channels=in_channels, widths=widths, stem=stem)
+
+    check_size(f"{arch} with {num_classes:,} classes", sum(depths), lambda: _seed_parameters(make, depths))
+    return make(depths)
+
+
+def _seed_parameters(make, depths: tuple[int, ...]) -> int:
+    """A seed net's parameters from nets of one or two blocks per stage: every block after a
+    stage's first is the same, so the count is linear in the depths."""
+    ones = (1,) * len(depths)
+    base = meta_parameters(lambda: make(ones))
+    per_block = [meta_parameters(lambda: make(ones[:i] + (2,) + ones[i + 1:])) - base for i in range(len(depths))]
+    return base + sum((depth - 1) * block for depth, block in zip(depths, per_block))
 
 
 def _build_envelope(arch, num_classes, in_channels, widths, stem, branches) -> EnvelopeNet:
@@ -133,7 +155,9 @@ def _build_envelope(arch, num_classes, in_channels, widths, stem, branches) -> E
     if count > len(branch_set):
         raise ArchError(f"{arch!r} asks for {count} branches per cell, but the branch set has {len(branch_set)}: "
                         f"{', '.join(branch_set)}")
-    return EnvelopeNet(width, depths, branch_set[:count], num_classes=num_classes, in_channels=in_channels)
+    make = lambda: EnvelopeNet(width, depths, branch_set[:count], num_classes=num_classes, in_channels=in_channels)
+    check_size(f"{arch} with {num_classes:,} classes", sum(depths) * count, lambda: meta_parameters(make))
+    return make()
 
 
 def arch_of(model: nn.Module) -> str:
