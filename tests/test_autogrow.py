@@ -148,7 +148,7 @@ def test_unknown_config_options_are_refused():
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     done = cli("autogrow", *TINY_ARGS, "--lr", "1e30", "--run-dir", str(tmp_path / "run"))
     assert done.returncode == 1
-    assert "the training loss became" in done.stderr and "lower --lr" in done.stderr
+    assert "the training loss" in done.stderr and "lower --lr" in done.stderr
     assert "Traceback" not in done.stderr
 
 
