@@ -1,9 +1,12 @@
 """capture: shapes in node.meta, the caller's model untouched, and clear errors with their fix."""
+import inspect
+
 import pytest
 import torch
 from torch import fx, nn
 
 import graphmorph
+import transforms
 from graphmorph.graph.capture import example_inputs
 from graphmorph.models import build
 
@@ -111,3 +114,44 @@ def test_untraceable_submodules_can_become_leaves_on_request():
         graphmorph.capture(GatedNet(), x)
     with pytest.raises(graphmorph.CaptureError, match=r"the model's own forward \(RootLoop\)"):
         graphmorph.capture(RootLoop(), torch.randn(1, 3), untraceable="leaf")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """sign in the forward, the identity in the backward: a straight-through estimator."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _BinaryNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(_StraightThrough.apply(self.conv(x)).mean((2, 3)))
+
+
+def test_a_custom_autograd_function_is_kept_whole_so_its_backward_still_trains():
+    """Tracing inlined the Function's forward: sign's zero gradient replaced the estimator's (0.360 -> 0.0)."""
+    torch.manual_seed(0)
+    model, x = _BinaryNet(), torch.randn(3, 1, 6, 6)
+    apply_before = inspect.getattr_static(torch.autograd.Function, "apply")
+    gm = graphmorph.capture(model, x)
+    assert inspect.getattr_static(torch.autograd.Function, "apply") is apply_before   # restored after tracing
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and "StraightThrough" in n.name]
+    assert len(calls) == 1 and calls[0].target.autograd_function is _StraightThrough
+    assert not any(n.target is torch.sign for n in gm.graph.nodes)
+    model(x).square().sum().backward()
+    gm(x).square().sum().backward()
+    assert model.conv.weight.grad.norm() > 0
+    assert torch.equal(gm.conv.weight.grad, model.conv.weight.grad)
+    assert torch.equal(gm(x), model(x))
+    with pytest.raises(graphmorph.RewriteError, match="has no channel handler"):
+        transforms.prune_channels(gm, "conv", [0])   # opaque to the channel engine: refused, never changed

@@ -1,7 +1,10 @@
 """Capture any fx-traceable model as a GraphModule whose nodes know their shapes."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import inspect
 import os
 import traceback
 import warnings
@@ -34,7 +37,10 @@ def capture(
     record as single calls instead of tracing through (the fix for untraceable submodules).
     With `untraceable="leaf"`, a submodule class whose forward fx cannot trace (timm's Conv2dSame,
     MobileViT blocks) is made a leaf and tracing retried; the classes made leaves are listed in
-    `gm.meta["graphmorph.auto_leaves"]` and in a warning. Raises CaptureError naming the module
+    `gm.meta["graphmorph.auto_leaves"]` and in a warning. A custom `torch.autograd.Function` (a
+    straight-through estimator) is kept whole, one call node, so its own backward still trains
+    the captured model (tracing through it would keep the forward and lose the backward).
+    Raises CaptureError naming the module
     path, the cause and the fix when tracing fails, and ShapeError when the example input does
     not fit the model.
     """
@@ -49,7 +55,8 @@ def capture(
         root = copy.deepcopy(model)
         tracer = _Tracer(leaf_types + tuple(made_leaves), leaf_names)
         try:
-            graph = tracer.trace(root)
+            with _autograd_functions_kept_whole():
+                graph = tracer.trace(root)
             break
         except Exception as err:
             failed = _failed_module_type(root, err)
@@ -114,6 +121,37 @@ class _Tracer(fx.Tracer):
             if not hasattr(err, "_graphmorph_module"):  # the innermost module is the first to see it
                 err._graphmorph_module = (self.path_of_module(m), type(m).__name__)
             raise
+
+
+@contextlib.contextmanager
+def _autograd_functions_kept_whole():
+    """While tracing, `SomeFunction.apply(proxy, ...)` records one call of that Function."""
+    original = inspect.getattr_static(torch.autograd.Function, "apply")
+
+    def apply(cls, *args, **kwargs):
+        proxies: list[fx.Proxy] = []
+        fx.node.map_aggregate((args, kwargs), lambda a: proxies.append(a) if isinstance(a, fx.Proxy) else None)
+        if not proxies:
+            return original.__func__(cls, *args, **kwargs)
+        return proxies[0].tracer.create_proxy("call_function", autograd_function_call(cls), args, kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)
+    try:
+        yield
+    finally:
+        torch.autograd.Function.apply = original
+
+
+@functools.cache
+def autograd_function_call(function: type[torch.autograd.Function]):
+    """A plain function calling `function.apply`: the target of the call node that keeps it whole."""
+    def call(*args, **kwargs):
+        return function.apply(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = f"{function.__name__}_apply"
+    call.__module__ = __name__
+    call.autograd_function = function
+    return call
 
 
 def _split_leaves(leaf_modules) -> tuple[tuple[type, ...], frozenset[str]]:
