@@ -182,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="weights to export: a run's checkpoint.pt or a graphmorph replay output")
     export.add_argument("--history", metavar="FILE", help="the checkpoint's history (default: inside it, or "
                                                           "rewrites.json beside it)")
+    export.add_argument("--normalize", action="store_true",
+                        help="put the run's input normalisation into the graph, so it takes raw images (pixels in "
+                             "[0, 1]); with --checkpoint of a run on built-in data")
     export.add_argument("-o", "--output", required=True, help="path of the .onnx file to write")
     export.add_argument("--atol", type=positive_float, default=1e-4,
                         help="parity: absolute tolerance, > 0 (default 1e-4)")
@@ -199,9 +202,10 @@ def _parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     parser.add_argument("arch", metavar="ARCH", nargs="?" if optional else None,
                         help=f"architecture: {models.valid_forms()}; or package.module:factory")
-    parser.add_argument("--input-size", type=positive, default=32, help="input height and width (default 32)")
-    parser.add_argument("--in-channels", type=positive, default=3, help="input channels (default 3)")
-    parser.add_argument("--num-classes", type=positive, default=10, help="classes (default 10)")
+    parser.add_argument("--input-size", type=positive, help="input height and width (default 32, or the run's "
+                                                            "for a run's architecture.json)")
+    parser.add_argument("--in-channels", type=positive, help="input channels (default 3, or the run's)")
+    parser.add_argument("--num-classes", type=positive, help="classes (default 10, or the run's)")
     parser.add_argument("--widths", type=sizes, default=None,
                         help="per-stage widths, comma-separated (default: the family's, e.g. 16,32,64)")
     parser.add_argument("--stem", choices=("cifar", "imagenet"),
@@ -384,13 +388,28 @@ def _interrupt(signum, frame):
 def _seed_net(args) -> tuple[torch.nn.Module, torch.Tensor]:
     from graphmorph.run.sources import ModelSource, is_factory
 
-    example = torch.zeros(1, args.in_channels, args.input_size, args.input_size)
+    channels, size, classes = _input_of(args)
+    example = torch.zeros(1, channels, size, size)
     if is_factory(args.arch):
-        source = ModelSource(args.arch, tuple(example.shape[1:]), args.num_classes)
+        source = ModelSource(args.arch, tuple(example.shape[1:]), classes)
         return source.build(), example
-    model = models.build(args.arch, num_classes=args.num_classes, in_channels=args.in_channels,
+    model = models.build(args.arch, num_classes=classes, in_channels=channels,
                          widths=args.widths, stem=args.stem)
     return model, example
+
+
+def _input_of(args) -> tuple[int, int, int]:
+    """Input channels, size and classes: as given, else those of the run whose architecture.json
+    ARCH is (its rewrites.json beside it records them), else 3, 32 and 10."""
+    channels, size, classes = 3, 32, 10
+    beside = Path(args.arch).parent / "rewrites.json" if args.arch.endswith(".json") else None
+    if beside is not None and beside.is_file():
+        from graphmorph.run.history_file import read_history
+
+        source, _ = read_history(beside)
+        (channels, height, width), classes = source.input_shape, source.num_classes
+        size = height if height == width else size
+    return (args.in_channels or channels, args.input_size or size, args.num_classes or classes)
 
 
 def _run_flops(args) -> int:
@@ -417,23 +436,45 @@ def _run_flops(args) -> int:
     return 0
 
 
+def _architecture_name(gm, fallback: str) -> str:
+    """The net's architecture string, or `fallback` for a model whose stages cannot be read."""
+    try:
+        return models.arch_of(gm)
+    except GraphmorphError:
+        return fallback
+
+
 def _run_export(args) -> int:
     from graphmorph.graph.capture import capture
-    from graphmorph.graph.export import export_onnx
+    from graphmorph.graph.export import Normalized, export_onnx
+    from graphmorph.run.report import INPUT_NAMES, OUTPUT_NAMES
 
     if args.checkpoint and args.arch or args.history and not args.checkpoint:
         raise ConfigError("export takes ARCH, or --checkpoint FILE (optionally with --history FILE), not both")
+    if args.normalize and not args.checkpoint:
+        raise ConfigError("--normalize takes the normalisation a run recorded: pass --checkpoint RUN/checkpoint.pt")
+    metadata = {}
     if args.checkpoint:
-        from graphmorph.search.artifacts import load_checkpoint
+        from graphmorph.run.report import onnx_metadata
+        from graphmorph.search.artifacts import load_checkpoint, saved_normalization
 
         gm, source = load_checkpoint(args.checkpoint, args.history, args.allow_code)
         example = source.example_input()
+        normalization = saved_normalization(args.checkpoint)
+        metadata = onnx_metadata(_architecture_name(gm, source.model), normalization)
+        if args.normalize:
+            if normalization is None:
+                raise ConfigError(f"{args.checkpoint} records no input normalisation (its data was used as given, or "
+                                  "it is not a run's checkpoint): export it without --normalize")
+            gm = Normalized(gm, normalization["mean"], normalization["std"])
+            metadata["graphmorph.input"] = "images with pixels in [0, 1]: the normalisation is inside the graph"
     elif args.arch:
         model, example = _seed_net(args)
         gm = capture(model, example)
     else:
         raise ConfigError("export needs ARCH (or package.module:factory), or --checkpoint FILE")
-    report = export_onnx(gm, args.output, example, atol=args.atol, rtol=args.rtol)
+    report = export_onnx(gm, args.output, example, atol=args.atol, rtol=args.rtol, input_names=INPUT_NAMES,
+                         output_names=OUTPUT_NAMES, metadata=metadata)
     print(f"wrote {report.path} (opset {report.opset}, {report.path.stat().st_size / 1e6:.2f} MB) "
           f"in {report.export_seconds:.1f} s; onnxruntime vs PyTorch at batch {report.check_batch}: "
           f"max abs diff {report.max_abs_diff:.2e} (tolerance {report.tolerance:.2e} = atol {report.atol:g} "

@@ -61,6 +61,9 @@ def test_nac_interrupted_in_its_first_iteration_resumes_from_the_directory_it_na
     assert code == 0, err
     result = json.loads((where / "result.json").read_text())
     assert result["found"] in out and "\r" not in err   # no progress bar when not on a terminal
+    code, out, err = run_cli(capsys, "flops", str(where / "architecture.json"), "--json")
+    assert code == 0, err                  # before: 3x32x32 assumed, 1.87M MACs where the run had 112.21K
+    assert json.loads(out)["input_shape"] == [1, 1, 8, 8] and json.loads(out)["macs"] == result["macs"]
 
 
 def test_resuming_with_the_other_command_names_the_right_one(tmp_path, capsys):

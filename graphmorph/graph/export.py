@@ -1,4 +1,5 @@
-"""ONNX export with torch's dynamo-based exporter, checked by onnx.checker and onnxruntime."""
+"""ONNX export with torch's dynamo-based exporter, checked by onnx.checker and onnxruntime; named
+inputs and outputs, metadata, and optionally the input normalisation inside the graph."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,22 @@ from torch import nn
 from graphmorph.errors import ExportError, first_line
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 
-__all__ = ["ExportReport", "export_onnx"]
+__all__ = ["ExportReport", "export_onnx", "Normalized"]
+
+
+class Normalized(nn.Module):
+    """`model` behind its input normalisation, `(x - mean) / std` per channel: exported, the graph
+    takes raw images (for graphmorph's built-in data, pixels in [0, 1])."""
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,9 @@ def export_onnx(
     atol: float = 1e-4,
     rtol: float = 1e-5,
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    input_names: tuple[str, ...] | None = None,
+    output_names: tuple[str, ...] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> ExportReport:
     """Export `model` (in eval mode) to ONNX at `path` and check it.
 
@@ -58,6 +77,8 @@ def export_onnx(
     place only once every check passed: a failed export leaves an existing file as it was.
     Returns the largest absolute difference; raises ExportError naming the cause when export
     fails or the difference exceeds the tolerance. The model's train/eval mode is restored.
+    `input_names`/`output_names` name the graph's inputs and outputs; `metadata` is stored in the
+    model's metadata_props (onnxruntime: `session.get_modelmeta().custom_metadata_map`).
     """
     if not (atol > 0 and rtol >= 0):
         raise ExportError(f"atol must be > 0 and rtol >= 0, got atol={atol!r}, rtol={rtol!r}")
@@ -68,14 +89,15 @@ def export_onnx(
         raise ExportError(f"cannot create the folder for {path}: {err.strerror}") from err
     staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        report = _export_checked(model, staging, as_inputs(example_input), dynamic_batch, atol, rtol, providers)
+        report = _export_checked(model, staging, as_inputs(example_input), dynamic_batch, atol, rtol, providers,
+                                 (input_names, output_names), metadata or {})
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
     return dataclasses.replace(report, path=path)
 
 
-def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, providers) -> ExportReport:
+def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, providers, names, metadata) -> ExportReport:
     import onnx
     import onnxruntime as ort
 
@@ -87,9 +109,11 @@ def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, provid
 
     with evaluating(model):
         start = time.perf_counter()
-        program = _export(model, export_inputs, dynamic_batch)
+        program = _export(model, export_inputs, dynamic_batch, *names)
         try:
             program.save(str(path))
+            if metadata:
+                _store_metadata(path, metadata)
         except OSError as err:
             raise ExportError(f"cannot write into {path.parent}: {err.strerror}") from err
         seconds = time.perf_counter() - start
@@ -124,15 +148,26 @@ def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, provid
     return ExportReport(path, opset, seconds, check_batch, diff, atol, rtol, scale, tuple(session.get_providers()))
 
 
-def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool):
+def _store_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, **metadata})
+    onnx.save(proto, str(path))
+
+
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: bool,
+            input_names: tuple[str, ...] | None, output_names: tuple[str, ...] | None):
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} for _ in inputs)
+    names = {"input_names": list(input_names) if input_names else None,
+             "output_names": list(output_names) if output_names else None}
     with _quiet_exporter():
         try:
             return torch.onnx.export(
-                model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, report=False
+                model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, report=False, **names
             )
         except Exception as err:
             raise ExportError(f"ONNX export failed: {_export_cause(err)}") from err

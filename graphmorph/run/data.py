@@ -62,6 +62,14 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     augment: bool            # random crop + flip suits natural images (CIFAR, folders)
+    mean: tuple[float, ...] | None = None   # per channel, subtracted from the raw images (built-in data)
+    std: tuple[float, ...] | None = None    # per channel, divided into them after
+
+    @property
+    def normalization(self) -> dict[str, list[float]] | None:
+        """{"mean": [...], "std": [...]} per channel, applied to raw images (built-in data: pixels in
+        [0, 1]) before the net sees them; None for a factory's data, used as given."""
+        return None if self.mean is None else {"mean": list(self.mean), "std": list(self.std)}
 
     @property
     def in_channels(self) -> int:
@@ -110,11 +118,13 @@ def load(spec: str, val_fraction: float = 0.1, fraction: float = 1.0, seed: int 
         val_x, val_y = splits.val
     test_x, test_y = splits.test
     _check_enough(train_y, available, fraction, spec)
+    mean = std = None
     if built_in:   # normalised by the training split
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         train_x, val_x, test_x = (((x - mean) / std).contiguous() for x in (train_x, val_x, test_x))
-    return Dataset(name, train_x, train_y, val_x, val_y, test_x, test_y, classes, augment)
+        mean, std = tuple(mean.flatten().tolist()), tuple(std.flatten().tolist())
+    return Dataset(name, train_x, train_y, val_x, val_y, test_x, test_y, classes, augment, mean, std)
 
 
 MIN_TRAIN = 2   # BatchNorm trains on two examples at least

@@ -22,31 +22,52 @@ from graphmorph.run.history_file import history_document
 from graphmorph.run.rundir import RunDirectory
 from graphmorph.run.sources import ModelSource
 
-__all__ = ["ReportError", "finish_run", "save_result", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
+__all__ = ["ReportError", "finish_run", "save_result", "onnx_metadata", "INPUT_NAMES", "OUTPUT_NAMES", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
 
 
 def finish_run(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource,
-               rows: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
+               rows: list[dict[str, Any]], result: dict[str, Any],
+               normalization: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """`save_result`, and growth.png; returns the result."""
-    result = save_result(directory, gm, source, result)
+    result = save_result(directory, gm, source, result, normalization=normalization)
     plot_growth(rows, directory.path / "growth.png", f"{result['seed_arch']} -> {result['found']} on {result['data']}")
     return result
 
 
 def save_result(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource, result: dict[str, Any],
-                rewrites: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Count FLOPs, export the net to a parity-checked model.onnx, write rewrites.json (the
-    versioned history of `rewrites`, default `gm`'s, on the model `source` builds) and result.json
-    with the counts added; returns that result."""
+                rewrites: list[dict[str, Any]] | None = None,
+                normalization: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """Count FLOPs, export the net to a parity-checked model.onnx (input "images", output "logits",
+    the input normalisation in its metadata), write rewrites.json (the versioned history of
+    `rewrites`, default `gm`'s, on the model `source` builds) and result.json with the counts and
+    the normalisation added; returns that result."""
     model = deep_copy(gm).cpu().float().to(memory_format=torch.contiguous_format)
     example = source.example_input()
     flops = count_flops(model, example)
-    onnx = export_onnx(model, directory.path / "model.onnx", example)
+    onnx = export_onnx(model, directory.path / "model.onnx", example, input_names=INPUT_NAMES,
+                       output_names=OUTPUT_NAMES, metadata=onnx_metadata(result["found"], normalization))
     result = {**result, "macs": flops.macs, "flops": flops.flops, "params": flops.params,
-              "onnx_max_abs_diff": onnx.max_abs_diff}
+              "onnx_max_abs_diff": onnx.max_abs_diff, "normalization": normalization}
     write_rewrites(directory, source, history(gm) if rewrites is None else rewrites)
     directory.write_json("result.json", result)
     return result
+
+
+INPUT_NAMES, OUTPUT_NAMES = ("images",), ("logits",)
+
+
+def onnx_metadata(architecture: str, normalization: dict[str, list[float]] | None) -> dict[str, str]:
+    """model.onnx's metadata: the architecture and what the input must be (normalised or as given)."""
+    if normalization is None:
+        expects = "images as the data factory gave them (graphmorph did not normalise them)"
+    else:
+        expects = ("images normalised per channel, (x - mean) / std, from pixels in [0, 1]; "
+                   "graphmorph export --checkpoint CHECKPOINT --normalize puts this into the graph")
+    metadata = {"graphmorph.architecture": architecture, "graphmorph.input": expects}
+    if normalization is not None:
+        metadata |= {"graphmorph.input_mean": json.dumps(normalization["mean"]),
+                     "graphmorph.input_std": json.dumps(normalization["std"])}
+    return metadata
 
 
 def write_rewrites(directory: RunDirectory, source: ModelSource, rewrites: list[dict[str, Any]]) -> None:

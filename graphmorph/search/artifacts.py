@@ -21,7 +21,7 @@ from graphmorph.run.rundir import load_saved, save_atomically
 from graphmorph.run.sources import ModelSource
 from transforms.replayer import replay, replay_architecture
 
-__all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint"]
+__all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint", "saved_normalization"]
 
 WEIGHTS_FORMAT = "graphmorph.weights"
 
@@ -70,6 +70,13 @@ def load_checkpoint(path: str | Path, history_path: str | Path | None = None,
         raise HistoryError(f"the weights in {path} do not fit {source.model} after its {len(rewrites)} rewrites "
                            f"({first_line(err)}); use the history written with these weights") from None
     return gm, source
+
+
+def saved_normalization(path: str | Path) -> dict[str, list[float]] | None:
+    """The input normalisation a run's checkpoint records ({"mean", "std"} per channel), or None
+    when its data was used as given (a data factory's) or the file does not record one."""
+    normalization = _load(path).get("normalization")
+    return normalization if isinstance(normalization, dict) and {"mean", "std"} <= set(normalization) else None
 
 
 def _load(path: str | Path) -> dict[str, Any]:

@@ -319,7 +319,8 @@ class _Session(SearchSession):
             "device": str(self.trainer.device),
             "world_size": self.world.size,
         }
-        return self.world.from_main(lambda: finish_run(self.directory, self.gm, self.source, self.rows, result))
+        return self.world.from_main(lambda: finish_run(self.directory, self.gm, self.source, self.rows, result,
+                                                       self.data.normalization))
 
 
 def _model_source(config: AutoGrowConfig, data: Dataset) -> ModelSource:

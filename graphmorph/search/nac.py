@@ -338,7 +338,8 @@ class _Session(SearchSession):
         directory.write_json("statistics.json", state.statistics)
         if state.trained:
             directory.write_json("trained.json", list(state.trained.values()))
-        result = save_result(directory, final, self.source, result, rewrites=self.nac.rewrites)
+        result = save_result(directory, final, self.source, result, rewrites=self.nac.rewrites,
+                             normalization=self.data.normalization)
         title = f"NAC {config.base} -> {result['found']} on {config.data}"
         plot_statistics(state.statistics, directory.path / "statistics.png", title)
         plot_iterations(state.rows, directory.path / "iterations.png", title)

@@ -159,7 +159,7 @@ class SearchSession:
     def checkpoint_payload(self) -> dict[str, Any]:
         """Everything a resume needs, and the history the checkpoint's weights fit."""
         return {"config": dataclasses.asdict(self.config), "state": dataclasses.asdict(self.state), **self.saved(),
-                "history": history_document(self.source, self.rewrites()),
+                "history": history_document(self.source, self.rewrites()), "normalization": self.data.normalization,
                 "rng": torch.get_rng_state(), "shuffle_rng": self.shuffle.get_state(),
                 self.rewrite_rng_key: self.rewrite_rng.get_state()}
 
