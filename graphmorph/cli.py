@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with models.size_limits(None, None) if args.allow_large else contextlib.nullcontext():
+        with models.size_limits(None, None) if getattr(args, "allow_large", False) else contextlib.nullcontext():
             return args.run(args)
     except KeyboardInterrupt:
         _say(f"interrupted; {_interrupted_state(args)}")
@@ -193,7 +193,9 @@ def _parser() -> argparse.ArgumentParser:
                              "outputs agree when |ort - torch| <= atol + rtol x max|torch|")
     _allow_code_argument(export)
     export.set_defaults(run=_run_export)
-    for command in commands.choices.values():
+    for name, command in commands.choices.items():
+        if name == "report":   # reads results, builds no net
+            continue
         command.add_argument("--allow-large", action="store_true",
                              help="build nets past the size limits (100M parameters, 2,000 blocks)")
     return parser
@@ -367,9 +369,13 @@ def _run_report(args) -> int:
 def _print_result(result: dict, where) -> None:
     from graphmorph.graph.flops import si
 
-    _tell(f"found {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
-          f"{si(result['params'])} parameters; growth {result['growth_seconds']:.1f} s, "
-          f"fine-tuning {result['finetune_seconds']:.1f} s; results in {where}")
+    if result["kind"] == "train":
+        timing = f"training {result['finetune_seconds']:.1f} s"
+    else:
+        timing = f"growth {result['growth_seconds']:.1f} s, fine-tuning {result['finetune_seconds']:.1f} s"
+    verb = "trained" if result["kind"] == "train" else "found"
+    _tell(f"{verb} {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+          f"{si(result['params'])} parameters; {timing}; results in {where}")
 
 
 def _version() -> str:

@@ -163,8 +163,12 @@ def test_train_and_report_measure_the_delta(tiny_run, tmp_path):
     assert result["kind"] == "train" and result["found"] == found and result["epochs"] == 4
     rows = json.loads((tmp_path / "scratch" / "log.json").read_text())
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])  # staircase at 1/2 and 3/4
-    report = cli("report", str(grown), str(tmp_path / "scratch"), "-o", str(tmp_path / "r.png"))
-    assert report.returncode == 0 and found in report.stdout and "autogrow" in report.stdout
+    assert f"trained {found}: test accuracy" in scratch.stdout and "growth" not in scratch.stdout
+    assert {r["phase"] for r in rows} == {"train"}   # before: "finetune" epochs and "growth 0.0 s"
+    (tmp_path / "notes.txt").write_text("not a run")
+    report = cli("report", str(grown), str(tmp_path / "scratch"), str(tmp_path / "notes.txt"), "-o", str(tmp_path / "r.png"))
+    assert report.returncode == 0 and found in report.stdout and "autogrow" in report.stdout   # before: aborted
+    assert f"left out {tmp_path / 'notes.txt'}: a file, not a run directory" in report.stderr
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -57,3 +57,25 @@ def test_console_entry_point_help_and_exit_codes():
     assert done.returncode == 2 and "Traceback" not in done.stderr
     done = subprocess.run(run + ["flops", "Plain3Net-1-1-1", "--input-size", "0"], capture_output=True, text=True)
     assert done.returncode == 2 and "positive integer" in done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["autogrow", "--K", "x"], "graphmorph autogrow: error: argument --K: invalid int value: 'x' "
+                               "(see graphmorph autogrow --help)"),
+    ([], "graphmorph: error: the following arguments are required: COMMAND (see graphmorph --help)"),
+    (["flops", "Plain3Net-1-1-1", "--nope"], "unrecognized arguments: --nope (see graphmorph --help)"),
+])
+def test_a_usage_error_is_one_line_naming_help(capsys, argv, message):
+    """They printed 15 lines of usage."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+@pytest.mark.parametrize("command", ["autogrow", "nac", "train", "replay", "report", "flops", "export"])
+def test_help_shows_no_empty_default(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "(default )" not in out and ("--allow-large" in out) == (command != "report")

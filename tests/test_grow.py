@@ -303,3 +303,13 @@ def test_the_trial_growth_agrees_with_growth_on_generated_cnns(spec):
         assert_valid_rewrite(gm, grown, x, param_delta=added)
         depths = [len(s.blocks) for s in graphmorph.find_stages(grown)]
         assert depths[stage.index] == len(stage.blocks) + 1
+
+
+def test_replay_refuses_a_grow_record_whose_stage_is_not_its_blocks():
+    """A history's "stage": 99 was carried into the replayed net's history unchecked."""
+    gm = graphmorph.capture(graphmorph.models.build("Basic3ResNet-1-1-1", num_classes=4, in_channels=1),
+                            torch.randn(2, 1, 8, 8))
+    records = graphmorph.history(transforms.grow(gm, stage=0, init="zero"))
+    with pytest.raises(graphmorph.RewriteError, match="the record says stage 99, but block 'layer1.0' is in stage 0"):
+        transforms.replay(gm, [{**records[0], "stage": 99}])
+    assert graphmorph.history(transforms.replay(gm, records))[0]["stage"] == 0

@@ -52,6 +52,16 @@ def test_remove_block_undoes_a_zero_init_grow():
     back = transforms.remove_block(grown, new_block)
     assert _params(back) == _params(gm)
     assert_preserves_function(gm, back, verification_inputs(gm), atol=ATOL)
+    assert graphmorph.models.arch_of(grown) == "Basic3ResNet-1-2-1"
+    assert graphmorph.models.arch_of(back) == "Basic3ResNet-1-1-1"   # the activation left behind is no block
+
+
+def test_a_stages_only_block_is_not_removed():
+    """It was removed and the net still reported Basic3ResNet-1-1-1."""
+    gm = graphmorph.capture(graphmorph.models.build("Basic3ResNet-1-1-1", num_classes=4, in_channels=1),
+                            torch.randn(2, 1, 8, 8))
+    with pytest.raises(graphmorph.RewriteError, match="'layer1.0' is the only block of stage 0; a stage keeps one"):
+        transforms.remove_block(gm, "layer1.0")
 
 
 @pytest.mark.parametrize("name, block, message", [

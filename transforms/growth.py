@@ -118,7 +118,13 @@ class Grow(Rewrite):
             return f"unknown init {self.init!r}; choose one of {', '.join(INITS)}"
         if not (isinstance(self.std, (int, float)) and self.std > 0):
             return f"std must be a positive number, got {self.std!r}"
-        return _init_refusal(gm, _block_named(gm, self.after), self.init, self.shortcut)
+        template = _block_named(gm, self.after)
+        if self.stage is not None:
+            found = next((s.index for s in find_stages(gm) if self.after in s.blocks), None)
+            if found != self.stage:
+                where = f"is in stage {found}" if found is not None else "is in no stage"
+                return f"the record says stage {self.stage!r}, but block {self.after!r} {where}"
+        return _init_refusal(gm, template, self.init, self.shortcut)
 
     def edit(self, step: Step) -> Edit:
         if self.init == "adam" and step.data is None:
@@ -162,7 +168,10 @@ def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block
         return _block_named(gm, after)
     stages = find_stages(gm)
     if not isinstance(stage, int) or not 0 <= stage < len(stages):
-        raise RewriteError(f"stage {stage!r} is out of range: the net has {len(stages)} stages (0..{len(stages) - 1})")
+        if not stages:
+            raise RewriteError("the net has no stages to grow: find_stages found no repeated blocks")
+        raise RewriteError(f"stage {stage!r} is out of range: the net has {len(stages)} stage"
+                           f"{'s' if len(stages) > 1 else ''} ({'0' if len(stages) == 1 else f'0..{len(stages) - 1}'})")
     return stages[stage].block_info[-1]
 
 

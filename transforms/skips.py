@@ -19,7 +19,7 @@ import torch
 from torch import fx
 
 from graphmorph.graph import ops
-from graphmorph.graph.analysis import find_blocks
+from graphmorph.graph.analysis import find_blocks, find_stages
 from graphmorph.graph.channel_ops import Concat, Elementwise, PassThrough, Reduce, Reshape
 from graphmorph.graph.channel_surgery import apply_removal
 from graphmorph.graph.copying import clone
@@ -114,6 +114,10 @@ class RemoveBlock(_InputRemoval):
         if not found.residual or found.shortcut != "identity":
             raise RewriteError(f"block {self.block!r} is a {found.kind} block with a {found.shortcut or 'no'} "
                                "shortcut; only residual blocks with an identity shortcut can be removed")
+        stage = next((s for s in find_stages(gm) if s.blocks == (self.block,)), None)
+        if stage is not None:
+            raise RewriteError(f"block {self.block!r} is the only block of stage {stage.index}; a stage keeps one "
+                               "block at least")
         names = set(found.nodes)
         nodes = {n.name: n for n in gm.graph.nodes}
         merge = next((nodes[n] for n in found.nodes if ops.is_add(nodes[n])

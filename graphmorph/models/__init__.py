@@ -178,7 +178,7 @@ def arch_of(model: nn.Module) -> str:
         family = model_name(model)
         if family == "EnvelopeNet":
             return _envelope_string(model)
-        depths = [len(stage.blocks) for stage in find_stages(model)]
+        depths = [sum(_holds_parameters(model, block) for block in stage.block_info) for stage in find_stages(model)]
         expected = len(FAMILIES[family].default_widths) if family in FAMILIES else None
         if expected is not None and len(depths) != expected:
             raise ArchError(
@@ -189,6 +189,18 @@ def arch_of(model: nn.Module) -> str:
     raise ArchError(
         f"arch_of expects a seed network or a captured GraphModule, got {type(model).__name__}"
     )
+
+
+def _holds_parameters(gm: fx.GraphModule, block) -> bool:
+    """Whether a block has a layer with parameters: what `remove_block` leaves of a block (the
+    activation after its add) is no block of the depth."""
+    nodes = {node.name: node for node in gm.graph.nodes}
+    for name in block.nodes:
+        node = nodes[name]
+        if node.op == "get_attr" or (node.op == "call_module" and
+                                     next(gm.get_submodule(node.target).parameters(), None) is not None):
+            return True
+    return False
 
 
 def _envelope_string(model: nn.Module) -> str:

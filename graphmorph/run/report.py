@@ -117,13 +117,14 @@ KIND_MARKERS = {"autogrow": "o", "train": "s", "nac": "^"}
 
 def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """result.json of each run directory, and a reason for each run left out: one still running or
-    interrupted (no result.json yet), or a result.json that is not a graphmorph result. A path that
-    is not a directory is an error."""
+    interrupted (no result.json yet), a path that is no directory, or a result.json that is not a
+    graphmorph result."""
     results, skipped = [], []
     for path in paths:
         path = Path(path)
         if not path.is_dir():
-            raise ReportError(f"{path} is not a run directory")
+            skipped.append(f"{path}: {'a file, not a run directory' if path.exists() else 'no such directory'}")
+            continue
         file = path / "result.json"
         if not file.is_file():
             skipped.append(f"{path}: no result.json yet (the run is unfinished: resume it to finish)"

@@ -245,9 +245,9 @@ class _Session(SearchSession):
         lr = self.grower.learning_rate(self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        phase = search.phase
+        phase = search.phase if self.config.grow else "train"   # graphmorph train: no growth, no fine-tuning
         self.trainer.compile = self.config.compile == "always" or (
-            self.config.compile == "finetune" and phase == "finetune")
+            self.config.compile == "finetune" and search.phase == "finetune")
         try:
             train_loss, train_acc = self.trainer.train_epoch(self.gm, self.optimizer, self.train_x, self.train_y,
                                                              self.shuffle, label=f"epoch {search.epoch + 1} ({phase})")

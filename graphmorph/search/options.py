@@ -60,7 +60,7 @@ def given_options(args: argparse.Namespace, cls) -> dict[str, Any]:
 
 def _default(f: dataclasses.Field) -> Any:
     value = f.default if f.default is not dataclasses.MISSING else None
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, bool) or value is None or value == ():
         return None
     return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
