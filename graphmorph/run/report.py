@@ -180,9 +180,10 @@ def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path)
 
 
-def save_figure(fig, path: Path) -> None:
-    """Lay out, write as PNG, and free the figure."""
-    fig.tight_layout()
+def save_figure(fig, path: Path, right: float = 1.0) -> None:
+    """Lay out (the axes within the left `right` share of the width: the rest for a figure
+    legend), write as PNG, and free the figure."""
+    fig.tight_layout(rect=(0, 0, right, 1))
     fig.savefig(path, dpi=110)
     fig.clf()
     pyplot().close(fig)

@@ -14,26 +14,43 @@ __all__ = ["plot_statistics", "plot_iterations", "plot_comparison"]
 
 def plot_statistics(snapshots: list[dict[str, Any]], path: Path, title: str) -> None:
     """Per stage, each branch's running statistic (mean squared featuremap) against the global
-    training step; colour is the branch type, iterations are separated by dashed lines."""
+    training step; colour is the branch type, line style the cell (so two cells' branches of one
+    type stay apart), iterations are separated by light vertical bars; the legend stands beside
+    the plots, never over the curves."""
     plt = pyplot()
     branches = sorted({key for row in snapshots for key in row if key not in ("iteration", "step")})
     stages = sorted({key.split(".")[0] for key in branches})
-    fig, axes = plt.subplots(len(stages), 1, figsize=(9, 2.6 * len(stages)), sharex=True, squeeze=False)
+    cells = sorted({key.split(".")[1] for key in branches}, key=_cell_order)
+    fig, axes = plt.subplots(len(stages), 1, figsize=(11, 2.6 * len(stages) + 0.6), sharex=True, squeeze=False)
     colours = {kind: plt.get_cmap("tab10")(i) for i, kind in enumerate(BRANCH_TYPES)}
+    styles = {cell: CELL_STYLES[i % len(CELL_STYLES)] for i, cell in enumerate(cells)}
     for axis, stage in zip(axes[:, 0], stages):
         for key in (k for k in branches if k.startswith(stage + ".")):
+            _, cell, kind = key.split(".")
             points = [(row["step"], row[key]) for row in snapshots if key in row]
-            axis.plot(*zip(*points), color=colours[key.rsplit(".", 1)[1]], linewidth=0.9, alpha=0.8)
+            axis.plot(*zip(*points), color=colours[kind], linestyle=styles[cell], linewidth=1.1, alpha=0.85,
+                      marker="o" if len(points) < 3 else None, markersize=3)
         for previous, row in zip(snapshots, snapshots[1:]):
             if row["iteration"] != previous["iteration"]:
-                axis.axvline(previous["step"], color="gray", linestyle="--", linewidth=0.8)
+                axis.axvline(previous["step"], color="black", alpha=0.15, linewidth=3)
         axis.set_ylabel(f"{stage}\nmean F^2")
     handles = [plt.Line2D([], [], color=colours[kind], label=kind) for kind in BRANCH_TYPES
                if any(k.endswith("." + kind) for k in branches)]
-    axes[0, 0].legend(handles=handles, fontsize=7, ncol=3, loc="upper right")
-    axes[0, 0].set_title(title + "\nbranch statistics during truncated training (dashed: next iteration)", fontsize=9)
+    handles += [plt.Line2D([], [], color="gray", linestyle=styles[cell], label=cell) for cell in cells]
+    fig.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(0.83, 0.93), frameon=False,
+               title="branch (colour), cell (line)", title_fontsize=7)
+    axes[0, 0].set_title(title + "\nbranch statistics during truncated training (grey bars: next iteration)",
+                         fontsize=9)
     axes[-1, 0].set_xlabel("training step")
-    save_figure(fig, path)
+    save_figure(fig, path, right=0.82)
+
+
+CELL_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+
+
+def _cell_order(cell: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in cell if ch.isdigit())
+    return (int(digits) if digits else 0, cell)
 
 
 def plot_iterations(rows: list[dict[str, Any]], path: Path, title: str) -> None:
