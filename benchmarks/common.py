@@ -14,7 +14,9 @@ from typing import Callable
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results"   # the recorded numbers the README quotes (tracked)
+LOCAL = RESULTS / "local"                       # a run's numbers unless recorded (ignored by git)
+RECORD = "GRAPHMORPH_RECORD"                    # =1 (benchmarks/run.py --record): write into RESULTS
 
 
 def start(doc: str, repeats: int) -> argparse.Namespace:
@@ -59,10 +61,12 @@ def machine() -> dict[str, object]:
 
 
 def save(name: str, rows: list[dict], summary: dict) -> Path:
-    """Write `results/<name>-<device>.json` with the machine it ran on."""
-    RESULTS.mkdir(exist_ok=True)
+    """Write `results/local/<name>-<device>.json` with the machine it ran on; into `results/`, the
+    recorded numbers, only when GRAPHMORPH_RECORD=1 (`benchmarks/run.py --record`)."""
+    folder = RESULTS if os.environ.get(RECORD) == "1" else LOCAL
+    folder.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = RESULTS / f"{name}-{device}.json"
+    path = folder / f"{name}-{device}.json"
     payload = {
         "benchmark": name,
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

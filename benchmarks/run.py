@@ -1,18 +1,22 @@
 """Run the benchmark suite, one script after another (never in parallel: they time the machine).
 
-    python benchmarks/run.py [--only rewrite,train_throughput,...] [--data-root ../shared/data]
+    python benchmarks/run.py [--only rewrite,train_throughput,...] [--data-root ../shared/data] [--record]
 
-Each script prints its table and writes results/<name>-<device>.json; `accuracy` needs
+Each script prints its table and writes results/local/<name>-<device>.json (ignored by git), or
+with --record results/<name>-<device>.json, the numbers the README quotes; `accuracy` needs
 `--data-root` (a folder with mnist/ and fashion-mnist/) and is skipped without it. `nac_compare`
 takes about an hour on 2 CPU cores and runs only when named in --only.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import RECORD
 
 HERE = Path(__file__).resolve().parent
 SUITE = ("rewrite", "analysis", "channel_pruning", "statistics_overhead", "testing_helpers", "train_throughput", "export",
@@ -24,7 +28,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SUITE), help=f"comma-separated, from {', '.join(SUITE + ON_REQUEST)}")
     parser.add_argument("--data-root", default=None, help="folder with mnist/ and fashion-mnist/ (for accuracy)")
+    parser.add_argument("--record", action="store_true",
+                        help="replace the recorded results in benchmarks/results/ (default: benchmarks/results/local/)")
     args = parser.parse_args()
+    environment = {**os.environ, RECORD: "1" if args.record else "0"}
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in SUITE + ON_REQUEST]
     if unknown:
@@ -39,7 +46,7 @@ def main() -> int:
             command += ["--data-root", args.data_root]
         print(f"== {name}", flush=True)
         began = time.perf_counter()
-        if subprocess.run(command).returncode != 0:
+        if subprocess.run(command, env=environment).returncode != 0:
             failed.append(name)
         print(f"== {name}: {time.perf_counter() - began:.0f} s", flush=True)
     if failed:
