@@ -313,3 +313,13 @@ def test_replay_refuses_a_grow_record_whose_stage_is_not_its_blocks():
     with pytest.raises(graphmorph.RewriteError, match="the record says stage 99, but block 'layer1.0' is in stage 0"):
         transforms.replay(gm, [{**records[0], "stage": 99}])
     assert graphmorph.history(transforms.replay(gm, records))[0]["stage"] == 0
+
+
+def test_an_identity_refusal_names_the_layers_not_the_copys_module_names():
+    """It said "block '3' is 3_g1 -> 4_g1": the names of the copy graphmorph had just made."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Hardswish(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Hardswish(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    gm = graphmorph.capture(model, torch.zeros(1, 3, 8, 8))
+    with pytest.raises(graphmorph.RewriteError, match=r"block '2' is Conv2d -> Hardswish$"):
+        transforms.grow(gm, after="2", init="identity")

@@ -481,6 +481,14 @@ def _copied_layer(work: fx.GraphModule, plan: _Plan, target: str) -> nn.Module |
     return _Projection(attribute(work, weight), attribute(work, bias) if bias else None)
 
 
+def _layer_name(gm: fx.GraphModule, node: fx.Node) -> str:
+    """What a node computes, for a message: the module's class or the function's name (the copy's
+    own module names, `3_g1`, mean nothing to the user)."""
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    return getattr(node.target, "__name__", str(node.target))
+
+
 def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block):
     """The conv and BN (None for VGG's conv-ReLU) of a plain conv-BN-ReLU block that can pass its input through."""
     why = f"init='identity' needs a conv-BN-ReLU or conv-ReLU block, and block {template.name!r}"
@@ -490,7 +498,7 @@ def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block)
     chain = [nodes[n] for n in block.nodes if nodes[n].op not in ("get_attr", "placeholder")]
     kinds = [_identity_role(work, n) for n in chain]
     if kinds not in (["conv", "norm", "relu"], ["conv", "relu"]):
-        raise RewriteError(f"{why} is {' -> '.join(str(n.target) for n in chain)}")
+        raise RewriteError(f"{why} is {' -> '.join(_layer_name(work, n) for n in chain)}")
     conv = work.get_submodule(chain[0].target)
     norm = work.get_submodule(chain[1].target) if len(chain) == 3 else None
     same = all(p == d * (k - 1) // 2 and k % 2 == 1 for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
