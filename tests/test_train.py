@@ -96,3 +96,25 @@ def test_compile_modes_compile_the_graphs_they_promise_with_one_batch_shape(tmp_
 def test_a_checkpoint_from_before_the_compile_modes_still_loads():
     assert AutoGrowConfig.from_dict({"compile": True}).compile == "always"
     assert AutoGrowConfig.from_dict({"compile": False}).compile == "off"
+
+
+@pytest.mark.parametrize("scale, diverged", [(1e9, True), (1.0, False)])
+def test_an_exploded_finite_loss_counts_as_divergence(scale, diverged):
+    """Epochs at a loss of 1.8e19 were checkpointed and decided on before the run reached NaN."""
+    import math
+
+    from graphmorph.run.train import EXPLODED, TrainingDiverged
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(scale)
+    x = torch.randn(32, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(32) % 10
+    trainer = Trainer(torch.device("cpu"), batch_size=16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)   # the loss stays as the weights make it
+    if diverged:
+        with pytest.raises(TrainingDiverged, match="the training loss exploded to"):
+            trainer.train_epoch(model, optimizer, x, y, torch.Generator().manual_seed(1))
+    else:
+        loss, _ = trainer.train_epoch(model, optimizer, x, y, torch.Generator().manual_seed(1))
+        assert math.isfinite(loss) and loss < EXPLODED * math.log(10)

@@ -182,7 +182,8 @@ def arch_of(model: nn.Module) -> str:
         expected = len(FAMILIES[family].default_widths) if family in FAMILIES else None
         if expected is not None and len(depths) != expected:
             raise ArchError(
-                f"found {len(depths)} stages in this {family}, expected {expected}: capture it with an "
+                f"found {len(depths)} stage{'' if len(depths) == 1 else 's'} in this {family}, expected {expected}: "
+                f"capture it with an "
                 f"input of at least {2 ** (expected - 1)} pixels so every stage has its own size"
             )
         return f"{family}-" + "-".join(map(str, depths))
