@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch import fx, nn
 
 from graphmorph.errors import ArchError
@@ -139,12 +140,12 @@ def build(
 
 
 def _seed_parameters(make, depths: tuple[int, ...]) -> int:
-    """A seed net's parameters from nets of one or two blocks per stage: every block after a
-    stage's first is the same, so the count is linear in the depths."""
-    ones = (1,) * len(depths)
-    base = meta_parameters(lambda: make(ones))
-    per_block = [meta_parameters(lambda: make(ones[:i] + (2,) + ones[i + 1:])) - base for i in range(len(depths))]
-    return base + sum((depth - 1) * block for depth, block in zip(depths, per_block))
+    """A seed net's parameters from one net of two blocks per stage, built on the meta device:
+    every block after a stage's first is the same, so the count is linear in the depths."""
+    with torch.device("meta"):
+        net = make((2,) * len(depths))
+    count = lambda module: sum(p.numel() for p in module.parameters())
+    return count(net) + sum((depth - 2) * count(net.stage_modules()[i][1]) for i, depth in enumerate(depths))
 
 
 def _build_envelope(arch, num_classes, in_channels, widths, stem, branches) -> EnvelopeNet:
