@@ -9,7 +9,8 @@
     graphmorph.cli, graphmorph.__main__,     the command line and the Lightning callback
     graphmorph.lightning
 
-Every import statement is read with `ast`, those inside functions included."""
+Every import statement is read with `ast`, those inside functions and `if TYPE_CHECKING` included. Inside
+a package (`graphmorph.graph`, `graphmorph.run`, `transforms`, ...) imports run one way too: no cycle."""
 from __future__ import annotations
 
 import ast
@@ -67,3 +68,54 @@ def test_the_check_sees_lazy_imports_and_the_layers(tmp_path):
     assert [layer_of(m) for m in ("graphmorph.graph.verify", "graphmorph.models.envelope", "graphmorph.run.train",
                                   "graphmorph.models", "graphmorph", "transforms.growth", "graphmorph.search.nac",
                                   "graphmorph.cli", "torch")] == [0, 1, 2, 1, 3, 4, 5, 6, None]
+
+
+def package_of(module: str) -> str:
+    """The package whose modules must not import each other in a circle: graphmorph.X or transforms."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "graphmorph" and len(parts) > 1 else parts[0]
+
+
+MODULES = {module_name(path): path for path in SOURCES}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The project modules `path` imports (an imported name resolved to its module)."""
+    found = set()
+    for _, target in imports(path):
+        while target and target not in MODULES:
+            target = target.rpartition(".")[0]
+        if target:
+            found.add(target)
+    return found
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, each as one path that returns to its start (depth-first search)."""
+    found, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == "open":
+                found.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_no_import_cycle_inside_a_package():
+    edges = {name: {t for t in imported_modules(path) if t != name and package_of(t) == package_of(name)
+                    and not name.startswith(t + ".")}   # a module imports its own package's __init__ implicitly
+             for name, path in MODULES.items()}
+    assert not cycles(edges), "import cycles: " + "; ".join(" -> ".join(c) for c in cycles(edges))
+
+
+def test_the_cycle_check_finds_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -10,15 +10,21 @@ layers and pass it where the analysis runs:
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable, Union
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph.graph import ops
-from graphmorph.graph.channel_ops import DEFAULT_FUNCTIONS, DEFAULT_METHODS, DEFAULT_MODULES, ChannelOp, PassThrough
+from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convolution, Elementwise, Expand,
+                                          FunctionalBatchNorm, GetItem, Ignore, Linear, MatMul, Pad, PassThrough,
+                                          Permute, Reduce, Refuse, Reshape, ScaledDotProductAttention, Shift, Split,
+                                          TransposedConvolution, Unbind)
 from graphmorph.graph.layers import DEFAULT_LAYERS, LayerSurgery
 
-__all__ = ["Registry", "Key"]
+__all__ = ["Registry", "Key", "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS"]
 
 Key = Union[type, Callable, str]
 
@@ -84,6 +90,91 @@ class Registry:
 
 def _by_class(table: dict, cls: type):
     return next((table[c] for c in cls.__mro__ if c in table), None)
+
+
+# --------------------------------------------------------------------------- the default handlers
+
+_BATCH_NORM = PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
+_PASS = PassThrough()
+DEFAULT_MODULES: dict[type, ChannelOp] = {
+    **{t: Convolution() for t in ops.CONV_MODULES},
+    **{t: TransposedConvolution() for t in ops.CONV_TRANSPOSE_MODULES},
+    nn.Linear: Linear(),
+    **{t: _BATCH_NORM for t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)},
+    **{t: PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
+       for t in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    nn.PReLU: PassThrough(("weight",), "num_parameters"),
+    **{t: _PASS for t in (*ops.ZERO_PRESERVING_MODULES, *ops.ACTIVATION_MODULES, nn.Upsample, nn.AlphaDropout)},
+    nn.Flatten: Reshape(),
+    nn.Softmax: Refuse("normalises across channels"),
+    nn.Softmax2d: Refuse("normalises across channels"),
+    nn.GroupNorm: ChannelNorm(),
+    nn.LayerNorm: ChannelNorm(),
+    nn.RMSNorm: ChannelNorm(),
+    nn.PixelShuffle: Refuse("moves channels into space"),
+    nn.PixelUnshuffle: Refuse("moves space into channels"),
+    nn.ChannelShuffle: Refuse("permutes channels across groups"),
+    nn.MultiheadAttention: Refuse("ties its input width to its heads' (embed_dim), so its channels are kept; "
+                                  "attention written as a qkv Linear and scaled_dot_product_attention prunes"),
+}
+DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
+    **{f: Convolution() for f in ops.CONV_FUNCTIONS},
+    F.linear: Linear(),
+    F.batch_norm: FunctionalBatchNorm(),
+    **{f: _PASS for f in (*ops.ZERO_PRESERVING_FUNCTIONS, *ops.ACTIVATION_FUNCTIONS, F.interpolate,
+                          F.hardtanh, F.dropout1d, F.dropout3d, torch.clone)},
+    F.softmax: Refuse("normalises across a dimension"),
+    torch.softmax: Refuse("normalises across a dimension"),
+    **{f: Elementwise() for f in (*ops.ELEMENTWISE_BINARY_FUNCTIONS, torch.addcmul)},
+    **{f: Concat() for f in ops.CAT_FUNCTIONS},
+    torch.split: Split(),
+    torch.chunk: Split(),
+    operator.getitem: GetItem(),
+    torch.flatten: Reshape(),
+    torch.reshape: Reshape(),
+    torch.mean: Reduce(),
+    torch.sum: Reduce(),
+    torch.amax: Reduce(),
+    torch.norm: Reduce(dim_at=2),
+    torch.linalg.vector_norm: Reduce(dim_at=2),
+    getattr: Ignore(),
+    F.pixel_shuffle: Refuse("moves channels into space"),
+    F.channel_shuffle: Refuse("permutes channels across groups"),
+    torch.transpose: Permute(),
+    torch.permute: Permute(),
+    F.layer_norm: ChannelNorm(),
+    F.rms_norm: ChannelNorm(),
+    F.group_norm: ChannelNorm(),
+    torch.roll: Shift(),
+    torch.unbind: Unbind(),
+    F.pad: Pad(),
+    torch.matmul: MatMul(),
+    operator.matmul: MatMul(),
+    F.scaled_dot_product_attention: ScaledDotProductAttention(),
+}
+DEFAULT_METHODS: dict[str, ChannelOp] = {
+    **{m: _PASS for m in (*ops.ZERO_PRESERVING_METHODS, *ops.ACTIVATION_METHODS, "clone", "float", "sigmoid_")},
+    "softmax": Refuse("normalises across a dimension"),
+    **{m: Elementwise() for m in ops.ELEMENTWISE_BINARY_METHODS},
+    "split": Split(),
+    "chunk": Split(),
+    "view": Reshape(),
+    "reshape": Reshape(),
+    "view_as": Reshape(),
+    "reshape_as": Reshape(),
+    "flatten": Reshape(),
+    "mean": Reduce(),
+    "sum": Reduce(),
+    "amax": Reduce(),
+    "norm": Reduce(dim_at=2),
+    **{m: Ignore() for m in ("size", "dim")},
+    "transpose": Permute(),
+    "permute": Permute(),
+    "expand": Expand(),
+    "roll": Shift(),
+    "unbind": Unbind(),
+    "matmul": MatMul(),
+}
 
 
 _DEFAULT = Registry(DEFAULT_MODULES, DEFAULT_FUNCTIONS, DEFAULT_METHODS, DEFAULT_LAYERS,

@@ -1,0 +1,50 @@
+"""Handlers of attention: matrix products between q, k and v, and scaled dot-product attention."""
+from __future__ import annotations
+
+from torch import fx
+
+from graphmorph.graph import ops
+from graphmorph.graph.channel_ops.protocols import ChannelOp
+
+__all__ = ["MatMul", "ScaledDotProductAttention"]
+
+
+class MatMul(ChannelOp):
+    """matmul / @ in attention: `q @ k.transpose(-2, -1)` meets q's and k's channels along the
+    contracted dimension (channel d of q with channel d of k) and makes scores without channels;
+    `scores @ v` keeps v's channels along the last axis. Any other product is refused."""
+
+    def relate(self, rel, node):
+        a, b = node.args[:2]
+        if not all(isinstance(t, fx.Node) and rel.rank(t) >= 2 for t in (a, b)):
+            rel.refuse(node, f"{rel.describe(node)} multiplies a tensor that is not a matrix batch")
+        elif rel.channels(a) is None and rel.channel_axis(b) == rel.rank(b) - 1 and rel.rank(node) == rel.rank(b):
+            rel.set_axis(node, rel.rank(node) - 1)
+            rel.same(node, b)
+        elif rel.channel_axis(a) == rel.rank(a) - 1 and rel.channel_axis(b) == rel.rank(b) - 2 \
+                and rel.channels(a) == rel.channels(b) and not rel.is_constant(b):
+            rel.same(b, a)
+            rel.free.add(node)
+        else:
+            rel.refuse(node, f"{rel.describe(node)} multiplies matrices across the channels")
+
+
+class ScaledDotProductAttention(ChannelOp):
+    """F.scaled_dot_product_attention with q, k and v's features along the last axis: channel d
+    of q meets channel d of k, the output's channels are v's. A cut that removes q's features
+    passes the scale of the full width, so the scores stay those of masking."""
+
+    def relate(self, rel, node):
+        q, k, v = node.args[:3]
+        if any(rel.channels(t) is None or rel.channel_axis(t) != rel.rank(t) - 1 for t in (q, k, v)) \
+                or rel.channels(q) != rel.channels(k):
+            rel.refuse(node, f"{rel.describe(node)} takes q, k, v without their features along the last axis")
+            return
+        rel.same(k, q)
+        rel.set_axis(node, rel.rank(node) - 1)
+        rel.same(node, v)
+
+    def cut(self, cut, node):
+        q = node.args[0]
+        if cut.removed(q) and ops.argument(node, 6, "scale") is None:
+            node.kwargs = {**node.kwargs, "scale": cut.shape(q)[-1] ** -0.5}

@@ -1,0 +1,138 @@
+"""Handlers of ops that reshape tensors: views and flattening (heads, windows, features), expands and
+permutes, with the size arguments they carry."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import fx
+
+from graphmorph.graph.channel_ops.protocols import ChannelOp
+
+__all__ = ["Reshape", "Expand", "Permute"]
+
+
+class Reshape(ChannelOp):
+    """view / reshape / flatten. The channel axis stays whole where the reshape keeps it as one
+    dimension (a window partition of a channels-last map, tokens to a grid). Channels merged with
+    the dimensions after them (flattened into a Linear) map one channel to a run of features, and
+    features unflattened into channels and space map a run back to one channel. Channels split into
+    heads (`(B, N, 3C) -> (B, N, 3, H, D)`, `(B, 3C, H, W) -> (B, H, 3D, HW)`, a channel shuffle's
+    `(B, G, C/G, H, W)`) run along the split's last dimension, feature d of every head one channel
+    (so every head keeps as many), and heads merged back map feature f to channel f % D. Any other
+    reshape is refused."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        before, after = rel.shape(source), rel.shape(node)
+        if after is None or len(after) < 2:
+            rel.refuse(node, f"{rel.describe(node)} folds channels into the batch dimension")
+            return
+        axis = rel.channel_axis(source)
+        channels, prefix = before[axis], math.prod(before[:axis])
+        tokens_last = 2 <= axis == len(before) - 1
+        for j in range(1, len(after)):
+            head = math.prod(after[:j])
+            if head == prefix and after[j] == channels:
+                return self._relate(rel, node, j)
+            merged = _run_length(before[axis:], after[j]) if head == prefix else None    # with the dims after
+            if merged:
+                per = after[j] // channels
+                return self._relate(rel, node, j, range(after[j]), [f // per for f in range(after[j])])
+            split = _run_length(after[j:], channels) if head == prefix else None         # into several dims
+            if split and (j + split < len(after) or tokens_last):                        # heads
+                width = after[j + split - 1]
+                return self._relate(rel, node, j + split - 1, [c % width for c in range(channels)])
+            if split:                                                                    # and space
+                per = channels // after[j]
+                return self._relate(rel, node, j, [c // per for c in range(channels)])
+            if any(math.prod(before[:k]) == head and math.prod(before[k:axis + 1]) == after[j]
+                   for k in range(1, axis)):                                             # heads merged
+                return self._relate(rel, node, j, range(after[j]), [f % channels for f in range(after[j])])
+        rel.refuse(node, f"{rel.describe(node)} folds channels into other dimensions "
+                         f"({tuple(before)} -> {tuple(after)})")
+
+    @staticmethod
+    def _relate(rel, node: fx.Node, axis: int, out_index=None, in_index=None) -> None:
+        rel.set_axis(node, axis)
+        rel.same(node, node.args[0], out_index, in_index)
+
+    def cut(self, cut, node):
+        if node.target in ("flatten", torch.flatten) or node.op == "call_module":
+            return
+        _resize_size_argument(cut, node)
+
+
+class Expand(ChannelOp):
+    """expand / repeat-free broadcasting of a tensor to a larger shape with its channels kept."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        axis = rel.channel_axis(source)
+        if rel.rank(node) != rel.rank(source) or rel.shape(node)[axis] != rel.channels(source):
+            rel.refuse(node, f"{rel.describe(node)} broadcasts across the channel dimension")
+        else:
+            rel.same(node, source)
+
+    def cut(self, cut, node):
+        _resize_size_argument(cut, node)
+
+
+class Permute(ChannelOp):
+    """permute / transpose: the channels move to another axis (channels-last blocks, tokens)."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        rank, axis = rel.rank(source), rel.channel_axis(source)
+        rel.set_axis(node, self.order(node, rank).index(axis))
+        rel.same(node, source)
+
+    @staticmethod
+    def order(node: fx.Node, rank: int) -> list[int]:
+        """The source dimension each output dimension takes."""
+        if node.target in ("transpose", torch.transpose):
+            a, b = (d % rank for d in node.args[1:3])
+            order = list(range(rank))
+            order[a], order[b] = b, a
+            return order
+        dims = node.args[1:] if node.op == "call_method" else (node.args[1],) if len(node.args) > 1 \
+            else (node.kwargs["dims"],)
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        return [d % rank for d in dims]
+
+
+def _run_length(dims: tuple[int, ...], total: int) -> int | None:
+    """How many (two or more) of the first `dims` multiply to `total`, else None."""
+    return next((m for m in range(2, len(dims) + 1) if math.prod(dims[:m]) == total), None)
+
+
+def _resize_size_argument(cut, node: fx.Node) -> None:
+    """Set a view/reshape/expand's explicit size at the node's channel axis to the kept channels where
+    it loses channels, or where the size is read from the shape of a tensor that does (`C` of
+    `B, N, C = x.shape` in `reshape(B, N, C)`, which may be another width than the node's)."""
+    sizes = list(node.args[1:])
+    nested = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
+    sizes = list(sizes[0]) if nested else sizes
+    axis = cut.channel_axis(node)
+    if axis >= len(sizes):
+        return
+    size = sizes[axis]
+    if (size != -1 and cut.removed(node)) or (isinstance(size, fx.Node) and _reads_cut_shape(cut, size)):
+        sizes[axis] = cut.shape(node)[axis] - len(cut.removed(node))
+        node.args = (node.args[0], tuple(sizes)) if nested else (node.args[0], *sizes)
+
+
+def _reads_cut_shape(cut, size: fx.Node) -> bool:
+    """Whether a size argument is computed from the shape of a tensor that loses channels."""
+    stack, seen = [size], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if cut.shape(current) is not None:
+            if cut.removed(current):
+                return True
+        else:
+            stack.extend(current.all_input_nodes)
+    return False

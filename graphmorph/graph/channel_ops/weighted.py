@@ -1,0 +1,145 @@
+"""Handlers of layers with weights: convolutions (grouped and depthwise), transposed convolutions and
+linear layers, which make fresh channels and read the ones they can drop."""
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from graphmorph.graph import ops
+from graphmorph.graph.channel_ops.protocols import ChannelOp, Relating
+
+__all__ = ["Convolution", "TransposedConvolution", "Linear", "output_weight"]
+
+
+class Convolution(ChannelOp):
+    """nn.ConvNd and F.convNd with a parameter weight. groups=1: fresh output channels, input
+    channels dropped from the weight. Depthwise (groups = in_channels): output channels follow
+    their input channel and whole groups are removed. Other groups: each group must lose as many
+    input channels, and as many output channels, as every other."""
+
+    def relate(self, rel, node):
+        weight = _weight(rel.gm, node)
+        if weight is None:
+            rel.refuse(node, f"{rel.describe(node)} takes a weight that is not a parameter")
+            return
+        source, groups = node.args[0], _conv_groups(rel.gm, node)
+        if rel.channel_axis(source) != 1:
+            rel.refuse(node, f"{rel.describe(node)} reads a tensor whose channels are not along dimension 1")
+            return
+        c_in, c_out = rel.channels(source), weight.shape[0]
+        if groups == 1:
+            rel.fresh(node)
+            rel.reads(node, source)
+        elif groups == c_in:
+            per = c_out // c_in
+            rel.same(node, source, out_index=range(c_out), in_index=[o // per for o in range(c_out)])
+        else:
+            rel.fresh(node)
+            rel.reads(node, source)
+            rel.even(source, groups)
+            rel.even(node, groups)
+
+    def check(self, cut, node):
+        groups = _conv_groups(cut.gm, node)
+        if groups == 1:
+            return None
+        kept_in, kept_out = self._kept_per_group(cut, node, groups)
+        alive = [k for k in range(groups) if kept_in[k] or kept_out[k]]
+        if any(not kept_in[k] or not kept_out[k] for k in alive) \
+                or len({len(kept_in[k]) for k in alive}) > 1 or len({len(kept_out[k]) for k in alive}) > 1:
+            counts = ", ".join(f"{len(kept_in[k])}/{len(kept_out[k])}" for k in range(groups))
+            return (f"{cut.describe(node)} has {groups} groups; the removal would leave them uneven "
+                    f"(kept input/output channels per group: {counts}); remove as many channels from each group")
+        return None
+
+    def cut(self, cut, node):
+        if not cut.removed(node.args[0]) and not cut.removed(node):
+            return
+        groups = _conv_groups(cut.gm, node)
+        kept_in, kept_out = self._kept_per_group(cut, node, groups)
+        per_in = cut.channels(node.args[0]) // groups
+        alive = [k for k in range(groups) if kept_out[k]]
+        rows = [o for k in alive for o in kept_out[k]]
+        columns = [[c - k * per_in for c in kept_in[k]] for k in alive for _ in kept_out[k]]
+        cut.resize_weighted(node, rows, columns, groups=len(alive))
+
+    @staticmethod
+    def _kept_per_group(cut, node, groups):
+        c_in, c_out = cut.channels(node.args[0]), cut.channels(node)
+        removed_in, removed_out = set(cut.removed(node.args[0])), set(cut.removed(node))
+        per_in, per_out = c_in // groups, c_out // groups
+        kept_in = [[c for c in range(k * per_in, (k + 1) * per_in) if c not in removed_in] for k in range(groups)]
+        kept_out = [[o for o in range(k * per_out, (k + 1) * per_out) if o not in removed_out] for k in range(groups)]
+        return kept_in, kept_out
+
+
+class _WeightedLayer(ChannelOp):
+    """Fresh output channels; input channels dropped from the weight's columns."""
+
+    def refusal(self, rel: Relating, node: fx.Node) -> str | None:
+        return None
+
+    def relate(self, rel, node):
+        reason = self.refusal(rel, node)
+        if reason:
+            rel.refuse(node, f"{rel.describe(node)} {reason}")
+        else:
+            rel.fresh(node)
+            rel.reads(node, node.args[0])
+
+    def cut(self, cut, node):
+        if cut.removed(node.args[0]) or cut.removed(node):
+            cut.resize_weighted(node, cut.kept(node), cut.kept(node.args[0]))
+
+
+class TransposedConvolution(_WeightedLayer):
+    """nn.ConvTransposeNd with groups=1."""
+
+    def refusal(self, rel, node):
+        return "is a grouped transposed convolution" if rel.gm.get_submodule(node.target).groups != 1 else None
+
+
+class Linear(_WeightedLayer):
+    """nn.Linear / F.linear on the last dimension: `[batch, features]`, tokens `[batch, tokens,
+    features]` or a channels-last map `[batch, height, width, channels]`. A linear layer over
+    another dimension than the channels' (MLP-Mixer's token mixing) keeps each channel apart:
+    channel c is channel c, and its weight does not change."""
+
+    def refusal(self, rel, node):
+        return "takes a weight that is not a parameter" if _weight(rel.gm, node) is None else None
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        if rel.channel_axis(source) != rel.rank(source) - 1 and self.refusal(rel, node) is None:
+            rel.same(node, source)                    # mixes tokens, not channels
+            return
+        rel.set_axis(node, rel.rank(node) - 1)
+        super().relate(rel, node)
+
+    def cut(self, cut, node):
+        if cut.channel_axis(node.args[0]) == len(cut.shape(node.args[0])) - 1:
+            super().cut(cut, node)
+
+
+def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+    """The weight of a convolution or linear node with its output channels first, else None."""
+    module = ops.module_of(gm, node)
+    if isinstance(module, ops.CONV_TRANSPOSE_MODULES):
+        return module.weight.transpose(0, 1)
+    return _weight(gm, node) if ops.is_conv(gm, node) or ops.is_linear(gm, node) else None
+
+
+def _weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+    """The weight of a conv/linear module node, or the parameter an F.conv2d/F.linear node reads."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target).weight
+    arg = ops.layer_weight(node)
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        return ops.attribute(gm, arg.target)
+    return None
+
+
+def _conv_groups(gm: fx.GraphModule, node: fx.Node) -> int:
+    if node.op == "call_module":
+        return gm.get_submodule(node.target).groups
+    return ops.argument(node, 6, "groups", 1)
