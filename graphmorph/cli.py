@@ -325,6 +325,7 @@ def _run_train(args) -> int:
 
 
 def _run_replay(args) -> int:
+    from graphmorph.graph.verify import parameter_count
     from graphmorph.search.artifacts import replay_onto_fresh, save_weights
     from graphmorph.run.history_file import read_history
 
@@ -333,7 +334,7 @@ def _run_replay(args) -> int:
     gm = replay_onto_fresh(source, rewrites)
     save_weights(args.output, gm, source)
     print(f"replayed {len(rewrites)} rewrite(s) on a fresh {source.model}: now {models.arch_of(gm)}, "
-          f"{sum(p.numel() for p in gm.parameters()):,} parameters; wrote {args.output}")
+          f"{parameter_count(gm):,} parameters; wrote {args.output}")
     return 0
 
 

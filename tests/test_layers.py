@@ -1,4 +1,4 @@
-"""The import direction is one way, down (DESIGN section 3), through the layers the packages show:
+"""The import direction is one way, down, through the layers the packages show:
 
     graphmorph.errors, graphmorph.graph      the graph engine
     graphmorph.models                        seed nets and EnvelopeNets

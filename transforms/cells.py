@@ -81,7 +81,7 @@ class AddCell(Rewrite):
         n = len(anchors.cells)
         channels = anchors.channels()
         cell_name, reduce_name = f"cell{n}", f"reduce{n + 1}"
-        skip_widths = {"input": channels, **{f"cell{j}": _channels(node) for j, node in enumerate(anchors.cells)}}
+        skip_widths = {"input": channels, **{f"cell{j}": ops.channels_of(node) for j, node in enumerate(anchors.cells)}}
         with seeded(self.seed, like=work):
             cell = EnvelopeCell(channels, branches)
             reduce = SkipReduce(channels * len(branches), skip_widths, channels)
@@ -144,16 +144,12 @@ class _Anchors:
         self.exit, = exits
 
     def channels(self) -> int:
-        return _channels(self.exit)
+        return ops.channels_of(self.exit)
 
 
 def _within(node: fx.Node, path: str) -> bool:
     where = ops.module_path(node)
     return where == path or where.startswith(path + ".")
-
-
-def _channels(node: fx.Node) -> int:
-    return node.meta["tensor_meta"].shape[1]
 
 
 # --------------------------------------------------------------------------- the new nodes
@@ -229,6 +225,6 @@ def _columns(gm: fx.GraphModule, reduction: str, skips: list[str]) -> dict[str, 
     concat = next(n for n in gm.graph.nodes if ops.is_cat(n) and ops.module_path(n) == reduction)
     columns, start = {}, 0
     for name, part in zip(["main", *skips], concat.args[0]):
-        columns[name] = slice(start, start + _channels(part))
-        start += _channels(part)
+        columns[name] = slice(start, start + ops.channels_of(part))
+        start += ops.channels_of(part)
     return columns

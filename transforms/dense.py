@@ -21,13 +21,13 @@ from torch import fx, nn
 from graphmorph.errors import RewriteError
 from graphmorph.graph import ops
 from graphmorph.graph.channel_ops import describe
-from graphmorph.graph.analysis import common_prefix, find_blocks, upstream
+from graphmorph.graph.analysis import block_named, common_prefix, upstream
 from graphmorph.graph.layers import fresh_copy
 from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
-from graphmorph.graph.verify import annotate_rewritten
+from graphmorph.graph.verify import annotate_rewritten, parameter_count
 from transforms.growth import copied_meta
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
@@ -57,13 +57,9 @@ def dense_layer(gm: fx.GraphModule, block: str) -> DenseLayer:
     RewriteError naming what is missing if it is not one."""
     inside = [n for n in gm.graph.nodes if n.op not in ("placeholder", "get_attr", "output")
               and any(path == block for path, _ in (n.meta.get("nn_module_stack") or {}).values())]
-    found = next((b for b in find_blocks(gm) if b.name == block), None)
-    if found is not None and not inside:
-        nodes = {n.name: n for n in gm.graph.nodes}
-        inside = [nodes[n] for n in found.nodes]
     if not inside:
-        raise RewriteError(f"no module or block named {block!r}; the net's blocks are: "
-                           f"{', '.join(b.name for b in find_blocks(gm)[:12])}")
+        nodes = ops.nodes_by_name(gm.graph)
+        inside = [nodes[n] for n in block_named(gm, block, what="module or block").nodes]
     joined = inside[-1]
     parts = joined.args[0] if ops.is_cat(joined) else None
     if not parts or len(parts) < 2 or ops.cat_dim(joined, len(joined.meta["tensor_meta"].shape)) != 1:
@@ -103,7 +99,7 @@ class GrowDense(Rewrite):
     def edit(self, step: Step) -> Edit:
         work = step.work
         layer = dense_layer(work, self.block)
-        width, added = _channels(layer.joined), _channels(layer.output)
+        width, added = ops.channels_of(layer.joined), ops.channels_of(layer.output)
         modules = _copied_modules(work, layer, width, self.seed, self.registry or Registry.default())
         new, copies = _insert(work, layer, modules)
         with work.graph.inserting_after(new):
@@ -253,11 +249,11 @@ def _widen_readers(work, grown: fx.Node, width: int, added: int, registry: Regis
     def widen(target: str, inner: int) -> None:
         nonlocal delta
         module = work.get_submodule(target)
-        before = sum(p.numel() for p in module.parameters())
+        before = parameter_count(module)
         replacement = _widened(module, width * inner, added * inner, registry)
         parent, _, name = target.rpartition(".")
         setattr(attribute(work, parent) if parent else work, name, replacement)
-        delta += sum(p.numel() for p in replacement.parameters()) - before
+        delta += parameter_count(replacement) - before
 
     _walk_readers(work, grown, widen)
     return delta
@@ -334,7 +330,3 @@ def _widened(module: nn.Module, width: int, added: int, registry: Registry | Non
         if module.bias is not None:
             new.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=module.bias.requires_grad)
         return new
-
-
-def _channels(node: fx.Node) -> int:
-    return node.meta["tensor_meta"].shape[1]

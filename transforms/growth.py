@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.node import map_arg
 
 from graphmorph.graph import ops
-from graphmorph.graph.analysis import Block, find_blocks, find_stages
+from graphmorph.graph.analysis import Block, block_named, find_blocks, find_stages
 from graphmorph.graph.channel_ops import describe
 from graphmorph.errors import RewriteError
 from graphmorph.graph.layers import fresh_copy
@@ -29,7 +29,7 @@ from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.ops import attribute, has_attribute
-from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten
+from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten, parameter_count
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
@@ -118,7 +118,7 @@ class Grow(Rewrite):
             return f"unknown init {self.init!r}; choose one of {', '.join(INITS)}"
         if not (isinstance(self.std, (int, float)) and self.std > 0):
             return f"std must be a positive number, got {self.std!r}"
-        template = _block_named(gm, self.after)
+        template = block_named(gm, self.after)
         if self.stage is not None:
             found = next((s.index for s in find_stages(gm) if self.after in s.blocks), None)
             if found != self.stage:
@@ -130,7 +130,7 @@ class Grow(Rewrite):
         if self.init == "adam" and step.data is None:
             raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
         gm, work = step.source, step.work
-        template = _block_named(gm, self.after)
+        template = block_named(gm, self.after)
         plan = _plan(work, template)
         values = _new_values(work, template, plan, self.seed, self.op_registry)
         output = _insert(work, plan)
@@ -165,7 +165,7 @@ def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block
     if (stage is None) == (after is None):
         raise RewriteError("grow needs exactly one of stage=<index> or after=<block name>")
     if after is not None:
-        return _block_named(gm, after)
+        return block_named(gm, after)
     stages = find_stages(gm)
     if not isinstance(stage, int) or not 0 <= stage < len(stages):
         if not stages:
@@ -173,15 +173,6 @@ def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block
         raise RewriteError(f"stage {stage!r} is out of range: the net has {len(stages)} stage"
                            f"{'s' if len(stages) > 1 else ''} ({'0' if len(stages) == 1 else f'0..{len(stages) - 1}'})")
     return stages[stage].block_info[-1]
-
-
-def _block_named(gm: fx.GraphModule, name: str) -> Block:
-    blocks = find_blocks(gm)
-    for block in blocks:
-        if block.name == name:
-            return block
-    shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
-    raise RewriteError(f"no block named {name!r}; the net's blocks are: {shown}")
 
 
 # --------------------------------------------------------------------------- the rewrite
@@ -233,7 +224,7 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = 
 
 
 def _plan(work: fx.GraphModule, template: Block) -> _Plan:
-    nodes = {n.name: n for n in work.graph.nodes}
+    nodes = ops.nodes_by_name(work.graph)
     derived = not template.growable
     if derived and template.kind == "dense":
         raise RewriteError(
@@ -494,7 +485,7 @@ def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block)
     why = f"init='identity' needs a conv-BN-ReLU or conv-ReLU block, and block {template.name!r}"
     if block is None:
         raise RewriteError(f"{why} was not recognised after copying")
-    nodes = {n.name: n for n in work.graph.nodes}
+    nodes = ops.nodes_by_name(work.graph)
     chain = [nodes[n] for n in block.nodes if nodes[n].op not in ("get_attr", "placeholder")]
     kinds = [_identity_role(work, n) for n in chain]
     if kinds not in (["conv", "norm", "relu"], ["conv", "relu"]):
@@ -528,7 +519,7 @@ def _after_merge(gm: fx.GraphModule, block: Block) -> str | None:
     """The first op a residual block applies after its last add that is not idempotent (SiLU, GELU),
     or None: applied twice it changes the function (ReLU twice is ReLU once; a reshape or permute
     back to the block's layout undoes the one before the add)."""
-    nodes = {n.name: n for n in gm.graph.nodes}
+    nodes = ops.nodes_by_name(gm.graph)
     members = [nodes[n] for n in block.nodes]
     merges = [k for k, n in enumerate(members) if ops.is_add(n)]
     for node in members[merges[-1] + 1:] if merges else []:
@@ -598,5 +589,5 @@ def _install(gm: fx.GraphModule, target: str, value) -> None:
 
 def _numel(value) -> int:
     if isinstance(value, nn.Module):
-        return sum(p.numel() for p in value.parameters())
+        return parameter_count(value)
     return value.numel() if isinstance(value, nn.Parameter) else 0

@@ -1,5 +1,5 @@
 """The rewrite protocol: every rewrite is a frozen dataclass registered by name, and one driver,
-`apply`, runs the contract for all of them (DESIGN section 4).
+`apply`, runs the contract for all of them (each rewrite's declared check, then `graphmorph.graph.verify`).
 
 A rewrite's fields are everything needed to apply it again (a resolved block name, a seed, a list
 of channels), so its record in the history is `{"rewrite": name, **fields}` and `replay` finds

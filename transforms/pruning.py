@@ -28,6 +28,7 @@ from graphmorph.errors import ArchError
 from graphmorph.graph.capture import STRUCTURE_KEY
 from graphmorph.graph.channel_surgery import apply_removal
 from graphmorph.graph.registry import Registry
+from graphmorph.graph.verify import parameter_count
 from graphmorph.models.envelope import Cell, EnvelopeStructure, Skip, cell_concat, envelope_structure
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 from transforms.skips import forward_removal, prune_skip_edges
@@ -86,8 +87,8 @@ class PruneBranches(Rewrite):
         removed, start = set(), 0
         for name, node in zip(names, outputs):
             if name in remove:
-                removed.update(range(start, start + _channels(node)))
-            start += _channels(node)
+                removed.update(range(start, start + ops.channels_of(node)))
+            start += ops.channels_of(node)
 
         def masked() -> fx.GraphModule:
             reference = clone(gm)
@@ -99,7 +100,7 @@ class PruneBranches(Rewrite):
         concat.args = ([node for node, name in zip(outputs, names) if name not in remove], *concat.args[1:])
         for name in remove:
             prefix = f"{cell}.{name}"
-            delta -= sum(p.numel() for p in work.get_submodule(prefix).parameters())
+            delta -= parameter_count(work.get_submodule(prefix))
             _erase_nodes(work, lambda n: ops.module_path(n) == prefix or ops.module_path(n).startswith(prefix + "."))
             work.delete_submodule(prefix)
         return Edit(delta, masked)
@@ -129,7 +130,7 @@ class PruneSkips(Rewrite):
         work.meta[STRUCTURE_KEY] = envelope_structure(gm).without_skips(skips)
         weights = [next(n for n in work.graph.nodes if n.op == "get_attr" and n.target == s.weight) for s in skips]
         scaled = [next(u for u in weight.users if ops.is_mul(u)) for weight in weights]
-        delta = _cut_readers(work, [(node, range(_channels(node))) for node in scaled], self.op_registry)
+        delta = _cut_readers(work, [(node, range(ops.channels_of(node))) for node in scaled], self.op_registry)
         for skip, weight, product in zip(skips, weights, scaled):
             for concat in [u for u in product.users if ops.is_cat(u)]:
                 concat.args = ([n for n in concat.args[0] if n is not product], *concat.args[1:])
@@ -211,7 +212,3 @@ def _erase_nodes(gm: fx.GraphModule, belongs) -> None:
     for node in reversed(list(gm.graph.nodes)):
         if belongs(node) and not node.users and node.op not in ("placeholder", "output"):
             gm.graph.erase_node(node)
-
-
-def _channels(node: fx.Node) -> int:
-    return node.meta["tensor_meta"].shape[1]

@@ -19,7 +19,7 @@ import torch
 from torch import fx
 
 from graphmorph.graph import ops
-from graphmorph.graph.analysis import find_blocks, find_stages
+from graphmorph.graph.analysis import block_named, find_stages
 from graphmorph.graph.channel_ops import Concat, Elementwise, PassThrough, Reduce, Reshape
 from graphmorph.graph.channel_surgery import apply_removal
 from graphmorph.graph.copying import clone
@@ -57,7 +57,7 @@ class _InputRemoval(Rewrite):
         raise NotImplementedError
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        nodes = {n.name: n for n in gm.graph.nodes}
+        nodes = ops.nodes_by_name(gm.graph)
         for merge_name, source_name in self._edges(gm):
             merge, source = nodes.get(merge_name), nodes.get(source_name)
             if merge is None or not (ops.is_add(merge) or ops.is_cat(merge)):
@@ -106,11 +106,7 @@ class RemoveBlock(_InputRemoval):
     block: str
 
     def _edges(self, gm: fx.GraphModule) -> list[tuple[str, str]]:
-        blocks = find_blocks(gm)
-        found = next((b for b in blocks if b.name == self.block), None)
-        if found is None:
-            shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
-            raise RewriteError(f"no block named {self.block!r}; the net's blocks are: {shown}")
+        found = block_named(gm, self.block)
         if not found.residual or found.shortcut != "identity":
             raise RewriteError(f"block {self.block!r} is a {found.kind} block with a {found.shortcut or 'no'} "
                                "shortcut; only residual blocks with an identity shortcut can be removed")
@@ -119,7 +115,7 @@ class RemoveBlock(_InputRemoval):
             raise RewriteError(f"block {self.block!r} is the only block of stage {stage.index}; a stage keeps one "
                                "block at least")
         names = set(found.nodes)
-        nodes = {n.name: n for n in gm.graph.nodes}
+        nodes = ops.nodes_by_name(gm.graph)
         merge = next((nodes[n] for n in found.nodes if ops.is_add(nodes[n])
                       and any(i.name not in names for i in nodes[n].all_input_nodes)), None)
         if merge is None:
@@ -133,7 +129,7 @@ class RemoveBlock(_InputRemoval):
 
 def _drop_input(work: fx.GraphModule, merge_name: str, source_name: str, registry: Registry) -> int:
     """Drop input `source_name` of merge `merge_name` in `work` (shapes current); the parameter change."""
-    nodes = {n.name: n for n in work.graph.nodes}
+    nodes = ops.nodes_by_name(work.graph)
     merge, source = nodes.get(merge_name), nodes.get(source_name)
     if merge is None or source is None or source not in merge.all_input_nodes:
         raise RewriteError(f"edge ({merge_name!r}, {source_name!r}) is gone once the edges before it are dropped")
@@ -220,7 +216,7 @@ def _flattened(source: fx.Node, reshape: fx.Node) -> int | None:
 def zero_inputs(gm: fx.GraphModule, edges: list[tuple[str, str]]) -> fx.GraphModule:
     """The contract's reference: `gm` with each edge's input multiplied by zero where it enters its merge."""
     masked = clone(gm)
-    nodes = {n.name: n for n in masked.graph.nodes}
+    nodes = ops.nodes_by_name(masked.graph)
     for merge_name, source_name in edges:
         merge, source = nodes[merge_name], nodes[source_name]
         with masked.graph.inserting_before(merge):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import operator
 from dataclasses import dataclass
-from typing import Collection
+from typing import Collection, Literal
 
 import networkx as nx
 from torch import fx
@@ -30,10 +30,13 @@ from torch import fx
 from graphmorph.graph.memo import memoized
 from graphmorph.graph import ops
 from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
-from graphmorph.errors import AnalysisError
+from graphmorph.errors import AnalysisError, RewriteError
 from graphmorph.graph.shapes import annotate_shapes, has_shapes
 
-__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "find_stages", "upstream", "common_prefix"]
+__all__ = ["Block", "Stage", "dataflow_graph", "find_blocks", "block_named", "find_stages", "upstream", "common_prefix"]
+
+BlockKind = Literal["residual", "dense", "branches", "plain"]
+Shortcut = Literal["identity", "projection"]
 
 _SOURCE = "__graphmorph_source__"
 
@@ -53,13 +56,13 @@ class Block:
     """
 
     name: str                      # qualified module name, or its first weighted layer's name
-    kind: str                      # "residual" | "dense" | "branches" | "plain"
+    kind: BlockKind
     nodes: tuple[str, ...]         # fx node names, in graph order
     input_node: str                # the node whose output enters the block
     output_node: str               # the node whose output leaves the block
     in_shape: tuple[int, ...] | None
     out_shape: tuple[int, ...] | None
-    shortcut: str | None           # "identity" | "projection" | None
+    shortcut: Shortcut | None
     shortcut_nodes: tuple[str, ...]
     last_affine: str | None
     last_affine_module: str | None
@@ -123,6 +126,16 @@ def dataflow_graph(gm: fx.GraphModule) -> nx.DiGraph:
 def find_blocks(gm: fx.GraphModule) -> list[Block]:
     """Every block of the network in graph order, spatial or not (see the module docstring)."""
     return _Analysis(gm).blocks()
+
+
+def block_named(gm: fx.GraphModule, name: str, what: str = "block") -> Block:
+    """The block `name` of `find_blocks`; RewriteError listing the net's blocks when there is none."""
+    blocks = find_blocks(gm)
+    found = next((block for block in blocks if block.name == name), None)
+    if found is None:
+        shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
+        raise RewriteError(f"no {what} named {name!r}; the net's blocks are: {shown}")
+    return found
 
 
 def find_stages(gm: fx.GraphModule) -> list[Stage]:

@@ -193,7 +193,7 @@ class ChannelDependencies:
             for channel, root in enumerate(roots):
                 self._slots_of_class.setdefault(root, []).append((node, channel))
         self._layout = rel.layout = rel.layout_of()
-        self.by_name = {node.name: node for node in gm.graph.nodes}
+        self.by_name = ops.nodes_by_name(gm.graph)
         self.order = {node: k for k, node in enumerate(gm.graph.nodes)}
         self._build_groups()
 

@@ -1,6 +1,6 @@
 """FLOP and parameter counting on a captured graph.
 
-Convention (DESIGN section 7): `macs` are the multiply-accumulates of convolutions, transposed
+Convention: `macs` are the multiply-accumulates of convolutions, transposed
 convolutions, linear layers and matrix products of every form (matmul, bmm, baddbmm, einsum,
 scaled_dot_product_attention); `flops` = 2 x `macs`, what `torch.utils.flop_counter.FlopCounterMode`
 counts. Convolutions and linear layers are counted from their shapes. When the graph holds a node
@@ -28,6 +28,7 @@ from graphmorph.graph import ops
 from graphmorph.graph.analysis import find_stages
 from graphmorph.graph.capture import capture, example_inputs
 from graphmorph.graph.shapes import Inputs, with_shapes
+from graphmorph.graph.verify import parameter_count
 
 __all__ = ["Cost", "NodeCost", "FlopReport", "count_flops"]
 
@@ -241,7 +242,7 @@ def _params(gm: fx.GraphModule, node: fx.Node, seen_modules: set[int]) -> int:
         if id(module) in seen_modules:
             return 0
         seen_modules.add(id(module))
-        return sum(p.numel() for p in module.parameters())
+        return parameter_count(module)
     if node.op == "get_attr":
         value = ops.attribute(gm, node.target)
         return value.numel() if isinstance(value, nn.Parameter) else 0

@@ -79,6 +79,16 @@ ELEMENTWISE_BINARY_FUNCTIONS = ADD_FUNCTIONS | MUL_FUNCTIONS | {
 ELEMENTWISE_BINARY_METHODS = ADD_METHODS | MUL_METHODS | {"sub", "sub_", "div", "div_"}
 
 
+def channels_of(node: fx.Node) -> int:
+    """Dimension 1 of the node's captured shape: the channels of an N, C, ... tensor."""
+    return node.meta["tensor_meta"].shape[1]
+
+
+def nodes_by_name(graph: fx.Graph) -> dict[str, fx.Node]:
+    """The graph's nodes by name."""
+    return {node.name: node for node in graph.nodes}
+
+
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     """The submodule a call_module node calls, else None."""
     return gm.get_submodule(node.target) if node.op == "call_module" else None

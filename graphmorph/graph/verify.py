@@ -1,4 +1,4 @@
-"""The one verification every rewrite and every test runs (DESIGN section 4).
+"""The one verification every rewrite and every test runs, the rewrite contract's checker.
 
 Structural: `graph.lint()`, shape propagation on the example input, output shape unchanged,
 parameter delta equal to what the rewrite says it added, no dangling submodules. Semantic, when the
@@ -75,6 +75,7 @@ def finish_rewrite(gm: fx.GraphModule, work: fx.GraphModule, inputs: Inputs, rew
 
 
 def parameter_count(module: torch.nn.Module) -> int:
+    """The number of parameter elements of `module` (shared parameters counted once)."""
     return sum(p.numel() for p in module.parameters())
 
 

@@ -11,6 +11,8 @@ import torch
 from torch import fx, nn
 
 from graphmorph.errors import ArchError
+from graphmorph.graph import ops
+from graphmorph.graph.verify import parameter_count
 from graphmorph.models.blocks import BasicBlock, Bottleneck, PlainBlock
 from graphmorph.models.envelope import BRANCH_TYPES, EnvelopeNet, envelope_arch, envelope_structure, parse_envelope
 from graphmorph.models.seeds import FAMILIES, STEMS, SeedNet
@@ -144,8 +146,7 @@ def _seed_parameters(make, depths: tuple[int, ...]) -> int:
     every block after a stage's first is the same, so the count is linear in the depths."""
     with torch.device("meta"):
         net = make((2,) * len(depths))
-    count = lambda module: sum(p.numel() for p in module.parameters())
-    return count(net) + sum((depth - 2) * count(net.stage_modules()[i][1]) for i, depth in enumerate(depths))
+    return parameter_count(net) + sum((depth - 2) * parameter_count(net.stage_modules()[i][1]) for i, depth in enumerate(depths))
 
 
 def _build_envelope(arch, num_classes, in_channels, widths, stem, branches) -> EnvelopeNet:
@@ -196,7 +197,7 @@ def arch_of(model: nn.Module) -> str:
 def _holds_parameters(gm: fx.GraphModule, block) -> bool:
     """Whether a block has a layer with parameters: what `remove_block` leaves of a block (the
     activation after its add) is no block of the depth."""
-    nodes = {node.name: node for node in gm.graph.nodes}
+    nodes = ops.nodes_by_name(gm.graph)
     for name in block.nodes:
         node = nodes[name]
         if node.op == "get_attr" or (node.op == "call_module" and

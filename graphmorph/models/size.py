@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from graphmorph.errors import ArchError
+from graphmorph.graph.verify import parameter_count
 
 __all__ = ["MAX_PARAMETERS", "MAX_LAYERS", "size_limits", "check_size", "meta_parameters"]
 
@@ -39,7 +40,7 @@ def size_limits(max_parameters: int | None = MAX_PARAMETERS, max_layers: int | N
 def meta_parameters(make: Callable[[], nn.Module]) -> int:
     """The parameter count of the module `make` builds, built on the meta device (no memory)."""
     with torch.device("meta"):
-        return sum(p.numel() for p in make().parameters())
+        return parameter_count(make())
 
 
 def check_size(label: str, layers: int, parameters: Callable[[], int]) -> None:

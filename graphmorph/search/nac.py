@@ -30,6 +30,7 @@ from graphmorph.run.data import Dataset
 from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.flops import count_flops
+from graphmorph.graph.verify import parameter_count
 from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
 from graphmorph.models.envelope import parse_envelope
 from graphmorph.run.events import event_fields
@@ -235,7 +236,7 @@ class _Session(SearchSession):
         self.world.check_replicas(self.gm, f"iteration {iteration}'s rewrites")
         return {"iteration": iteration, "arch": arch_before, "train_loss": round(loss, 6),
                 "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4),
-                "params": sum(p.numel() for p in change.model.parameters()), "next_arch": arch_of(change.model),
+                "params": parameter_count(change.model), "next_arch": arch_of(change.model),
                 "rewrite_seconds": round(rewrite_seconds, 3), **event_fields(list(change.events))}
 
     # ---- training from scratch
