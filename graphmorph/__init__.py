@@ -10,7 +10,8 @@ from graphmorph.graph.analysis import Block, Stage, dataflow_graph, find_blocks,
 from graphmorph.graph.capture import capture
 from graphmorph.graph.channels import ChannelGroup, channel_groups
 from graphmorph.errors import (
-    AnalysisError, ArchError, CaptureError, ConfigError, ExportError, GraphmorphError, RewriteError, ShapeError,
+    AnalysisError, ArchError, CaptureError, ConfigError, ExportError, GraphmorphError, Refusal, RewriteError,
+    ShapeError,
 )
 from graphmorph.graph.export import ExportReport, export_onnx
 from graphmorph.graph.registry import Registry
@@ -41,5 +42,5 @@ __all__ = [
     "history_document", "read_history", "ModelSource", "load_data", "Dataset", "DataError",
     "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
-    "RewriteError", "HistoryError", "ModelError", "AutoGrow", "NAC",
+    "RewriteError", "Refusal", "HistoryError", "ModelError", "AutoGrow", "NAC",
 ]

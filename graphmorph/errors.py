@@ -1,5 +1,7 @@
-"""The errors graphmorph raises on purpose: each names its cause and, where one exists, the fix."""
+"""The errors graphmorph raises on purpose: each names its cause and, where one exists, the fix;
+and `Refusal`, the value a check returns when something cannot be done."""
 import re
+from typing import Iterable
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -20,8 +22,37 @@ class AnalysisError(GraphmorphError):
     """A graph lacks what an analysis needs (for example shapes in node.meta)."""
 
 
+class Refusal(str):
+    """Why a rewrite or a channel group cannot go ahead, as a value: the sentence users read (a
+    Refusal is that string, so it prints and matches as before) and `nodes`, the fx node names or
+    module paths that caused it."""
+
+    nodes: tuple[str, ...]
+
+    def __new__(cls, reason: str, nodes: Iterable[str] = ()):
+        refusal = super().__new__(cls, reason)
+        refusal.nodes = tuple(dict.fromkeys(nodes))
+        return refusal
+
+    def __getnewargs__(self):
+        return str(self), self.nodes
+
+    def __repr__(self) -> str:
+        return f"Refusal({str(self)!r}, nodes={self.nodes!r})"
+
+
+def as_refusal(reason: "str | Refusal | None") -> "Refusal | None":
+    """`reason` as a Refusal (a plain string names no nodes); None stays None."""
+    return reason if reason is None or isinstance(reason, Refusal) else Refusal(reason)
+
+
 class RewriteError(GraphmorphError):
-    """A graph rewrite cannot apply, or its result failed verification."""
+    """A graph rewrite cannot apply, or its result failed verification; `refusal` keeps the
+    reason with the nodes that caused it."""
+
+    def __init__(self, message: str, refusal: Refusal | None = None):
+        super().__init__(message)
+        self.refusal = refusal if refusal is not None else Refusal(message)
 
 
 class ExportError(GraphmorphError):

@@ -25,7 +25,7 @@ from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel
 from graphmorph.graph.copying import clone
 from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
-from graphmorph.errors import RewriteError
+from graphmorph.errors import Refusal, RewriteError
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 from transforms.masked_norm import mask_statistics
 from transforms.protocol import Edit, Rewrite, Step, apply, register
@@ -125,10 +125,10 @@ class PruneChannels(_ChannelRemoval):
     target: str
     channels: tuple[int, ...]
 
-    def check(self, gm: fx.GraphModule) -> str | None:
+    def check(self, gm: fx.GraphModule) -> Refusal | str | None:
         group = channel_dependencies(gm, self.registry).group_of(self.target)
         if group.refused:
-            return f"cannot prune channels of {self.target}: {group.refused}"
+            return Refusal(f"cannot prune channels of {self.target}: {group.refused}", group.refused.nodes)
         return super().check(gm)
 
     def _classes(self, deps: ChannelDependencies) -> list[int]:

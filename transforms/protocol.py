@@ -25,7 +25,7 @@ from torch import fx
 
 from graphmorph.graph.capture import STRUCTURE_KEY
 from graphmorph.graph.copying import clone
-from graphmorph.errors import RewriteError
+from graphmorph.errors import Refusal, RewriteError, as_refusal
 from graphmorph.graph.history import record_rewrite
 from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry
@@ -79,17 +79,17 @@ class Rewrite:
     def op_registry(self) -> Registry:
         return self.registry or Registry.default()
 
-    def check(self, gm: fx.GraphModule) -> str | None:
-        """Why this rewrite cannot apply to `gm`, or None when it can (raising RewriteError is
-        the same as returning its message)."""
+    def check(self, gm: fx.GraphModule) -> Refusal | str | None:
+        """Why this rewrite cannot apply to `gm`, or None when it can: a `Refusal` naming the nodes
+        that cause it, or its text alone (raising RewriteError is the same as returning it)."""
         return None
 
-    def refusal(self, gm: fx.GraphModule) -> str | None:
-        """`check`'s answer, whether returned or raised."""
+    def refusal(self, gm: fx.GraphModule) -> Refusal | None:
+        """`check`'s answer as a Refusal, whether returned or raised."""
         try:
-            return self.check(gm)
+            return as_refusal(self.check(gm))
         except RewriteError as err:
-            return str(err)
+            return err.refusal
 
     def edit(self, step: Step) -> Edit:
         raise NotImplementedError
@@ -155,9 +155,9 @@ def apply(gm: fx.GraphModule, rewrite: Rewrite, *, example_input: torch.Tensor |
         raise RewriteError(f"{rewrite.name} works on a captured GraphModule, got {type(gm).__name__}: "
                            "use graphmorph.capture(model, example_input) first")
     with unchanged(gm):  # the check's analyses of `gm` serve the edit too
-        reason = rewrite.check(gm)
+        reason = rewrite.refusal(gm)
         if reason:
-            raise RewriteError(reason)
+            raise RewriteError(str(reason), reason)
         step = Step(gm, clone(gm), verification_inputs(gm, example_input), data)
         if not rewrite.keeps_structure:
             step.work.meta.pop(STRUCTURE_KEY, None)

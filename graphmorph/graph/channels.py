@@ -26,7 +26,7 @@ from graphmorph.graph.analysis import _require_shapes
 from graphmorph.graph.channel_ops import ChannelLayout, TensorQuestions
 from graphmorph.graph.memo import memoized
 from graphmorph.graph.registry import Registry
-from graphmorph.errors import RewriteError, first_line
+from graphmorph.errors import Refusal, RewriteError, first_line
 
 __all__ = ["ChannelGroup", "ChannelDependencies", "channel_dependencies", "channel_groups"]
 
@@ -38,7 +38,7 @@ class ChannelGroup:
     index: int
     producers: tuple[str, ...]     # the layers (module names, or node names for F.conv2d) making the channels
     size: int                      # channels that can be removed one by one
-    refused: str | None            # why this group cannot be pruned, or None
+    refused: Refusal | None        # why this group cannot be pruned (and the node that says so), or None
     readers: tuple[str, ...]       # layers whose input channels shrink with the group
 
     @property
@@ -340,11 +340,12 @@ class ChannelDependencies:
                 if a != b:
                     parent[max(a, b)] = min(a, b)
             find(roots[0])
-        refused: dict[int, str] = {}
+        refused: dict[int, Refusal] = {}
         for node, reason, inputs in rel.refusals:
             for n in [node, *node.all_input_nodes] if inputs else [node]:
                 for r in self.root.get(n, ()):
-                    refused.setdefault(r, f"{reason} ({n.name})" if n is not node else reason)
+                    refused.setdefault(r, Refusal(f"{reason} ({n.name})" if n is not node else reason,
+                                                  (node.name, n.name)))
         order: dict[int, int] = {}
         classes: list[list[int]] = []
         producers: list[list[fx.Node]] = []
