@@ -193,7 +193,7 @@ def test_refusals_on_a_residual_net(kwargs, message):
 
 def test_zero_init_on_a_plain_block_is_refused():
     gm = graphmorph.capture(build("Plain3Net-1-1-1", widths=(2, 2, 2)), torch.zeros(1, 3, 8, 8))
-    with pytest.raises(graphmorph.RewriteError, match="block 'layer1.0' is plain with no shortcut.*use init='identity'"):
+    with pytest.raises(graphmorph.RewriteError, match="block 'layer1.0' is a plain block with no shortcut.*use init='identity'"):
         transforms.grow(gm, stage=0, init="zero")
 
 
@@ -323,3 +323,16 @@ def test_an_identity_refusal_names_the_layers_not_the_copys_module_names():
     gm = graphmorph.capture(model, torch.zeros(1, 3, 8, 8))
     with pytest.raises(graphmorph.RewriteError, match=r"block '2' is Conv2d -> Hardswish$"):
         transforms.grow(gm, after="2", init="identity")
+
+
+def test_a_zero_init_refusal_of_a_dense_block_names_grow_dense_and_its_advice_works():
+    """It said "block 'features.denseblock4' is branches with no shortcut ...; use init='identity'"."""
+    from third_party_forms import DenseNetish
+
+    gm = graphmorph.capture(DenseNetish(), torch.randn(2, 3, 32, 32))
+    with pytest.raises(graphmorph.RewriteError, match=r"block 'block1' is a dense block: .*"
+                                                      r"transforms.grow_dense\(gm, 'block1'\)") as refused:
+        transforms.grow(gm, stage=0, init="zero")
+    assert "init='identity'" not in str(refused.value)
+    grown = transforms.grow_dense(gm, "block1")    # the advice, verified as a morphism by the rewrite itself
+    assert parameter_count(grown) > parameter_count(gm)

@@ -22,16 +22,16 @@ from graphmorph.errors import RewriteError
 from graphmorph.graph import ops
 from graphmorph.graph.channel_ops import describe
 from graphmorph.graph.analysis import block_named, common_prefix, upstream
+from graphmorph.graph.copying import copied_meta
 from graphmorph.graph.layers import fresh_copy
 from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import annotate_rewritten, parameter_count
-from transforms.growth import copied_meta
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["grow_dense", "GrowDense", "dense_layer"]
+__all__ = ["grow_dense", "GrowDense", "dense_layer", "is_dense_block"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,15 @@ def grow_dense(gm: fx.GraphModule, block: str, *, seed: int = 0, example_input: 
     """A new graph with one more layer at the end of dense block `block` (a name from
     `find_blocks`), drawn from `seed`, its new channels read with zero weights: the same function."""
     return apply(gm, GrowDense(block=block, seed=seed, registry=registry), example_input=example_input, verify=verify)
+
+
+def is_dense_block(gm: fx.GraphModule, block: str) -> bool:
+    """Whether `grow_dense` can add a layer to block `block`."""
+    try:
+        dense_layer(gm, block)
+    except RewriteError:
+        return False
+    return True
 
 
 def dense_layer(gm: fx.GraphModule, block: str) -> DenseLayer:

@@ -30,6 +30,8 @@ from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten, parameter_count
+from graphmorph.graph.copying import copied_meta
+from transforms.dense import is_dense_block
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
@@ -196,8 +198,7 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = 
         return (f"shortcut=True wraps a plain block's copy for init='zero', 'uni', 'gau' or 'adam'; block "
                 f"{name!r} is {block.kind} and init is {init!r}")
     if init == "zero" and block.kind != "residual" and not shortcut:
-        return (f"init='zero' silences a residual branch, but block {name!r} is {block.kind} with no shortcut "
-                "to carry its input; use init='identity' for plain conv-BN-ReLU blocks, or shortcut=True")
+        return _zero_refusal(gm, block)
     if init == "identity" and block.kind == "branches":
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is branches: it joins "
                 "parallel branches with no shortcut (an Inception or fire module, a channel-shuffle unit), so "
@@ -221,6 +222,19 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = 
         return (f"init='adam' optimises the block's last BatchNorm, but block {name!r}'s branch "
                 f"ends in {block.last_affine_module!r}, which is not a normalisation layer")
     return None
+
+
+def _zero_refusal(gm: fx.GraphModule, block: Block) -> str:
+    """Why init='zero' cannot grow a block without a residual branch, and what can grow it instead."""
+    name, why = block.name, "init='zero' silences a residual branch"
+    if block.kind == "plain":
+        return (f"{why}, but block {name!r} is a plain block with no shortcut to carry its input; use "
+                "init='identity' for a conv-BN-ReLU block, or shortcut=True to wrap the copy in one")
+    if is_dense_block(gm, name):
+        return (f"{why}, but block {name!r} is a dense block: it concatenates its input with new features; "
+                f"add a layer to it with transforms.grow_dense(gm, {name!r}), which preserves the function")
+    return (f"{why}, but block {name!r} joins parallel branches with no shortcut (an Inception or fire module, "
+            "a channel-shuffle unit), so no init makes its copy an identity")
 
 
 def _plan(work: fx.GraphModule, template: Block) -> _Plan:
@@ -423,17 +437,6 @@ def _insert(work: fx.GraphModule, plan: _Plan) -> fx.Node:
     inside = set(created)
     plan.entry.replace_all_uses_with(output, delete_user_cb=lambda user: user not in inside)
     return output
-
-
-def copied_meta(meta: dict, rename: Callable[[str], str]) -> dict:
-    """A copied node's meta without its shapes, the module paths in its stack passed through `rename`."""
-    copied = {k: v for k, v in meta.items() if k not in ("tensor_meta", "type")}
-    stack = meta.get("nn_module_stack")
-    if stack:
-        copied["nn_module_stack"] = type(stack)(
-            (rename(key), (rename(path), cls)) for key, (path, cls) in stack.items()
-        )
-    return copied
 
 
 def _initialise(work, init: str, layers: list[nn.Module | torch.Tensor | _Projection], std: float, seed: int,

@@ -4,13 +4,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from torch import fx, nn
 
 from graphmorph.graph.capture import model_name
 
-__all__ = ["clone", "deep_copy", "gc_paused"]
+__all__ = ["clone", "deep_copy", "gc_paused", "copied_meta"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -52,3 +52,14 @@ def clone(gm: fx.GraphModule) -> fx.GraphModule:
     result.meta = copy.deepcopy(gm.meta)
     result.train(gm.training)
     return result
+
+
+def copied_meta(meta: dict, rename: Callable[[str], str]) -> dict:
+    """A copied node's meta without its shapes, the module paths in its stack passed through `rename`."""
+    copied = {k: v for k, v in meta.items() if k not in ("tensor_meta", "type")}
+    stack = meta.get("nn_module_stack")
+    if stack:
+        copied["nn_module_stack"] = type(stack)(
+            (rename(key), (rename(path), cls)) for key, (path, cls) in stack.items()
+        )
+    return copied
