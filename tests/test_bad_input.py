@@ -154,3 +154,14 @@ def test_the_parameter_estimate_is_the_built_nets_count(family, data):
     with size_limits(max_parameters=count - 1), pytest.raises(Exception, match=f"would have {count:,} parameters"):
         build(arch, num_classes=classes, in_channels=2, widths=widths, stem=stem)
     assert count < MAX_PARAMETERS
+
+
+def test_a_history_of_too_many_rewrites_is_refused_before_any_applies(tmp_path, refused):
+    record = {"rewrite": "grow", "after": "layer1.0", "stage": 0, "init": "zero", "std": 1.0, "seed": 1}
+    document = {"format": "graphmorph.history", "version": 1, "rewrites": [record] * 2001,
+                "model": {"model": "Basic3ResNet-1-1-1", "input_shape": [1, 8, 8], "num_classes": 10, "seed": 0}}
+    (tmp_path / "h.json").write_text(json.dumps(document))
+    began = time.perf_counter()
+    code, err = refused(["replay", str(tmp_path / "h.json"), "-o", str(tmp_path / "out.pt")])
+    assert code == 2 and "has 2,001 rewrite records, over the limit of 2,000" in err and "--allow-large" in err
+    assert time.perf_counter() - began < 10 and not (tmp_path / "out.pt").exists()

@@ -18,7 +18,7 @@ from torch import nn
 from graphmorph.errors import ArchError
 from graphmorph.graph.verify import parameter_count
 
-__all__ = ["MAX_PARAMETERS", "MAX_LAYERS", "size_limits", "check_size", "meta_parameters"]
+__all__ = ["MAX_PARAMETERS", "MAX_LAYERS", "size_limits", "check_size", "check_count", "meta_parameters"]
 
 MAX_PARAMETERS = 100_000_000   # 400 MB of float32 weights, before gradients and optimizer state
 MAX_LAYERS = 2_000             # blocks of a seed net, branches of an EnvelopeNet: capture and rewrites grow with them
@@ -43,15 +43,23 @@ def meta_parameters(make: Callable[[], nn.Module]) -> int:
         return parameter_count(make())
 
 
+_LIFT = "pass --allow-large (in Python: with graphmorph.models.size_limits(None, None)) if you mean it"
+
+
+def check_count(label: str, count: int, what: str, error: type[Exception] = ArchError) -> None:
+    """Refuse `label` (`error`) when it holds more than the layer limit of `what` (blocks, rewrites)."""
+    max_layers = _LIMITS.get()[1]
+    if max_layers is not None and count > max_layers:
+        raise error(f"{label} has {count:,} {what}, over the limit of {max_layers:,}; {_LIFT}")
+
+
 def check_size(label: str, layers: int, parameters: Callable[[], int]) -> None:
     """Refuse `label` (ArchError) past the layer limit, then past the parameter limit; `parameters`
     is only called once the layer count is within its limit."""
-    max_parameters, max_layers = _LIMITS.get()
-    lift = "pass --allow-large (in Python: with graphmorph.models.size_limits(None, None)) if you mean it"
-    if max_layers is not None and layers > max_layers:
-        raise ArchError(f"{label} has {layers:,} blocks, over the limit of {max_layers:,}; {lift}")
+    check_count(label, layers, "blocks")
+    max_parameters = _LIMITS.get()[0]
     if max_parameters is not None:
         count = parameters()
         if count > max_parameters:
             raise ArchError(f"{label} would have {count:,} parameters ({4 * count / 1e9:.1f} GB in float32), "
-                            f"over the limit of {max_parameters:,}; {lift}")
+                            f"over the limit of {max_parameters:,}; {_LIFT}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Collection
 
 from graphmorph.errors import GraphmorphError
+from graphmorph.models.size import check_count
 from graphmorph.run.sources import ModelSource
 
 FORMAT = "graphmorph.history"
@@ -58,6 +59,7 @@ def parse_history(document: Any, where: str = "the history",
     rewrites = document.get("rewrites")
     if not isinstance(rewrites, list) or not all(isinstance(r, dict) and "rewrite" in r for r in rewrites):
         raise HistoryError(f"{where}: \"rewrites\" must be a list of records, each with a \"rewrite\" name")
+    check_count(where, len(rewrites), "rewrite records", HistoryError)
     try:
         source = ModelSource.from_dict(document.get("model") or {}, where, allow_code)
     except GraphmorphError as err:
