@@ -40,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(f"interrupted; {_interrupted_state(args)}")
         return EXIT_INTERRUPTED
     except WriteError as err:
-        kept = "the last checkpoint is kept" + _resume_hint(args) if _resume_hint(args) else "free space and run it again"
-        _say(f"error: {err}; {kept}")
+        hint = _resume_hint(args)
+        _say(f"error: {err}; " + (f"the last checkpoint is kept{hint}" if hint else "free space and run it again"))
         return EXIT_FAILURE
     except GraphmorphError as err:
         _say(f"error: {err}")
@@ -371,10 +371,9 @@ def _print_result(result: dict, where) -> None:
     from graphmorph.graph.flops import si
 
     if result["kind"] == "train":
-        timing = f"training {result['finetune_seconds']:.1f} s"
+        verb, timing = "trained", f"training {result['finetune_seconds']:.1f} s"
     else:
-        timing = f"growth {result['growth_seconds']:.1f} s, fine-tuning {result['finetune_seconds']:.1f} s"
-    verb = "trained" if result["kind"] == "train" else "found"
+        verb, timing = "found", f"growth {result['growth_seconds']:.1f} s, fine-tuning {result['finetune_seconds']:.1f} s"
     _tell(f"{verb} {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
           f"{si(result['params'])} parameters; {timing}; results in {where}")
 

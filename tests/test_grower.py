@@ -130,7 +130,8 @@ def test_stages_empty_fine_tunes_the_model_as_it_is():
     ({"policy": "sometimes"}, "policy must be one of periodic, convergent"),
     ({"init": "adam"}, "init='adam' trains the new block's last BatchNorm: pass data="),
     ({"stages": [0, 7]}, r"stages \[7\] do not exist: the model has 3 stage"),
-    ({"tau": -1.0}, "tau must be >= 0"),
+    ({"tau": -1.0}, "tau must be 0 to 100 percentage points"),
+    ({"tau": 200.0}, "tau must be 0 to 100 percentage points"),
 ])
 def test_bad_settings_are_refused_with_the_fix(options, message):
     settings = {"K": 1, "J": 2, **options}

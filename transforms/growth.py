@@ -172,8 +172,9 @@ def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block
     if not isinstance(stage, int) or not 0 <= stage < len(stages):
         if not stages:
             raise RewriteError("the net has no stages to grow: find_stages found no repeated blocks")
-        raise RewriteError(f"stage {stage!r} is out of range: the net has {len(stages)} stage"
-                           f"{'s' if len(stages) > 1 else ''} ({'0' if len(stages) == 1 else f'0..{len(stages) - 1}'})")
+        last = len(stages) - 1
+        raise RewriteError(f"stage {stage!r} is out of range: the net has {len(stages)} stage{'s' if last else ''} "
+                           f"(0..{last})")
     return stages[stage].block_info[-1]
 
 

@@ -146,7 +146,8 @@ def _seed_parameters(make, depths: tuple[int, ...]) -> int:
     every block after a stage's first is the same, so the count is linear in the depths."""
     with torch.device("meta"):
         net = make((2,) * len(depths))
-    return parameter_count(net) + sum((depth - 2) * parameter_count(net.stage_modules()[i][1]) for i, depth in enumerate(depths))
+    repeated = [stage[1] for stage in net.stage_modules()]   # a stage's second block, as every later one
+    return parameter_count(net) + sum((depth - 2) * parameter_count(block) for depth, block in zip(depths, repeated))
 
 
 def _build_envelope(arch, num_classes, in_channels, widths, stem, branches) -> EnvelopeNet:
@@ -180,7 +181,9 @@ def arch_of(model: nn.Module) -> str:
         family = model_name(model)
         if family == "EnvelopeNet":
             return _envelope_string(model)
-        depths = [sum(_holds_parameters(model, block) for block in stage.block_info) for stage in find_stages(model)]
+        nodes = ops.nodes_by_name(model.graph)
+        depths = [sum(_holds_parameters(model, nodes, block) for block in stage.block_info)
+                  for stage in find_stages(model)]
         expected = len(FAMILIES[family].default_widths) if family in FAMILIES else None
         if expected is not None and len(depths) != expected:
             raise ArchError(
@@ -194,10 +197,9 @@ def arch_of(model: nn.Module) -> str:
     )
 
 
-def _holds_parameters(gm: fx.GraphModule, block) -> bool:
-    """Whether a block has a layer with parameters: what `remove_block` leaves of a block (the
-    activation after its add) is no block of the depth."""
-    nodes = ops.nodes_by_name(gm.graph)
+def _holds_parameters(gm: fx.GraphModule, nodes: dict[str, fx.Node], block) -> bool:
+    """Whether a block has a layer with parameters (`nodes`: the graph's, by name): what
+    `remove_block` leaves of a block (the activation after its add) is no block of the depth."""
     for name in block.nodes:
         node = nodes[name]
         if node.op == "get_attr" or (node.op == "call_module" and

@@ -3,7 +3,7 @@ tensor has a shape and no memory), and the limits past which it refuses: an arch
 or a history asking for a billion blocks, or a billion classes, is one clear error, not minutes
 of silence or an allocator's traceback.
 
-    with graphmorph.models.size_limits(max_parameters=None):   # the command line's --allow-large
+    with graphmorph.models.size_limits(None, None):   # the command line's --allow-large
         model = graphmorph.models.build("Basic3ResNet-2000-1-1")
 """
 from __future__ import annotations

@@ -57,12 +57,12 @@ def _write_via_temporary(target: Path, write: Callable[[Path], None]) -> Path:
 
 
 def _why(err: BaseException, target: Path) -> str:
-    try:
-        free = shutil.disk_usage(target.parent).free
-    except OSError:
-        return getattr(err, "strerror", None) or str(err).splitlines()[0]
+    """The cause of a failed write, with the free space on the disk where it failed."""
     reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-    return f"{reason} ({free / 1e6:.1f} MB free on that disk)"
+    try:
+        return f"{reason} ({shutil.disk_usage(target.parent).free / 1e6:.1f} MB free on that disk)"
+    except OSError:
+        return reason
 
 
 def save_atomically(payload: Any, target: Path) -> Path:

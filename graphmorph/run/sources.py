@@ -67,12 +67,11 @@ class ModelSource:
     def build(self) -> nn.Module:
         """The model, built under `seed`; a factory named only by a file is refused (ModelError)."""
         in_channels = self.input_shape[0]
-        if is_factory(self.model):
-            if self.unnamed_in is not None:
-                require_named(self.model, (), self.unnamed_in, ModelError)
-            torch.manual_seed(self.seed)
-            return _call_factory(self.model, self.num_classes, in_channels)
+        if is_factory(self.model) and self.unnamed_in is not None:
+            require_named(self.model, (), self.unnamed_in, ModelError)
         torch.manual_seed(self.seed)
+        if is_factory(self.model):
+            return _call_factory(self.model, self.num_classes, in_channels)
         return build(self.model, num_classes=self.num_classes, in_channels=in_channels, widths=self.widths)
 
     def example_input(self) -> torch.Tensor:

@@ -36,8 +36,8 @@ class Splits:
 
 
 def read_factory(spec: str, seed: int, error: type[Exception]) -> Splits:
-    """Call the data factory `spec` and read its splits; anything malformed raises `error`
-    saying what was expected."""
+    """Call the data factory `spec` and read its splits as tensors; anything that cannot be read
+    as images and labels raises `error` saying what was expected."""
     factory = import_callable(spec, "--data", error)
     takes_seed = "seed" in _parameters(factory)
     try:
@@ -47,9 +47,6 @@ def read_factory(spec: str, seed: int, error: type[Exception]) -> Splits:
     splits, num_classes = _named_splits(returned, spec, error)
     tensors = {name: _tensors(split, f"--data {spec!r}: its {name} split", error)
                for name, split in splits.items() if split is not None}
-    shapes = {name: tuple(x.shape[1:]) for name, (x, _) in tensors.items()}
-    if len(set(shapes.values())) > 1:
-        raise error(f"--data {spec!r}: the splits' images differ in shape {shapes}; every split needs one C,H,W")
     return Splits(tensors["train"], tensors.get("val"), tensors["test"], num_classes)
 
 
@@ -78,7 +75,8 @@ def _named_splits(returned: Any, spec: str, error: type[Exception]) -> tuple[dic
 
 
 def _tensors(split: Any, what: str, error: type[Exception]) -> Pair:
-    """(images, labels) of one split, checked: 3-D images, integer labels, as many of each."""
+    """(images, labels) of one split as tensors: 3-D images, integer labels (`graphmorph.run.data`
+    checks the rest for every source alike: counts, shapes across splits, label range)."""
     if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
         images, labels = split
     elif hasattr(split, "__getitem__") and hasattr(split, "__len__"):
@@ -93,11 +91,9 @@ def _tensors(split: Any, what: str, error: type[Exception]) -> Pair:
     if not images.dtype.is_floating_point and images.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32,
                                                                    torch.int64):
         raise error(f"{what}: images must be numbers, got {images.dtype}")
-    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool or len(labels) != len(images):
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise error(f"{what}: labels must be {len(images)} integer class indices, got {labels.dtype} of shape "
                     f"{tuple(labels.shape)}")
-    if len(labels) == 0:
-        raise error(f"{what} is empty")
     return images.float().contiguous(), labels.long()
 
 

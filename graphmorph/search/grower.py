@@ -218,7 +218,7 @@ class AutoGrow:
             (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
             (self.K >= 1, f"K must be at least 1 epoch, got {self.K}"),
             (self.J >= 1, f"J must be at least 1 epoch, got {self.J}"),
-            (self.tau >= 0, f"tau must be >= 0 percentage points, got {self.tau}"),
+            (0 <= self.tau <= 100, f"tau must be 0 to 100 percentage points of accuracy, got {self.tau}"),
             (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
             (self.std > 0, f"std must be > 0, got {self.std}"),
             (self.max_depth >= 1, f"max depth must be at least 1, got {self.max_depth}"),
