@@ -1,4 +1,4 @@
-"""The real model zoos: capture, FLOPs, stages, ONNX, growth and pruning on torchvision and timm models.
+"""The real model zoos: capture, FLOPs, stages, ONNX, growth, pruning and widening on torchvision and timm models.
 
 Each model runs in its own subprocess with a time limit and gives one JSON line: per check a status
 (ok, refused with the reason, wrong, crash, timeout) and its numbers, and Torch-Pruning's result on
@@ -38,7 +38,8 @@ TIMM = ("resnet18", "resnet50d", "resnext26ts", "seresnet18", "convnext_atto", "
         "poolformer_s12", "edgenext_xx_small", "fastvit_t8", "mixer_s16_224", "resmlp_12_224", "mobilevit_xxs",
         "efficientformer_l1", "coatnet_nano_rw_224", "maxvit_nano_rw_256", "hrnet_w18_small", "inception_v3",
         "xception41", "dla34", "repvgg_a0", "mnasnet_100", "lcnet_050", "tinynet_e")
-CHECKS = ("capture", "flops", "stages", "onnx", "grow", "prune", "torch_pruning")
+CHECKS = ("capture", "flops", "stages", "onnx", "grow", "prune", "widen", "torch_pruning")
+WIDEN_SEED = 0                   # which group of each kind the widen check draws
 
 
 def main() -> int:
@@ -164,7 +165,7 @@ def check_model(name: str, size: int | None, tool: str = "graphmorph", only: set
     gm = _check(checks, "capture", lambda: _capture(model, x)) if tool == "graphmorph" else None
     if gm is not None:
         runs = {"flops": lambda: _flops(model, gm, x), "stages": lambda: _stages(gm), "onnx": lambda: _onnx(gm, x),
-                "grow": lambda: _grow(gm), "prune": lambda: _prune(gm)}
+                "grow": lambda: _grow(gm), "prune": lambda: _prune(gm), "widen": lambda: _widen(gm)}
         for check, run in runs.items():
             if check in only:
                 _check(checks, check, run)
@@ -354,6 +355,50 @@ def _prune(gm):
     return "ok", f"{len(record['skipped'])} groups skipped" if reasons else "", result
 
 
+def _widen(gm):
+    """`transforms.widen` (verified: the function preserved in float64) of one group of each kind,
+    drawn at random among the groups `prune_channels` accepts and widening accepts too: a layer's
+    own channels, channels several layers share (residual adds, concatenations), a grouped
+    convolution's; by one channel per group of the convolution, with init "zero" and "split". The
+    prunable groups widening refuses are counted by reason (a norm or mean over the channels,
+    attention scores: what new channels would change); a failed verification is wrong."""
+    import random
+
+    import transforms
+    from graphmorph import GraphmorphError
+    from graphmorph.graph.channel_surgery import check_removal
+    from graphmorph.graph.channels import channel_dependencies
+    from graphmorph.graph.memo import unchanged
+
+    kinds: dict[str, list] = defaultdict(list)
+    refusals: Counter = Counter()
+    with unchanged(gm):
+        deps = channel_dependencies(gm)
+        for group in deps.groups:
+            if group.refused or check_removal(gm, deps, deps.removal(deps.group_classes(group)[:1])) is not None:
+                continue
+            runs = len(deps.partition(group))
+            reason = transforms.Widen(group.producers[0], runs).refusal(gm)
+            if reason is not None:
+                refusals[re.sub(r"^.*?: \S+ \(.*?\) ", "", str(reason))] += 1
+                continue
+            kinds["grouped" if runs > 1 else "shared" if len(group.producers) > 1 else "own"].append((group, runs))
+    if not kinds:
+        return "refused", "; ".join(f"{n} groups: {r}" for r, n in refusals.items()) or "no prunable group", None
+    chooser, widened = random.Random(WIDEN_SEED), []
+    for kind, groups in sorted(kinds.items()):
+        group, runs = chooser.choice(groups)
+        for init in ("zero", "split"):
+            try:
+                transforms.widen(gm, group.producers[0], runs, init)
+            except GraphmorphError as err:
+                return "wrong", f"{group.producers[0]} ({init}): {str(err)[:200]}", None
+            widened.append(f"{kind}:{init}")
+    accepted = sum(len(groups) for groups in kinds.values())
+    return "ok", "; ".join(f"{n} groups: {r}" for r, n in refusals.items()), {
+        "widened": widened, "accepted_groups": accepted, "refused_groups": sum(refusals.values())}
+
+
 def _macs_ratio(before, after) -> float:
     import graphmorph
     return round(graphmorph.count_flops(after).macs / graphmorph.count_flops(before).macs, 4)
@@ -420,15 +465,17 @@ def table(summary: dict) -> str:
         up = f" (rounding up: {ratios['rounding_up']})" if ratios["rounding_up"] is not None else ""
         lines.append(f"  {model:<28} graphmorph {ratios['graphmorph']}{up}, Torch-Pruning {ratios['torch_pruning']}")
     lines.append("")
-    lines.append(f"{'family':<16}{'models':>7}  grow ok/partial/refused  prune ok/refused  crash  wrong"
-                 "  Torch-Pruning crash")
+    lines.append(f"{'family':<16}{'models':>7}  grow ok/partial/refused  prune ok/refused  widen ok/partial/refused"
+                 "  crash  wrong  Torch-Pruning crash")
     for name, checks in summary["by_family"].items():
         models = sum(checks["capture"].values())
-        grow, prune = checks["grow"], checks["prune"]
+        grow, prune, widen = checks["grow"], checks["prune"], checks["widen"]
         ours = [counts for check, counts in checks.items() if check != "torch_pruning"]
         bad = {s: sum(c.get(s, 0) for c in ours) for s in ("crash", "wrong")}
         lines.append(f"{name:<16}{models:>7}  {grow.get('ok', 0):>7}/{grow.get('partial', 0)}/{grow.get('refused', 0):<10}"
-                     f"  {prune.get('ok', 0):>8}/{prune.get('refused', 0):<7}  {bad['crash']:>5}  {bad['wrong']:>5}"
+                     f"  {prune.get('ok', 0):>8}/{prune.get('refused', 0):<7}"
+                     f"  {widen.get('ok', 0):>8}/{widen.get('partial', 0)}/{widen.get('refused', 0):<13}"
+                     f"  {bad['crash']:>5}  {bad['wrong']:>5}"
                      f"  {checks['torch_pruning'].get('crash', 0):>19}")
     return "\n".join(lines)
 

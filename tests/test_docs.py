@@ -61,7 +61,7 @@ def test_the_guides_commands_grow_replay_and_export_a_users_model(tmp_path):
 
 def test_the_contributing_guides_rewrite_applies_verified_records_and_replays():
     guide = ROOT / "docs" / "contributing.md"
-    (code,) = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    code, _ = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
     namespace: dict = {"__name__": "contributing_guide"}
     try:
         exec(compile(code, str(guide), "exec"), namespace)
@@ -71,3 +71,17 @@ def test_the_contributing_guides_rewrite_applies_verified_records_and_replays():
             exec(compile(broken, str(guide), "exec"), {"__name__": "contributing_guide_broken"})
     finally:
         REWRITES.pop("deepen_after", None)
+
+
+def test_the_contributing_guides_op_is_taught_by_one_registration():
+    guide = ROOT / "docs" / "contributing.md"
+    _, code = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(code, str(guide), "exec"), namespace)
+    wider, counted = namespace["wider"], namespace["counted"]
+    shrink = next(n for n in wider.graph.nodes if n.op == "call_module" and n.target == "2")
+    assert counted.total.elementwise - graphmorph.count_flops(wider).total.elementwise == \
+        shrink.meta["tensor_meta"].shape.numel()               # counted by the registry, measured (0) without
+    untaught = code.replace(", registry=registry)", ")")
+    with pytest.raises(graphmorph.RewriteError, match="no channel handler"):
+        exec(compile(untaught, str(guide), "exec"), {})

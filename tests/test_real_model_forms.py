@@ -9,7 +9,6 @@ from torch import nn
 
 import graphmorph
 import transforms
-from graphmorph.graph import ops
 from graphmorph.graph.channel_ops import PassThrough
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.registry import Registry
@@ -115,7 +114,7 @@ def test_stochastic_depth_is_known_by_name_to_pruning_and_growth(block):
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     gm = graphmorph.capture(randomize_state(StochasticDepthNet(block=block).double(), 0), x,
                             leaf_modules=[DropPath]).eval()
-    named = [n for n in gm.graph.nodes if ops.is_stochastic_depth(gm, n)]
+    named = [n for n in gm.graph.nodes if Registry.default().has(gm, n, "stochastic")]   # by qualified name
     assert len(named) == 2 and all(Registry.default().channel_op(gm, n) is not None for n in named)
     assert not [g.refused for g in channel_dependencies(gm).groups if g.refused and "no channel handler" in g.refused]
     pruned = transforms.prune_filters(gm, 0.4)

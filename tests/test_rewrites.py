@@ -67,6 +67,8 @@ CASES = {
     "grow_dense": Case(DENSE, lambda gm: transforms.GrowDense(block="block1", seed=4),
                        lambda gm: transforms.GrowDense(block="stem", seed=4), "not a dense block",
                        added=("block1.denselayer3",), resized=True, preserves=("eval", "train")),
+    "widen": Case(RESNET, lambda gm: transforms.Widen("layer1.0.conv1", 3, "zero", 7),
+                  lambda gm: transforms.Widen("fc", 1), "cannot widen fc", resized=True, preserves=("eval", "train")),
     "add_cell": Case(ENVELOPE, lambda gm: transforms.AddCell(1, ("conv1x1", "sep3x3"), "preserve", 9),
                      lambda gm: transforms.AddCell(5, ("conv1x1",), "preserve", 9), "no EnvelopeNet stage 5",
                      added=("stage1.cell1", "stage1.reduce2"), preserves=("eval", "train")),

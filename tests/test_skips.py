@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import graphmorph
 import transforms
 from graphmorph.graph import ops
-from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask, cnns, merge_edges
+from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask, cnns, merge_edges, randomize_state
 from graphmorph.graph.verify import verification_inputs
 from transforms.skips import zero_inputs
 from zoo import ZOO
@@ -85,6 +85,22 @@ def test_dropping_a_dense_concatenation_input_narrows_every_reader():
     assert again.get_submodule("trans1.conv").in_channels == 8
 
 
+def test_dropping_a_dense_input_with_trained_batch_norms_masks_its_channels_after_them():
+    """A BatchNorm's shift turns zeroed channels into values: the pruned net is the source with the
+    input zeroed and, in each BatchNorm reading it, those channels' scale and shift zeroed too."""
+    gm = graphmorph.capture(randomize_state(ZOO["TinyDenseNet"][0]()), torch.randn(2, 3, 16, 16))
+    pruned = transforms.prune_skips(gm, [("cat", "conv0")])
+
+    def mask(masked):
+        for bn in ("block1.1.bn", "trans1.bn"):           # they read conv0's 8 channels first
+            masked.get_submodule(bn).weight[:8] = 0
+            masked.get_submodule(bn).bias[:8] = 0
+    reference = zero_inputs(gm, [("cat", "conv0")])
+    with torch.no_grad():
+        mask(reference)
+    assert_prune_equals_mask(gm, pruned, reference, verification_inputs(gm), ("eval",), atol=ATOL)
+
+
 def test_dropping_an_add_input_leaves_the_other_operand():
     gm = _captured("ParentAddNet")
     add = next(n for n in gm.graph.nodes if ops.is_add(n))
@@ -107,7 +123,7 @@ def test_concatenated_channels_that_are_added_elsewhere_are_refused():
     spec = graphmorph.testing.CNNSpec(pieces=(("dense", 2, 1), ("residual", 2, 1)))
     gm = graphmorph.capture(spec.build(), spec.example_input())
     cat = next(n for n in gm.graph.nodes if ops.is_cat(n))
-    with pytest.raises(graphmorph.RewriteError, match="cannot lose them alone"):
+    with pytest.raises(graphmorph.RewriteError, match="cannot change alone"):
         transforms.prune_skip_edges(gm, [(cat.name, cat.args[0][0].name)])
 
 
@@ -122,6 +138,6 @@ def test_dropping_any_merge_input_equals_zeroing_it(spec, data):
     try:
         pruned = transforms.prune_skip_edges(gm, [(merge, source)])
     except graphmorph.RewriteError as err:
-        assert any(words in str(err) for words in ("cannot lose them alone", "single input", "broadcasts")), err
+        assert any(words in str(err) for words in ("cannot change alone", "single input", "broadcasts", "without channels")), err
         return
     assert_prune_equals_mask(gm, pruned, zero_inputs(gm, [(merge, source)]), verification_inputs(gm), atol=ATOL)

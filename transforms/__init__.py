@@ -15,6 +15,7 @@ from transforms.protocol import REWRITES, Edit, Rewrite, Step, apply, register, 
 from transforms.pruning import PruneBranches, PruneSkips, prune_branches, prune_skips
 from transforms.replayer import replay, replay_architecture
 from transforms.skips import PruneSkipEdges, RemoveBlock, prune_skip_edges, remove_block
+from transforms.widening import WIDEN_INITS, Widen, widen
 from transforms.statistics import branch_statistics, instrument_branches, remove_instrumentation, reset_statistics
 
 __all__ = ["grow", "growth_refusal", "replay_architecture", "prune_channels", "prune_filters", "mask_channels",
@@ -23,4 +24,4 @@ __all__ = ["grow", "growth_refusal", "replay_architecture", "prune_channels", "p
            "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation",
            "apply", "register", "rewrite_of", "Rewrite", "Edit", "Step", "REWRITES",
            "Grow", "PruneChannels", "PruneFilters", "PruneBranches", "PruneSkips", "PruneSkipEdges", "RemoveBlock",
-           "AddCell", "grow_dense", "GrowDense", "dense_layer"]
+           "AddCell", "grow_dense", "GrowDense", "dense_layer", "widen", "Widen", "WIDEN_INITS"]

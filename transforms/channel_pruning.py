@@ -20,7 +20,6 @@ from torch import fx
 
 from graphmorph.graph.channel_ops import ChannelLayout, is_channel_mean, is_channel_norm, output_weight
 from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_removal
-from graphmorph.graph import ops
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.graph.copying import clone
 from graphmorph.graph.memo import unchanged
@@ -111,7 +110,7 @@ class _ChannelRemoval(Rewrite):
         removal = deps.removal(self._classes(deps))
         cut = apply_removal(step.work, removal, deps.registry, deps.layout)
         step.work.meta[KEPT_KEY] = cut.kept_indices
-        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes if n.name in removal)
+        stochastic = any(deps.registry.has(gm, n, "stochastic") for n in gm.graph.nodes if n.name in removal)
         return Edit(cut.param_delta, lambda: mask_channels(gm, removal, deps.layout),
                     ("eval",) if stochastic else ("eval", "train"))
 

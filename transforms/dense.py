@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph.errors import RewriteError
 from graphmorph.graph import ops
-from graphmorph.graph.channel_ops import describe
+from graphmorph.graph.channel_surgery import KEPT_KEY, apply_edit, check_edit
+from graphmorph.graph.channels import ChannelDependencies, channel_dependencies
 from graphmorph.graph.analysis import block_named, common_prefix, upstream
 from graphmorph.graph.copying import copied_meta
 from graphmorph.graph.layers import fresh_copy
@@ -28,8 +28,9 @@ from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.rng import seeded
 from graphmorph.graph.shapes import Inputs
-from graphmorph.graph.verify import annotate_rewritten, parameter_count
+from graphmorph.graph.verify import annotate_rewritten
 from transforms.protocol import Edit, Rewrite, Step, apply, register
+from transforms.widening import ZeroInit
 
 __all__ = ["grow_dense", "GrowDense", "dense_layer", "is_dense_block"]
 
@@ -103,20 +104,28 @@ class GrowDense(Rewrite):
             layer = dense_layer(gm, self.block)
         except RewriteError as err:
             return str(err)
-        return _readers_refusal(gm, layer.joined)
+        deps = channel_dependencies(gm, self.op_registry)
+        try:
+            reason = check_edit(gm, deps, deps.copied_downstream(layer.joined, ops.channels_of(layer.output)))
+        except RewriteError as err:
+            return f"grow_dense refused: {err}"
+        return f"grow_dense refused: the block's readers cannot take new channels: {reason}" if reason else None
 
     def edit(self, step: Step) -> Edit:
         work = step.work
         layer = dense_layer(work, self.block)
         width, added = ops.channels_of(layer.joined), ops.channels_of(layer.output)
-        modules = _copied_modules(work, layer, width, self.seed, self.registry or Registry.default())
+        deps = channel_dependencies(step.source, self.op_registry)
+        modules = _copied_modules(work, deps, layer, width, self.seed, self.op_registry)
+        readers = apply_edit(work, deps.copied_downstream(deps.by_name[layer.joined.name], added), deps.registry,
+                             deps.layout, ZeroInit(self.seed))   # the readers take the new channels with zeros
+        work.meta[KEPT_KEY] = readers.kept_indices
         new, copies = _insert(work, layer, modules)
         with work.graph.inserting_after(new):
             grown = work.graph.call_function(torch.cat, ([layer.joined, new],), {"dim": 1})
         grown.meta = copied_meta(layer.joined.meta, lambda path: path)   # inside the block's module, as its output was
         layer.joined.replace_all_uses_with(grown, delete_user_cb=lambda user: user is not grown and user not in copies)
-        delta = sum(p.numel() for m in modules.values() for p in m.parameters())
-        delta += _widen_readers(work, grown, width, added, self.registry or Registry.default())
+        delta = sum(p.numel() for m in modules.values() for p in m.parameters()) + readers.param_delta
         work.recompile()
         same_shapes = annotate_rewritten(step.source, work, step.inputs, f"growing dense block {self.block!r}")
         return Edit(delta, lambda: step.source, ("eval", "train"), shapes_propagated=same_shapes,
@@ -126,13 +135,14 @@ class GrowDense(Rewrite):
 # --------------------------------------------------------------------------- the copy
 
 
-def _copied_modules(work, layer: DenseLayer, width: int, seed: int, registry: Registry) -> dict[str, nn.Module]:
+def _copied_modules(work, deps: ChannelDependencies, layer: DenseLayer, width: int, seed: int,
+                    registry: Registry) -> dict[str, nn.Module]:
     """Fresh modules for the new layer, keyed by their new paths: the layers reading the block's
     output take its `width` channels."""
     targets = _layer_modules(layer)
     owner = _common_owner(targets)
     rename = _renamer(work, owner, targets)
-    reading = _frontier(work, layer)
+    reading = _frontier(deps, layer)
     modules = {}
     with seeded(seed, like=work):
         for target in targets:
@@ -193,20 +203,13 @@ def _renaming(renamed: dict[str, str]):
     return lambda path: new + path[len(old):] if old and (path == old or path.startswith(old + ".")) else path
 
 
-def _frontier(work, layer: DenseLayer) -> set[str]:
-    """Module targets of the layer that read its input before (and including) its first weighted layer."""
-    found, stack, inside = set(), [layer.reads], set(layer.nodes)
-    while stack:
-        for user in stack.pop().users:
-            if user not in inside:
-                continue
-            if user.op == "call_module":
-                found.add(str(user.target))
-            elif _norm_owner(work, user) is not None:
-                found.add(_norm_owner(work, user))
-            if not ops.is_weighted(work, user):
-                stack.append(user)
-    return found
+def _frontier(deps: ChannelDependencies, layer: DenseLayer) -> set[str]:
+    """Module targets of the layer that go with its input's channels (its norms, activations and
+    first weighted layers), and the modules holding the statistics a functional norm reads for them."""
+    nodes = [deps.by_name[n.name] for n in layer.nodes]
+    coupled = deps.coupled(deps.by_name[layer.reads.name], nodes)
+    modules = {str(n.target) for n in coupled.carriers | coupled.readers if n.op == "call_module"}
+    return modules | {str(c.target).rpartition(".")[0] for c in coupled.constants if c.op == "get_attr"}
 
 
 def _common_owner(targets: list[str]) -> str:
@@ -238,104 +241,23 @@ def _next_sibling(work, name: str) -> str:
     return f"{parent}.{stem}{k}" if parent else f"{stem}{k}"
 
 
-# --------------------------------------------------------------------------- the readers
-
-
-def _readers_refusal(gm: fx.GraphModule, joined: fx.Node) -> str | None:
-    try:
-        _walk_readers(gm, joined, lambda node, kind: None)
-    except RewriteError as err:
-        return str(err)
-    return None
-
-
-def _widen_readers(work, grown: fx.Node, width: int, added: int, registry: Registry) -> int:
-    """Give every layer that reads `grown` (through BatchNorm, activations, pooling, flatten) its
-    `added` new channels after the first `width`: zero weights in convolutions and linear layers,
-    fresh statistics in BatchNorm. Returns the parameters added."""
-    delta = 0
-
-    def widen(target: str, inner: int) -> None:
-        nonlocal delta
-        module = work.get_submodule(target)
-        before = parameter_count(module)
-        replacement = _widened(module, width * inner, added * inner, registry)
-        parent, _, name = target.rpartition(".")
-        setattr(attribute(work, parent) if parent else work, name, replacement)
-        delta += parameter_count(replacement) - before
-
-    _walk_readers(work, grown, widen)
-    return delta
-
-
-def _walk_readers(gm: fx.GraphModule, start: fx.Node, visit) -> None:
-    """Call visit(module path, features per channel) on each module reading `start`'s channels:
-    BatchNorm, module or functional (passed through), and the convolutions and linear layers where
-    they end; refuse anything else."""
-    stack = [(start, 1)]
-    while stack:
-        node, inner = stack.pop()
-        for user in node.users:
-            module = ops.module_of(gm, user)
-            if user.target is getattr or user.target in ("size", "dim"):
-                continue                          # reads the shape, not the channels' values
-            norm = str(user.target) if isinstance(module, nn.modules.batchnorm._BatchNorm) else _norm_owner(gm, user)
-            if norm is not None:
-                visit(norm, inner)
-                stack.append((user, inner))
-            elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and getattr(module, "groups", 1) == 1:
-                visit(str(user.target), inner)
-            elif _flattens(gm, user):
-                shape = user.args[0].meta["tensor_meta"].shape
-                stack.append((user, inner * int(torch.tensor(shape[2:]).prod()) if len(shape) > 2 else inner))
-            elif ops.is_zero_preserving(gm, user) or ops.is_activation(gm, user):
-                stack.append((user, inner))
-            else:
-                raise RewriteError(f"grow_dense refused: {describe(gm, user)} reads the dense block's output "
-                                   f"and cannot take new channels with zero weights")
-
-
-def _norm_owner(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """The module holding the parameters and statistics an `F.batch_norm` call reads (timm's
-    BatchNormAct2d, which fx traced into, keeps them in a plain module), or None."""
-    if node.target is not F.batch_norm:
-        return None
-    weight = ops.argument(node, 3, "weight")
-    owner = str(getattr(weight, "target", "")).rpartition(".")[0]
-    held = attribute(gm, owner) if owner else None
-    return owner if _holds_statistics(held) else None
-
-
 def _holds_statistics(module) -> bool:
     return isinstance(module, nn.Module) and torch.is_tensor(getattr(module, "running_mean", None))
 
 
-def _flattens(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(ops.module_of(gm, node), nn.Flatten) or node.target in (torch.flatten, "flatten")
-
-
-def _widened(module: nn.Module, width: int, added: int, registry: Registry | None = None) -> nn.Module:
-    """`module` reading `added` more input features after its first `width`: zero weight columns, or
-    BatchNorm entries with weight 1, bias 0, mean 0, variance 1."""
+def _widened(module: nn.Module, width: int, added: int) -> nn.Module:
+    """A copy of a module holding per-channel statistics (timm's BatchNormAct2d, traced into
+    F.batch_norm) with `added` fresh entries after its first `width`: weight 1, bias 0, mean 0, variance 1."""
     with torch.no_grad():
-        if _holds_statistics(module):
-            new = copy.deepcopy(module)              # its own class, activation and all
-            new.num_features = width + added
-            fresh = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
-            for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
-                if tensor.dim() == 0:
-                    continue
-                value = torch.cat([tensor.detach(), tensor.new_full((added,), fresh[name])])
-                if isinstance(tensor, nn.Parameter):
-                    setattr(new, name, nn.Parameter(value, requires_grad=tensor.requires_grad))
-                else:
-                    setattr(new, name, value)
-            return new
-        weight = module.weight
-        extra = torch.zeros(weight.shape[0], added, *weight.shape[2:], dtype=weight.dtype, device=weight.device)
-        new = (registry or Registry.default()).layer_surgery(module).with_in_channels(module, width + added)
-        new.to(device=weight.device, dtype=weight.dtype)
-        new.weight = nn.Parameter(torch.cat([weight, extra], 1), requires_grad=weight.requires_grad)
-        if module.bias is not None:
-            new.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=module.bias.requires_grad)
+        new = copy.deepcopy(module)              # its own class, activation and all
+        new.num_features = width + added
+        fresh = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+        for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
+            if tensor.dim() == 0:
+                continue
+            value = torch.cat([tensor.detach(), tensor.new_full((added,), fresh[name])])
+            if isinstance(tensor, nn.Parameter):
+                setattr(new, name, nn.Parameter(value, requires_grad=tensor.requires_grad))
+            else:
+                setattr(new, name, value)
         return new

@@ -22,6 +22,7 @@ from torch.fx.node import map_arg
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import Block, block_named, find_blocks, find_stages
 from graphmorph.graph.channel_ops import describe
+from graphmorph.graph.channels import ChannelDependencies, channel_dependencies
 from graphmorph.errors import RewriteError
 from graphmorph.graph.layers import fresh_copy
 from graphmorph.graph.memo import unchanged
@@ -73,7 +74,7 @@ def grow(
     the channels). Raises RewriteError with the reason when the rewrite cannot apply.
     """
     with unchanged(gm):  # finding the template and the rewrite's check share one block analysis
-        template = _template(gm, stage, after)
+        template = _template(gm, stage, after, registry)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, shortcut=shortcut,
                        adam_options=adam_options, registry=registry)
@@ -86,7 +87,7 @@ def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | N
     without its training), for what only building the block shows."""
     try:
         with unchanged(gm):
-            template = _template(gm, stage, None)
+            template = _template(gm, stage, None, None)
             reason = Grow(after=template.name, stage=stage, init=init, std=1.0, seed=0).check(gm)
             if reason is None:
                 trial = Grow(after=template.name, stage=stage, init="gau" if init == "adam" else init, std=1.0, seed=0)
@@ -120,21 +121,22 @@ class Grow(Rewrite):
             return f"unknown init {self.init!r}; choose one of {', '.join(INITS)}"
         if not (isinstance(self.std, (int, float)) and self.std > 0):
             return f"std must be a positive number, got {self.std!r}"
-        template = block_named(gm, self.after)
+        template = block_named(gm, self.after, registry=self.op_registry)
         if self.stage is not None:
-            found = next((s.index for s in find_stages(gm) if self.after in s.blocks), None)
+            found = next((s.index for s in find_stages(gm, self.op_registry) if self.after in s.blocks), None)
             if found != self.stage:
                 where = f"is in stage {found}" if found is not None else "is in no stage"
                 return f"the record says stage {self.stage!r}, but block {self.after!r} {where}"
-        return _init_refusal(gm, template, self.init, self.shortcut)
+        return _init_refusal(gm, template, self.init, self.shortcut, self.op_registry)
 
     def edit(self, step: Step) -> Edit:
         if self.init == "adam" and step.data is None:
             raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
         gm, work = step.source, step.work
-        template = block_named(gm, self.after)
+        template = block_named(gm, self.after, registry=self.op_registry)
         plan = _plan(work, template)
-        values = _new_values(work, template, plan, self.seed, self.op_registry)
+        deps = channel_dependencies(gm, self.op_registry) if plan.derived else None
+        values = _new_values(work, deps, template, plan, self.seed, self.op_registry)
         output = _insert(work, plan)
         if self.shortcut:
             output = _around(work, plan.entry, output)
@@ -143,9 +145,9 @@ class Grow(Rewrite):
         work.recompile()
         same_shapes = annotate_rewritten(gm, work, step.inputs, f"stacking a copy of block {template.name!r}")
         _check_shape_preserving(template, plan.entry, output)
-        new_block = next((b for b in find_blocks(work) if b.input_node == plan.entry.name), None)
+        new_block = next((b for b in find_blocks(work, self.op_registry) if b.input_node == plan.entry.name), None)
         layers = [_copied_layer(work, plan, target) for target in template.initialised]
-        _initialise(work, self.init, layers, self.std, self.seed, new_block, template)
+        _initialise(work, self.init, layers, self.std, self.seed, new_block, template, self.op_registry)
         layer = layers[-1] if layers else None
         notes = {"new_block": new_block.name if new_block else None}
         if self.init == "adam":
@@ -158,7 +160,7 @@ class Grow(Rewrite):
 # --------------------------------------------------------------------------- choosing the template
 
 
-def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block:
+def _template(gm: fx.GraphModule, stage: int | None, after: str | None, registry: Registry | None) -> Block:
     if not isinstance(gm, fx.GraphModule):
         raise RewriteError(
             f"grow works on a captured GraphModule, got {type(gm).__name__}: "
@@ -167,8 +169,8 @@ def _template(gm: fx.GraphModule, stage: int | None, after: str | None) -> Block
     if (stage is None) == (after is None):
         raise RewriteError("grow needs exactly one of stage=<index> or after=<block name>")
     if after is not None:
-        return block_named(gm, after)
-    stages = find_stages(gm)
+        return block_named(gm, after, registry=registry)
+    stages = find_stages(gm, registry)
     if not isinstance(stage, int) or not 0 <= stage < len(stages):
         if not stages:
             raise RewriteError("the net has no stages to grow: find_stages found no repeated blocks")
@@ -193,7 +195,7 @@ class _Plan:
     derived: bool                       # stacking the shape-preserving form of a reducing block
 
 
-def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = False) -> str | None:
+def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, registry: Registry) -> str | None:
     name = block.name
     if shortcut and (block.kind != "plain" or init == "identity"):
         return (f"shortcut=True wraps a plain block's copy for init='zero', 'uni', 'gau' or 'adam'; block "
@@ -208,7 +210,7 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool = 
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
                 "use init='zero' for residual blocks")
     if init == "zero" and block.kind == "residual":
-        after = _after_merge(gm, block)
+        after = _after_merge(gm, block, registry)
         if after is not None:
             return (f"init='zero' silences block {name!r}'s residual branch, but the block applies "
                     f"{after} after its residual add, so a silenced copy would apply it twice")
@@ -283,9 +285,11 @@ def _dropped(nodes: dict[str, fx.Node], template: Block) -> set[str]:
         dropped |= only
 
 
-def _new_values(work: fx.GraphModule, template: Block, plan: _Plan, seed: int, registry: Registry) -> dict[str, Any]:
-    """Fresh modules and parameters for the copy, keyed by their new targets, drawn from `seed`."""
-    resized = _resized(work, plan, template, registry) if plan.derived else _Resized(set(), set(), set())
+def _new_values(work: fx.GraphModule, deps: ChannelDependencies | None, template: Block, plan: _Plan, seed: int,
+                registry: Registry) -> dict[str, Any]:
+    """Fresh modules and parameters for the copy, keyed by their new targets, drawn from `seed`
+    (`deps`: the source's channel dependencies, for a derived copy)."""
+    resized = _resized(deps, plan, registry) if plan.derived else _Resized(set(), set(), set())
     channels = template.out_shape[0] if plan.derived else None
     values = {}
     modules = {old for old in plan.targets if isinstance(attribute(work, old), nn.Module)}
@@ -321,60 +325,26 @@ class _Resized:
     norm_tensors: set[str]   # the parameters and statistics of functional norms over them
 
 
-def _resized(work: fx.GraphModule, plan: _Plan, template: Block, registry: Registry) -> _Resized:
-    """The layers whose channels follow the block's input in a derived copy: those that read them
-    (every registered layer reached from the input before, and including, the first weighted layer
-    on each path that mixes channels; a depthwise convolution keeps them, so the walk goes on
-    through it), the tensors of functional norms on the way (timm's BatchNormAct2d as traced), and
-    the layers whose output is multiplied or added onto them (a squeeze-excitation gate's
-    expanding convolution)."""
-    inside, width = set(plan.nodes), template.in_shape[0]
-    inputs, norm_tensors, seen, stack = set(), set(), set(), list(plan.sources)
-    while stack:
-        for user in stack.pop().users:
-            if user not in inside or user in seen:
-                continue
-            seen.add(user)
-            module = ops.module_of(work, user)
-            if module is not None and registry.layer_surgery(module) is not None:
-                inputs.add(str(user.target))
-            elif user.op == "call_function" and ops.is_norm(work, user):
-                norm_tensors |= {str(a.target) for a in user.all_input_nodes
-                                 if a.op == "get_attr" and tuple(attribute(work, str(a.target)).shape) == (width,)}
-            if not ops.is_weighted(work, user) or _depthwise(module):
-                stack.append(user)
-    gates = set()
-    for node in seen:
-        if ops.is_elementwise_binary(node):
-            for operand in node.all_input_nodes:
-                if operand in inside and operand not in seen:
-                    gates |= {str(n.target) for n in _last_weighted(work, operand, inside)
-                              if _out_channels(work.get_submodule(n.target)) == width}
+def _resized(deps: ChannelDependencies, plan: _Plan, registry: Registry) -> _Resized:
+    """The layers whose channels follow the block's input in a derived copy, as the channel engine
+    couples them inside the template: the layers carrying them (BatchNorms, depthwise convolutions)
+    and reading them (its first convolutions), the layers making channels joined with them (a
+    squeeze-excitation gate's expanding convolution), and the statistics of functional norms over
+    them (timm's BatchNormAct2d as traced)."""
+    inside = [deps.by_name[n.name] for n in plan.nodes]
+    inputs, gates, norm_tensors = set(), set(), set()
+    for source in plan.sources:
+        coupled = deps.coupled(deps.by_name[source.name], inside)
+        inputs |= {str(n.target) for n in coupled.carriers | coupled.readers
+                   if n.op == "call_module" and registry.layer_surgery(deps.gm.get_submodule(n.target)) is not None}
+        gates |= {str(n.target) for n in coupled.makers if n.op == "call_module"}
+        norm_tensors |= {str(c.target) for c in coupled.constants
+                         if c.op == "get_attr" and any(ops.is_norm(deps.gm, user) for user in c.users)}
     return _Resized(inputs, gates, norm_tensors)
-
-
-def _last_weighted(work: fx.GraphModule, node: fx.Node, inside: set[fx.Node]) -> list[fx.Node]:
-    """The weighted layer modules that make `node`, through ops without weights (a gate's sigmoid)."""
-    found, stack, seen = [], [node], set()
-    while stack:
-        current = stack.pop()
-        if current in seen or current not in inside:
-            continue
-        seen.add(current)
-        if ops.is_weighted(work, current):
-            if current.op == "call_module":
-                found.append(current)
-        else:
-            stack.extend(current.all_input_nodes)
-    return found
 
 
 def _out_channels(module: nn.Module) -> int | None:
     return getattr(module, "out_channels", getattr(module, "out_features", None))
-
-
-def _depthwise(module: nn.Module | None) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.in_channels == module.out_channels > 1
 
 
 def _new_layer(module: nn.Module, target: str, block: str, derived: bool, registry: Registry,
@@ -441,11 +411,11 @@ def _insert(work: fx.GraphModule, plan: _Plan) -> fx.Node:
 
 
 def _initialise(work, init: str, layers: list[nn.Module | torch.Tensor | _Projection], std: float, seed: int,
-                block: Block | None, template: Block):
+                block: Block | None, template: Block, registry: Registry):
     """Set the last affine layer of each of the new block's residual branches (modules or layer-scale
     parameters), or make a plain block an identity."""
     if init == "identity":
-        conv, norm = _identity_layers(work, block, template)
+        conv, norm = _identity_layers(work, block, template, registry)
         identity_init(conv, norm)
         return
     for k, layer in enumerate(layers):
@@ -484,14 +454,14 @@ def _layer_name(gm: fx.GraphModule, node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
-def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block):
+def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block, registry: Registry):
     """The conv and BN (None for VGG's conv-ReLU) of a plain conv-BN-ReLU block that can pass its input through."""
     why = f"init='identity' needs a conv-BN-ReLU or conv-ReLU block, and block {template.name!r}"
     if block is None:
         raise RewriteError(f"{why} was not recognised after copying")
     nodes = ops.nodes_by_name(work.graph)
     chain = [nodes[n] for n in block.nodes if nodes[n].op not in ("get_attr", "placeholder")]
-    kinds = [_identity_role(work, n) for n in chain]
+    kinds = [_identity_role(work, n, registry) for n in chain]
     if kinds not in (["conv", "norm", "relu"], ["conv", "relu"]):
         raise RewriteError(f"{why} is {' -> '.join(_layer_name(work, n) for n in chain)}")
     conv = work.get_submodule(chain[0].target)
@@ -504,22 +474,20 @@ def _identity_layers(work: fx.GraphModule, block: Block | None, template: Block)
     return conv, norm
 
 
-def _identity_role(work: fx.GraphModule, node: fx.Node) -> str | None:
+def _identity_role(work: fx.GraphModule, node: fx.Node, registry: Registry) -> str | None:
+    """conv, norm or relu (an idempotent op: a non-negative input passes it unchanged) in a plain block."""
     module = ops.module_of(work, node)
     if isinstance(module, nn.Conv2d):
         return "conv"
     if isinstance(module, nn.BatchNorm2d):
         return "norm"
-    idempotent = isinstance(module, (nn.ReLU, nn.ReLU6)) or (
-        node.op == "call_function" and node.target in (torch.relu, torch.nn.functional.relu)
-    ) or (node.op == "call_method" and node.target in ("relu", "relu_"))
-    return "relu" if idempotent else None
+    return "relu" if registry.has(work, node, "idempotent") else None
 
 
 # --------------------------------------------------------------------------- small helpers
 
 
-def _after_merge(gm: fx.GraphModule, block: Block) -> str | None:
+def _after_merge(gm: fx.GraphModule, block: Block, registry: Registry) -> str | None:
     """The first op a residual block applies after its last add that is not idempotent (SiLU, GELU),
     or None: applied twice it changes the function (ReLU twice is ReLU once; a reshape or permute
     back to the block's layout undoes the one before the add)."""
@@ -527,8 +495,8 @@ def _after_merge(gm: fx.GraphModule, block: Block) -> str | None:
     members = [nodes[n] for n in block.nodes]
     merges = [k for k, n in enumerate(members) if ops.is_add(n)]
     for node in members[merges[-1] + 1:] if merges else []:
-        if node.op in ("get_attr", "placeholder") or _identity_role(gm, node) == "relu" or ops.is_layout(node) \
-                or isinstance(ops.module_of(gm, node), (nn.Identity, nn.Dropout)):
+        if node.op in ("get_attr", "placeholder") or not {"idempotent", "layout"}.isdisjoint(registry.facts(gm, node)) \
+                or isinstance(ops.module_of(gm, node), nn.Dropout):
             continue
         return describe(gm, node)
     return None

@@ -7,7 +7,7 @@ shift) or the pruned skips' scalars set to zero, in float64, in eval and train m
 The removed channels are followed forward from the pruned tensor through scalar multiplies and
 concatenations (with their channel offsets) to the 1x1 convolutions that read them, which lose
 exactly those input channels: the removal and surgery that skip-edge pruning uses
-(`transforms.skips.forward_removal`, `graphmorph.graph.channel_surgery.apply_removal`). Cells,
+(`ChannelDependencies.downstream`, then one edit of the channel engine: `transforms.skips.cut_downstream`). Cells,
 branches and skips come from the net's declared structure (`graphmorph.models.envelope_structure`),
 which these rewrites keep current.
 """
@@ -26,38 +26,41 @@ from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.ops import attribute
 from graphmorph.errors import ArchError
 from graphmorph.graph.capture import STRUCTURE_KEY
-from graphmorph.graph.channel_surgery import apply_removal
+from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.verify import parameter_count
 from graphmorph.models.envelope import Cell, EnvelopeStructure, Skip, cell_concat, envelope_structure
 from transforms.protocol import Edit, Rewrite, Step, apply, register
-from transforms.skips import forward_removal, prune_skip_edges
+from transforms.skips import cut_downstream, prune_skip_edges
 
 __all__ = ["prune_branches", "prune_skips", "PruneBranches", "PruneSkips"]
 
 
 def prune_branches(gm: fx.GraphModule, cell: str, branches: Sequence[str | int], *,
-                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                   registry: Registry | None = None) -> fx.GraphModule:
     """A new graph without the named (or numbered) branches of `cell` (e.g. "stage0.cell1"); the
-    cell's concatenation and every reader of it lose those channels. The last branch of a cell is
-    never pruned."""
+    cell's concatenation and every reader of it lose those channels, followed with `registry`'s
+    channel handlers (default: `Registry.default()`). The last branch of a cell is never pruned."""
     names = list(_cell(gm, cell).branches)
     remove = _resolve_branches(cell, names, branches)
-    rewrite = PruneBranches(cell, tuple(sorted(remove, key=names.index)))
+    rewrite = PruneBranches(cell, tuple(sorted(remove, key=names.index)), registry=registry)
     return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 def prune_skips(gm: fx.GraphModule, skips: Iterable[tuple[str, str]], *,
-                example_input: torch.Tensor | Inputs | None = None, verify: bool = True) -> fx.GraphModule:
+                example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                registry: Registry | None = None) -> fx.GraphModule:
     """A new graph without the given skip inputs. On an EnvelopeNet each is `(reduction, source)`
     such as `("stage0.reduce2", "input")`: the scaled input, its scalar, and the reduction conv's
     channels for it go. On any model each is `(merge node, input node)`, fx node names of an add or
-    a channel concatenation and one of its inputs (see `transforms.skips.prune_skip_edges`)."""
+    a channel concatenation and one of its inputs (see `transforms.skips.prune_skip_edges`).
+    `registry` holds the channel handlers the removed channels are followed with."""
     skips = tuple(tuple(s) for s in skips)
     merges = {n.name for n in gm.graph.nodes if ops.is_add(n) or ops.is_cat(n)}
     if skips and all(reduce in merges for reduce, _ in skips):
-        return prune_skip_edges(gm, skips, example_input=example_input, verify=verify)
-    return apply(gm, PruneSkips(skips), example_input=example_input, verify=verify)
+        return prune_skip_edges(gm, skips, example_input=example_input, verify=verify, registry=registry)
+    return apply(gm, PruneSkips(skips, registry=registry), example_input=example_input, verify=verify)
 
 
 @register
@@ -199,13 +202,16 @@ def _zero_final_norm(masked: fx.GraphModule, output: fx.Node, branch: str) -> No
 
 
 def _cut_readers(work: fx.GraphModule, starts: list[tuple[fx.Node, Iterable[int]]], registry: Registry) -> int:
-    """Follow the removed channels of each start node to the layers that read them and cut them
-    there, in one removal (the surgery every channel removal goes through); the parameter change."""
+    """Cut the removed channels of each start node from there onward, in every layer that reads
+    them, in one edit of the channel engine (a start losing all its channels is erased by the
+    caller, so it is not edited); the parameter change."""
+    deps = channel_dependencies(work, registry)
     removal: dict[str, set[int]] = {}
     for start, removed in starts:
-        for name, channels in forward_removal(work, start, sorted(removed), registry).items():
+        for name, channels in deps.downstream(start, removed).items():
             removal.setdefault(name, set()).update(channels)
-    return apply_removal(work, {k: sorted(v) for k, v in removal.items()}, registry=registry).param_delta
+    gone = {start.name for start, removed in starts if len(set(removed)) == ops.channels_of(start)}
+    return cut_downstream(work, {k: sorted(v) for k, v in removal.items() if k not in gone}, registry)
 
 
 def _erase_nodes(gm: fx.GraphModule, belongs) -> None:

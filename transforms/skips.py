@@ -10,7 +10,6 @@ follow, is refused with the node named.
 """
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from typing import ClassVar, Iterable
@@ -20,16 +19,17 @@ from torch import fx
 
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import block_named, find_stages
-from graphmorph.graph.channel_ops import Concat, Elementwise, PassThrough, Reduce, Reshape
-from graphmorph.graph.channel_surgery import apply_removal
+from graphmorph.graph.channel_surgery import apply_edit, check_edit, kept_index
+from graphmorph.graph.channels import channel_dependencies
 from graphmorph.graph.copying import clone
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import annotate_rewritten, parameter_count
+from transforms.channel_pruning import mask_channels
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "forward_removal", "PruneSkipEdges", "RemoveBlock"]
+__all__ = ["prune_skip_edges", "remove_block", "zero_inputs", "cut_downstream", "PruneSkipEdges", "RemoveBlock"]
 
 
 def prune_skip_edges(gm: fx.GraphModule, edges: Iterable[tuple[str, str]], *,
@@ -51,7 +51,9 @@ def remove_block(gm: fx.GraphModule, block: str, *, example_input: torch.Tensor 
 
 class _InputRemoval(Rewrite):
     """Drops inputs of merges (`_edges`: (merge, input) node names); the contract is the source
-    with each input multiplied by zero where it enters its merge."""
+    with each input multiplied by zero where it enters its merge and, for a concatenation, its
+    channels masked wherever they flow after it (through a BatchNorm, whose shift would turn the
+    zeros into values, as the pruned graph no longer has them)."""
 
     def _edges(self, gm: fx.GraphModule) -> list[tuple[str, str]]:
         raise NotImplementedError
@@ -78,8 +80,16 @@ class _InputRemoval(Rewrite):
                 work.recompile()
                 annotate_rewritten(gm, work, step.inputs, self.describe())
             delta += _drop_input(work, merge, source, self.op_registry)
-        stochastic = any(ops.is_stochastic(gm, n) for n in gm.graph.nodes)
-        return Edit(delta, lambda: zero_inputs(gm, edges), ("eval",) if stochastic else ("eval", "train"))
+        stochastic = any(self.op_registry.has(gm, n, "stochastic") for n in gm.graph.nodes)
+        downstream: dict[str, set[int]] = {}
+        nodes = ops.nodes_by_name(gm.graph)
+        for merge, source in edges:
+            if ops.is_cat(nodes[merge]):
+                for name, channels in _cat_removal(gm, nodes[merge], nodes[source], self.op_registry).items():
+                    downstream.setdefault(name, set()).update(channels)
+        removal = {name: sorted(channels) for name, channels in downstream.items()}
+        return Edit(delta, lambda: mask_channels(zero_inputs(gm, edges), removal),
+                    ("eval",) if stochastic else ("eval", "train"))
 
 
 @register
@@ -106,11 +116,11 @@ class RemoveBlock(_InputRemoval):
     block: str
 
     def _edges(self, gm: fx.GraphModule) -> list[tuple[str, str]]:
-        found = block_named(gm, self.block)
+        found = block_named(gm, self.block, registry=self.op_registry)
         if not found.residual or found.shortcut != "identity":
             raise RewriteError(f"block {self.block!r} is a {found.kind} block with a {found.shortcut or 'no'} "
                                "shortcut; only residual blocks with an identity shortcut can be removed")
-        stage = next((s for s in find_stages(gm) if s.blocks == (self.block,)), None)
+        stage = next((s for s in find_stages(gm, self.op_registry) if s.blocks == (self.block,)), None)
         if stage is not None:
             raise RewriteError(f"block {self.block!r} is the only block of stage {stage.index}; a stage keeps one "
                                "block at least")
@@ -154,7 +164,15 @@ def _drop_add_input(work, merge: fx.Node, source: fx.Node) -> int:
 
 
 def _drop_cat_input(work, merge: fx.Node, source: fx.Node, registry: Registry) -> int:
-    """Follow the input's channels forward from the concatenation to the layers that read them."""
+    """Cut the input's channels from the concatenation onward, in every layer that reads them."""
+    removal = _cat_removal(work, merge, source, registry)
+    delta = cut_downstream(work, removal, registry)
+    merge.args = ([p for p in merge.args[0] if p is not source], *merge.args[1:])
+    return delta
+
+
+def _cat_removal(gm: fx.GraphModule, merge: fx.Node, source: fx.Node, registry: Registry) -> dict[str, list[int]]:
+    """The channels `source` brings to the concatenation `merge`, from there to their readers."""
     dim = ops.cat_dim(merge, len(merge.meta["tensor_meta"].shape))
     parts = list(merge.args[0])
     if dim != 1:
@@ -163,54 +181,18 @@ def _drop_cat_input(work, merge: fx.Node, source: fx.Node, registry: Registry) -
         raise RewriteError(f"{merge.name} has a single input; there is no skip to drop")
     offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(source)])
     width = source.meta["tensor_meta"].shape[1]
-    removal = forward_removal(work, merge, list(range(offset, offset + width)), registry)
-    cut = apply_removal(work, removal, registry=registry)
-    merge.args = ([p for p in merge.args[0] if p is not source], *merge.args[1:])
-    return cut.param_delta
+    return channel_dependencies(gm, registry).downstream(merge, range(offset, offset + width))
 
 
-def forward_removal(gm, start: fx.Node, channels: list[int], registry: Registry) -> dict[str, list[int]]:
-    """Node name -> removed channels, from `start` forward through channel-keeping ops, products
-    with scalars and concatenations to the layers that read them (which lose input columns only):
-    the removal `apply_removal` cuts when an input of a merge, a branch or a skip goes."""
-    removal, stack = {start.name: channels}, [(start, channels)]
-    while stack:
-        node, removed = stack.pop()
-        for user in node.users:
-            handler = registry.channel_op(gm, user)
-            if isinstance(handler, Concat):
-                parts = list(user.args[0])
-                offset = sum(p.meta["tensor_meta"].shape[1] for p in parts[:parts.index(node)])
-                shifted = [offset + c for c in removed]
-            elif isinstance(handler, (PassThrough, Reduce)) and user.all_input_nodes[0] is node \
-                    or isinstance(handler, Elementwise) and all(_is_scalar(a) for a in user.all_input_nodes if a is not node):
-                shifted = removed
-            elif isinstance(handler, Reshape) and _flattened(node, user) is not None:
-                inner = _flattened(node, user)
-                shifted = [c * inner + k for c in removed for k in range(inner)]
-            elif ops.is_weighted(gm, user) and getattr(ops.module_of(gm, user), "groups", 1) == 1:
-                continue
-            else:
-                raise RewriteError(f"the dropped channels reach {user.name} "
-                                   f"({getattr(user.target, '__name__', user.target)}), which cannot lose them alone")
-            removal[user.name] = shifted
-            stack.append((user, shifted))
-    return removal
-
-
-def _is_scalar(node: fx.Node) -> bool:
-    meta = node.meta.get("tensor_meta")
-    return meta is not None and hasattr(meta, "shape") and len(meta.shape) == 0
-
-
-def _flattened(source: fx.Node, reshape: fx.Node) -> int | None:
-    """Features per channel when `reshape` keeps the channel axis (1) or flattens it with the
-    spatial axes (their size); None for any other reshape."""
-    before, after = source.meta["tensor_meta"].shape, reshape.meta["tensor_meta"].shape
-    inner = math.prod(before[2:])
-    if before[1] == after[1] and inner == math.prod(after[2:]):
-        return 1
-    return inner if len(after) == 2 and after[1] == before[1] * inner else None
+def cut_downstream(work: fx.GraphModule, removal: dict[str, list[int]], registry: Registry) -> int:
+    """Cut `removal` (node name -> channels, from `ChannelDependencies.downstream` on `work`) from
+    `work`, after the channel engine's checks; the parameter change."""
+    deps = channel_dependencies(work, registry)
+    index = kept_index(work, removal, deps.layout)
+    reason = check_edit(work, deps, index)
+    if reason:
+        raise RewriteError(str(reason), reason)
+    return apply_edit(work, index, deps.registry, deps.layout).param_delta
 
 
 def zero_inputs(gm: fx.GraphModule, edges: list[tuple[str, str]]) -> fx.GraphModule:

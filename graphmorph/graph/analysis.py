@@ -30,6 +30,7 @@ from torch import fx
 from graphmorph.graph.memo import memoized
 from graphmorph.graph import ops
 from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.graph.registry import Registry
 from graphmorph.errors import AnalysisError, RewriteError
 from graphmorph.graph.shapes import annotate_shapes, has_shapes
 
@@ -123,14 +124,15 @@ def dataflow_graph(gm: fx.GraphModule) -> nx.DiGraph:
 
 
 @memoized
-def find_blocks(gm: fx.GraphModule) -> list[Block]:
-    """Every block of the network in graph order, spatial or not (see the module docstring)."""
-    return _Analysis(gm).blocks()
+def find_blocks(gm: fx.GraphModule, registry: Registry | None = None) -> list[Block]:
+    """Every block of the network in graph order, spatial or not (see the module docstring);
+    `registry` says which ops keep zero at zero (default: `Registry.default()`)."""
+    return _Analysis(gm, registry or Registry.default()).blocks()
 
 
-def block_named(gm: fx.GraphModule, name: str, what: str = "block") -> Block:
+def block_named(gm: fx.GraphModule, name: str, what: str = "block", registry: Registry | None = None) -> Block:
     """The block `name` of `find_blocks`; RewriteError listing the net's blocks when there is none."""
-    blocks = find_blocks(gm)
+    blocks = find_blocks(gm, registry)
     found = next((block for block in blocks if block.name == name), None)
     if found is None:
         shown = ", ".join(b.name for b in blocks[:12]) + (", ..." if len(blocks) > 12 else "")
@@ -138,10 +140,10 @@ def block_named(gm: fx.GraphModule, name: str, what: str = "block") -> Block:
     return found
 
 
-def find_stages(gm: fx.GraphModule) -> list[Stage]:
+def find_stages(gm: fx.GraphModule, registry: Registry | None = None) -> list[Stage]:
     """The ordered stages: maximal runs of blocks with the same output spatial size."""
     stages: list[list[Block]] = []
-    for block in find_blocks(gm):
+    for block in find_blocks(gm, registry):
         if _spatial(block.out_shape) is None:
             continue
         if stages and _spatial(stages[-1][-1].out_shape) == _spatial(block.out_shape):
@@ -185,8 +187,8 @@ class _Unit:
 class _Analysis:
     """One pass over a GraphModule: spine, segments, aligned modules, units and blocks."""
 
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
+    def __init__(self, gm: fx.GraphModule, registry: Registry):
+        self.gm, self.registry = gm, registry
         self.graph = dataflow_graph(gm)
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.segments = self._segments()
@@ -486,7 +488,7 @@ class _Analysis:
                 node = a if a in upstream(b, region) else b if b in upstream(a, region) else None
                 if node is None:
                     return None
-            elif ops.is_zero_preserving(self.gm, node) and (len(inputs) == 1 or ops.takes_shape_of(node)):
+            elif self.registry.has(self.gm, node, "zero_preserving") and (len(inputs) == 1 or ops.takes_shape_of(node)):
                 node = node.args[0]
             else:
                 return None

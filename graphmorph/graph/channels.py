@@ -1,4 +1,5 @@
-"""Channel dependencies on the fx graph: which channels must be removed together, and which cannot be.
+"""Channel dependencies on the fx graph: which channels must be removed (or added) together, and
+which cannot be.
 
 Every data tensor of rank >= 2 (batch first) has one *slot* per channel along its channel axis:
 dim 1 as the model's input has it, moved by permutes and transposes (channels-last blocks), kept
@@ -17,7 +18,7 @@ over channels, an op without a handler).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from torch import fx
 
@@ -28,7 +29,7 @@ from graphmorph.graph.memo import memoized
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import Refusal, RewriteError, first_line
 
-__all__ = ["ChannelGroup", "ChannelDependencies", "channel_dependencies", "channel_groups"]
+__all__ = ["ChannelGroup", "ChannelDependencies", "Coupling", "channel_dependencies", "channel_groups"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Relations(TensorQuestions):
         self.data: set[fx.Node] = set()     # nodes computed from the model's input
         self.constants: set[fx.Node] = set()  # nodes computed from parameters and sizes alone
         self.free: set[fx.Node] = set()       # data without channels (attention scores), and ops on it alone
+        self.flows: dict[fx.Node, list[tuple[fx.Node, list[int], list[int]]]] = {}  # out <- (input, out slots, in slots)
+        self.held: dict[fx.Node, list[fx.Node]] = {}   # node -> the constants indexed by its channels
+        self.meetings: list[tuple[fx.Node, fx.Node]] = []  # channels that go together without flowing
         self.layout = ChannelLayout()        # filled in by `layout_of` once the analysis is done
 
     def is_constant(self, node: fx.Node) -> bool:
@@ -100,11 +104,23 @@ class Relations(TensorQuestions):
     def same(self, out: fx.Node, inp: fx.Node, out_index: Iterable[int] | None = None,
              in_index: Iterable[int] | None = None) -> None:
         """Output slot out_index[k] is input slot in_index[k] (default: channel c is channel c)."""
-        a, b = self._slots(out), self._slots(inp)
-        out_index = range(self.width[out]) if out_index is None else out_index
-        in_index = range(self.width[inp]) if in_index is None else in_index
-        for i, j in zip(out_index, in_index):
-            self._union(a + i, b + j)
+        self._slots(out), self._slots(inp)
+        out_index = list(range(self.width[out]) if out_index is None else out_index)
+        in_index = list(range(self.width[inp]) if in_index is None else in_index)
+        self._join(out, inp, out_index, in_index)
+        self.flows.setdefault(out, []).append((inp, out_index, in_index))
+
+    def meets(self, a: fx.Node, b: fx.Node) -> None:
+        """Channel c of `a` and channel c of `b` go together, though neither computes the other
+        (q's and k's features in attention, two calls of one module)."""
+        self._slots(a), self._slots(b)
+        self._join(a, b, range(self.width[a]), range(self.width[b]))
+        self.meetings.append((a, b))
+
+    def _join(self, a: fx.Node, b: fx.Node, a_index: Iterable[int], b_index: Iterable[int]) -> None:
+        first, second = self._slots(a), self._slots(b)
+        for i, j in zip(a_index, b_index):
+            self._union(first + i, second + j)
 
     def fresh(self, node: fx.Node) -> None:
         """The node's output channels are new: it is a producer."""
@@ -139,6 +155,7 @@ class Relations(TensorQuestions):
                 self.refuse(node, f"{held.name} is indexed by channels along two different dimensions")
                 return
         previous = self._slots(node)
+        self.held.setdefault(node, []).extend(held for held, _ in chain)
         for held, at in chain:
             if held not in self.base:
                 self.base[held], self.width[held] = len(self.parent), self.shape(held)[at]
@@ -235,6 +252,81 @@ class ChannelDependencies:
                 removal.setdefault(node.name, []).append(channel)
         return {name: sorted(channels) for name, channels in removal.items()}
 
+    def widening(self, copies: Sequence[int]) -> dict[str, list[int]]:
+        """Per node name, the old channel each channel of its widened tensor takes: each class in
+        `copies` (repeated for several copies) gains a channel that copies it. In every tensor the
+        copy of a run of the class's slots follows that run, as the ops in between produce it (a
+        concatenation keeps each input's copies beside it, a flatten a channel's features together,
+        a depthwise convolution a channel's outputs)."""
+        count: dict[int, int] = {}
+        for root in copies:
+            count[root] = count.get(root, 0) + 1
+        return {node.name: _with_copies(roots, [count.get(r, 0) for r in roots])
+                for node, roots in self.root.items() if any(r in count for r in roots)}
+
+    def downstream(self, start: fx.Node, channels: Iterable[int],
+                   within: Collection[fx.Node] | None = None) -> dict[str, list[int]]:
+        """Per node name, the channels computed from `start`'s `channels`, followed forward (inside
+        `within`, default everywhere) through every op that passes them on, to the layers that read
+        them; with the constants indexed by them (a functional norm's statistics, a layer scale).
+        RewriteError naming the node where they meet channels that do not come from `start` (a
+        residual add with another tensor, a gate): those cannot change with them alone."""
+        reached: dict[fx.Node, set[int]] = {start: set(channels)}
+        for node in self.gm.graph.nodes:      # graph order: a node's inputs come before it
+            if node is start or node not in self.rel.flows or (within is not None and node not in within):
+                continue
+            passed, joined = set(), set()
+            for source, outputs, inputs in self.rel.flows[node]:
+                have = reached.get(source, ())
+                for out, inp in zip(outputs, inputs):
+                    (passed if inp in have else joined).add(out)
+            if passed & joined:
+                raise RewriteError(f"the channels of {start.name} reach {self.rel.describe(node)}, which joins them "
+                                   f"with channels that do not come from there, so they cannot change alone")
+            if passed:
+                reached[node] = passed
+        for a, b in self.rel.meetings:
+            if reached.get(a, set()) != reached.get(b, set()):
+                raise RewriteError(f"the channels of {start.name} reach {a.name} but not {b.name} (or the other way "
+                                   f"round), whose channels go with them, so they cannot change alone")
+        refused = {node: reason for node, reason, inputs in self.rel.refusals if inputs}
+        reads = set(self.rel.readers)
+        for node in list(reached):
+            for user in node.users:
+                if user.op == "output":
+                    raise RewriteError(f"the channels of {start.name} reach the model's output through "
+                                       f"{self.rel.describe(node)}, so they cannot change alone")
+                if user in refused and user not in reached and (user, node) not in reads:
+                    raise RewriteError(f"the channels of {start.name} reach {self.rel.describe(user)}, so they "
+                                       f"cannot change alone: {refused[user]}")
+            for held in self.rel.held.get(node, ()):
+                reached.setdefault(held, set()).update(reached[node])
+        return {node.name: sorted(channels) for node, channels in reached.items()}
+
+    def copied_downstream(self, start: fx.Node, added: int) -> dict[str, list[int]]:
+        """`downstream` as a widening: `added` channels appended to `start` (a concatenation that
+        gains an input), so every tensor computed from its last channel takes `added` copies of it
+        after it, and every layer reading them as many inputs."""
+        reached = self.downstream(start, [self.rel.width[start] - 1])
+        index = {}
+        for name, channels in reached.items():
+            node, last = self.by_name[name], set(channels)
+            width = self.rel.width[node] if node in self.rel.width else len(channels)
+            marks = [c in last for c in range(width)]
+            index[name] = _with_copies(marks, [added if m else 0 for m in marks])
+        return index
+
+    def coupled(self, start: fx.Node, within: Collection[fx.Node]) -> "Coupling":
+        """What inside `within` goes with `start`'s channels: the nodes carrying them (BatchNorms,
+        depthwise convolutions, activations), the layers making them (a gate's expanding layer), the
+        layers reading them, and the constants indexed by them."""
+        classes = set(self.root.get(start, ()))
+        carriers = {n for n in within if n is not start and classes & set(self.root.get(n, ()))}
+        makers = {n for n in carriers if n in self.rel.producers}
+        readers = {node for node, source in self.rel.readers if node in within and (source is start or source in carriers)}
+        constants = {held for n in carriers | {start} for held in self.rel.held.get(n, ())}
+        return Coupling(carriers - makers, makers, readers, constants)
+
     def near(self, removal: dict[str, list[int]]) -> list[fx.Node]:
         """The nodes a removal touches and the nodes that read them, in graph order."""
         nodes = {self.by_name[name] for name in removal}
@@ -319,9 +411,9 @@ class ChannelDependencies:
             module = self.gm.get_submodule(target)
             if len(nodes) > 1 and any(True for _ in module.parameters()):
                 for other in nodes[1:]:
-                    rel.same(nodes[0], other)
+                    rel.meets(nodes[0], other)
                     if nodes[0].args[0] in rel.base and other.args[0] in rel.base:
-                        rel.same(nodes[0].args[0], other.args[0])
+                        rel.meets(nodes[0].args[0], other.args[0])
 
     def _build_groups(self) -> None:
         rel = self.rel
@@ -396,6 +488,27 @@ class ChannelDependencies:
             raise RewriteError(f"{_target(node)} has no prunable output channels of its own (they come from "
                                f"the model's input or an op without a weight)")
         return root
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Nodes that go with a tensor's channels (`ChannelDependencies.coupled`)."""
+
+    carriers: set[fx.Node]    # pass them on: BatchNorms, activations, depthwise convolutions, gates' products
+    makers: set[fx.Node]      # make channels joined with them: a squeeze-excitation gate's expanding layer
+    readers: set[fx.Node]     # read them through a weight: convolutions and linear layers
+    constants: set[fx.Node]   # parameters and buffers indexed by them: a functional norm's statistics
+
+
+def _with_copies(keys: list, counts: list[int]) -> list[int]:
+    """Every position in order, and after each run of positions with one key, that run again as many
+    times as the run's count."""
+    widened, start = [], 0
+    for end in range(1, len(keys) + 1):
+        if end == len(keys) or keys[end] != keys[start]:
+            widened += list(range(start, end)) * (1 + counts[start])
+            start = end
+    return widened
 
 
 def _holds_tensors(node: fx.Node) -> bool:

@@ -17,16 +17,15 @@ Counts are for the example input as given, batch included: pass batch size 1 for
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph.graph import ops
 from graphmorph.graph.analysis import find_stages
 from graphmorph.graph.capture import capture, example_inputs
+from graphmorph.graph.registry import Registry
 from graphmorph.graph.shapes import Inputs, with_shapes
 from graphmorph.graph.verify import parameter_count
 
@@ -98,25 +97,28 @@ class FlopReport:
         return "\n".join(rows)
 
 
-def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = None) -> FlopReport:
+def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = None, *,
+                registry: Registry | None = None) -> FlopReport:
     """Count MACs, FLOPs, elementwise ops and parameters of `model` for `example_input`.
 
     `model` is a captured GraphModule (its captured example input is used when `example_input` is
     None) or any nn.Module, which is captured first. Breakdowns are per stage (plus `stem` and
-    `head`) and per node.
+    `head`) and per node. `registry` says which ops are activations or free of MACs (default:
+    `Registry.default()`); an op it does not know is measured.
     """
+    registry = registry or Registry.default()
     if not isinstance(model, fx.GraphModule):
         model = capture(model, example_input)
     # a node that may hide matrix products: measure every node, in the one run that gives the shapes
-    measured = {} if any(_hides_macs(model, node) for node in model.graph.nodes) else None
+    measured = {} if any(_hides_macs(model, node, registry) for node in model.graph.nodes) else None
     if example_input is not None or measured is not None:
         model = with_shapes(model, example_inputs(model) if example_input is None else example_input, measured)
-    part_of, stage_blocks = _parts(model)
+    part_of, stage_blocks = _parts(model, registry)
     seen_modules: set[int] = set()
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
         macs = measured.get(node.name, 0) // 2 if measured is not None else _shape_macs(model, node)
-        cost = Cost(macs, _elementwise(model, node), _params(model, node, seen_modules))
+        cost = Cost(macs, _elementwise(model, node, registry), _params(model, node, seen_modules))
         part = part_of[node]
         by_stage[part] = by_stage.get(part, Cost()) + cost
         by_node.append(NodeCost(node.name, _target_name(node), part, cost))
@@ -134,12 +136,12 @@ def si(value: float) -> str:
     return str(int(value))
 
 
-def _parts(gm: fx.GraphModule) -> tuple[dict[fx.Node, str], dict[str, int]]:
+def _parts(gm: fx.GraphModule, registry: Registry) -> tuple[dict[fx.Node, str], dict[str, int]]:
     """Each node's part: its stage; glue before the first block is the stem, glue between stages
     goes to the stage it leads into, glue after the last block is the head."""
     stage_of: dict[str, str] = {}
     stage_blocks = {}
-    for stage in find_stages(gm):
+    for stage in find_stages(gm, registry):
         label = f"stage{stage.index}"
         stage_blocks[label] = len(stage.blocks)
         for block in stage.block_info:
@@ -165,19 +167,6 @@ def _numel(node: fx.Node | None) -> int:
     return math.prod(shape) if shape is not None else 0
 
 
-# Nodes that do no multiply-accumulates whatever their shapes (FlopCounterMode counts none).
-_NO_MAC_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_NO_MAC_FUNCTIONS = {
-    operator.getitem, getattr, torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze,
-    torch.unsqueeze, torch.chunk, torch.split, torch.mean, torch.sum, torch.roll, F.pad, F.dropout, F.dropout2d,
-    *ops.CAT_FUNCTIONS,
-}
-_NO_MAC_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "chunk", "split", "unbind",
-    "squeeze", "unsqueeze", "expand", "mean", "sum", "dim", "float", "to", "type_as",
-}
-
-
 def _shape_macs(gm: fx.GraphModule, node: fx.Node) -> int:
     """MACs of a convolution, transposed convolution or linear layer from its shapes (what
     FlopCounterMode counts for it); 0 for any other node `_hides_macs` lets through."""
@@ -188,18 +177,14 @@ def _shape_macs(gm: fx.GraphModule, node: fx.Node) -> int:
     return 0
 
 
-def _hides_macs(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _hides_macs(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> bool:
     """Whether a node's MACs may not follow from its shapes: a leaf module, a wrapped function,
-    einsum, attention, or any op listed nowhere here; count_flops then measures them."""
-    if ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node) \
-            or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node) \
-            or ops.is_pool(gm, node) or ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
-        return False
-    if node.op == "call_module":
-        return not isinstance(ops.module_of(gm, node), _NO_MAC_MODULES)
-    if node.op == "call_method":
-        return node.target not in _NO_MAC_METHODS
-    return node.target not in _NO_MAC_FUNCTIONS
+    einsum, attention, or any op the registry does not know as an activation or free of MACs;
+    count_flops then measures them."""
+    return not (ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node)
+                or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node)
+                or ops.is_pool(gm, node) or ops.is_elementwise_binary(node)
+                or not {"activation", "no_macs"}.isdisjoint(registry.facts(gm, node)))
 
 
 def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
@@ -209,7 +194,7 @@ def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
     return ops.layer_weight(node).meta["tensor_meta"].shape
 
 
-def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
+def _elementwise(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> int:
     """Elementwise operations of one node: a layer's bias adds, normalisation, pooling, activations
     and binary arithmetic, one per output element (see the module docstring)."""
     out = _numel(node)
@@ -219,7 +204,7 @@ def _elementwise(gm: fx.GraphModule, node: fx.Node) -> int:
         return 2 * out
     if ops.is_pool(gm, node):
         return _pool_work(gm, node, out)
-    if ops.is_activation(gm, node) or ops.is_elementwise_binary(node):
+    if registry.has(gm, node, "activation") or ops.is_elementwise_binary(node):
         return out
     return 0
 

@@ -1,7 +1,8 @@
-"""What kind of operation an fx node is: the vocabulary shared by graph analysis and FLOP counting.
-
-Each question has one answer here, for both the `call_module` form (nn.Conv2d) and the
-`call_function`/`call_method` forms (F.conv2d, torch.add, x.add_, `+=`).
+"""What kind of operation an fx node is, structurally: a convolution, a linear layer, a norm, a pool,
+an add, a concatenation... with one answer for the `call_module` form (nn.Conv2d) and the
+`call_function`/`call_method` forms (F.conv2d, torch.add, x.add_, `+=`), and how to read its
+arguments. What else is true of an op (f(0) == 0, an activation, stochastic, free of MACs) is a
+fact of the op registry (`graphmorph.graph.registry`), which users extend.
 """
 from __future__ import annotations
 
@@ -22,16 +23,6 @@ POOL_MODULES = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
-# f(0) == 0 for these, so a zero branch stays zero through them
-ZERO_PRESERVING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, *POOL_MODULES,
-)
-ACTIVATION_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh,
-    nn.Sigmoid, nn.Hardsigmoid, nn.Softmax,
-)
-
 CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 CONV_TRANSPOSE_FUNCTIONS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 LINEAR_FUNCTIONS = {F.linear}
@@ -41,27 +32,6 @@ POOL_FUNCTIONS = {
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
 }
-ACTIVATION_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, torch.relu, torch.tanh,
-    F.sigmoid, torch.sigmoid, F.hardsigmoid, F.softmax, torch.softmax,
-}
-ZERO_PRESERVING_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, torch.relu, torch.tanh,
-    F.dropout, F.dropout2d, *POOL_FUNCTIONS,
-}
-ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous"}
-# ops that move elements without computing on them (so f(0) == 0 too)
-LAYOUT_FUNCTIONS = {torch.permute, torch.transpose, torch.reshape, torch.flatten, torch.roll, operator.getitem}
-LAYOUT_METHODS = {"permute", "transpose", "reshape", "view", "flatten", "reshape_as", "view_as", "roll"}
-ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh", "softmax"}
-
-# Ops of packages graphmorph does not import, by qualified name: stochastic depth zeroes whole
-# samples in train mode (so f(0) == 0, channels pass through) and is the identity in eval mode.
-STOCHASTIC_DEPTH_NAMES = {
-    "torchvision.ops.stochastic_depth.stochastic_depth", "torchvision.ops.stochastic_depth.StochasticDepth",
-    "timm.layers.drop.DropPath", "timm.layers.drop.drop_path", "timm.models.layers.drop.DropPath",
-}
-
 # attention functions of packages graphmorph does not import: (position, name) of the output
 # projection's weight argument, whose module's weight and bias set the op's output
 ATTENTION_FUNCTIONS = {
@@ -196,30 +166,9 @@ def is_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
     return _is(gm, node, POOL_MODULES, POOL_FUNCTIONS)
 
 
-def is_activation(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return _is(gm, node, ACTIVATION_MODULES, ACTIVATION_FUNCTIONS, ACTIVATION_METHODS)
-
-
-def is_zero_preserving(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """A one-input op with f(0) == 0 (ReLU, dropout, pooling, stochastic depth, a permute or reshape...)."""
-    return _is(gm, node, ZERO_PRESERVING_MODULES, ZERO_PRESERVING_FUNCTIONS | LAYOUT_FUNCTIONS,
-               ZERO_PRESERVING_METHODS | LAYOUT_METHODS) or is_stochastic_depth(gm, node)
-
-
-def is_layout(node: fx.Node) -> bool:
-    """A permute, transpose, reshape, view or flatten: it moves elements, computing nothing."""
-    return (node.op == "call_function" and node.target in LAYOUT_FUNCTIONS - {operator.getitem, torch.roll}) or \
-        (node.op == "call_method" and node.target in LAYOUT_METHODS - {"roll"})
-
-
 def takes_shape_of(node: fx.Node) -> bool:
     """`x.reshape_as(y)` / `x.view_as(y)`: the second tensor gives only its shape."""
     return node.op == "call_method" and node.target in ("reshape_as", "view_as")
-
-
-def is_stochastic_depth(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """torchvision's stochastic_depth / StochasticDepth or timm's DropPath."""
-    return not STOCHASTIC_DEPTH_NAMES.isdisjoint(qualified_names(gm, node))
 
 
 def qualified_names(gm: fx.GraphModule, node: fx.Node) -> list[str]:
@@ -252,13 +201,6 @@ def is_elementwise_binary(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in ELEMENTWISE_BINARY_FUNCTIONS) or (
         node.op == "call_method" and node.target in ELEMENTWISE_BINARY_METHODS
     )
-
-
-def is_stochastic(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """Dropout or stochastic depth, module or functional: it draws random masks in train mode."""
-    module = module_of(gm, node)
-    name = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
-    return "dropout" in name.lower() or is_stochastic_depth(gm, node)
 
 
 def module_path(node: fx.Node) -> str:

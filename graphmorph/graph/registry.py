@@ -1,17 +1,21 @@
 """One registry of what graphmorph knows about ops, used by every analysis and rewrite: how channels
-pass through an op (a `ChannelOp`, for channel groups, pruning and skip pruning) and how to make a
-fresh layer of a module type with other input channels or stride 1 (a `LayerSurgery`, for growth).
+pass through an op (a `ChannelOp`, for channel groups, pruning, widening and skip pruning), how to
+make a fresh layer of a module type with other input channels or stride 1 (a `LayerSurgery`, for
+growth), and the *facts* other analyses ask (`FACTS`): whether f(0) == 0 (block analysis, growth),
+whether it is an activation or does no multiply-accumulates (FLOP counting), whether it only
+moves elements or is idempotent (growth), whether it draws random masks (train-mode verification).
 
 `Registry.default()` is the one every call uses unless given another; extend a copy for your own
 layers and pass it where the analysis runs:
 
-    registry = Registry.default().copy().register(MyNorm, PassThrough(("weight", "bias")))
+    registry = Registry.default().copy().register(MyAct, PassThrough(), facts={"activation", "zero_preserving"})
     transforms.prune_filters(gm, 0.3, registry=registry)
+    graphmorph.count_flops(gm, registry=registry)
 """
 from __future__ import annotations
 
 import operator
-from typing import Callable, Union
+from typing import Callable, Iterable, Literal, Union, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,19 +28,46 @@ from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convol
                                           TransposedConvolution, Unbind)
 from graphmorph.graph.layers import DEFAULT_LAYERS, LayerSurgery
 
-__all__ = ["Registry", "Key", "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS"]
+__all__ = ["Registry", "Key", "Fact", "FACTS", "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS",
+           "DEFAULT_FACTS"]
 
 Key = Union[type, Callable, str]
+Fact = Literal["zero_preserving", "activation", "layout", "stochastic", "no_macs", "idempotent"]
+FACTS: tuple[str, ...] = get_args(Fact)
+"""zero_preserving: one input, f(0) == 0 elementwise (a zero branch stays zero through it);
+activation: an elementwise nonlinearity, one operation per element; layout: moves elements and
+computes nothing (permute, reshape); stochastic: draws random masks in train mode (dropout, drop
+path); no_macs: no multiply-accumulates whatever the shapes; idempotent: f(f(x)) == f(x) (ReLU)."""
+
+
+class _Table:
+    """Values by module class (matched through base classes), function, method name, or qualified
+    name ("package.module.Name") of a class or function of a package graphmorph does not import."""
+
+    def __init__(self, entries: dict | None = None):
+        self.entries: dict[Key, object] = dict(entries or {})
+
+    def find(self, gm: fx.GraphModule, node: fx.Node):
+        if node.op == "call_method":
+            return self.entries.get(node.target)
+        found = None
+        if node.op == "call_module":
+            found = next((self.entries[c] for c in type(gm.get_submodule(node.target)).__mro__ if c in self.entries),
+                         None)
+        elif node.op == "call_function":
+            found = self.entries.get(node.target)
+        if found is None and node.op in ("call_module", "call_function"):
+            found = next((self.entries[n] for n in ops.qualified_names(gm, node) if n in self.entries), None)
+        return found
 
 
 class Registry:
-    """Channel handlers by module class (matched through base classes), function or method name,
-    and layer surgery by module class."""
+    """Channel handlers, facts and layer surgery of ops, by module class (matched through base
+    classes), function, method name or qualified name."""
 
-    def __init__(self, modules: dict[type, ChannelOp], functions: dict[Callable, ChannelOp],
-                 methods: dict[str, ChannelOp], layers: dict[type, LayerSurgery], named: dict[str, ChannelOp]):
-        self._modules, self._functions, self._methods, self._layers = modules, functions, methods, layers
-        self._named = named  # by qualified name, for ops of packages graphmorph does not import
+    def __init__(self, channels: dict[Key, ChannelOp], facts: dict[Key, frozenset[str]],
+                 layers: dict[type, LayerSurgery]):
+        self._channels, self._facts, self._layers = _Table(channels), _Table(facts), dict(layers)
 
     @staticmethod
     def default() -> "Registry":
@@ -45,51 +76,92 @@ class Registry:
 
     def copy(self) -> "Registry":
         """An independent registry with the same entries."""
-        return Registry(dict(self._modules), dict(self._functions), dict(self._methods), dict(self._layers),
-                        dict(self._named))
+        return Registry(self._channels.entries, self._facts.entries, self._layers)
 
-    def register(self, key: Key, channels: ChannelOp | None = None, *, layer: LayerSurgery | None = None) -> "Registry":
+    def register(self, key: Key, channels: ChannelOp | None = None, *, layer: LayerSurgery | None = None,
+                 facts: Iterable[Fact] | None = None) -> "Registry":
         """Teach this registry an op: `key` is a module class, a function, a method name, or the
         qualified name ("package.module.Name", with dots) of a class or function of a package you
         would rather not import here;
         `channels` how channels pass through it (`PassThrough(("weight", "bias"))` for a layer that
         keeps them, `Refuse("mixes channels")` for one never to prune through); `layer` how growth
-        resizes it (module classes only). Returns the registry, so calls chain."""
-        if channels is None and layer is None:
-            raise TypeError("register needs channels=<ChannelOp> or layer=<LayerSurgery>")
+        resizes it (module classes only); `facts` what else is true of it (a set of `FACTS`,
+        replacing what the registry held). Returns the registry, so calls chain."""
+        if channels is None and layer is None and facts is None:
+            raise TypeError("register needs channels=<ChannelOp>, layer=<LayerSurgery> or facts={...}")
         if channels is not None:
             if not isinstance(channels, ChannelOp):
                 raise TypeError(f"channels must be a graphmorph.graph.channel_ops.ChannelOp, "
                                 f"got {type(channels).__name__}")
-            if isinstance(key, str):
-                table = self._named if "." in key else self._methods
-            else:
-                table = self._modules if isinstance(key, type) else self._functions
-            table[key] = channels
+            self._channels.entries[key] = channels
         if layer is not None:
             if not (isinstance(key, type) and issubclass(key, nn.Module)) or not isinstance(layer, LayerSurgery):
                 raise TypeError("layer= takes a LayerSurgery for an nn.Module class")
             self._layers[key] = layer
+        if facts is not None:
+            facts = frozenset([facts] if isinstance(facts, str) else facts)
+            unknown = facts - set(FACTS)
+            if unknown:
+                raise TypeError(f"unknown facts {sorted(unknown)}; known: {', '.join(FACTS)}")
+            self._facts.entries[key] = facts
         return self
 
     def channel_op(self, gm: fx.GraphModule, node: fx.Node) -> ChannelOp | None:
         """The handler of a call_module / call_function / call_method node, or None if unknown."""
-        if node.op == "call_method":
-            return self._methods.get(node.target)
-        found = None
-        if node.op == "call_module":
-            found = _by_class(self._modules, type(gm.get_submodule(node.target)))
-        elif node.op == "call_function":
-            found = self._functions.get(node.target)
-        return found or next((self._named[n] for n in ops.qualified_names(gm, node) if n in self._named), None)
+        return self._channels.find(gm, node)
+
+    def facts(self, gm: fx.GraphModule, node: fx.Node) -> frozenset[str]:
+        """What the registry knows to be true of a node's op (empty for an op it does not know)."""
+        return self._facts.find(gm, node) or frozenset()
+
+    def has(self, gm: fx.GraphModule, node: fx.Node, fact: Fact) -> bool:
+        """Whether `fact` holds for the node's op."""
+        return fact in self.facts(gm, node)
 
     def layer_surgery(self, module: nn.Module) -> LayerSurgery | None:
         """How growth resizes `module`'s type (or its nearest registered base class), or None."""
-        return _by_class(self._layers, type(module))
+        return next((self._layers[c] for c in type(module).__mro__ if c in self._layers), None)
 
 
-def _by_class(table: dict, cls: type):
-    return next((table[c] for c in cls.__mro__ if c in table), None)
+# --------------------------------------------------------------------------- the default facts
+
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Tanh)
+_ACTIVATION_FUNCTIONS = (F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, torch.relu, torch.tanh)
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+_LAYOUT_FUNCTIONS = (torch.permute, torch.transpose, torch.reshape, torch.flatten)
+_LAYOUT_METHODS = ("permute", "transpose", "reshape", "view", "flatten", "reshape_as", "view_as")
+# stochastic depth of packages graphmorph does not import: it zeroes whole samples in train mode
+# (so f(0) == 0, channels pass through) and is the identity in eval mode
+STOCHASTIC_DEPTH_NAMES = (
+    "torchvision.ops.stochastic_depth.stochastic_depth", "torchvision.ops.stochastic_depth.StochasticDepth",
+    "timm.layers.drop.DropPath", "timm.layers.drop.drop_path", "timm.models.layers.drop.DropPath",
+)
+
+
+def _facts(*groups: tuple[Iterable[Key], set[str]]) -> dict[Key, frozenset[str]]:
+    table: dict[Key, set[str]] = {}
+    for keys, facts in groups:
+        for key in keys:
+            table.setdefault(key, set()).update(facts)
+    return {key: frozenset(facts) for key, facts in table.items()}
+
+
+_ZERO, _ACT, _NO_MACS = "zero_preserving", "activation", "no_macs"
+DEFAULT_FACTS: dict[Key, frozenset[str]] = _facts(
+    ((*_ACTIVATION_MODULES, *_ACTIVATION_FUNCTIONS, "relu", "relu_", "tanh"), {_ZERO, _ACT}),
+    ((nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, F.sigmoid, torch.sigmoid, F.hardsigmoid, F.softmax, torch.softmax,
+      "sigmoid", "softmax"), {_ACT}),
+    ((nn.ReLU, nn.ReLU6, F.relu, torch.relu, "relu", "relu_", nn.Identity), {"idempotent"}),
+    ((nn.Identity, "contiguous", *ops.POOL_MODULES, *ops.POOL_FUNCTIONS), {_ZERO}),
+    ((*_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, *STOCHASTIC_DEPTH_NAMES), {_ZERO, "stochastic"}),
+    ((*_LAYOUT_FUNCTIONS, *_LAYOUT_METHODS), {_ZERO, "layout", _NO_MACS}),
+    ((operator.getitem, torch.roll, "roll"), {_ZERO, _NO_MACS}),
+    ((nn.Identity, nn.Flatten, nn.Unflatten, *_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, getattr, torch.squeeze,
+      torch.unsqueeze, torch.chunk, torch.split, torch.mean, torch.sum, F.pad, *ops.CAT_FUNCTIONS,
+      "contiguous", "size", "chunk", "split", "unbind", "squeeze", "unsqueeze", "expand", "mean", "sum", "dim",
+      "float", "to", "type_as"), {_NO_MACS}),
+)
 
 
 # --------------------------------------------------------------------------- the default handlers
@@ -104,7 +176,8 @@ DEFAULT_MODULES: dict[type, ChannelOp] = {
     **{t: PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
        for t in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
     nn.PReLU: PassThrough(("weight",), "num_parameters"),
-    **{t: _PASS for t in (*ops.ZERO_PRESERVING_MODULES, *ops.ACTIVATION_MODULES, nn.Upsample, nn.AlphaDropout)},
+    **{t: _PASS for t in (*_ACTIVATION_MODULES, nn.Identity, *_DROPOUT_MODULES, *ops.POOL_MODULES, nn.Sigmoid,
+                          nn.Hardsigmoid, nn.Upsample)},
     nn.Flatten: Reshape(),
     nn.Softmax: Refuse("normalises across channels"),
     nn.Softmax2d: Refuse("normalises across channels"),
@@ -121,8 +194,8 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     **{f: Convolution() for f in ops.CONV_FUNCTIONS},
     F.linear: Linear(),
     F.batch_norm: FunctionalBatchNorm(),
-    **{f: _PASS for f in (*ops.ZERO_PRESERVING_FUNCTIONS, *ops.ACTIVATION_FUNCTIONS, F.interpolate,
-                          F.hardtanh, F.dropout1d, F.dropout3d, torch.clone)},
+    **{f: _PASS for f in (*_ACTIVATION_FUNCTIONS, *_DROPOUT_FUNCTIONS, *ops.POOL_FUNCTIONS, F.sigmoid, torch.sigmoid,
+                          F.hardsigmoid, F.interpolate, F.hardtanh, torch.clone)},
     F.softmax: Refuse("normalises across a dimension"),
     torch.softmax: Refuse("normalises across a dimension"),
     **{f: Elementwise() for f in (*ops.ELEMENTWISE_BINARY_FUNCTIONS, torch.addcmul)},
@@ -153,7 +226,7 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.scaled_dot_product_attention: ScaledDotProductAttention(),
 }
 DEFAULT_METHODS: dict[str, ChannelOp] = {
-    **{m: _PASS for m in (*ops.ZERO_PRESERVING_METHODS, *ops.ACTIVATION_METHODS, "clone", "float", "sigmoid_")},
+    **{m: _PASS for m in ("relu", "relu_", "tanh", "sigmoid", "contiguous", "clone", "float", "sigmoid_")},
     "softmax": Refuse("normalises across a dimension"),
     **{m: Elementwise() for m in ops.ELEMENTWISE_BINARY_METHODS},
     "split": Split(),
@@ -177,5 +250,5 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
 }
 
 
-_DEFAULT = Registry(DEFAULT_MODULES, DEFAULT_FUNCTIONS, DEFAULT_METHODS, DEFAULT_LAYERS,
-                    {name: PassThrough() for name in ops.STOCHASTIC_DEPTH_NAMES})
+_DEFAULT = Registry({**DEFAULT_MODULES, **DEFAULT_FUNCTIONS, **DEFAULT_METHODS,
+                     **{name: _PASS for name in STOCHASTIC_DEPTH_NAMES}}, DEFAULT_FACTS, DEFAULT_LAYERS)

@@ -22,7 +22,7 @@ def rebuild_optimizer(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.
     group with fresh state; each group lists its parameters in `new`'s order, so an optimizer saved
     after the rebuild loads into one built on `new` afresh. State of surviving parameters is copied, so the old optimizer stays
     usable; a parameter a pruning rewrite sliced gets its state sliced by the same indices (the
-    momentum of surviving channels is kept). Parameters `new` no longer has are dropped.
+    momentum of surviving channels is kept); a widening's new channels start with zero state. Parameters `new` no longer has are dropped.
     """
     old_names = {id(p): name for name, p in old.named_parameters()}
     new_params = dict(new.named_parameters())
@@ -57,7 +57,7 @@ def _carried(value, old_param: torch.Tensor, new_param: torch.Tensor, kept: dict
             raise ValueError(f"parameter {name} changed shape from {tuple(old_param.shape)} to "
                              f"{tuple(new_param.shape)} and the new model does not say how; rebuild the "
                              f"optimizer after each pruning rewrite")
-        return apply_kept(value, kept["steps"]).clone()
+        return apply_kept(value, kept["steps"], fresh=0.0).clone()   # channels a widening added start afresh
     return value.clone()
 
 

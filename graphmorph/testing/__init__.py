@@ -23,13 +23,13 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from graphmorph.graph import ops
 from graphmorph.errors import RewriteError
-from graphmorph.testing.grammar import PIECES, CNNSpec
+from graphmorph.testing.grammar import PIECES, CNNSpec, TransformerSpec
 from graphmorph.models import BRANCH_TYPES, FAMILIES, EnvelopeNet, SeedNet, build
 from graphmorph.graph.verify import output_differences, verify
 
 __all__ = ["SeedNetSpec", "seed_nets", "EnvelopeNetSpec", "envelope_nets", "CNNSpec", "cnns", "inputs_for",
            "assert_preserves_function", "assert_prune_equals_mask", "assert_valid_rewrite", "assert_state_carried",
-           "randomize_state", "merge_edges"]
+           "randomize_state", "merge_edges", "TransformerSpec", "transformer_nets", "assert_widened", "output_shapes"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,23 @@ def cnns(draw, max_pieces: int = 4, kinds: tuple[str, ...] = PIECES, widths: tup
         in_channels=draw(st.integers(1, 3)),
         input_size=draw(st.sampled_from(sizes)),
         num_classes=draw(st.integers(2, 5)),
+    )
+
+
+@st.composite
+def transformer_nets(draw, max_layers: int = 2, max_heads: int = 3, max_head_dim: int = 3,
+                     max_grid: int = 3) -> TransformerSpec:
+    """Random pre-norm transformer nets on tokens (`graphmorph.testing.grammar.TransformerSpec`):
+    1..max_layers layers, 1..max_heads heads of 2..max_head_dim features, plain or gated MLPs."""
+    return TransformerSpec(
+        layers=draw(st.integers(1, max_layers)),
+        heads=draw(st.integers(1, max_heads)),
+        head_dim=draw(st.integers(2, max_head_dim)),
+        mlp=draw(st.integers(1, 8)),
+        gated=draw(st.booleans()),
+        grid=draw(st.integers(1, max_grid)),
+        in_channels=draw(st.integers(1, 3)),
+        num_classes=draw(st.integers(2, 4)),
     )
 
 
@@ -198,6 +215,56 @@ def assert_valid_rewrite(
         raise AssertionError(str(err)) from None
     shared = {id(p) for p in before.parameters()} & {id(p) for p in after.parameters()}
     assert not shared, f"{len(shared)} parameters are shared between the old and the new graph"
+
+
+def output_shapes(gm: torch.fx.GraphModule, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> dict[str, tuple]:
+    """The shape of every node's tensor output on `inputs` (eval mode, on a copy), by node name and,
+    for module calls, by module name too."""
+    shapes: dict[str, tuple] = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            value = super().run_node(node)
+            if isinstance(value, torch.Tensor):
+                shapes[node.name] = tuple(value.shape)
+                if node.op == "call_module":
+                    shapes.setdefault(str(node.target), tuple(value.shape))
+            return value
+
+    model = copy.deepcopy(gm).eval()
+    with torch.no_grad():
+        Recorder(model).run(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+    return shapes
+
+
+def assert_widened(
+    before: torch.fx.GraphModule,
+    after: torch.fx.GraphModule,
+    target: str,
+    n: int,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    modes: tuple[str, ...] = ("eval", "train"),
+    atol: float = 1e-10,
+    copies_only: bool = True,
+) -> dict[str, float]:
+    """Assert a widening: `target`'s output (a module or node name) has `n` more channels along one
+    dimension, measured by running both graphs; every parameter and buffer of `before` is in
+    `after` with no dimension smaller; with `copies_only` (zero-init widening), each is an ordered
+    selection of the new one's slices (old values untouched, BatchNorm statistics included); and
+    `after` computes what `before` does in float64 in each mode. Returns the largest difference per mode."""
+    old, new = output_shapes(before, inputs)[target], output_shapes(after, inputs)[target]
+    grown = [d for d, (a, b) in enumerate(zip(old, new)) if a != b]
+    assert len(old) == len(new) and len(grown) == 1 and new[grown[0]] - old[grown[0]] == n, \
+        f"{target}'s output went from {old} to {new}; expected {n} more channels along one dimension"
+    state, widened = before.state_dict(), after.state_dict()
+    for name, tensor in state.items():
+        assert name in widened, f"the widening lost {name}"
+        assert tensor.dim() == widened[name].dim() and all(
+            a <= b for a, b in zip(tensor.shape, widened[name].shape)), \
+            f"{name} went from {tuple(tensor.shape)} to {tuple(widened[name].shape)}: a widening only grows tensors"
+    if copies_only:
+        assert_state_carried(before, after, resized=True)
+    return assert_preserves_function(before, after, inputs, modes, atol)
 
 
 def merge_edges(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """Random fx-traceable CNNs from a small grammar of pieces, for property tests of rewrites on
 models that are not ours: residual, pre-activation residual, bottleneck, projection, dense
 (concat), depthwise-separable, grouped, squeeze-excitation, inverted-residual, split/concat,
-functional (F.conv2d) and plain pieces, then a head that pools or flattens into a Linear.
+functional (F.conv2d) and plain pieces, then a head that pools or flattens into a Linear; and
+pre-norm transformer layers (separate q, k, v projections, plain or gated MLPs) on tokens.
 
 A `CNNSpec` is plain data (the strategy in `graphmorph.testing` draws it), so a failing example
 prints as a readable recipe and rebuilds the same net.
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PIECES", "CNNSpec", "GrammarNet"]
+__all__ = ["PIECES", "CNNSpec", "GrammarNet", "TransformerSpec", "TransformerNet"]
 
 PIECES = ("plain", "residual", "preact", "bottleneck", "projection", "dense", "depthwise", "grouped", "se",
           "inverted", "split", "functional")
@@ -219,3 +220,87 @@ class GrammarNet(nn.Module):
         x = self.pieces(self.stem(x))
         x = F.adaptive_avg_pool2d(x, 1) if self.head_kind == "pool" else x
         return self.classifier(torch.flatten(x, 1))
+
+
+# --------------------------------------------------------------------------- transformer blocks
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    """A token model to build: a 1x1 convolution embeds each pixel of a `grid` x `grid` image as a
+    token (as ViT's patches), then `layers` pre-norm transformer layers of width `heads * head_dim`,
+    attention with separate q, k, v and output projections and F.scaled_dot_product_attention
+    (heads by view and transpose, as Hugging Face writes them), an MLP of `mlp` features (`gated`:
+    SiLU(gate) * up, as LLaMA's), and the mean token into a Linear head."""
+
+    layers: int = 1
+    heads: int = 2
+    head_dim: int = 2
+    mlp: int = 8
+    gated: bool = False
+    grid: int = 2
+    in_channels: int = 3
+    num_classes: int = 3
+
+    def build(self) -> "TransformerNet":
+        return TransformerNet(self)
+
+    def example_input(self, batch: int = 2, seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, self.in_channels, self.grid, self.grid, generator=generator)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: TransformerSpec):
+        super().__init__()
+        width = spec.heads * spec.head_dim
+        self.heads, self.head_dim = spec.heads, spec.head_dim
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(width, width) for _ in range(3))
+        self.o_proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: TransformerSpec):
+        super().__init__()
+        width = spec.heads * spec.head_dim
+        self.up_proj, self.down_proj = nn.Linear(width, spec.mlp), nn.Linear(spec.mlp, width)
+        self.gate_proj = nn.Linear(width, spec.mlp) if spec.gated else None
+
+    def forward(self, x):
+        if self.gate_proj is None:
+            return self.down_proj(F.gelu(self.up_proj(x)))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, spec: TransformerSpec):
+        super().__init__()
+        width = spec.heads * spec.head_dim
+        self.input_layernorm, self.self_attn = nn.LayerNorm(width), Attention(spec)
+        self.post_attention_layernorm, self.mlp = nn.LayerNorm(width), MLP(spec)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TransformerNet(nn.Module):
+    """Pixels embedded as tokens, the spec's layers, a final norm, the mean token into the head."""
+
+    def __init__(self, spec: TransformerSpec):
+        super().__init__()
+        width = spec.heads * spec.head_dim
+        self.embed = nn.Conv2d(spec.in_channels, width, 1)
+        self.layers = nn.Sequential(*(TransformerLayer(spec) for _ in range(spec.layers)))
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, spec.num_classes)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.layers(tokens)).mean(1))

@@ -2,9 +2,10 @@
 
 A handler answers two questions about one kind of fx node. `relate` tells the dependency analysis
 how the node's output channels relate to its inputs' (`Relations`: the same channel, an offset,
-fresh channels, channels it reads and can drop, or a refusal with the reason). `cut` edits the
-node once a set of channels is removed (`Cut`: the removed indices per node, module and tensor
-replacement). `check` may refuse a cut before anything is edited.
+fresh channels, channels it reads and can drop, or a refusal with the reason). `resize` edits the
+node once its channels change (`Editing`: per node, the old channel each new one takes, for a
+cut that removes channels and a widening that copies them; module and tensor replacement).
+`check` may refuse an edit before anything is changed.
 
 Handlers are keyed by module type, by function, or by method name in a `Registry`
 (`graphmorph.graph.registry`, which holds the default tables), which users extend with their own
@@ -18,7 +19,7 @@ pass-through, refusing and ignoring handlers), then the handler families: `struc
 from graphmorph.graph.channel_ops.attention import MatMul, ScaledDotProductAttention
 from graphmorph.graph.channel_ops.base import Ignore, PassThrough, Refuse
 from graphmorph.graph.channel_ops.norms import ChannelNorm, FunctionalBatchNorm, is_channel_norm
-from graphmorph.graph.channel_ops.protocols import ChannelLayout, ChannelOp, Cutting, Relating, TensorQuestions, describe
+from graphmorph.graph.channel_ops.protocols import ChannelLayout, ChannelOp, Editing, Relating, TensorQuestions, describe
 from graphmorph.graph.channel_ops.shape import Expand, Permute, Reshape
 from graphmorph.graph.channel_ops.structural import (Concat, Elementwise, GetItem, Pad, Reduce, Shift, Split, Unbind,
                                                      is_channel_mean)
@@ -28,4 +29,4 @@ __all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Conca
            "Reshape", "Expand", "Permute", "Shift", "Unbind", "MatMul", "Pad",
            "ScaledDotProductAttention", "Convolution", "TransposedConvolution", "Linear", "ChannelNorm",
            "FunctionalBatchNorm", "output_weight", "is_channel_norm", "is_channel_mean", "TensorQuestions",
-           "ChannelLayout", "Relating", "Cutting", "describe"]
+           "ChannelLayout", "Relating", "Editing", "describe"]

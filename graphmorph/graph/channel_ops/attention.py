@@ -23,10 +23,17 @@ class MatMul(ChannelOp):
             rel.same(node, b)
         elif rel.channel_axis(a) == rel.rank(a) - 1 and rel.channel_axis(b) == rel.rank(b) - 2 \
                 and rel.channels(a) == rel.channels(b) and not rel.is_constant(b):
-            rel.same(b, a)
+            rel.meets(b, a)
             rel.free.add(node)
         else:
             rel.refuse(node, f"{rel.describe(node)} multiplies matrices across the channels")
+
+    def check(self, edit, node):
+        a = node.args[0]
+        if edit.grows and edit.changed(a):   # q in `q @ k.T`; scores in `scores @ v` carry no channels
+            return (f"{edit.describe(node)} contracts q with k over these channels: new ones would change "
+                    f"the attention scores")
+        return None
 
 
 class ScaledDotProductAttention(ChannelOp):
@@ -40,11 +47,17 @@ class ScaledDotProductAttention(ChannelOp):
                 or rel.channels(q) != rel.channels(k):
             rel.refuse(node, f"{rel.describe(node)} takes q, k, v without their features along the last axis")
             return
-        rel.same(k, q)
+        rel.meets(k, q)
         rel.set_axis(node, rel.rank(node) - 1)
         rel.same(node, v)
 
-    def cut(self, cut, node):
+    def check(self, edit, node):
+        if edit.grows and edit.changed(node.args[0]):
+            return (f"{edit.describe(node)} contracts q with k over these channels: new ones would change "
+                    f"the attention scores")
+        return None
+
+    def resize(self, edit, node):
         q = node.args[0]
-        if cut.removed(q) and ops.argument(node, 6, "scale") is None:
-            node.kwargs = {**node.kwargs, "scale": cut.shape(q)[-1] ** -0.5}
+        if edit.changed(q) and ops.argument(node, 6, "scale") is None:
+            node.kwargs = {**node.kwargs, "scale": edit.shape(q)[-1] ** -0.5}

@@ -26,17 +26,16 @@ class PassThrough(ChannelOp):
         else:
             rel.same(node, source)
 
-    def cut(self, cut, node):
-        removed = cut.removed(node)
-        if not removed or node.op != "call_module":
+    def resize(self, edit, node):
+        if not edit.changed(node) or node.op != "call_module":
             return
-        module = cut.module(node)
+        module = edit.module(node)
         for name in self.tensors:
             if getattr(module, name, None) is not None and getattr(module, name).dim() > 0 \
                     and getattr(module, name).shape[0] > 1:
-                cut.slice_tensor(f"{node.target}.{name}", 0, cut.kept(node))
+                edit.select_tensor(f"{node.target}.{name}", 0, edit.index(node))
         if self.count and getattr(module, self.count, 1) > 1:
-            setattr(module, self.count, len(cut.kept(node)))
+            setattr(module, self.count, len(edit.index(node)))
 
 
 class Refuse(ChannelOp):

@@ -39,16 +39,21 @@ class ChannelNorm(PassThrough):
         for arg in node.all_input_nodes[1:]:
             rel.couple_parameter(node, arg, 0)
 
-    def cut(self, cut, node):
-        if not cut.removed(node):
+    def check(self, edit, node):
+        if edit.grows and edit.changed(node):
+            return f"{edit.describe(node)} normalises over the channels: new channels would change its statistics"
+        return None
+
+    def resize(self, edit, node):
+        if not edit.changed(node):
             return
-        super().cut(cut, node)
-        kept = (len(cut.kept(node)),)
-        if self._groups(cut.gm, node) is not None:
+        super().resize(edit, node)
+        kept = (len(edit.index(node)),)
+        if self._groups(edit.gm, node) is not None:
             if node.op == "call_module":
-                cut.module(node).num_channels = kept[0]
+                edit.module(node).num_channels = kept[0]
         elif node.op == "call_module":
-            cut.module(node).normalized_shape = kept
+            edit.module(node).normalized_shape = kept
         else:
             node.args = (node.args[0], kept, *node.args[2:]) if len(node.args) > 1 \
                 else node.args

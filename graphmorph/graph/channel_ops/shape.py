@@ -57,10 +57,10 @@ class Reshape(ChannelOp):
         rel.set_axis(node, axis)
         rel.same(node, node.args[0], out_index, in_index)
 
-    def cut(self, cut, node):
+    def resize(self, edit, node):
         if node.target in ("flatten", torch.flatten) or node.op == "call_module":
             return
-        _resize_size_argument(cut, node)
+        _resize_size_argument(edit, node)
 
 
 class Expand(ChannelOp):
@@ -74,8 +74,8 @@ class Expand(ChannelOp):
         else:
             rel.same(node, source)
 
-    def cut(self, cut, node):
-        _resize_size_argument(cut, node)
+    def resize(self, edit, node):
+        _resize_size_argument(edit, node)
 
 
 class Permute(ChannelOp):
@@ -106,32 +106,32 @@ def _run_length(dims: tuple[int, ...], total: int) -> int | None:
     return next((m for m in range(2, len(dims) + 1) if math.prod(dims[:m]) == total), None)
 
 
-def _resize_size_argument(cut, node: fx.Node) -> None:
-    """Set a view/reshape/expand's explicit size at the node's channel axis to the kept channels where
-    it loses channels, or where the size is read from the shape of a tensor that does (`C` of
-    `B, N, C = x.shape` in `reshape(B, N, C)`, which may be another width than the node's)."""
+def _resize_size_argument(edit, node: fx.Node) -> None:
+    """Set a view/reshape/expand's explicit size at the node's channel axis to its new channel count
+    where its channels change, or where the size is read from the shape of a tensor whose channels
+    change (`C` of `B, N, C = x.shape` in `reshape(B, N, C)`, which may be another width than the node's)."""
     sizes = list(node.args[1:])
     nested = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
     sizes = list(sizes[0]) if nested else sizes
-    axis = cut.channel_axis(node)
+    axis = edit.channel_axis(node)
     if axis >= len(sizes):
         return
     size = sizes[axis]
-    if (size != -1 and cut.removed(node)) or (isinstance(size, fx.Node) and _reads_cut_shape(cut, size)):
-        sizes[axis] = cut.shape(node)[axis] - len(cut.removed(node))
+    if (size != -1 and edit.changed(node)) or (isinstance(size, fx.Node) and _reads_changed_shape(edit, size)):
+        sizes[axis] = len(edit.index(node))
         node.args = (node.args[0], tuple(sizes)) if nested else (node.args[0], *sizes)
 
 
-def _reads_cut_shape(cut, size: fx.Node) -> bool:
-    """Whether a size argument is computed from the shape of a tensor that loses channels."""
+def _reads_changed_shape(edit, size: fx.Node) -> bool:
+    """Whether a size argument is computed from the shape of a tensor whose channels change."""
     stack, seen = [size], set()
     while stack:
         current = stack.pop()
         if current in seen:
             continue
         seen.add(current)
-        if cut.shape(current) is not None:
-            if cut.removed(current):
+        if edit.shape(current) is not None:
+            if edit.changed(current):
                 return True
         else:
             stack.extend(current.all_input_nodes)

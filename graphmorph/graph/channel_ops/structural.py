@@ -83,25 +83,25 @@ class Split(ChannelOp):
             else:
                 rel.same(piece, source)
 
-    def check(self, cut, node):
-        if not cut.splits_channels(node):
+    def check(self, edit, node):
+        if not edit.splits_channels(node):
             return None
-        if any(size == 0 for size in self._new_sizes(cut, node)):
+        if any(size == 0 for size in self._new_sizes(edit, node)):
             return f"{node.name} would leave a piece of its split without channels"
         return None
 
-    def cut(self, cut, node):
-        if not cut.splits_channels(node) or not cut.removed(node.args[0]):
+    def resize(self, edit, node):
+        if not edit.splits_channels(node) or not edit.changed(node.args[0]):
             return
-        sizes = self._new_sizes(cut, node)
-        cut.replace_call(node, torch.split, (node.args[0], sizes, cut.channel_axis(node.args[0])))
+        sizes = self._new_sizes(edit, node)
+        edit.replace_call(node, torch.split, (node.args[0], sizes, edit.channel_axis(node.args[0])))
 
     @staticmethod
-    def _new_sizes(cut, node) -> list[int]:
-        sizes = cut.piece_channels(node)
-        removed = set(cut.removed(node.args[0]))
+    def _new_sizes(edit, node) -> list[int]:
+        sizes = edit.piece_channels(node)
         offsets = [sum(sizes[:k]) for k in range(len(sizes))]
-        return [sum(1 for c in range(o, o + s) if c not in removed) for o, s in zip(offsets, sizes)]
+        index = edit.index(node.args[0])
+        return [sum(1 for c in index if o <= c < o + s) for o, s in zip(offsets, sizes)]
 
 
 class Unbind(ChannelOp):
@@ -144,17 +144,16 @@ class GetItem(ChannelOp):
         start = self._channel_slice(rel, node).indices(rel.channels(source))[0]
         rel.same(node, source, in_index=range(start, start + rel.channels(node)))
 
-    def cut(self, cut, node):
+    def resize(self, edit, node):
         source = node.args[0]
-        if not cut.removed(source) or source.op in ("call_function", "call_method") \
-                and isinstance(cut.handler(source), (Split, Unbind)):
+        if not edit.changed(source) or source.op in ("call_function", "call_method") \
+                and isinstance(edit.handler(source), (Split, Unbind)):
             return
-        start = self._channel_slice(cut, node).indices(cut.channels(source))[0]
-        kept = cut.kept(source)
-        new_start = sum(c < start for c in kept)
+        start = self._channel_slice(edit, node).indices(edit.channels(source))[0]
+        new_start = sum(c < start for c in edit.index(source))
         index = list(self._index(node))
-        index += [slice(None)] * (cut.channel_axis(source) + 1 - len(index))
-        index[cut.channel_axis(source)] = slice(new_start, new_start + len(cut.kept(node)))
+        index += [slice(None)] * (edit.channel_axis(source) + 1 - len(index))
+        index[edit.channel_axis(source)] = slice(new_start, new_start + len(edit.index(node)))
         node.args = (source, tuple(index))
 
     @staticmethod
@@ -175,6 +174,12 @@ class Reduce(ChannelOp):
 
     def __init__(self, dim_at: int = 1):
         self.dim_at = dim_at
+
+    def check(self, edit, node):
+        source = node.args[0]
+        if edit.grows and edit.changed(source) and is_channel_mean(node, edit.channel_axis(source), edit.rank(source)):
+            return f"{edit.describe(node)} averages over the channels: new channels would change its value"
+        return None
 
     def relate(self, rel, node):
         source = node.args[0]

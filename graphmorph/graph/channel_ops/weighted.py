@@ -39,38 +39,53 @@ class Convolution(ChannelOp):
             rel.even(source, groups)
             rel.even(node, groups)
 
-    def check(self, cut, node):
-        groups = _conv_groups(cut.gm, node)
-        if groups == 1:
+    def check(self, edit, node):
+        groups = _conv_groups(edit.gm, node)
+        if groups == 1 or groups == edit.channels(node.args[0]) or not (edit.changed(node.args[0]) or edit.changed(node)):
             return None
-        kept_in, kept_out = self._kept_per_group(cut, node, groups)
-        alive = [k for k in range(groups) if kept_in[k] or kept_out[k]]
-        if any(not kept_in[k] or not kept_out[k] for k in alive) \
-                or len({len(kept_in[k]) for k in alive}) > 1 or len({len(kept_out[k]) for k in alive}) > 1:
-            counts = ", ".join(f"{len(kept_in[k])}/{len(kept_out[k])}" for k in range(groups))
-            return (f"{cut.describe(node)} has {groups} groups; the removal would leave them uneven "
-                    f"(kept input/output channels per group: {counts}); remove as many channels from each group")
+        ins, outs = self._per_group(edit, node, groups)
+        alive = [k for k in range(groups) if ins[k] or outs[k]]
+        order = [edit.index(node.args[0]), edit.index(node)]
+        contiguous = all(_runs_in_order(index, per) for index, per in
+                         zip(order, (edit.channels(node.args[0]) // groups, edit.channels(node) // groups)))
+        if any(not ins[k] or not outs[k] for k in alive) or not contiguous \
+                or len({len(ins[k]) for k in alive}) > 1 or len({len(outs[k]) for k in alive}) > 1:
+            counts = ", ".join(f"{len(ins[k])}/{len(outs[k])}" for k in range(groups))
+            edit_, kept, fix = ("widening", "", "add as many channels to") if edit.grows \
+                else ("removal", "kept ", "remove as many channels from")
+            return (f"{edit.describe(node)} has {groups} groups; the {edit_} would leave them uneven "
+                    f"({kept}input/output channels per group: {counts}); {fix} each group")
         return None
 
-    def cut(self, cut, node):
-        if not cut.removed(node.args[0]) and not cut.removed(node):
+    def resize(self, edit, node):
+        source = node.args[0]
+        if not edit.changed(source) and not edit.changed(node):
             return
-        groups = _conv_groups(cut.gm, node)
-        kept_in, kept_out = self._kept_per_group(cut, node, groups)
-        per_in = cut.channels(node.args[0]) // groups
-        alive = [k for k in range(groups) if kept_out[k]]
-        rows = [o for k in alive for o in kept_out[k]]
-        columns = [[c - k * per_in for c in kept_in[k]] for k in alive for _ in kept_out[k]]
-        cut.resize_weighted(node, rows, columns, groups=len(alive))
+        groups = _conv_groups(edit.gm, node)
+        if groups > 1 and groups == edit.channels(source):          # depthwise: one group per input channel
+            inputs = edit.index(source)
+            edit.resize_weighted(node, edit.index(node), [[0]] * len(edit.index(node)), groups=len(inputs))
+            return
+        ins, outs = self._per_group(edit, node, groups)
+        per_in = edit.channels(source) // groups
+        alive = [k for k in range(groups) if outs[k]]
+        rows = [o for k in alive for o in outs[k]]
+        columns = [[c - k * per_in for c in ins[k]] for k in alive for _ in outs[k]]
+        edit.resize_weighted(node, rows, columns, groups=len(alive))
 
     @staticmethod
-    def _kept_per_group(cut, node, groups):
-        c_in, c_out = cut.channels(node.args[0]), cut.channels(node)
-        removed_in, removed_out = set(cut.removed(node.args[0])), set(cut.removed(node))
-        per_in, per_out = c_in // groups, c_out // groups
-        kept_in = [[c for c in range(k * per_in, (k + 1) * per_in) if c not in removed_in] for k in range(groups)]
-        kept_out = [[o for o in range(k * per_out, (k + 1) * per_out) if o not in removed_out] for k in range(groups)]
-        return kept_in, kept_out
+    def _per_group(edit, node, groups):
+        """The new input and output channels of each group, as old indices."""
+        per_in, per_out = edit.channels(node.args[0]) // groups, edit.channels(node) // groups
+        ins = [[c for c in edit.index(node.args[0]) if c // per_in == k] for k in range(groups)]
+        outs = [[o for o in edit.index(node) if o // per_out == k] for k in range(groups)]
+        return ins, outs
+
+
+def _runs_in_order(index: list[int], per: int) -> bool:
+    """Whether the channels of each group (`per` old channels each) stay together, in group order."""
+    groups = [c // per for c in index]
+    return groups == sorted(groups)
 
 
 class _WeightedLayer(ChannelOp):
@@ -87,9 +102,9 @@ class _WeightedLayer(ChannelOp):
             rel.fresh(node)
             rel.reads(node, node.args[0])
 
-    def cut(self, cut, node):
-        if cut.removed(node.args[0]) or cut.removed(node):
-            cut.resize_weighted(node, cut.kept(node), cut.kept(node.args[0]))
+    def resize(self, edit, node):
+        if edit.changed(node.args[0]) or edit.changed(node):
+            edit.resize_weighted(node, edit.index(node), edit.index(node.args[0]))
 
 
 class TransposedConvolution(_WeightedLayer):
@@ -116,9 +131,9 @@ class Linear(_WeightedLayer):
         rel.set_axis(node, rel.rank(node) - 1)
         super().relate(rel, node)
 
-    def cut(self, cut, node):
-        if cut.channel_axis(node.args[0]) == len(cut.shape(node.args[0])) - 1:
-            super().cut(cut, node)
+    def resize(self, edit, node):
+        if edit.channel_axis(node.args[0]) == len(edit.shape(node.args[0])) - 1:
+            super().resize(edit, node)
 
 
 def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
