@@ -287,8 +287,9 @@ def _onnx(gm, x):
 
 def _grow(gm):
     """A function-preserving growth of every stage: one more layer in its last dense block, else
-    ZeroInit after a residual block, identity (or ZeroInit in a new shortcut) after a plain one (a
-    refusal, with its reason, where the block fits none)."""
+    `grow(init="zero")` after a residual or branch block (the copy of a branch block in a new
+    shortcut), identity (or ZeroInit in a new shortcut) after a plain one (a refusal, with its
+    reason, where the block fits none)."""
     import graphmorph
     import transforms
     grown, reasons, stages = [], {}, graphmorph.find_stages(gm)
@@ -297,7 +298,7 @@ def _grow(gm):
         try:
             if dense is not None:
                 transforms.grow_dense(gm, dense)
-            elif stage.block_info[-1].kind == "residual":
+            elif stage.block_info[-1].kind != "plain":
                 transforms.grow(gm, stage=stage.index, init="zero")
             else:
                 _grow_plain(gm, stage.index)

@@ -10,7 +10,7 @@ import transforms
 from graphmorph.graph.history import history
 from graphmorph.graph.layers import LayerSurgery
 from graphmorph.models import arch_of, build, parse_arch
-from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, cnns, seed_nets
+from graphmorph.testing import assert_preserves_function, assert_valid_rewrite, cnns, randomize_state, seed_nets
 from graphmorph.graph.verify import parameter_count
 from zoo import ZOO
 
@@ -332,7 +332,91 @@ def test_a_zero_init_refusal_of_a_dense_block_names_grow_dense_and_its_advice_wo
     gm = graphmorph.capture(DenseNetish(), torch.randn(2, 3, 32, 32))
     with pytest.raises(graphmorph.RewriteError, match=r"block 'block1' is a dense block: .*"
                                                       r"transforms.grow_dense\(gm, 'block1'\)") as refused:
-        transforms.grow(gm, stage=0, init="zero")
+        transforms.apply(gm, transforms.Grow(after="block1", stage=0, init="zero", std=1.0, seed=0))
     assert "init='identity'" not in str(refused.value)
     grown = transforms.grow_dense(gm, "block1")    # the advice, verified as a morphism by the rewrite itself
     assert parameter_count(grown) > parameter_count(gm)
+
+
+# --------------------------------------------------------------------------- branch and dense blocks
+
+
+class _Conv(torch.nn.Sequential):
+    def __init__(self, cin, cout, kernel=1):
+        super().__init__(torch.nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+                         torch.nn.BatchNorm2d(cout), torch.nn.ReLU())
+
+
+class _Inception(torch.nn.Module):
+    """GoogLeNet's module in small: parallel branches joined by a concatenation, no shortcut."""
+
+    BRANCHES = 3
+
+    def __init__(self, cin, width):
+        super().__init__()
+        self.b1 = _Conv(cin, width)
+        self.b2 = torch.nn.Sequential(_Conv(cin, width), _Conv(width, width, 3))
+        self.b3 = torch.nn.Sequential(torch.nn.MaxPool2d(3, 1, 1), _Conv(cin, width))
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1)
+
+
+class _Fire(torch.nn.Module):
+    """SqueezeNet's fire module: squeeze, then two expanding convolutions concatenated."""
+
+    BRANCHES = 2
+
+    def __init__(self, cin, width):
+        super().__init__()
+        self.squeeze, self.e1, self.e3 = (torch.nn.Conv2d(cin, 2, 1), torch.nn.Conv2d(2, width, 1),
+                                          torch.nn.Conv2d(2, width, 3, padding=1))
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(x))
+        return torch.cat([torch.relu(self.e1(x)), torch.relu(self.e3(x))], 1)
+
+
+def _branch_net(module):
+    torch.manual_seed(0)
+    width = 3 * 2 * module.BRANCHES     # as many channels out as in
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), module(4, 6), module(width, 6),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 3))
+
+
+@pytest.mark.parametrize("module", [_Inception, _Fire], ids=["inception", "fire"])
+def test_a_branch_block_grows_as_a_silenced_copy_inside_a_new_shortcut(module):
+    x = torch.randn(3, 3, 8, 8)
+    gm = graphmorph.capture(randomize_state(_branch_net(module)), x[:2])
+    assert graphmorph.find_stages(gm)[0].block_info[-1].kind == "branches"
+    grown = transforms.grow(gm, stage=0, init="zero")
+    record = history(grown)[-1]
+    assert record["shortcut"] is True and record["init"] == "zero"
+    new = next(b for b in graphmorph.find_blocks(grown) if b.name == record["new_block"])
+    assert new.kind == "residual" and new.shortcut == "identity"
+    assert_preserves_function(gm, grown, x, ("eval", "train"))
+    again = transforms.replay(graphmorph.capture(randomize_state(_branch_net(module)), x[:2]), [record])
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), grown.state_dict().values()))
+    derived = transforms.grow(gm, after="1", init="zero")        # a copy of the block that widens 4 channels
+    readers = [m.in_channels for m in derived.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert readers.count(4) == [m.in_channels for m in gm.modules() if isinstance(m, torch.nn.Conv2d)].count(4)
+    assert_preserves_function(gm, derived, x, ("eval", "train"))
+
+
+def test_a_branch_block_whose_branch_passes_its_input_on_is_refused_with_the_reason():
+    from pruning_zoo import PRUNING_ZOO
+    factory, size = PRUNING_ZOO["SplitNet"]
+    gm = graphmorph.capture(factory(), torch.randn(2, 3, size, size))
+    stage = next(s for s in graphmorph.find_stages(gm) if s.block_info[-1].kind == "branches")
+    with pytest.raises(graphmorph.RewriteError, match="passes the block's input on"):
+        transforms.grow(gm, stage=stage.index, init="zero")
+
+
+def test_grow_on_a_dense_block_adds_a_layer_by_grow_dense():
+    from third_party_forms import DenseNetish
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    gm = graphmorph.capture(randomize_state(DenseNetish().double()), x)
+    assert graphmorph.find_stages(gm)[0].block_info[-1].name == "block1"      # torchvision's form: "branches"
+    grown = transforms.grow(gm, stage=0, init="zero")
+    assert history(grown)[-1]["rewrite"] == "grow_dense"
+    assert_preserves_function(gm, grown, x, ("eval", "train"))

@@ -32,7 +32,7 @@ from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten, parameter_count
 from graphmorph.graph.copying import copied_meta
-from transforms.dense import is_dense_block
+from transforms.dense import grow_dense, is_dense_block
 from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
@@ -71,11 +71,17 @@ def grow(
     shape-preserving form of a reducing block (default: `Registry.default()`). With `shortcut`, a
     plain block's copy gets an identity shortcut around it, so that ZeroInit (or uni/gau/adam on
     its last affine layer) applies where the identity init does not (MobileNet's blocks that change
-    the channels). Raises RewriteError with the reason when the rewrite cannot apply.
+    the channels); a block of parallel branches (Inception, fire modules) gets one always, its copy's
+    every branch silenced. With init="zero", a dense block grows by `transforms.grow_dense` (one
+    more layer, recorded as such). Raises RewriteError with the reason when the rewrite cannot apply.
     """
     with unchanged(gm):  # finding the template and the rewrite's check share one block analysis
         template = _template(gm, stage, after, registry)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        if init == "zero" and template.kind != "residual" and is_dense_block(gm, template.name):
+            return grow_dense(gm, template.name, seed=seed, example_input=example_input, verify=verify,
+                              registry=registry)
+        shortcut = shortcut or (template.kind == "branches" and init != "identity")
         rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, shortcut=shortcut,
                        adam_options=adam_options, registry=registry)
         return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
@@ -197,9 +203,9 @@ class _Plan:
 
 def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, registry: Registry) -> str | None:
     name = block.name
-    if shortcut and (block.kind != "plain" or init == "identity"):
-        return (f"shortcut=True wraps a plain block's copy for init='zero', 'uni', 'gau' or 'adam'; block "
-                f"{name!r} is {block.kind} and init is {init!r}")
+    if shortcut and (block.kind not in ("plain", "branches") or init == "identity"):
+        return (f"shortcut=True wraps a plain or branch block's copy for init='zero', 'uni', 'gau' or 'adam'; "
+                f"block {name!r} is {block.kind} and init is {init!r}")
     if init == "zero" and block.kind != "residual" and not shortcut:
         return _zero_refusal(gm, block)
     if init == "identity" and block.kind == "branches":
@@ -214,6 +220,10 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, r
         if after is not None:
             return (f"init='zero' silences block {name!r}'s residual branch, but the block applies "
                     f"{after} after its residual add, so a silenced copy would apply it twice")
+    if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None and block.kind == "branches":
+        return (f"init={init!r} silences each parallel branch of block {name!r} at its last affine layer, and one "
+                "of them has none: it passes the block's input on (as a channel-split unit's untouched half "
+                "does), or ops after the merge do not keep zero at zero, so no copy of it starts as an identity")
     if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None:
         return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
                 "end in a BatchNorm, conv or linear module, or a layer scale (a product with a parameter), "
@@ -237,7 +247,8 @@ def _zero_refusal(gm: fx.GraphModule, block: Block) -> str:
         return (f"{why}, but block {name!r} is a dense block: it concatenates its input with new features; "
                 f"add a layer to it with transforms.grow_dense(gm, {name!r}), which preserves the function")
     return (f"{why}, but block {name!r} joins parallel branches with no shortcut (an Inception or fire module, "
-            "a channel-shuffle unit), so no init makes its copy an identity")
+            "a channel-shuffle unit); shortcut=True wraps its copy in one, with every branch silenced "
+            "(grow does so for such a block)")
 
 
 def _plan(work: fx.GraphModule, template: Block) -> _Plan:

@@ -430,8 +430,13 @@ class _Analysis:
         if cores:
             structures = [self._merge_structure(core) for core in cores]
             kind, shortcut, shortcut_nodes, _ = structures[0]
-            ends = [self._last_affine(branch, core.inner) if branch is not None else None
-                    for core, (_, _, _, branch) in zip(cores, structures)]
+            if kind == "branches":   # every parallel branch of every merge, silenced, silences the block
+                ends = [self._last_affine(i, core.inner) for core in cores
+                        for i in core.exit.all_input_nodes if i in self.graph]
+                ends += [] if self._passes_zero(last.exit, cores[-1].exit) else [None]
+            else:
+                ends = [self._last_affine(branch, core.inner) if branch is not None else None
+                        for core, (_, _, _, branch) in zip(cores, structures)]
         else:  # a plain block is all branch
             kind, shortcut, shortcut_nodes = "plain", None, ()
             ends = [self._last_affine(last.exit, frozenset(nodes))]
@@ -494,6 +499,15 @@ class _Analysis:
                 return None
         return None
 
+
+    def _passes_zero(self, node: fx.Node, merge: fx.Node) -> bool:
+        """Whether the ops from `merge` to `node` (one input each) keep zero at zero."""
+        while node is not merge:
+            inputs = [i for i in node.all_input_nodes if i in self.graph]
+            if len(inputs) != 1 or not self.registry.has(self.gm, node, "zero_preserving"):
+                return False
+            node = inputs[0]
+        return True
 
     def _learned(self, node: fx.Node) -> bool:
         """A layer with learned weights on the data path: conv, linear, attention or layer scale."""

@@ -261,8 +261,9 @@ class ChannelDependencies:
         count: dict[int, int] = {}
         for root in copies:
             count[root] = count.get(root, 0) + 1
-        return {node.name: _with_copies(roots, [count.get(r, 0) for r in roots])
-                for node, roots in self.root.items() if any(r in count for r in roots)}
+        touched = {node for root in count for node, _ in self._slots_of_class[root]}
+        return {node.name: _with_copies(self.root[node], [count.get(r, 0) for r in self.root[node]])
+                for node in sorted(touched, key=self.order.__getitem__)}
 
     def downstream(self, start: fx.Node, channels: Iterable[int],
                    within: Collection[fx.Node] | None = None) -> dict[str, list[int]]:
