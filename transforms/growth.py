@@ -81,7 +81,7 @@ def grow(
         if init == "zero" and template.kind != "residual" and is_dense_block(gm, template.name):
             return grow_dense(gm, template.name, seed=seed, example_input=example_input, verify=verify,
                               registry=registry)
-        shortcut = shortcut or (template.kind == "branches" and init != "identity")
+        shortcut = shortcut or (template.kind in ("branches", "dense") and init != "identity")
         rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, shortcut=shortcut,
                        adam_options=adam_options, registry=registry)
         return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
@@ -203,9 +203,9 @@ class _Plan:
 
 def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, registry: Registry) -> str | None:
     name = block.name
-    if shortcut and (block.kind not in ("plain", "branches") or init == "identity"):
-        return (f"shortcut=True wraps a plain or branch block's copy for init='zero', 'uni', 'gau' or 'adam'; "
-                f"block {name!r} is {block.kind} and init is {init!r}")
+    if shortcut and (block.kind == "residual" or init == "identity"):
+        return (f"shortcut=True wraps a plain, branch or dense block's copy for init='zero', 'uni', 'gau' or "
+                f"'adam'; block {name!r} is {block.kind} and init is {init!r}")
     if init == "zero" and block.kind != "residual" and not shortcut:
         return _zero_refusal(gm, block)
     if init == "identity" and block.kind == "branches":
@@ -252,8 +252,11 @@ def _zero_refusal(gm: fx.GraphModule, block: Block) -> str:
 
 
 def _plan(work: fx.GraphModule, template: Block) -> _Plan:
+    """The copy of `template` to stack after it: its shape-preserving form (the identity for a
+    shortcut with a layer, RepVGG's BatchNorm, so that a silenced copy is the identity) where the
+    block changes the shape or has such a shortcut, else the block as it is."""
     nodes = ops.nodes_by_name(work.graph)
-    derived = not template.growable
+    derived = not template.growable or any(ops.is_affine(work, nodes[n]) for n in template.shortcut_nodes)
     if derived and template.kind == "dense":
         raise RewriteError(
             f"block {template.name!r} is not shape-preserving and cannot be made so: it concatenates its input, "

@@ -430,13 +430,11 @@ class _Analysis:
         if cores:
             structures = [self._merge_structure(core) for core in cores]
             kind, shortcut, shortcut_nodes, _ = structures[0]
-            if kind == "branches":   # every parallel branch of every merge, silenced, silences the block
-                ends = [self._last_affine(i, core.inner) for core in cores
-                        for i in core.exit.all_input_nodes if i in self.graph]
-                ends += [] if self._passes_zero(last.exit, cores[-1].exit) else [None]
-            else:
-                ends = [self._last_affine(branch, core.inner) if branch is not None else None
-                        for core, (_, _, _, branch) in zip(cores, structures)]
+            ends = [end for core, (_, _, _, branch) in zip(cores, structures)
+                    for end in (self._branch_ends(branch, core.inner) if branch is not None else [None])]
+            if kind in ("branches", "dense"):   # silenced where the whole block is (an affine layer after its merge)
+                whole = self._branch_ends(last.exit, frozenset(nodes))
+                ends = whole if kind == "branches" or None not in whole else ends
         else:  # a plain block is all branch
             kind, shortcut, shortcut_nodes = "plain", None, ()
             ends = [self._last_affine(last.exit, frozenset(nodes))]
@@ -500,14 +498,19 @@ class _Analysis:
         return None
 
 
-    def _passes_zero(self, node: fx.Node, merge: fx.Node) -> bool:
-        """Whether the ops from `merge` to `node` (one input each) keep zero at zero."""
-        while node is not merge:
-            inputs = [i for i in node.all_input_nodes if i in self.graph]
-            if len(inputs) != 1 or not self.registry.has(self.gm, node, "zero_preserving"):
-                return False
-            node = inputs[0]
-        return True
+    def _branch_ends(self, node: fx.Node, region: frozenset[fx.Node]) -> list[fx.Node | None]:
+        """The affine layers that, set to zero, make `node` zero: its last affine layer, else, back
+        through zero-preserving ops to a merge (concatenation or add), those of every merged
+        branch, nested merges included; None for a branch that has none (the block's input, passed on)."""
+        end = self._last_affine(node, region)
+        inputs = [i for i in node.all_input_nodes if i in self.graph]
+        if end is not None or node not in region:
+            return [end]
+        if (ops.is_cat(node) or ops.is_add(node)) and len(inputs) > 1:
+            return [e for i in inputs for e in self._branch_ends(i, region)]
+        if len(inputs) == 1 and self.registry.has(self.gm, node, "zero_preserving"):
+            return self._branch_ends(inputs[0], region)
+        return [None]
 
     def _learned(self, node: fx.Node) -> bool:
         """A layer with learned weights on the data path: conv, linear, attention or layer scale."""
