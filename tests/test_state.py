@@ -80,7 +80,11 @@ def test_growth_carries_every_old_tensor(spec, data):
     except graphmorph.RewriteError:
         return  # which blocks can grow is tested in test_grow
     assert_source_untouched(gm, state)
-    assert_state_carried(gm, grown, added=(history(grown)[-1]["new_block"],))
+    record = history(grown)[-1]
+    if record["rewrite"] == "grow_dense":      # a dense block grows a layer; its readers take more inputs
+        assert_state_carried(gm, grown, added=(record["new_layer"],), resized=True)
+    else:
+        assert_state_carried(gm, grown, added=(record["new_block"],))
     assert grown.training == gm.training
     assert_replays_to_the_same_state(gm, grown)
 
