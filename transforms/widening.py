@@ -20,13 +20,13 @@ one-group norm over them, a mean over them, attention's q·k contraction, and wh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import fx
 
 from graphmorph.errors import Refusal, RewriteError
-from graphmorph.graph.channel_surgery import KEPT_KEY, apply_edit, check_edit, copies
+from graphmorph.graph.channel_surgery import KEPT_KEY, WidthInit, apply_edit, check_edit, copies
 from graphmorph.graph.channels import ChannelDependencies, channel_dependencies
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.shapes import Inputs
@@ -82,17 +82,17 @@ class Widen(Rewrite):
 
     def edit(self, step: Step) -> Edit:
         gm, deps = step.source, channel_dependencies(step.source, self.registry)
-        index = deps.widening(self._copied(deps))
+        copied = self._copied(deps)
+        index = deps.widening(copied)
         edit = apply_edit(step.work, index, deps.registry, deps.layout, _INITS[self.init](self.seed))
         step.work.meta[KEPT_KEY] = edit.kept_indices
         stochastic = any(deps.registry.has(gm, n, "stochastic") for n in gm.graph.nodes if n.name in index)
         return Edit(edit.param_delta, lambda: gm, ("eval",) if stochastic else ("eval", "train"),
-                    atol=self._tolerance(gm, deps))
+                    atol=self._tolerance(gm, copied))
 
-    def _tolerance(self, gm: fx.GraphModule, deps: ChannelDependencies) -> float:
+    def _tolerance(self, gm: fx.GraphModule, copied: list[int]) -> float:
         """Exact, except that "split" divides columns by 3, 5, ... copies where n exceeds the group's
         size: then float32 weights hold the shares rounded (relative error 2**-24 each)."""
-        copied = self._copied(deps)
         shares = {1 + copied.count(c) for c in set(copied)}
         exact = self.init == "zero" or all(s & (s - 1) == 0 for s in shares) \
             or all(p.dtype == torch.float64 for p in gm.parameters())
@@ -144,9 +144,6 @@ class ZeroInit:
 class SplitInit:
     """Copies kept; readers' columns for a channel and its copies divided among them (Net2WiderNet)."""
 
-    def __init__(self, seed: int):
-        pass
-
     def weights(self, weight: torch.Tensor, rows: list[int], columns: list) -> None:
         for row, positions in _columns_per_row(columns):
             if len(set(positions)) < len(positions):
@@ -165,5 +162,5 @@ def _columns_per_row(columns: list):
     return [(slice(None), list(columns))]
 
 
-_INITS: dict[str, type] = {"zero": ZeroInit, "split": SplitInit}
+_INITS: dict[str, Callable[[int], WidthInit]] = {"zero": ZeroInit, "split": lambda seed: SplitInit()}
 WIDEN_INITS = tuple(_INITS)

@@ -69,9 +69,10 @@ class ChannelEdit(TensorQuestions):
         self._done.add(path)
         old = ops.attribute(self.gm, path)
         selected = old.detach().index_select(dim, torch.as_tensor(list(index), dtype=torch.long, device=old.device))
-        value = self.init.entry(path) if self.init is not None and copies(list(index)) else None
+        added = copies(list(index))
+        value = self.init.entry(path) if self.init is not None and added else None
         if value is not None:
-            selected.index_fill_(dim, torch.as_tensor(copies(list(index)), device=old.device), value)
+            selected.index_fill_(dim, torch.as_tensor(added, device=old.device), value)
         self._store(path, selected, [_step(dim, list(index))])
 
     def resize_weighted(self, node: fx.Node, rows: list[int], columns: list[int] | list[list[int]],

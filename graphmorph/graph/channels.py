@@ -312,8 +312,7 @@ class ChannelDependencies:
         index = {}
         for name, channels in reached.items():
             node, last = self.by_name[name], set(channels)
-            width = self.rel.width[node] if node in self.rel.width else len(channels)
-            marks = [c in last for c in range(width)]
+            marks = [c in last for c in range(self.rel.width[node])]
             index[name] = _with_copies(marks, [added if m else 0 for m in marks])
         return index
 
