@@ -2,7 +2,7 @@
 verified torch.fx graph rewrite.
 
 The core (this package's top level) captures models, analyses their graphs, counts FLOPs and
-exports ONNX. Rewrites live in `transforms`; the search algorithms and the command line import
+exports ONNX and torch.export programs. Rewrites live in `transforms`; the search algorithms and the command line import
 the core, never the other way round.
 """
 from graphmorph import models
@@ -14,6 +14,7 @@ from graphmorph.errors import (
     ShapeError,
 )
 from graphmorph.graph.export import ExportReport, export_onnx
+from graphmorph.graph.program import ProgramReport, save_program
 from graphmorph.graph.registry import Registry
 from graphmorph.graph.flops import FlopReport, count_flops
 from graphmorph.graph.history import history
@@ -38,7 +39,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "models", "capture", "find_stages", "find_blocks", "dataflow_graph", "Block", "Stage",
-    "count_flops", "FlopReport", "export_onnx", "ExportReport", "verify", "VerifyReport", "history",
+    "count_flops", "FlopReport", "export_onnx", "ExportReport", "save_program", "ProgramReport", "verify", "VerifyReport", "history",
     "history_document", "read_history", "ModelSource", "load_data", "Dataset", "DataError",
     "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",

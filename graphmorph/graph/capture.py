@@ -15,13 +15,17 @@ from torch import fx, nn
 
 from graphmorph.errors import CaptureError, first_line
 from graphmorph.graph.ops import device_of
-from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs
+from graphmorph.graph.lifting import export_module, lift
+from graphmorph.graph.quiet import quiet_torch_export
+from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs, evaluating, kept_buffers
 
 INPUT_SPEC_KEY = "graphmorph.input_spec"
+INPUT_RANGE_KEY = "graphmorph.input_range"   # (low, high) of each integer example input (token ids), else None
 MODEL_NAME_KEY = "graphmorph.model_name"
 AUTO_LEAVES_KEY = "graphmorph.auto_leaves"
 STRUCTURE_KEY = "graphmorph.structure"   # what `model.graphmorph_structure()` declared, kept current by rewrites
 _TORCH_DIR = os.path.dirname(torch.__file__)
+_GRAPHMORPH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def capture(
@@ -29,8 +33,21 @@ def capture(
     example_input: torch.Tensor | Inputs,
     leaf_modules: Iterable[type[nn.Module] | str] = (),
     untraceable: str = "refuse",
+    method: str = "auto",
+    example_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> fx.GraphModule:
-    """Trace `model` with torch.fx and annotate every node with its shape for `example_input`.
+    """Capture `model` as a GraphModule and annotate every node with its shape for `example_input`.
+
+    `method="fx"` traces symbolically; `method="export"` captures through `torch.export`
+    (non-strict) and lifts the ATen graph back to the user's modules and torch functions
+    (`graphmorph.graph.lifting`): what reaches today's Hugging Face transformers and models with
+    Python control flow. `"auto"` (the default) traces, and exports where tracing fails or where
+    `example_kwargs` (keyword tensors such as an attention mask) are given. A captured export
+    takes its inputs positionally in the order `example_input` then `example_kwargs` (keywords
+    work too) and returns what the model returns (a transformers `ModelOutput` stays one); its
+    batch size, and the sequence length of integer inputs, are free. A transformers model's
+    `config.use_cache` is turned off in the captured copy (a cache is not a tensor torch.export
+    can return).
 
     The model is deep-copied first: the returned GraphModule owns its parameters, and nothing the
     caller holds is changed. `leaf_modules` lists module classes or qualified names that fx should
@@ -48,8 +65,85 @@ def capture(
         raise CaptureError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
     if untraceable not in ("refuse", "leaf"):
         raise CaptureError(f"untraceable must be 'refuse' or 'leaf', got {untraceable!r}")
+    if method not in ("auto", "fx", "export"):
+        raise CaptureError(f"method must be 'auto', 'fx' or 'export', got {method!r}")
     inputs = as_inputs(example_input)
-    leaf_types, leaf_names = _split_leaves(leaf_modules)
+    leaves = _split_leaves(leaf_modules)
+    kwargs = dict(example_kwargs or {})
+    if not all(isinstance(v, torch.Tensor) for v in kwargs.values()):
+        raise CaptureError("example_kwargs must map argument names to tensors (an attention mask, token "
+                           "type ids); pass other settings to the model's constructor or config")
+    if method == "export" or (method == "auto" and kwargs):
+        gm = _capture_exported(model, inputs, kwargs)
+    else:
+        try:
+            gm = _capture_traced(model, inputs, leaves, untraceable)
+        except CaptureError as traced:
+            if method == "fx":
+                raise
+            try:
+                gm = _capture_exported(model, inputs, kwargs)
+            except CaptureError as exported:
+                raise CaptureError(f"neither front-end captures {type(model).__name__}: fx: {traced} | "
+                                   f"torch.export: {exported}") from exported
+    _record_model(gm, model, (*inputs, *kwargs.values()))
+    annotate_shapes(gm, (*inputs, *kwargs.values()))
+    return gm
+
+
+def _capture_exported(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                      kwargs: dict[str, torch.Tensor]) -> fx.GraphModule:
+    """Capture through torch.export, lifted (see graphmorph.graph.lifting), checked against the
+    exported program on the example input."""
+    root = copy.deepcopy(model)
+    config = getattr(root, "config", None)
+    if getattr(config, "use_cache", False):
+        config.use_cache = False
+    try:
+        with quiet_torch_export():
+            exported = export_module(root, inputs, kwargs)
+    except Exception as err:
+        line = _user_line(err)
+        raise CaptureError(f"torch.export cannot capture {type(model).__name__}"
+                           f"{f' at {line}' if line else ''}: {type(err).__name__}: {first_line(err)}") from err
+    gm = lift(exported, root)
+    _check_lifted(exported, gm, inputs, kwargs)
+    return gm
+
+
+def _check_lifted(exported: fx.GraphModule, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...],
+                  kwargs: dict[str, torch.Tensor]) -> None:
+    """The lifted graph computes exactly what the exported one does on the example input (taking
+    the keyword inputs by position)."""
+    with torch.no_grad(), evaluating(gm), kept_buffers(gm):  # an exported module refuses eval()
+        expected = torch.utils._pytree.tree_leaves(exported(*inputs, **kwargs))
+        try:
+            found = torch.utils._pytree.tree_leaves(gm(*inputs, *kwargs.values()))
+        except Exception as err:
+            raise CaptureError(f"graphmorph's lift of the exported graph fails on the example input "
+                               f"({type(err).__name__}: {first_line(err)}); please report this model "
+                               f"(capture with method='fx' if it traces)") from err
+    same = len(expected) == len(found) and all(
+        torch.equal(a, b) for a, b in zip(expected, found) if isinstance(a, torch.Tensor))
+    if not same:
+        raise CaptureError("graphmorph's lift of the exported graph does not reproduce it on the example "
+                           "input; please report this model (capture with method='fx' if it traces)")
+
+
+def _record_model(gm: fx.GraphModule, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    gm.meta[INPUT_SPEC_KEY] = tuple((tuple(t.shape), t.dtype) for t in inputs)
+    gm.meta[INPUT_RANGE_KEY] = tuple(
+        None if t.is_floating_point() or t.is_complex() or t.numel() == 0 else (int(t.min()), int(t.max()))
+        for t in inputs)
+    gm.meta[MODEL_NAME_KEY] = type(model).__name__
+    declared = getattr(model, "graphmorph_structure", None)
+    if callable(declared):  # fx keeps only the leaf modules: a model's own structure would be lost
+        gm.meta[STRUCTURE_KEY] = declared()
+
+
+def _capture_traced(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+                    leaves: tuple[tuple[type, ...], frozenset[str]], untraceable: str) -> fx.GraphModule:
+    leaf_types, leaf_names = leaves
     made_leaves: list[type] = []
     while True:
         root = copy.deepcopy(model)
@@ -64,16 +158,10 @@ def capture(
                 raise CaptureError(_trace_failure_message(model, err)) from err
             made_leaves.append(failed)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
-    gm.meta[INPUT_SPEC_KEY] = tuple((tuple(t.shape), t.dtype) for t in inputs)
-    gm.meta[MODEL_NAME_KEY] = type(model).__name__
-    declared = getattr(model, "graphmorph_structure", None)
-    if callable(declared):  # fx keeps only the leaf modules: a model's own structure would be lost
-        gm.meta[STRUCTURE_KEY] = declared()
     if made_leaves:
         gm.meta[AUTO_LEAVES_KEY] = [cls.__name__ for cls in made_leaves]
         warnings.warn(f"fx cannot trace {', '.join(gm.meta[AUTO_LEAVES_KEY])}: captured as leaf modules "
-                      "(rewrites treat each call as one opaque layer)", stacklevel=2)
-    annotate_shapes(gm, inputs)
+                      "(rewrites treat each call as one opaque layer)", stacklevel=3)
     return gm
 
 
@@ -191,7 +279,8 @@ def _trace_failure_message(model: nn.Module, err: Exception) -> str:
 
 def _user_line(err: Exception) -> str | None:
     """file:line of the innermost frame outside torch, i.e. the user's code that failed."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if not f.filename.startswith((_TORCH_DIR, _GRAPHMORPH_DIR))]
     if not frames:
         return None
     frame = frames[-1]

@@ -85,7 +85,7 @@ class ChannelEdit(TensorQuestions):
         if key in self._done:
             return
         self._done.add(key)
-        transposed = isinstance(module, ops.CONV_TRANSPOSE_MODULES)
+        transposed = ops.stores_weight_transposed(module)
         weight_path, bias_path = self._weight_paths(node, module)
         old = ops.attribute(self.gm, weight_path).detach()
         steps = _weight_steps(rows, columns)
@@ -122,6 +122,9 @@ class ChannelEdit(TensorQuestions):
         """Update a convolution's or linear layer's size attributes (in place: the graph is a copy)."""
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = weight.shape
+            return
+        if not isinstance(module, (*ops.CONV_MODULES, *ops.CONV_TRANSPOSE_MODULES)):   # GPT-2's Conv1D
+            module.nx, module.nf = weight.shape
             return
         module.groups = groups if groups is not None else module.groups
         if isinstance(module, ops.CONV_TRANSPOSE_MODULES):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Iterable, Sequence
 
+import torch
 from torch import fx
 
 from graphmorph.graph import ops
@@ -363,7 +364,9 @@ class ChannelDependencies:
             return
         if node.op == "placeholder":
             rel.data.add(node)
-            if rel.channels(node) is not None:
+            if not _is_floating(node):
+                rel.free.add(node)   # token ids, a mask: data without channels
+            elif rel.channels(node) is not None:
                 rel._slots(node)
                 rel.refuse(node, f"its channels come from the model's input {node.name!r}")
             return
@@ -377,7 +380,8 @@ class ChannelDependencies:
             rel.constants.add(node)  # a view of a parameter, arithmetic on sizes, a size read from a tensor
             return
         rel.data.add(node)
-        if all(a in rel.free for a in inputs) and not (ops.is_conv(self.gm, node) or ops.is_linear(self.gm, node)):
+        if all(a in rel.free for a in inputs) and not (ops.is_conv(self.gm, node) or ops.is_linear(self.gm, node)
+                                                       or getattr(rel.handler(node), "makes_channels", False)):
             rel.free.add(node)   # softmax, scaling, views, a bias or mask added, dropout: still no channels
             return
         rank = rel.rank(node)
@@ -509,6 +513,11 @@ def _with_copies(keys: list, counts: list[int]) -> list[int]:
             widened += list(range(start, end)) * (1 + counts[start])
             start = end
     return widened
+
+
+def _is_floating(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return getattr(meta, "dtype", torch.float32).is_floating_point
 
 
 def _holds_tensors(node: fx.Node) -> bool:

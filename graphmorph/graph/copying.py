@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import warnings
 from typing import Callable, Iterator, TypeVar
 
 from torch import fx, nn
@@ -29,9 +30,14 @@ def gc_paused() -> Iterator[None]:
 
 
 def deep_copy(module: M) -> M:
-    """copy.deepcopy with the collector paused."""
-    with gc_paused():
+    """copy.deepcopy with the collector paused (and without torch 2.13's deprecation warning on
+    copying the tree specs an exported capture holds)."""
+    with gc_paused(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _TREESPEC_WARNING, FutureWarning)
         return copy.deepcopy(module)
+
+
+_TREESPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 def clone(gm: fx.GraphModule) -> fx.GraphModule:

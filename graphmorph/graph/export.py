@@ -2,13 +2,10 @@
 inputs and outputs, metadata, and optionally the input normalisation inside the graph."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import torch
 from torch import nn
 
 from graphmorph.errors import ExportError, first_line
+from graphmorph.graph.quiet import quiet_torch_export
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 
 __all__ = ["ExportReport", "export_onnx", "Normalized"]
@@ -164,7 +162,7 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: b
         dynamic_shapes = tuple({0: batch} for _ in inputs)
     names = {"input_names": list(input_names) if input_names else None,
              "output_names": list(output_names) if output_names else None}
-    with _quiet_exporter():
+    with quiet_torch_export():
         try:
             return torch.onnx.export(
                 model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, report=False, **names
@@ -184,22 +182,6 @@ def _export_cause(err: Exception) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {first_line(err)}"
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """Silence the exporter's progress prints, warnings and optional-dependency notices."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _batch_of(t: torch.Tensor, batch: int) -> torch.Tensor:

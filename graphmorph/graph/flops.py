@@ -189,6 +189,8 @@ def _hides_macs(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> bool:
 
 def _weight_shape(gm: fx.GraphModule, node: fx.Node) -> torch.Size:
     module = ops.module_of(gm, node)
+    if module is not None and ops.is_linear(gm, node) and ops.stores_weight_transposed(module):
+        return module.weight.shape[::-1]
     if module is not None:
         return module.weight.shape
     return ops.layer_weight(node).meta["tensor_meta"].shape

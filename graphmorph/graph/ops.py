@@ -26,6 +26,9 @@ POOL_MODULES = (
 CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 CONV_TRANSPOSE_FUNCTIONS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 LINEAR_FUNCTIONS = {F.linear}
+# linear layers of packages graphmorph does not import whose weight is stored [in, out]
+# (Hugging Face's GPT-2 `Conv1D`: `addmm(bias, x, weight)`)
+TRANSPOSED_LINEAR_NAMES = frozenset({"transformers.pytorch_utils.Conv1D"})
 NORM_FUNCTIONS = {F.batch_norm, F.group_norm, F.layer_norm, F.instance_norm}
 POOL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
@@ -112,7 +115,15 @@ def is_conv_transpose(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def is_linear(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return _is(gm, node, (nn.Linear,), LINEAR_FUNCTIONS)
+    return _is(gm, node, (nn.Linear,), LINEAR_FUNCTIONS) or (
+        node.op == "call_module" and stores_weight_transposed(module_of(gm, node)))
+
+
+def stores_weight_transposed(module: nn.Module | None) -> bool:
+    """Whether a layer's weight is stored [in, out, ...] rather than [out, in, ...]: a transposed
+    convolution, or a linear layer of `TRANSPOSED_LINEAR_NAMES`."""
+    return isinstance(module, CONV_TRANSPOSE_MODULES) or (
+        module is not None and f"{type(module).__module__}.{type(module).__qualname__}" in TRANSPOSED_LINEAR_NAMES)
 
 
 def is_weighted(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -22,14 +22,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph.graph import ops
-from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convolution, Elementwise, Expand,
+from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convolution, Elementwise, Embedding, Expand,
                                           FunctionalBatchNorm, GetItem, Ignore, Linear, MatMul, Pad, PassThrough,
                                           Permute, Reduce, Refuse, Reshape, ScaledDotProductAttention, Shift, Split,
                                           TransposedConvolution, Unbind)
 from graphmorph.graph.layers import DEFAULT_LAYERS, LayerSurgery
 
 __all__ = ["Registry", "Key", "Fact", "FACTS", "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS",
-           "DEFAULT_FACTS"]
+           "DEFAULT_FACTS", "UNARY_ELEMENTWISE"]
 
 Key = Union[type, Callable, str]
 Fact = Literal["zero_preserving", "activation", "layout", "stochastic", "no_macs", "idempotent"]
@@ -118,6 +118,13 @@ class Registry:
         """Whether `fact` holds for the node's op."""
         return fact in self.facts(gm, node)
 
+    def knows_module(self, module: nn.Module) -> bool:
+        """Whether any entry names `module`'s class (or a base class): captures through torch.export
+        keep such a module as one call."""
+        names = {f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__}
+        keys = (*self._channels.entries, *self._facts.entries, *self._layers)
+        return any(k in type(module).__mro__ or k in names for k in keys if isinstance(k, (type, str)))
+
     def layer_surgery(self, module: nn.Module) -> LayerSurgery | None:
         """How growth resizes `module`'s type (or its nearest registered base class), or None."""
         return next((self._layers[c] for c in type(module).__mro__ if c in self._layers), None)
@@ -131,6 +138,8 @@ _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Alp
 _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
 _LAYOUT_FUNCTIONS = (torch.permute, torch.transpose, torch.reshape, torch.flatten)
 _LAYOUT_METHODS = ("permute", "transpose", "reshape", "view", "flatten", "reshape_as", "view_as")
+# unary elementwise torch functions (the same name in torch and in ATen): channel c stays channel c
+UNARY_ELEMENTWISE = ("rsqrt", "sqrt", "exp", "log", "erf", "abs", "cos", "sin", "reciprocal")
 # stochastic depth of packages graphmorph does not import: it zeroes whole samples in train mode
 # (so f(0) == 0, channels pass through) and is the identity in eval mode
 STOCHASTIC_DEPTH_NAMES = (
@@ -157,7 +166,7 @@ DEFAULT_FACTS: dict[Key, frozenset[str]] = _facts(
     ((*_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, *STOCHASTIC_DEPTH_NAMES), {_ZERO, "stochastic"}),
     ((*_LAYOUT_FUNCTIONS, *_LAYOUT_METHODS), {_ZERO, "layout", _NO_MACS}),
     ((operator.getitem, torch.roll, "roll"), {_ZERO, _NO_MACS}),
-    ((nn.Identity, nn.Flatten, nn.Unflatten, *_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, getattr, torch.squeeze,
+    ((nn.Identity, nn.Flatten, nn.Unflatten, nn.Embedding, F.embedding, *_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, getattr, torch.squeeze,
       torch.unsqueeze, torch.chunk, torch.split, torch.mean, torch.sum, F.pad, *ops.CAT_FUNCTIONS,
       "contiguous", "size", "chunk", "split", "unbind", "squeeze", "unsqueeze", "expand", "mean", "sum", "dim",
       "float", "to", "type_as"), {_NO_MACS}),
@@ -172,6 +181,7 @@ DEFAULT_MODULES: dict[type, ChannelOp] = {
     **{t: Convolution() for t in ops.CONV_MODULES},
     **{t: TransposedConvolution() for t in ops.CONV_TRANSPOSE_MODULES},
     nn.Linear: Linear(),
+    nn.Embedding: Embedding(),
     **{t: _BATCH_NORM for t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)},
     **{t: PassThrough(("weight", "bias", "running_mean", "running_var"), "num_features")
        for t in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
@@ -193,9 +203,11 @@ DEFAULT_MODULES: dict[type, ChannelOp] = {
 DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     **{f: Convolution() for f in ops.CONV_FUNCTIONS},
     F.linear: Linear(),
+    F.embedding: Embedding(),
     F.batch_norm: FunctionalBatchNorm(),
     **{f: _PASS for f in (*_ACTIVATION_FUNCTIONS, *_DROPOUT_FUNCTIONS, *ops.POOL_FUNCTIONS, F.sigmoid, torch.sigmoid,
-                          F.hardsigmoid, F.interpolate, F.hardtanh, torch.clone)},
+                          F.hardsigmoid, F.interpolate, F.hardtanh, torch.clone, torch.pow,
+                          *(getattr(torch, name) for name in UNARY_ELEMENTWISE))},
     F.softmax: Refuse("normalises across a dimension"),
     torch.softmax: Refuse("normalises across a dimension"),
     **{f: Elementwise() for f in (*ops.ELEMENTWISE_BINARY_FUNCTIONS, torch.addcmul)},
@@ -226,7 +238,7 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.scaled_dot_product_attention: ScaledDotProductAttention(),
 }
 DEFAULT_METHODS: dict[str, ChannelOp] = {
-    **{m: _PASS for m in ("relu", "relu_", "tanh", "sigmoid", "contiguous", "clone", "float", "sigmoid_")},
+    **{m: _PASS for m in ("relu", "relu_", "tanh", "sigmoid", "contiguous", "clone", "float", "sigmoid_", "to")},
     "softmax": Refuse("normalises across a dimension"),
     **{m: Elementwise() for m in ops.ELEMENTWISE_BINARY_METHODS},
     "split": Split(),
@@ -251,4 +263,5 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
 
 
 _DEFAULT = Registry({**DEFAULT_MODULES, **DEFAULT_FUNCTIONS, **DEFAULT_METHODS,
-                     **{name: _PASS for name in STOCHASTIC_DEPTH_NAMES}}, DEFAULT_FACTS, DEFAULT_LAYERS)
+                     **{name: _PASS for name in STOCHASTIC_DEPTH_NAMES},
+                     **{name: Linear() for name in ops.TRANSPOSED_LINEAR_NAMES}}, DEFAULT_FACTS, DEFAULT_LAYERS)

@@ -49,13 +49,20 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 @contextlib.contextmanager
 def kept_buffers(module: nn.Module) -> Iterator[nn.Module]:
     """Restore every buffer's values on exit (running statistics a run may update in place)."""
-    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers()]
+    # an expanded buffer (transformers' position ids) shares memory between elements: nothing can
+    # write to it in place, and copying into it would fail
+    saved = [(buffer, buffer.detach().clone()) for buffer in module.buffers() if not _overlaps(buffer)]
     try:
         yield module
     finally:
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
+
+
+def _overlaps(tensor: torch.Tensor) -> bool:
+    """Whether some elements of `tensor` share memory (a stride-0 expansion)."""
+    return any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))
 
 
 def annotate_shapes(gm: fx.GraphModule, example_input: torch.Tensor | Inputs,

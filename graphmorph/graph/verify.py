@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import fx
 
-from graphmorph.graph.capture import INPUT_SPEC_KEY, example_inputs
+from graphmorph.graph.capture import INPUT_RANGE_KEY, INPUT_SPEC_KEY, example_inputs
 from graphmorph.graph.copying import deep_copy
 from graphmorph.errors import RewriteError, first_line
 from graphmorph.graph.rng import seeded
@@ -41,10 +41,18 @@ def verification_inputs(gm: fx.GraphModule, example_input=None) -> tuple[torch.T
     if INPUT_SPEC_KEY not in gm.meta:
         raise RewriteError("this graph was not made by graphmorph.capture: pass example_input=...")
     generator = torch.Generator().manual_seed(0)
-    return tuple(
-        torch.randn((max(2, t.shape[0]), *t.shape[1:]), generator=generator, dtype=t.dtype).to(t.device)
-        for t in example_inputs(gm)
-    )
+    ranges = gm.meta.get(INPUT_RANGE_KEY) or (None,) * len(gm.meta[INPUT_SPEC_KEY])
+    return tuple(_random_like(t, span, generator) for t, span in zip(example_inputs(gm), ranges))
+
+
+def _random_like(t: torch.Tensor, span: tuple[int, int] | None, generator: torch.Generator) -> torch.Tensor:
+    """Seeded random data shaped like `t` with batch >= 2: normal for floats, integers drawn within
+    the example input's range (token ids stay inside the vocabulary, a mask stays 0/1)."""
+    shape = (max(2, t.shape[0]), *t.shape[1:]) if t.dim() else ()
+    if span is None:
+        return torch.randn(shape, generator=generator, dtype=t.dtype).to(t.device)
+    low, high = span
+    return torch.randint(low, high + 1, shape, generator=generator).to(t.dtype).to(t.device)
 
 
 def annotate_rewritten(gm: fx.GraphModule, work: fx.GraphModule, inputs: Inputs, rewrite: str) -> bool:
@@ -149,10 +157,17 @@ def output_differences(
     inputs = tuple(t.double() if t.is_floating_point() else t for t in as_inputs(example_input))
     diffs = {}
     for mode in sorted(modes):
-        outputs = [_float64_output(model, inputs, mode == "train") for model in (before, after)]
+        outputs = [_flat(_float64_output(model, inputs, mode == "train")) for model in (before, after)]
         scale = max(1.0, float(outputs[0].abs().max())) if scaled else 1.0
         diffs[mode] = float((outputs[1] - outputs[0]).abs().max()) / scale
     return diffs
+
+
+def _flat(output) -> torch.Tensor:
+    """Every floating tensor of an output (a tensor, a tuple, a transformers ModelOutput) as one
+    float64 vector."""
+    leaves = [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+    return torch.cat([t.reshape(-1).double() for t in leaves]) if leaves else torch.zeros(0, dtype=torch.float64)
 
 
 def _float64_output(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], train: bool) -> torch.Tensor:

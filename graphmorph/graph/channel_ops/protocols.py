@@ -143,6 +143,10 @@ def _split_dim(node: fx.Node, rank: int) -> int:
 class ChannelOp:
     """How one kind of node relates and cuts channels; subclass it for a layer of your own."""
 
+    makes_channels = False
+    """True for an op whose output has channels although its inputs have none (an embedding of token
+    ids); a convolution or linear layer is known to."""
+
     def relate(self, rel: "Relating", node: fx.Node) -> None:
         raise NotImplementedError
 

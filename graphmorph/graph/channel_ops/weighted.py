@@ -8,7 +8,7 @@ from torch import fx
 from graphmorph.graph import ops
 from graphmorph.graph.channel_ops.protocols import ChannelOp, Relating
 
-__all__ = ["Convolution", "TransposedConvolution", "Linear", "output_weight"]
+__all__ = ["Convolution", "TransposedConvolution", "Linear", "Embedding", "output_weight"]
 
 
 class Convolution(ChannelOp):
@@ -136,10 +136,24 @@ class Linear(_WeightedLayer):
             super().resize(edit, node)
 
 
+class Embedding(ChannelOp):
+    """nn.Embedding / F.embedding: token ids in, a vector per token along the last dimension out.
+    That width is the model's hidden width, shared by every residual add and norm after it:
+    graphmorph keeps it (and so a tied output layer's)."""
+
+    makes_channels = True
+
+    def relate(self, rel, node):
+        rel.set_axis(node, rel.rank(node) - 1)
+        rel.fresh(node)
+        rel.refuse(node, f"{rel.describe(node)} sets the model's hidden width (every residual add and norm "
+                         f"shares it, and a tied output layer reads its weight): it is kept", inputs=False)
+
+
 def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     """The weight of a convolution or linear node with its output channels first, else None."""
     module = ops.module_of(gm, node)
-    if isinstance(module, ops.CONV_TRANSPOSE_MODULES):
+    if ops.stores_weight_transposed(module):
         return module.weight.transpose(0, 1)
     return _weight(gm, node) if ops.is_conv(gm, node) or ops.is_linear(gm, node) else None
 

@@ -1,0 +1,181 @@
+"""Hugging Face transformers 5.x models, built from small configs (random weights, nothing
+downloaded), through capture (torch.export), FLOP counting, pruning inside layers, growth of
+pre-norm layers and deployment. Oracles are the eager models themselves, FlopCounterMode, and
+masked copies of the eager models."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import graphmorph
+import transforms
+from graphmorph.testing import assert_preserves_function, assert_prune_equals_mask
+
+T = pytest.importorskip("transformers")
+
+_SIZES = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+              max_position_embeddings=32)
+
+
+def _llama():
+    return T.LlamaForCausalLM(T.LlamaConfig(vocab_size=48, num_key_value_heads=2, **_SIZES))
+
+
+def _qwen2():
+    return T.Qwen2ForCausalLM(T.Qwen2Config(vocab_size=48, num_key_value_heads=2, **_SIZES))
+
+
+def _gpt2():
+    return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=48, n_embd=16, n_layer=2, n_head=4, n_positions=32,
+                                          bos_token_id=0, eos_token_id=0))
+
+
+def _bert():
+    return T.BertModel(T.BertConfig(vocab_size=48, **_SIZES))
+
+
+def _vit():
+    return T.ViTForImageClassification(T.ViTConfig(image_size=16, patch_size=4, num_labels=3, **_SIZES))
+
+
+def _tokens(batch=2, length=8, seed=0):
+    return torch.randint(0, 48, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _pixels(batch=2, seed=0):
+    return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def _eager(model):
+    """The eager model as the oracle: eval mode, no cache in its output."""
+    model.eval()
+    if getattr(model.config, "use_cache", False):
+        model.config.use_cache = False
+    return model
+
+
+def _tensors(output):
+    return [t for t in torch.utils._pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("build", [_llama, _qwen2, _gpt2])
+def test_causal_lms_capture_exactly_with_their_default_config(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    assert model.config.use_cache   # the default, whose cache torch.export cannot return
+    gm = graphmorph.capture(model, _tokens())
+    other = _tokens(batch=3, length=5, seed=1)   # batch and sequence length are free
+    out = gm(other)
+    assert type(out) is type(_eager(model)(other))   # the ModelOutput, as the model returns it
+    assert torch.equal(out.logits, _eager(model)(other).logits)
+    modules = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
+    assert {"lm_head"} <= modules and any(m.endswith("1.mlp.down_proj") or m.endswith("1.mlp.c_proj") for m in modules)
+
+
+def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """q k^T and (scores) v, counted by hand: FlopCounterMode does not count the CPU kernel."""
+    *batch, queries, width = query
+    return 2 * math.prod(batch) * queries * key[-2] * (width + value[-1])
+
+
+@pytest.mark.parametrize("build, example", [(_llama, _tokens), (_gpt2, _tokens), (_bert, _tokens), (_vit, _pixels)])
+def test_flops_equal_what_flop_counter_mode_counts_on_the_eager_model(build, example):
+    torch.manual_seed(0)
+    model, x = _eager(build()), example()
+    gm = graphmorph.capture(model, x)
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        model(x)
+    assert 2 * graphmorph.count_flops(gm).total.macs == counter.get_total_flops()
+
+
+def test_a_keyword_attention_mask_stays_an_input():
+    torch.manual_seed(0)
+    model = _eager(_bert())
+    ids, mask = _tokens(), torch.ones(2, 8, dtype=torch.long)
+    gm = graphmorph.capture(model, ids, example_kwargs={"attention_mask": mask})
+    other_ids, other_mask = _tokens(3, 6, seed=2), torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
+    expected = model(other_ids, attention_mask=other_mask)
+    for found in (gm(other_ids, other_mask), gm(other_ids, attention_mask=other_mask)):
+        assert all(torch.equal(a, b) for a, b in zip(_tensors(found), _tensors(expected)))
+
+
+def test_gated_mlp_channels_prune_gate_and_up_together_and_equal_masking():
+    torch.manual_seed(0)
+    model = _eager(_llama())
+    x = _tokens()
+    gm = graphmorph.capture(model, x)
+    removed = [1, 4, 7, 20]
+    pruned = transforms.prune_channels(gm, "model.layers.0.mlp.gate_proj", removed)
+    for name in ("gate_proj", "up_proj"):
+        assert pruned.get_submodule(f"model.layers.0.mlp.{name}").out_features == 24 - len(removed)
+    assert pruned.get_submodule("model.layers.0.mlp.down_proj").in_features == 24 - len(removed)
+    assert pruned.get_submodule("model.layers.1.mlp.gate_proj").out_features == 24
+
+    def mask(copy):   # the captured model with the removed intermediate channels read as zero
+        copy.get_submodule("model.layers.0.mlp.down_proj").weight[:, removed] = 0
+
+    # against the captured graph, not the eager model: the graph keeps the float32 casts the model
+    # made at capture (LlamaRMSNorm's), where the eager model casts back to float64 in a float64 run
+    assert_prune_equals_mask(gm, pruned, mask, _tokens(3, 6, seed=3))
+
+
+@pytest.mark.parametrize("build, example", [(_llama, _tokens), (_gpt2, _tokens), (_bert, _tokens), (_vit, _pixels)])
+def test_prune_filters_on_transformers_is_verified_and_removes_macs(build, example):
+    torch.manual_seed(0)
+    model, x = _eager(build()), example()
+    gm = graphmorph.capture(model, x)
+    pruned = transforms.prune_filters(gm, 0.3)
+    before, after = graphmorph.count_flops(gm).total.macs, graphmorph.count_flops(pruned).total.macs
+    assert after < before
+    assert graphmorph.count_flops(pruned).total.params < graphmorph.count_flops(gm).total.params
+
+
+@pytest.mark.parametrize("build, example", [(_llama, _tokens), (_gpt2, _tokens), (_vit, _pixels)])
+def test_pre_norm_transformer_blocks_grow_preserving_the_function(build, example):
+    torch.manual_seed(0)
+    model, x = _eager(build()), example()
+    gm = graphmorph.capture(model, x)
+    grown = transforms.grow(gm, 0, init="zero")
+    blocks = [len(s.blocks) for s in graphmorph.find_stages(gm)]
+    assert [len(s.blocks) for s in graphmorph.find_stages(grown)] == [blocks[0] + 1, *blocks[1:]]
+    assert_preserves_function(gm, grown, example(3, seed=4))
+
+
+def test_the_hidden_width_is_refused_with_the_reason():
+    torch.manual_seed(0)
+    gm = graphmorph.capture(_eager(_llama()), _tokens())
+    hidden = next(g for g in graphmorph.channel_groups(gm) if "model.embed_tokens" in g.producers)
+    assert not hidden.prunable and "hidden width" in hidden.refused
+    with pytest.raises(graphmorph.RewriteError, match="hidden width"):
+        transforms.prune_channels(gm, "model.embed_tokens", [0])
+
+
+def test_a_pruned_lm_saves_as_a_program_that_runs_with_torch_alone(tmp_path):
+    torch.manual_seed(0)
+    gm = graphmorph.capture(_eager(_llama()), _tokens())
+    pruned = transforms.prune_filters(gm, 0.3)
+    report = graphmorph.save_program(pruned, tmp_path / "lm.pt2")
+    assert report.max_abs_diff <= 1e-5
+    script = (
+        "import sys, torch\n"
+        "sys.modules['transformers'] = sys.modules['graphmorph'] = None\n"   # neither may be imported
+        f"program = torch.export.load({str(tmp_path / 'lm.pt2')!r}).module()\n"
+        f"torch.save(program(torch.load({str(tmp_path / 'x.pt')!r}))['logits'], {str(tmp_path / 'y.pt')!r})\n"
+    )
+    x = _tokens(3, 5, seed=5)
+    torch.save(x, tmp_path / "x.pt")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert torch.equal(torch.load(tmp_path / "y.pt"), pruned.eval()(x).logits)
+
+
+def test_a_pruned_lm_exports_to_onnx_with_parity(tmp_path):
+    torch.manual_seed(0)
+    gm = graphmorph.capture(_eager(_gpt2()), _tokens())
+    report = graphmorph.export_onnx(transforms.prune_filters(gm, 0.3), tmp_path / "lm.onnx", _tokens())
+    assert report.max_abs_diff <= report.atol + report.rtol * report.output_scale
