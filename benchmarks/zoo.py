@@ -1,4 +1,5 @@
-"""The real model zoos: capture, FLOPs, stages, ONNX, growth, pruning and widening on torchvision and timm models.
+"""The real model zoos: capture, FLOPs, stages, ONNX, growth, pruning and widening on torchvision, timm and
+Hugging Face transformers models.
 
 Each model runs in its own subprocess with a time limit and gives one JSON line: per check a status
 (ok, refused with the reason, wrong, crash, timeout) and its numbers, and Torch-Pruning's result on
@@ -9,8 +10,15 @@ Its environment is a second virtual environment (torchvision and timm need a tor
 own; the project's stays on torch 2.13 CPU):
 
     python3 -m venv ../zoo-venv && ../zoo-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
-        timm torch-pruning onnx onnxruntime networkx && ../zoo-venv/bin/pip install --no-deps -e .
+        timm torch-pruning "transformers>=5" onnx onnxscript onnxruntime networkx \
+        && ../zoo-venv/bin/pip install --no-deps -e .
     ../zoo-venv/bin/python benchmarks/zoo.py --set all --timeout 900
+
+The Hugging Face suite (`--set hf`, models `hf:NAME` of `benchmarks/hf_models.py`, small configs,
+nothing downloaded) also checks that the blocks found are the config's layers (`layers`) and that
+the graph saves as a torch.export program that reloads with the same output (`program`); it needs
+`pip install transformers` in that environment. `--method export` captures every model through
+torch.export, to compare the engine on exported graphs with the default capture.
 
 Results: benchmarks/results/zoo-<set>-<device>.jsonl (one line per model) and .json (the summary).
 """
@@ -38,14 +46,16 @@ TIMM = ("resnet18", "resnet50d", "resnext26ts", "seresnet18", "convnext_atto", "
         "poolformer_s12", "edgenext_xx_small", "fastvit_t8", "mixer_s16_224", "resmlp_12_224", "mobilevit_xxs",
         "efficientformer_l1", "coatnet_nano_rw_224", "maxvit_nano_rw_256", "hrnet_w18_small", "inception_v3",
         "xception41", "dla34", "repvgg_a0", "mnasnet_100", "lcnet_050", "tinynet_e")
-CHECKS = ("capture", "flops", "stages", "onnx", "grow", "prune", "widen", "torch_pruning")
+CHECKS = ("capture", "flops", "stages", "layers", "onnx", "program", "grow", "prune", "widen", "torch_pruning")
 WIDEN_SEED = 0                   # which group of each kind the widen check draws
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=("torchvision", "timm", "all"), default="all")
-    parser.add_argument("--models", help="comma-separated tv:NAME / timm:NAME instead of a set")
+    parser.add_argument("--set", choices=("torchvision", "timm", "all", "hf"), default="all")
+    parser.add_argument("--models", help="comma-separated tv:NAME / timm:NAME / hf:NAME instead of a set")
+    parser.add_argument("--method", choices=("auto", "fx", "export"), default="auto",
+                        help="graphmorph.capture's front-end (default auto: fx where it traces)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per model (default 900)")
     parser.add_argument("--size", type=int, help="input height and width where the model runs at it "
                                                  "(default, and for fixed-size models: the model's own)")
@@ -64,7 +74,7 @@ def main() -> int:
     if only - set(CHECKS):
         parser.error(f"unknown checks {sorted(only - set(CHECKS))}; choose from {', '.join(CHECKS)}")
     if args.one:
-        print(json.dumps(check_model(args.one, args.size, args.tool, only)))
+        print(json.dumps(check_model(args.one, args.size, args.tool, only, args.method)))
         return 0
     if args.summarise:
         rows = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line.strip()]
@@ -73,13 +83,13 @@ def main() -> int:
     earlier = {row["model"]: row for row in map(json.loads, Path(args.keep).read_text().splitlines())} \
         if args.keep else {}
     names = args.models.split(",") if args.models else model_names(args.set)
-    label = "custom" if args.models else args.set
+    label = ("custom" if args.models else args.set) + ("-export" if args.method == "export" else "")
     out = Path(args.out) if args.out else RESULTS / f"zoo-{label}-{_device()}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with out.open("w") as stream:
         for k, name in enumerate(names, 1):
-            row = run_child(name, args.timeout, args.size, only)
+            row = run_child(name, args.timeout, args.size, only, args.method)
             if name in earlier:
                 row["checks"] = {**earlier[name]["checks"], **row["checks"]}
             rows.append(row)
@@ -113,21 +123,25 @@ def model_names(which: str) -> list[str]:
                 names.append(f"tv:{name}")
     if which in ("timm", "all"):
         names += [f"timm:{name}" for name in TIMM]
+    if which == "hf":
+        from hf_models import MODELS
+        names += [f"hf:{name}" for name in MODELS]
     return names
 
 
-def run_child(name: str, timeout: int, size: int | None, only: set[str]) -> dict:
+def run_child(name: str, timeout: int, size: int | None, only: set[str], method: str = "auto") -> dict:
     """graphmorph's checks and Torch-Pruning's in two subprocesses, each with its own time limit,
     so that one tool hanging or dying does not take the other's results with it."""
-    row = _child(name, timeout, size, only, "graphmorph", "capture")
-    if "torch_pruning" in only:
+    row = _child(name, timeout, size, only, "graphmorph", "capture", method)
+    if "torch_pruning" in only and not name.startswith("hf:"):
         row["checks"].update(_child(name, timeout, size, only, "torch_pruning", "torch_pruning")["checks"])
     return row
 
 
-def _child(name: str, timeout: int, size: int | None, only: set[str], tool: str, first: str) -> dict:
+def _child(name: str, timeout: int, size: int | None, only: set[str], tool: str, first: str,
+           method: str = "auto") -> dict:
     command = [sys.executable, __file__, "--one", name, "--tool", tool, "--only", ",".join(sorted(only)),
-               *(["--size", str(size)] if size else [])]
+               "--method", method, *(["--size", str(size)] if size else [])]
     began = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -153,19 +167,23 @@ def family(name: str) -> str:
 # ---------------------------------------------------------------------------------------------- one model
 
 
-def check_model(name: str, size: int | None, tool: str = "graphmorph", only: set[str] = set(CHECKS)) -> dict:
+def check_model(name: str, size: int | None, tool: str = "graphmorph", only: set[str] = set(CHECKS),
+                method: str = "auto") -> dict:
     import torch
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
     model, size = _build(name, size)
-    x = torch.randn(1, 3, size, size)
+    x = _example(name, size)
     began = time.perf_counter()
     checks: dict[str, dict] = {}
-    gm = _check(checks, "capture", lambda: _capture(model, x)) if tool == "graphmorph" else None
+    gm = _check(checks, "capture", lambda: _capture(model, x, method)) if tool == "graphmorph" else None
     if gm is not None:
         runs = {"flops": lambda: _flops(model, gm, x), "stages": lambda: _stages(gm), "onnx": lambda: _onnx(gm, x),
-                "grow": lambda: _grow(gm), "prune": lambda: _prune(gm), "widen": lambda: _widen(gm)}
+                "program": lambda: _program(gm, x), "grow": lambda: _grow(gm), "prune": lambda: _prune(gm),
+                "widen": lambda: _widen(gm)}
+        if name.startswith("hf:"):
+            runs["layers"] = lambda: _layers(model, gm)
         for check, run in runs.items():
             if check in only:
                 _check(checks, check, run)
@@ -180,6 +198,9 @@ def _build(name: str, size: int | None):
     import torch
 
     source, model_name = name.split(":", 1)
+    if source == "hf":
+        import hf_models
+        return hf_models.build(model_name), None
     if source == "tv":
         import torchvision
         model = torchvision.models.get_model(model_name, weights=None)
@@ -195,6 +216,16 @@ def _build(name: str, size: int | None):
         except Exception:  # noqa: BLE001 - a fixed-size model (ViT, Swin, ...): its own size
             size = None
     return model, size or default
+
+
+def _example(name: str, size: int | None):
+    """The model's input: a Hugging Face suite model's own (token ids or images), else one image."""
+    import torch
+
+    if name.startswith("hf:"):
+        import hf_models
+        return hf_models.example(name.split(":", 1)[1])
+    return torch.randn(1, 3, size, size)
 
 
 def _check(checks: dict, check: str, run):
@@ -232,9 +263,9 @@ def _where(filename: str) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
-def _capture(model, x):
+def _capture(model, x, method: str = "auto"):
     import graphmorph
-    gm = graphmorph.capture(model, x, untraceable="leaf")
+    gm = graphmorph.capture(model, x, untraceable="leaf", method=method)
     leaves = gm.meta.get("graphmorph.auto_leaves", [])
     return "ok", f"auto leaves: {', '.join(leaves)}" if leaves else "", gm
 
@@ -269,6 +300,30 @@ def _stages(gm):
     if not stages:
         return "refused", "no stages: no block with a spatial output was found", None
     return "ok", f"{len(stages)} stages, blocks {blocks}", {"blocks": blocks}
+
+
+def _layers(model, gm):
+    """The blocks found against the layers the model's config asks for."""
+    import graphmorph
+    import hf_models
+    found, expected = sum(len(s.blocks) for s in graphmorph.find_stages(gm)), hf_models.layers(model)
+    status = "ok" if found == expected else "wrong"
+    return status, f"{found} blocks found, {expected} layers in the config", {"blocks": found, "layers": expected}
+
+
+def _program(gm, x):
+    """save_program's .pt2 round trip (it reloads the file and compares)."""
+    import tempfile
+
+    import graphmorph
+    from graphmorph.errors import ExportError
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            report = graphmorph.save_program(gm, Path(folder) / "model.pt2", x)
+        except ExportError as err:
+            wrong = "differs" in str(err)
+            return ("wrong" if wrong else "refused"), str(err).splitlines()[0][:300], None
+    return "ok", f"max |reloaded - graph| {report.max_abs_diff:.3g}", {"max_abs_diff": report.max_abs_diff}
 
 
 def _onnx(gm, x):

@@ -4,7 +4,6 @@ own answers (stages, channel groups, FLOPs, a pruning and a growth) and through 
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import fx, nn
 
 import graphmorph

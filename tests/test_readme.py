@@ -21,6 +21,8 @@ def test_each_readme_python_block_runs_alone(tmp_path, index):
         assert "Basic3ResNet-4-4-3" in printed and "layer2.3" in printed
     if "resnet20.onnx" in BLOCKS[index]:
         assert (tmp_path / "resnet20.onnx").stat().st_size > 0
+    if "llama.pt2" in BLOCKS[index]:
+        assert (tmp_path / "llama.pt2").stat().st_size > 0
 
 
 def test_the_readme_has_its_examples():

@@ -179,3 +179,23 @@ def test_a_pruned_lm_exports_to_onnx_with_parity(tmp_path):
     gm = graphmorph.capture(_eager(_gpt2()), _tokens())
     report = graphmorph.export_onnx(transforms.prune_filters(gm, 0.3), tmp_path / "lm.onnx", _tokens())
     assert report.max_abs_diff <= report.atol + report.rtol * report.output_scale
+
+
+@pytest.mark.parametrize("build, example", [(_llama, _tokens), (_qwen2, _tokens), (_gpt2, _tokens), (_bert, _tokens),
+                                            (_vit, _pixels)])
+def test_the_blocks_found_are_the_configs_layers(build, example):
+    torch.manual_seed(0)
+    model = _eager(build())
+    gm = graphmorph.capture(model, example())
+    blocks = [name for stage in graphmorph.find_stages(gm) for name in stage.blocks]
+    layers = [name for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and len(module) == model.config.num_hidden_layers]
+    assert len(layers) == 1
+    assert blocks == [f"{layers[0]}.{k}" for k in range(model.config.num_hidden_layers)]
+
+
+def test_a_post_norm_layer_is_refused_with_the_reason():
+    torch.manual_seed(0)
+    gm = graphmorph.capture(_eager(_bert()), _tokens())
+    with pytest.raises(graphmorph.RewriteError, match="after its residual add, so a silenced copy would apply it twice"):
+        transforms.grow(gm, 0, init="zero")

@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from graphmorph.errors import CaptureError, first_line
 from graphmorph.graph.ops import device_of
-from graphmorph.graph.lifting import export_module, lift
+from graphmorph.graph.lifting import export_program, lift
 from graphmorph.graph.quiet import quiet_torch_export
 from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs, evaluating, kept_buffers
 
@@ -101,7 +101,7 @@ def _capture_exported(model: nn.Module, inputs: tuple[torch.Tensor, ...],
         config.use_cache = False
     try:
         with quiet_torch_export():
-            exported = export_module(root, inputs, kwargs)
+            exported = export_program(root, inputs, kwargs).module()
     except Exception as err:
         line = _user_line(err)
         raise CaptureError(f"torch.export cannot capture {type(model).__name__}"

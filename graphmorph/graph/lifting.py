@@ -31,7 +31,7 @@ from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from graphmorph.graph import ops
 from graphmorph.graph.registry import UNARY_ELEMENTWISE, Registry
 
-__all__ = ["export_module", "lift", "exported_dynamic_shapes"]
+__all__ = ["export_program", "lift"]
 
 aten = torch.ops.aten
 
@@ -156,7 +156,7 @@ _TWINS: dict[Any, Callable] = {
 _DROPPED = {aten._assert_tensor_metadata.default, aten._assert_scalar.default, aten.sym_constrain_range_for_size.default}
 
 
-def exported_dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     """torch.export dynamic shapes: every tensor input's batch dimension free, and every dimension
     of integer inputs (token ids, masks: the sequence length varies between batches)."""
     auto = torch.export.Dim.AUTO
@@ -175,15 +175,14 @@ def exported_dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict
     return {name: spec(value) for name, value in bound.arguments.items()}
 
 
-def export_module(model: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
+def export_program(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     """`torch.export.export(model, args, kwargs, strict=False)` with free batch (and sequence)
-    dimensions, as a GraphModule of ATen calls."""
+    dimensions."""
     # a batch of one would be specialised (torch.export fixes sizes 0 and 1): export with two
     args2, kwargs2 = torch.utils._pytree.tree_map_only(
         torch.Tensor, lambda t: torch.cat([t, t]) if t.dim() > 0 and t.shape[0] == 1 else t, (args, kwargs))
-    program = torch.export.export(model, args2, kwargs2, strict=False,
-                                  dynamic_shapes=exported_dynamic_shapes(model, args2, kwargs2))
-    return program.module()
+    return torch.export.export(model, args2, kwargs2, strict=False,
+                               dynamic_shapes=_dynamic_shapes(model, args2, kwargs2))
 
 
 def lift(exported: fx.GraphModule, root: nn.Module, registry: Registry | None = None) -> fx.GraphModule:
@@ -199,13 +198,14 @@ def lift(exported: fx.GraphModule, root: nn.Module, registry: Registry | None = 
         if call is not None:
             path, inputs, result = call
             if node is result:  # the call's other nodes are read by it alone
-                source = env[inputs]
+                source, stack = env[inputs], node.meta.get("nn_module_stack", {})
                 if ops.stores_weight_transposed(root.get_submodule(path)):
                     # GPT-2's Conv1D views its input as a matrix: a pruned head size of 1 can leave the
                     # merged heads a valid but non-contiguous view
                     source = graph.call_method("contiguous", (source,))
+                    source.meta["nn_module_stack"] = stack
                 env[node] = graph.call_module(path, (source,))
-                env[node].meta["nn_module_stack"] = node.meta.get("nn_module_stack", {})
+                env[node].meta["nn_module_stack"] = stack
             continue
         if node.op == "call_module" or (node.op == "call_function" and node.target in _DROPPED):
             continue  # export's input guards and shape assertions

@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from graphmorph.errors import ExportError, first_line
 from graphmorph.graph.capture import example_inputs
-from graphmorph.graph.lifting import exported_dynamic_shapes
+from graphmorph.graph.lifting import export_program
 from graphmorph.graph.quiet import quiet_torch_export
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 from graphmorph.graph.verify import verification_inputs
@@ -39,9 +39,7 @@ def save_program(gm: fx.GraphModule, path: str | Path, example_input: torch.Tens
     model = _PlainOutputs(gm)
     with evaluating(gm), quiet_torch_export():
         try:
-            program = torch.export.export(model, inputs, strict=False,
-                                          dynamic_shapes=exported_dynamic_shapes(model, inputs, {}))
-            torch.export.save(program, str(path))
+            torch.export.save(export_program(model, inputs, {}), str(path))
             loaded = torch.export.load(str(path)).module()
         except Exception as err:
             path.unlink(missing_ok=True)

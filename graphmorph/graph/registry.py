@@ -25,6 +25,7 @@ from graphmorph.graph import ops
 from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convolution, Elementwise, Embedding, Expand,
                                           FunctionalBatchNorm, GetItem, Ignore, Linear, MatMul, Pad, PassThrough,
                                           Permute, Reduce, Refuse, Reshape, ScaledDotProductAttention, Shift, Split,
+                                          Unsqueeze,
                                           TransposedConvolution, Unbind)
 from graphmorph.graph.layers import DEFAULT_LAYERS, LayerSurgery
 
@@ -227,6 +228,8 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.channel_shuffle: Refuse("permutes channels across groups"),
     torch.transpose: Permute(),
     torch.permute: Permute(),
+    torch.unsqueeze: Unsqueeze(),
+    torch.squeeze: Unsqueeze(),
     F.layer_norm: ChannelNorm(),
     F.rms_norm: ChannelNorm(),
     F.group_norm: ChannelNorm(),
@@ -255,6 +258,8 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
     **{m: Ignore() for m in ("size", "dim")},
     "transpose": Permute(),
     "permute": Permute(),
+    "unsqueeze": Unsqueeze(),
+    "squeeze": Unsqueeze(),
     "expand": Expand(),
     "roll": Shift(),
     "unbind": Unbind(),

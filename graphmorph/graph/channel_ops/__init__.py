@@ -20,13 +20,13 @@ from graphmorph.graph.channel_ops.attention import MatMul, ScaledDotProductAtten
 from graphmorph.graph.channel_ops.base import Ignore, PassThrough, Refuse
 from graphmorph.graph.channel_ops.norms import ChannelNorm, FunctionalBatchNorm, is_channel_norm
 from graphmorph.graph.channel_ops.protocols import ChannelLayout, ChannelOp, Editing, Relating, TensorQuestions, describe
-from graphmorph.graph.channel_ops.shape import Expand, Permute, Reshape
+from graphmorph.graph.channel_ops.shape import Expand, Permute, Reshape, Unsqueeze
 from graphmorph.graph.channel_ops.structural import (Concat, Elementwise, GetItem, Pad, Reduce, Shift, Split, Unbind,
                                                      is_channel_mean)
 from graphmorph.graph.channel_ops.weighted import Convolution, Embedding, Linear, TransposedConvolution, output_weight
 
 __all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Concat", "Split", "GetItem", "Reduce",
-           "Reshape", "Expand", "Permute", "Shift", "Unbind", "MatMul", "Pad",
+           "Reshape", "Expand", "Permute", "Unsqueeze", "Shift", "Unbind", "MatMul", "Pad",
            "ScaledDotProductAttention", "Convolution", "Embedding", "TransposedConvolution", "Linear", "ChannelNorm",
            "FunctionalBatchNorm", "output_weight", "is_channel_norm", "is_channel_mean", "TensorQuestions",
            "ChannelLayout", "Relating", "Editing", "describe"]

@@ -7,9 +7,10 @@ import math
 import torch
 from torch import fx
 
+from graphmorph.graph import ops
 from graphmorph.graph.channel_ops.protocols import ChannelOp
 
-__all__ = ["Reshape", "Expand", "Permute"]
+__all__ = ["Reshape", "Expand", "Permute", "Unsqueeze"]
 
 
 class Reshape(ChannelOp):
@@ -76,6 +77,27 @@ class Expand(ChannelOp):
 
     def resize(self, edit, node):
         _resize_size_argument(edit, node)
+
+
+class Unsqueeze(ChannelOp):
+    """unsqueeze / squeeze of a dimension other than the channels': the channels keep their place
+    among the other dimensions (grouped-query attention's `k[:, :, None].expand(...)`)."""
+
+    def relate(self, rel, node):
+        source = node.args[0]
+        axis, dim = rel.channel_axis(source), ops.argument(node, 1, "dim")
+        if node.target in ("unsqueeze", torch.unsqueeze):
+            new_axis = axis + (dim % rel.rank(node) <= axis)
+        else:
+            shape = rel.shape(source)
+            dims = [d for d, size in enumerate(shape) if size == 1] if dim is None else \
+                [d % len(shape) for d in (dim if isinstance(dim, (tuple, list)) else (dim,)) if shape[d] == 1]
+            if axis in dims:
+                rel.refuse(node, f"{rel.describe(node)} squeezes the channel dimension away")
+                return
+            new_axis = axis - sum(d < axis for d in dims)
+        rel.set_axis(node, new_axis)
+        rel.same(node, source)
 
 
 class Permute(ChannelOp):
