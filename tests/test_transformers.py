@@ -199,3 +199,65 @@ def test_a_post_norm_layer_is_refused_with_the_reason():
     gm = graphmorph.capture(_eager(_bert()), _tokens())
     with pytest.raises(graphmorph.RewriteError, match="after its residual add, so a silenced copy would apply it twice"):
         transforms.grow(gm, 0, init="zero")
+
+
+@pytest.mark.parametrize("build, example, query, output", [
+    (_bert, _tokens, "encoder.layer.0.attention.self.query", "encoder.layer.0.attention.output.dense"),
+    (_vit, _pixels, "vit.layers.0.attention.q_proj", "vit.layers.0.attention.o_proj"),
+])
+def test_whole_heads_prune_q_k_v_and_o_together_and_equal_masking(build, example, query, output):
+    torch.manual_seed(0)
+    model = _eager(build())
+    gm = graphmorph.capture(model, example())
+    units = transforms.head_units(gm, query)
+    assert [len(u) for u in units] == [4] * 4          # 4 heads of 4 features (hidden 16)
+    pruned = transforms.prune_heads(gm, query, [1, 3])
+    attention = query.rsplit(".", 1)[0]
+    for name, module in pruned.named_modules():
+        if name.startswith(attention) and isinstance(module, torch.nn.Linear) and name != output:
+            assert module.out_features == 8, name      # q, k and v keep heads 0 and 2, each of 4 features
+    assert pruned.get_submodule(output).in_features == 8
+
+    def mask(copy):   # without heads 1 and 3: their outputs never reach the output layer
+        copy.get_submodule(output).weight[:, [*units[1], *units[3]]] = 0
+
+    assert_prune_equals_mask(model, pruned, mask, example(3, seed=6), modes=("eval",))
+    # in train mode against the captured graph: the eager model's attention dropout is chosen by
+    # `self.training` inside its forward, which capture records as in eval mode
+    assert_prune_equals_mask(gm, pruned, mask, example(3, seed=6))
+
+
+def test_grouped_query_attention_loses_a_key_value_head_with_its_query_heads():
+    torch.manual_seed(0)
+    model = _eager(_llama())            # 4 query heads, 2 key/value heads of 4 features
+    gm = graphmorph.capture(model, _tokens())
+    units = transforms.head_units(gm, "model.layers.0.self_attn.k_proj")
+    assert [len(u) for u in units] == [4, 4]
+    pruned = transforms.prune_heads(gm, "model.layers.0.self_attn.k_proj", [0])
+    attention = "model.layers.0.self_attn"
+    assert pruned.get_submodule(f"{attention}.k_proj").out_features == 4
+    assert pruned.get_submodule(f"{attention}.v_proj").out_features == 4
+    assert pruned.get_submodule(f"{attention}.q_proj").out_features == 8      # query heads 0 and 1 went with it
+    assert pruned.get_submodule(f"{attention}.o_proj").in_features == 8
+    expands = [n.args[1] for n in pruned.graph.nodes if n.target == "expand" and isinstance(n.args[1], (list, tuple))
+               and len(n.args[1]) == 5]
+    assert any(sizes[1] == 1 for sizes in expands)   # the key/value head count in the graph's repeat, rewritten
+
+    def mask(copy):   # query heads 0 and 1 (key/value head 0's) never reach o_proj
+        copy.get_submodule(f"{attention}.o_proj").weight[:, :8] = 0
+
+    assert_prune_equals_mask(gm, pruned, mask, _tokens(3, 6, seed=7))
+    replayed = transforms.replay(graphmorph.capture(model, _tokens()), graphmorph.history(pruned))
+    assert all(torch.equal(a, b) for a, b in zip(replayed.state_dict().values(), pruned.state_dict().values()))
+
+
+def test_prune_filters_with_heads_removes_heads_and_mlp_channels():
+    torch.manual_seed(0)
+    gm = graphmorph.capture(_eager(_vit()), _pixels())
+    pruned = transforms.prune_filters(gm, 0.3, per_layer=True, heads=True)
+    assert graphmorph.history(pruned)[-1]["heads"] is True
+    for k in range(2):   # round(0.3 x 4) = 1 whole head of 4 features from q, k and v; 30% of the MLP
+        attention = f"vit.layers.{k}.attention"
+        assert {pruned.get_submodule(f"{attention}.{p}").out_features for p in ("q_proj", "k_proj", "v_proj")} == {12}
+        assert pruned.get_submodule(f"vit.layers.{k}.mlp.fc1").out_features == 24 - 7
+    assert graphmorph.count_flops(pruned).macs < graphmorph.count_flops(gm).macs

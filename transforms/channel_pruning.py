@@ -40,19 +40,50 @@ ROUNDINGS: dict[str, Callable[[float], int]] = {   # a group's per-layer count f
 
 def prune_channels(gm: fx.GraphModule, target: str, channels: Sequence[int], *,
                    example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
-                   registry: Registry | None = None) -> fx.GraphModule:
+                   registry: Registry | None = None, heads: bool = False) -> fx.GraphModule:
     """A new graph without output channels `channels` of layer `target` (a module name, or a node
     name for F.conv2d-style layers) and every channel coupled to them; every reader (convolutions,
     linears, BatchNorm statistics, split sizes, reshapes) is fixed to match. `registry` holds the
-    channel handlers of the ops (default: `Registry.default()`)."""
-    rewrite = PruneChannels(target, tuple(sorted(set(channels))), registry=registry)
+    channel handlers of the ops (default: `Registry.default()`); with `heads`, its
+    `with_heads()` form: a channel of an attention head takes its whole head with it."""
+    rewrite = PruneChannels(target, tuple(sorted(set(channels))), registry=registry, heads=heads)
     return apply(gm, rewrite, example_input=example_input, verify=verify)
+
+
+def prune_heads(gm: fx.GraphModule, target: str, heads: Sequence[int], *,
+                example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                registry: Registry | None = None) -> fx.GraphModule:
+    """A new graph without attention heads `heads` of projection `target` (q, k or v's Linear,
+    or a fused qkv one), counted in the order its output channels hold them: q, k, v and the
+    output projection lose those heads together, and the head counts in the graph's views and
+    expands change with them; each head keeps its size. With grouped-query attention the units
+    are key/value heads: removing one removes its query heads too. Verified as pruning equals
+    masking."""
+    registry = (registry or Registry.default()).with_heads()
+    units = head_units(gm, target, registry)
+    bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < len(units)]
+    if bad or not heads:
+        raise RewriteError(f"{target} has heads 0..{len(units) - 1}; cannot remove {list(heads) or 'none'}")
+    channels = [units[h][0] for h in sorted(set(heads))]
+    return prune_channels(gm, target, channels, example_input=example_input, verify=verify, registry=registry,
+                          heads=True)
+
+
+def head_units(gm: fx.GraphModule, target: str, registry: Registry | None = None) -> list[list[int]]:
+    """The output channels of each head of `target`, in the order they come (what `prune_heads`
+    numbers); a layer that is not split into heads has one unit per channel."""
+    deps = channel_dependencies(gm, (registry or Registry.default()).with_heads())
+    node = deps.node(target)
+    units: dict[int, list[int]] = {}
+    for channel, root in enumerate(deps.root[node]):
+        units.setdefault(root, []).append(channel)
+    return list(units.values())
 
 
 def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data: Any = None,
                   per_layer: bool = False, ignore: Iterable[str] = (), *, rounding: str = "nearest",
                   example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
-                  registry: Registry | None = None) -> fx.GraphModule:
+                  registry: Registry | None = None, heads: bool = False) -> fx.GraphModule:
     """Remove about `ratio` of the prunable channels, lowest importance first, in one verified rewrite.
 
     `criterion` "l2" scores a channel by the L2 norm of the weights that produce it; "featuremap_l2"
@@ -63,7 +94,9 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even:
     each loses that count of its own channels (at 0.3, 1 of 4 rounded to the nearest, 2 rounded up).
     Groups whose removal is refused are skipped; the history record lists them with the reason.
-    `registry` holds the channel handlers of the ops (default: `Registry.default()`).
+    `registry` holds the channel handlers of the ops (default: `Registry.default()`). With
+    `heads`, attention heads are the units of q, k, v and the output projection (see `prune_heads`),
+    scored by the norm of all their weights; other groups are pruned as before.
     """
     if not 0.0 <= ratio < 1.0:
         raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
@@ -73,6 +106,8 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if criterion == "featuremap_l2" and data is None:
         raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
+    if heads:
+        registry = (registry or Registry.default()).with_heads()
     with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
         deps = channel_dependencies(gm, registry)
         ignore = set(ignore)
@@ -86,7 +121,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
             else:
                 pruned += _by_producer(deps, group, picked)
         rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), rounding=rounding,
-                               registry=registry)
+                               registry=registry, heads=heads)
         return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
@@ -99,14 +134,19 @@ class _ChannelRemoval(Rewrite):
     def _classes(self, deps: ChannelDependencies) -> list[int]:
         raise NotImplementedError
 
+    def _registry(self) -> Registry | None:
+        """The op registry of the analysis: with the recorded `heads`, its form whose channels of
+        attention projections are whole heads."""
+        return (self.registry or Registry.default()).with_heads() if self.heads else self.registry
+
     def check(self, gm: fx.GraphModule) -> str | None:
-        deps = channel_dependencies(gm, self.registry)
+        deps = channel_dependencies(gm, self._registry())
         removal = deps.removal(self._classes(deps))
         reason = check_removal(gm, deps, removal) if removal else None
         return f"{self.name} refused: {reason}" if reason else None
 
     def edit(self, step: Step) -> Edit:
-        gm, deps = step.source, channel_dependencies(step.source, self.registry)
+        gm, deps = step.source, channel_dependencies(step.source, self._registry())
         removal = deps.removal(self._classes(deps))
         cut = apply_removal(step.work, removal, deps.registry, deps.layout)
         step.work.meta[KEPT_KEY] = cut.kept_indices
@@ -123,9 +163,10 @@ class PruneChannels(_ChannelRemoval):
     name: ClassVar[str] = "prune_channels"
     target: str
     channels: tuple[int, ...]
+    heads: bool = field(default=False, kw_only=True)
 
     def check(self, gm: fx.GraphModule) -> Refusal | str | None:
-        group = channel_dependencies(gm, self.registry).group_of(self.target)
+        group = channel_dependencies(gm, self._registry()).group_of(self.target)
         if group.refused:
             return Refusal(f"cannot prune channels of {self.target}: {group.refused}", group.refused.nodes)
         return super().check(gm)
@@ -147,6 +188,7 @@ class PruneFilters(_ChannelRemoval):
     pruned: tuple[tuple[str, tuple[int, ...]], ...]
     skipped: tuple[tuple[str, str], ...]
     rounding: str = field(default="nearest", kw_only=True)
+    heads: bool = field(default=False, kw_only=True)
 
     def _classes(self, deps: ChannelDependencies) -> list[int]:
         return [c for target, channels in self.pruned for c in deps.classes(target, list(channels))]

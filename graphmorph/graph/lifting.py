@@ -270,10 +270,11 @@ def _module_calls(exported: fx.GraphModule, root: nn.Module, registry: Registry)
     node inside one call of a module the registry knows that takes one tensor and returns one."""
     groups: dict[str, list[fx.Node]] = {}
     paths: dict[str, str] = {}
+    known: dict[type, bool] = {}
     for node in exported.graph.nodes:
         if node.op != "call_function":
             continue
-        found = _outermost_known_call(node, root, registry)
+        found = _outermost_known_call(node, root, registry, known)
         if found is not None:
             key, path = found
             groups.setdefault(key, []).append(node)
@@ -298,7 +299,8 @@ def _is_tensor(node: fx.Node) -> bool:
     return node.op == "get_attr" or isinstance(node.meta.get("val"), torch.Tensor)
 
 
-def _outermost_known_call(node: fx.Node, root: nn.Module, registry: Registry) -> tuple[str, str] | None:
+def _outermost_known_call(node: fx.Node, root: nn.Module, registry: Registry,
+                          known: dict[type, bool]) -> tuple[str, str] | None:
     for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items():
         if not path:
             continue
@@ -306,7 +308,9 @@ def _outermost_known_call(node: fx.Node, root: nn.Module, registry: Registry) ->
             module = root.get_submodule(path)
         except AttributeError:
             return None
-        if registry.knows_module(module):
+        if type(module) not in known:
+            known[type(module)] = registry.knows_module(module)
+        if known[type(module)]:
             return key, path
     return None
 

@@ -69,6 +69,7 @@ class Registry:
     def __init__(self, channels: dict[Key, ChannelOp], facts: dict[Key, frozenset[str]],
                  layers: dict[type, LayerSurgery]):
         self._channels, self._facts, self._layers = _Table(channels), _Table(facts), dict(layers)
+        self._heads: Registry | None = None
 
     @staticmethod
     def default() -> "Registry":
@@ -78,6 +79,22 @@ class Registry:
     def copy(self) -> "Registry":
         """An independent registry with the same entries."""
         return Registry(self._channels.entries, self._facts.entries, self._layers)
+
+    def with_heads(self) -> "Registry":
+        """This registry with attention heads as the channels of q, k, v and the attention output
+        (`Reshape(heads=True)`, `ScaledDotProductAttention(heads=True)`): a cut removes whole heads,
+        and with grouped-query attention a key/value head with its query heads. The same object
+        each time until this registry changes (analyses are memoised per registry)."""
+        if self._heads is None:
+            heads = self.copy()
+            reshape, attention = Reshape(heads=True), ScaledDotProductAttention(heads=True)
+            for key, handler in self._channels.entries.items():
+                if type(handler) is Reshape:
+                    heads._channels.entries[key] = reshape
+                elif type(handler) is ScaledDotProductAttention:
+                    heads._channels.entries[key] = attention
+            self._heads = heads
+        return self._heads
 
     def register(self, key: Key, channels: ChannelOp | None = None, *, layer: LayerSurgery | None = None,
                  facts: Iterable[Fact] | None = None) -> "Registry":
@@ -90,6 +107,7 @@ class Registry:
         replacing what the registry held). Returns the registry, so calls chain."""
         if channels is None and layer is None and facts is None:
             raise TypeError("register needs channels=<ChannelOp>, layer=<LayerSurgery> or facts={...}")
+        self._heads = None
         if channels is not None:
             if not isinstance(channels, ChannelOp):
                 raise TypeError(f"channels must be a graphmorph.graph.channel_ops.ChannelOp, "
@@ -207,7 +225,7 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.embedding: Embedding(),
     F.batch_norm: FunctionalBatchNorm(),
     **{f: _PASS for f in (*_ACTIVATION_FUNCTIONS, *_DROPOUT_FUNCTIONS, *ops.POOL_FUNCTIONS, F.sigmoid, torch.sigmoid,
-                          F.hardsigmoid, F.interpolate, F.hardtanh, torch.clone, torch.pow,
+                          F.hardsigmoid, F.interpolate, F.hardtanh, torch.clone, torch.pow, operator.neg, torch.neg,
                           *(getattr(torch, name) for name in UNARY_ELEMENTWISE))},
     F.softmax: Refuse("normalises across a dimension"),
     torch.softmax: Refuse("normalises across a dimension"),
@@ -241,7 +259,8 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.scaled_dot_product_attention: ScaledDotProductAttention(),
 }
 DEFAULT_METHODS: dict[str, ChannelOp] = {
-    **{m: _PASS for m in ("relu", "relu_", "tanh", "sigmoid", "contiguous", "clone", "float", "sigmoid_", "to")},
+    **{m: _PASS for m in ("relu", "relu_", "tanh", "sigmoid", "contiguous", "clone", "float", "sigmoid_", "to",
+                          "neg")},
     "softmax": Refuse("normalises across a dimension"),
     **{m: Elementwise() for m in ops.ELEMENTWISE_BINARY_METHODS},
     "split": Split(),

@@ -39,16 +39,25 @@ class MatMul(ChannelOp):
 class ScaledDotProductAttention(ChannelOp):
     """F.scaled_dot_product_attention with q, k and v's features along the last axis: channel d
     of q meets channel d of k, the output's channels are v's. A cut that removes q's features
-    passes the scale of the full width, so the scores stay those of masking."""
+    passes the scale of the full width, so the scores stay those of masking. With `heads=True`
+    the channels are the heads (`[batch, heads, tokens, features]`): head h of q, k and v go
+    together, and the output's heads are v's."""
+
+    def __init__(self, heads: bool = False):
+        self.heads = heads
 
     def relate(self, rel, node):
         q, k, v = node.args[:3]
-        if any(rel.channels(t) is None or rel.channel_axis(t) != rel.rank(t) - 1 for t in (q, k, v)) \
+        along = (lambda t: rel.rank(t) - 3) if self.heads else (lambda t: rel.rank(t) - 1)
+        if any(rel.channels(t) is None or rel.channel_axis(t) != along(t) for t in (q, k, v)) \
                 or rel.channels(q) != rel.channels(k):
-            rel.refuse(node, f"{rel.describe(node)} takes q, k, v without their features along the last axis")
+            what = "heads along the third axis from the end" if self.heads else "features along the last axis"
+            rel.refuse(node, f"{rel.describe(node)} takes q, k, v without their {what}")
             return
         rel.meets(k, q)
-        rel.set_axis(node, rel.rank(node) - 1)
+        if self.heads:   # head h of the output is softmax(q_h k_h^T) v_h: v's head h goes with q's
+            rel.meets(v, q)
+        rel.set_axis(node, along(node))
         rel.same(node, v)
 
     def check(self, edit, node):

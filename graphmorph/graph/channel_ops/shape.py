@@ -21,7 +21,15 @@ class Reshape(ChannelOp):
     heads (`(B, N, 3C) -> (B, N, 3, H, D)`, `(B, 3C, H, W) -> (B, H, 3D, HW)`, a channel shuffle's
     `(B, G, C/G, H, W)`) run along the split's last dimension, feature d of every head one channel
     (so every head keeps as many), and heads merged back map feature f to channel f % D. Any other
-    reshape is refused."""
+    reshape is refused.
+
+    With `heads=True` (`Registry.with_heads()`) a head is the unit instead: channels split into
+    heads run along the heads' dimension, channel c of head c // D, so a cut removes whole heads
+    and keeps their size; heads merged back (and grouped-query attention's repeated key/value
+    heads) follow as channels merged with the dimensions after them."""
+
+    def __init__(self, heads: bool = False):
+        self.heads = heads
 
     def relate(self, rel, node):
         source = node.args[0]
@@ -43,6 +51,9 @@ class Reshape(ChannelOp):
             split = _run_length(after[j:], channels) if head == prefix else None         # into several dims
             if split and (j + split < len(after) or tokens_last):                        # heads
                 width = after[j + split - 1]
+                if self.heads:
+                    count = after[j + split - 2]
+                    return self._relate(rel, node, j + split - 2, [c // width % count for c in range(channels)])
                 return self._relate(rel, node, j + split - 1, [c % width for c in range(channels)])
             if split:                                                                    # and space
                 per = channels // after[j]
