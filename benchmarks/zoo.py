@@ -180,7 +180,8 @@ def check_model(name: str, size: int | None, tool: str = "graphmorph", only: set
     gm = _check(checks, "capture", lambda: _capture(model, x, method)) if tool == "graphmorph" else None
     if gm is not None:
         runs = {"flops": lambda: _flops(model, gm, x), "stages": lambda: _stages(gm), "onnx": lambda: _onnx(gm, x),
-                "program": lambda: _program(gm, x), "grow": lambda: _grow(gm), "prune": lambda: _prune(gm),
+                "program": lambda: _program(gm, x), "grow": lambda: _grow(gm),
+                "prune": lambda: _prune(gm, heads=name.startswith("hf:")),
                 "widen": lambda: _widen(gm)}
         if name.startswith("hf:"):
             runs["layers"] = lambda: _layers(model, gm)
@@ -390,9 +391,10 @@ def _is_dense(gm, block: str) -> bool:
     return True
 
 
-def _prune(gm):
+def _prune(gm, heads: bool = False):
     """prune_filters at RATIO per layer; where a grouped convolution's groups round the count, also
-    with rounding="up" (Torch-Pruning's count), as `macs_ratio_up`."""
+    with rounding="up" (Torch-Pruning's count), as `macs_ratio_up`; with `heads`, also with whole
+    attention heads as the units, as `macs_ratio_heads`."""
     import graphmorph
     import transforms
     from graphmorph.graph.channels import channel_dependencies, channel_groups
@@ -408,6 +410,8 @@ def _prune(gm):
     if any(len(deps.partition(g)) > 1 for g in deps.groups if g.prunable):
         up = transforms.prune_filters(gm, RATIO, criterion="l2", per_layer=True, rounding="up")
         result["macs_ratio_up"] = _macs_ratio(gm, up)
+    if heads:
+        result["macs_ratio_heads"] = _macs_ratio(gm, transforms.prune_filters(gm, RATIO, per_layer=True, heads=True))
     return "ok", f"{len(record['skipped'])} groups skipped" if reasons else "", result
 
 

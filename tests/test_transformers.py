@@ -261,3 +261,18 @@ def test_prune_filters_with_heads_removes_heads_and_mlp_channels():
         assert {pruned.get_submodule(f"{attention}.{p}").out_features for p in ("q_proj", "k_proj", "v_proj")} == {12}
         assert pruned.get_submodule(f"vit.layers.{k}.mlp.fc1").out_features == 24 - 7
     assert graphmorph.count_flops(pruned).macs < graphmorph.count_flops(gm).macs
+
+
+@pytest.mark.parametrize("init", ["zero", "split"])
+def test_a_key_value_head_and_mlp_channels_widen_preserving_the_function(init):
+    torch.manual_seed(0)
+    gm = graphmorph.capture(_eager(_llama()), _tokens())
+    wider = transforms.widen(gm, "model.layers.0.self_attn.k_proj", 1, init, heads=True)
+    attention = "model.layers.0.self_attn"
+    sizes = {p: wider.get_submodule(f"{attention}.{p}").out_features for p in ("q_proj", "k_proj", "v_proj")}
+    assert sizes == {"q_proj": 24, "k_proj": 12, "v_proj": 12}   # a third key/value head, with two query heads
+    assert wider.get_submodule(f"{attention}.o_proj").in_features == 24
+    assert_preserves_function(gm, wider, _tokens(3, 6, seed=8))
+    mlp = transforms.widen(wider, "model.layers.1.mlp.gate_proj", 5, init)
+    assert mlp.get_submodule("model.layers.1.mlp.up_proj").out_features == 29
+    assert_preserves_function(gm, mlp, _tokens(3, 6, seed=9))

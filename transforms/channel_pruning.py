@@ -23,7 +23,7 @@ from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_remo
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.graph.copying import clone
 from graphmorph.graph.memo import unchanged
-from graphmorph.graph.registry import Registry
+from graphmorph.graph.registry import Registry, analysis_registry
 from graphmorph.errors import Refusal, RewriteError
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 from transforms.masked_norm import mask_statistics
@@ -59,7 +59,7 @@ def prune_heads(gm: fx.GraphModule, target: str, heads: Sequence[int], *,
     expands change with them; each head keeps its size. With grouped-query attention the units
     are key/value heads: removing one removes its query heads too. Verified as pruning equals
     masking."""
-    registry = (registry or Registry.default()).with_heads()
+    registry = analysis_registry(registry, True)
     units = head_units(gm, target, registry)
     bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < len(units)]
     if bad or not heads:
@@ -72,7 +72,7 @@ def prune_heads(gm: fx.GraphModule, target: str, heads: Sequence[int], *,
 def head_units(gm: fx.GraphModule, target: str, registry: Registry | None = None) -> list[list[int]]:
     """The output channels of each head of `target`, in the order they come (what `prune_heads`
     numbers); a layer that is not split into heads has one unit per channel."""
-    deps = channel_dependencies(gm, (registry or Registry.default()).with_heads())
+    deps = channel_dependencies(gm, analysis_registry(registry, True))
     node = deps.node(target)
     units: dict[int, list[int]] = {}
     for channel, root in enumerate(deps.root[node]):
@@ -106,8 +106,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if criterion == "featuremap_l2" and data is None:
         raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
-    if heads:
-        registry = (registry or Registry.default()).with_heads()
+    registry = analysis_registry(registry, heads)
     with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
         deps = channel_dependencies(gm, registry)
         ignore = set(ignore)
@@ -134,19 +133,14 @@ class _ChannelRemoval(Rewrite):
     def _classes(self, deps: ChannelDependencies) -> list[int]:
         raise NotImplementedError
 
-    def _registry(self) -> Registry | None:
-        """The op registry of the analysis: with the recorded `heads`, its form whose channels of
-        attention projections are whole heads."""
-        return (self.registry or Registry.default()).with_heads() if self.heads else self.registry
-
     def check(self, gm: fx.GraphModule) -> str | None:
-        deps = channel_dependencies(gm, self._registry())
+        deps = channel_dependencies(gm, analysis_registry(self.registry, self.heads))
         removal = deps.removal(self._classes(deps))
         reason = check_removal(gm, deps, removal) if removal else None
         return f"{self.name} refused: {reason}" if reason else None
 
     def edit(self, step: Step) -> Edit:
-        gm, deps = step.source, channel_dependencies(step.source, self._registry())
+        gm, deps = step.source, channel_dependencies(step.source, analysis_registry(self.registry, self.heads))
         removal = deps.removal(self._classes(deps))
         cut = apply_removal(step.work, removal, deps.registry, deps.layout)
         step.work.meta[KEPT_KEY] = cut.kept_indices
@@ -166,7 +160,7 @@ class PruneChannels(_ChannelRemoval):
     heads: bool = field(default=False, kw_only=True)
 
     def check(self, gm: fx.GraphModule) -> Refusal | str | None:
-        group = channel_dependencies(gm, self._registry()).group_of(self.target)
+        group = channel_dependencies(gm, analysis_registry(self.registry, self.heads)).group_of(self.target)
         if group.refused:
             return Refusal(f"cannot prune channels of {self.target}: {group.refused}", group.refused.nodes)
         return super().check(gm)

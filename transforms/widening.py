@@ -19,7 +19,7 @@ one-group norm over them, a mean over them, attention's q·k contraction, and wh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import torch
@@ -28,7 +28,7 @@ from torch import fx
 from graphmorph.errors import Refusal, RewriteError
 from graphmorph.graph.channel_surgery import KEPT_KEY, WidthInit, apply_edit, check_edit, copies
 from graphmorph.graph.channels import ChannelDependencies, channel_dependencies
-from graphmorph.graph.registry import Registry
+from graphmorph.graph.registry import Registry, analysis_registry
 from graphmorph.graph.shapes import Inputs
 from graphmorph.graph.verify import FLOAT64_ATOL
 from transforms.protocol import Edit, Rewrite, Step, apply, register
@@ -40,13 +40,16 @@ FLOAT32_SHARE_ATOL = 1e-6   # "split" with float32 weights divided by a count th
 
 def widen(gm: fx.GraphModule, target: str, n: int, init: str = "zero", *, seed: int = 0,
           example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
-          registry: Registry | None = None) -> fx.GraphModule:
+          registry: Registry | None = None, heads: bool = False) -> fx.GraphModule:
     """A new graph where layer `target` (a module name, or a node name for F.conv2d-style layers)
     and every layer coupled to it have `n` more output channels, every reader matching inputs,
     the function preserved (`init` "zero" or "split"; see the module). Which channels the new ones
     copy, and the random rows of "zero", come from `seed`. `registry` holds the channel handlers
-    of the ops (default: `Registry.default()`)."""
-    return apply(gm, Widen(target, n, init, seed, registry=registry), example_input=example_input, verify=verify)
+    of the ops (default: `Registry.default()`). With `heads`, the units of an attention projection
+    are whole heads (`Registry.with_heads`): `n` heads more, each a copy of one of its heads (with
+    grouped-query attention, a key/value head with its query heads)."""
+    rewrite = Widen(target, n, init, seed, registry=registry, heads=heads)
+    return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
 @register
@@ -61,13 +64,14 @@ class Widen(Rewrite):
     n: int
     init: str = "zero"
     seed: int = 0
+    heads: bool = field(default=False, kw_only=True)
 
     def check(self, gm: fx.GraphModule) -> Refusal | str | None:
         if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
             raise RewriteError(f"widen takes a number of new channels n >= 1, got {self.n!r}")
         if self.init not in WIDEN_INITS:
             raise RewriteError(f"widen's init must be one of {', '.join(WIDEN_INITS)}, got {self.init!r}")
-        deps = channel_dependencies(gm, self.registry)
+        deps = channel_dependencies(gm, analysis_registry(self.registry, self.heads))
         group = deps.group_of(self.target)
         if group.refused:
             return Refusal(f"cannot widen {self.target}: {group.refused}", group.refused.nodes)
@@ -81,7 +85,7 @@ class Widen(Rewrite):
         return Refusal(f"cannot widen {self.target}: {reason}", reason.nodes) if reason else None
 
     def edit(self, step: Step) -> Edit:
-        gm, deps = step.source, channel_dependencies(step.source, self.registry)
+        gm, deps = step.source, channel_dependencies(step.source, analysis_registry(self.registry, self.heads))
         copied = self._copied(deps)
         index = deps.widening(copied)
         edit = apply_edit(step.work, index, deps.registry, deps.layout, _INITS[self.init](self.seed))

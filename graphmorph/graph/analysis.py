@@ -306,16 +306,21 @@ class _Analysis:
 
     def _layers(self, units: list[_Unit]) -> list[_Unit]:
         """Join residual branches written one after another in one module's forward (a transformer
-        layer: `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`), at least one of which no module of its
-        own holds, into one unit named by that module: the smallest aligned module around them
-        that holds only such branches, after ops without weights (a cast of the residual stream)
-        and before more (BERT's norms after its adds)."""
+        layer: `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`) into one unit named by that module:
+        first branches no module of their own holds, then what is left of them with branches the
+        module's own children hold (BERT's `layer.0.attention` beside the MLP written in `layer.0`)."""
+        return self._join(self._join(units, mixed=False), mixed=True)
+
+    def _join(self, units: list[_Unit], mixed: bool) -> list[_Unit]:
+        """One pass of `_layers`: the smallest aligned module around a loose branch that holds only
+        loose branches (with `mixed`, also its children's), after ops without weights (a cast of
+        the residual stream) and before more (BERT's norms after its adds)."""
         loose = {u.lo: u for u in units if not u.named_by_module and not self._held(u.lo, u.hi)}
         joined: list[_Unit] = []
         for unit in units:
             if joined and joined[-1].lo <= unit.lo <= joined[-1].hi:
                 continue
-            if unit.lo in loose or any(u.lo in loose for u in units if u.lo > unit.lo):
+            if unit.lo in loose or (mixed and any(u.lo in loose for u in units if u.lo > unit.lo)):
                 path = ops.module_path(self.segments[unit.lo].exit)
                 parts = path.split(".") if path else []
                 for depth in range(len(parts), 0, -1):
@@ -324,8 +329,9 @@ class _Analysis:
                     inside = [u for u in units if lo <= u.lo <= hi]
                     leading = all(self.segments[j].merge == "op" and not self.segments[j].weighted
                                   for j in range(max(lo, 0), unit.lo))   # a cast, a reshape before the first branch
-                    if 0 <= lo <= unit.lo and leading and len(inside) > 1 and all(
-                            u.lo in loose or u.named_by_module for u in inside) and any(u.lo in loose for u in inside):
+                    held = all(u.lo in loose or (mixed and u.name.rpartition(".")[0] == prefix) for u in inside)
+                    if 0 <= lo <= unit.lo and leading and len(inside) > 1 and held \
+                            and any(u.lo in loose for u in inside):
                         unit = _Unit(lo, hi, prefix, True)
                         break
             joined.append(unit)

@@ -30,7 +30,7 @@ from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convol
 from graphmorph.graph.layers import DEFAULT_LAYERS, LayerSurgery
 
 __all__ = ["Registry", "Key", "Fact", "FACTS", "DEFAULT_MODULES", "DEFAULT_FUNCTIONS", "DEFAULT_METHODS",
-           "DEFAULT_FACTS", "UNARY_ELEMENTWISE"]
+           "DEFAULT_FACTS", "UNARY_ELEMENTWISE", "analysis_registry"]
 
 Key = Union[type, Callable, str]
 Fact = Literal["zero_preserving", "activation", "layout", "stochastic", "no_macs", "idempotent"]
@@ -147,6 +147,12 @@ class Registry:
     def layer_surgery(self, module: nn.Module) -> LayerSurgery | None:
         """How growth resizes `module`'s type (or its nearest registered base class), or None."""
         return next((self._layers[c] for c in type(module).__mro__ if c in self._layers), None)
+
+
+def analysis_registry(registry: Registry | None, heads: bool) -> Registry | None:
+    """The registry a channel rewrite analyses with: `registry` (None: the default), in its
+    `with_heads()` form when the rewrite's units are attention heads."""
+    return (registry or Registry.default()).with_heads() if heads else registry
 
 
 # --------------------------------------------------------------------------- the default facts

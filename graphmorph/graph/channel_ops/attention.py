@@ -61,7 +61,7 @@ class ScaledDotProductAttention(ChannelOp):
         rel.same(node, v)
 
     def check(self, edit, node):
-        if edit.grows and edit.changed(node.args[0]):
+        if edit.grows and edit.changed(node.args[0]) and not self.heads:   # a new head leaves the others' scores
             return (f"{edit.describe(node)} contracts q with k over these channels: new ones would change "
                     f"the attention scores")
         return None
