@@ -276,3 +276,15 @@ def test_a_key_value_head_and_mlp_channels_widen_preserving_the_function(init):
     mlp = transforms.widen(wider, "model.layers.1.mlp.gate_proj", 5, init)
     assert mlp.get_submodule("model.layers.1.mlp.up_proj").out_features == 29
     assert_preserves_function(gm, mlp, _tokens(3, 6, seed=9))
+
+
+def test_a_per_head_position_bias_keeps_its_heads_and_the_rest_prunes():
+    torch.manual_seed(0)
+    model = _eager(T.SwinForImageClassification(T.SwinConfig(image_size=16, patch_size=4, embed_dim=8, depths=[1, 1],
+                                                              num_heads=[2, 2], window_size=2, num_labels=3)))
+    gm = graphmorph.capture(model, _pixels())
+    heads = graphmorph.Registry.default().with_heads()
+    attention = [g for g in graphmorph.channel_groups(gm, heads) if any(p.endswith("q_proj") for p in g.producers)]
+    assert len(attention) == 2 and all(not g.prunable for g in attention)   # Swin's bias table is indexed per head
+    pruned = transforms.prune_filters(gm, 0.3, per_layer=True, heads=True)    # verified: the bias stays whole
+    assert graphmorph.count_flops(pruned).macs < graphmorph.count_flops(gm).macs

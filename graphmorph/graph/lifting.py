@@ -89,6 +89,12 @@ def _to(args, kwargs):
     return "call_method", "to", args, {k: v for k, v in kwargs.items() if k != "layout"}
 
 
+def _constant_pad(args, kwargs):
+    """aten.constant_pad_nd(x, pad, value) as `F.pad(x, pad, "constant", value)`."""
+    x, pad, *value = args
+    return "call_function", F.pad, (x, pad, "constant", value[0] if value else 0.0), {}
+
+
 def _softmax(args, kwargs):
     x, dim, *rest = args
     if rest and rest[0] not in (None, False):
@@ -148,6 +154,8 @@ _TWINS: dict[Any, Callable] = {
     aten.adaptive_avg_pool2d.default: _same(F.adaptive_avg_pool2d),
     aten.adaptive_avg_pool1d.default: _same(F.adaptive_avg_pool1d),
     aten.sym_size.int: _same("size", "call_method"),
+    aten.pad.default: _same(F.pad),
+    aten.constant_pad_nd.default: _constant_pad,
     aten.to.dtype: _to,
     aten.to.dtype_layout: _to,
     aten.to.device: _to,

@@ -57,6 +57,13 @@ class ScaledDotProductAttention(ChannelOp):
         rel.meets(k, q)
         if self.heads:   # head h of the output is softmax(q_h k_h^T) v_h: v's head h goes with q's
             rel.meets(v, q)
+            mask = ops.argument(node, 3, "attn_mask")
+            shape = rel.shape(mask) if isinstance(mask, fx.Node) else None
+            if shape is not None and len(shape) >= 3 and shape[-3] != 1:   # a bias per head (Swin's)
+                if rel.is_constant(mask):
+                    rel.couple_parameter(node, mask, len(shape) - 3)
+                else:
+                    rel.refuse(node, f"{rel.describe(node)} adds a per-head mask computed from the input")
         rel.set_axis(node, along(node))
         rel.same(node, v)
 
