@@ -221,11 +221,11 @@ def lift(exported: fx.GraphModule, root: nn.Module, registry: Registry | None = 
     info = exported.graph._codegen.pytree_info
     positional = torch.utils._pytree.tree_structure((tuple(info.orig_args), {}))   # keywords bind by name
     graph._codegen = _SharedCodeGen(_PyTreeInfo(info.orig_args, positional, info.out_spec))
-    holder = _attribute_holder(exported, root, graph)
-    lifted_gm = fx.GraphModule(holder, graph, class_name=type(root).__name__)
-    lifted_gm.graph.eliminate_dead_code()
-    lifted_gm.recompile()
-    return lifted_gm
+    lifted = fx.GraphModule(_attribute_holder(exported, root, graph), graph, class_name=type(root).__name__)
+    lifted.graph.eliminate_dead_code()
+    lifted.delete_all_unused_submodules()   # export reads every parameter, used or not (an auxiliary head's)
+    lifted.recompile()
+    return lifted
 
 
 class _SharedCodeGen(_PyTreeCodeGen):

@@ -157,7 +157,13 @@ def output_differences(
     inputs = tuple(t.double() if t.is_floating_point() else t for t in as_inputs(example_input))
     diffs = {}
     for mode in sorted(modes):
-        outputs = [_flat(_float64_output(model, inputs, mode == "train")) for model in (before, after)]
+        try:
+            outputs = [_flat(_float64_output(model, inputs, mode == "train")) for model in (before, after)]
+        except RuntimeError as err:
+            raise RewriteError(
+                f"cannot compare the graphs in float64: {first_line(err)}. A graph captured through torch.export "
+                "keeps the dtypes its casts and new tensors had at capture; if the model fixes float32 this "
+                "way, capture it with method='fx' where it traces") from err
         scale = max(1.0, float(outputs[0].abs().max())) if scaled else 1.0
         diffs[mode] = float((outputs[1] - outputs[0]).abs().max()) / scale
     return diffs
