@@ -138,11 +138,14 @@ class Registry:
         return fact in self.facts(gm, node)
 
     def knows_module(self, module: nn.Module) -> bool:
-        """Whether any entry names `module`'s class (or a base class): captures through torch.export
-        keep such a module as one call."""
-        names = {f"{c.__module__}.{c.__qualname__}" for c in type(module).__mro__}
-        keys = (*self._channels.entries, *self._facts.entries, *self._layers)
-        return any(k in type(module).__mro__ or k in names for k in keys if isinstance(k, (type, str)))
+        """Whether an entry names the class that defines `module`'s forward: captures through
+        torch.export keep such a module as one call. A subclass with a forward of its own (timm's
+        weight-standardised convolutions) is not known by its base class."""
+        mro = type(module).__mro__
+        owner = next(c for c in mro if "forward" in vars(c))
+        keys = {k for k in (*self._channels.entries, *self._facts.entries, *self._layers) if isinstance(k, (type, str))}
+        known = [c for c in mro if c in keys or f"{c.__module__}.{c.__qualname__}" in keys]
+        return any(owner in c.__mro__ for c in known)   # the forward is the known class's own or inherited
 
     def layer_surgery(self, module: nn.Module) -> LayerSurgery | None:
         """How growth resizes `module`'s type (or its nearest registered base class), or None."""
