@@ -59,7 +59,6 @@ def prune_heads(gm: fx.GraphModule, target: str, heads: Sequence[int], *,
     expands change with them; each head keeps its size. With grouped-query attention the units
     are key/value heads: removing one removes its query heads too. Verified as pruning equals
     masking."""
-    registry = analysis_registry(registry, True)
     units = head_units(gm, target, registry)
     bad = [h for h in heads if not isinstance(h, int) or not 0 <= h < len(units)]
     if bad or not heads:
@@ -106,9 +105,8 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
         raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     if criterion == "featuremap_l2" and data is None:
         raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
-    registry = analysis_registry(registry, heads)
     with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
-        deps = channel_dependencies(gm, registry)
+        deps = channel_dependencies(gm, analysis_registry(registry, heads))
         ignore = set(ignore)
         groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
         scores = _scores(gm, deps, groups, criterion, data)
