@@ -26,15 +26,28 @@ from graphmorph.graph.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
-_SEARCH_CONTROLLERS = {"AutoGrow": "graphmorph.search.grower", "NAC": "graphmorph.search.constructor"}
+
+
+def _controllers() -> dict[str, str]:
+    """The controllers of the registered searches (`graphmorph.search.algorithms`): name -> module."""
+    from graphmorph.search.algorithms import algorithms
+
+    return dict(entry.controller for entry in algorithms().values() if entry.controller is not None)
 
 
 def __getattr__(name: str):
-    """The search controllers, imported on first use: the core does not import the searches."""
-    if name in _SEARCH_CONTROLLERS:
-        import importlib
-        return getattr(importlib.import_module(_SEARCH_CONTROLLERS[name]), name)
-    raise AttributeError(f"module 'graphmorph' has no attribute {name!r}")
+    """A registered search's controller (`graphmorph.AutoGrow`, `graphmorph.NAC`, `graphmorph.Prune`),
+    imported on first use: the core does not import the searches."""
+    import importlib
+
+    module = _controllers().get(name)
+    if module is None:
+        raise AttributeError(f"module 'graphmorph' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_controllers()})
 
 
 __all__ = [
@@ -43,5 +56,5 @@ __all__ = [
     "history_document", "read_history", "ModelSource", "load_data", "Dataset", "DataError",
     "rebuild_optimizer", "channel_groups", "ChannelGroup", "Registry",
     "GraphmorphError", "CaptureError", "ShapeError", "AnalysisError", "ExportError", "ArchError", "ConfigError",
-    "RewriteError", "Refusal", "HistoryError", "ModelError", "AutoGrow", "NAC",
+    "RewriteError", "Refusal", "HistoryError", "ModelError",
 ]

@@ -1,5 +1,5 @@
-"""The `graphmorph` command line: `autogrow` (the main job), `nac`, `train`, `replay`, `report`, `flops`,
-`export`."""
+"""The `graphmorph` command line: a command per registered search (`autogrow`, the main job; `nac`;
+`prune`), and `train`, `replay`, `report`, `flops`, `export`."""
 from __future__ import annotations
 
 import argparse
@@ -11,15 +11,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from graphmorph import models
 from graphmorph.errors import ConfigError, GraphmorphError
 from graphmorph.run.rundir import CHECKPOINT, WriteError
-from graphmorph.search.autogrow import AutoGrowConfig
-from graphmorph.search.nac import NACConfig
+from graphmorph.search.algorithms import Algorithm, algorithm, algorithms
 from graphmorph.search.options import (add_options, flag_of, given_options, non_negative_float, positive,
                                        positive_float, shape, sizes)
 
@@ -81,7 +80,7 @@ def _resume_hint(args) -> str:
     if run_dir is None or not (run_dir / CHECKPOINT).is_file():
         return ""
     launcher = f"torchrun --nproc-per-node {_world_size()} -m graphmorph" if _world_size() > 1 else "graphmorph"
-    command = "autogrow" if args.command == "train" else args.command
+    command = _search_kind(args)
     return f": resume with {launcher} {command} --resume {run_dir}"
 
 
@@ -91,15 +90,20 @@ def _interrupted_state(args) -> str:
     if run_dir is None:
         return "nothing was written"
     if (run_dir / CHECKPOINT).is_file():
-        unit = "iteration or trained net" if args.command == "nac" else "epoch"
+        unit = algorithm(_search_kind(args)).unit
         return f"the last completed {unit} is checkpointed in {run_dir}{_resume_hint(args)}"
     if run_dir.is_dir():
         return f"{run_dir} holds no checkpoint yet; remove it and start again"
     return f"it stopped before creating {run_dir}: nothing was written"
 
 
+def _search_kind(args) -> str:
+    """The search a command runs (`train` is AutoGrow without growth)."""
+    return "autogrow" if args.command == "train" else args.command
+
+
 def _run_directory(args) -> Path | None:
-    if args.command not in ("autogrow", "nac", "train"):
+    if args.command != "train" and args.command not in algorithms():
         return None
     run_dir = getattr(args, "resume", None) or getattr(args, "run_dir", None)
     return Path(run_dir) if run_dir else None
@@ -120,15 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphmorph {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _search_command(commands, "autogrow", AutoGrowConfig, _run_autogrow,
-                    "discover a network's depth with AutoGrow (the main job)",
-                    "Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising "
-                    "validation accuracy, then fine-tune. With no options: p-AutoGrow on digits.")
-    _search_command(commands, "nac", NACConfig, _run_nac,
-                    "construct a net from an EnvelopeNet with NAC (prune branches and skips, add cells)",
-                    "Neural Architecture Construction: train an EnvelopeNet briefly, prune the branches with the "
-                    "lowest featuremap statistic and half the skips per stage, add a cell per stage, repeat; then "
-                    "train the constructed net (and any baselines) from scratch. With no options: digits.")
+    for entry in algorithms().values():
+        _search_command(commands, entry)
 
     train = commands.add_parser(
         "train", help="train a fixed net from scratch with the staircase schedule",
@@ -136,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                     "AutoGrow's Delta.",
     )
     train.add_argument("arch", metavar="ARCH", help=f"architecture: {models.valid_forms()}")
-    add_options(train, AutoGrowConfig, only=TRAIN_OPTIONS)
+    add_options(train, algorithm("autogrow").config_type, only=TRAIN_OPTIONS)
     _run_dir_argument(train)
     train.add_argument("--epochs", type=positive, help="epochs (default: the dataset's baseline)")
     train.add_argument("--lr", type=positive_float, help="initial LR (default 0.1 residual, 0.01 plain)")
@@ -222,14 +219,14 @@ def _source_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed the fresh model is built under (default: the history's)")
 
 
-def _search_command(commands, name: str, config_type, run, help: str, description: str) -> None:
+def _search_command(commands, entry: Algorithm) -> None:
     """A search's subcommand: an option per config field, the run directory, --resume."""
-    parser = commands.add_parser(name, help=help, description=description)
-    add_options(parser, config_type)
+    parser = commands.add_parser(entry.kind, help=entry.help, description=entry.description)
+    add_options(parser, entry.config_type)
     _run_dir_argument(parser)
     parser.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN")
     _allow_code_argument(parser)
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=lambda args: _run_search(args, entry))
 
 
 def _allow_code_argument(parser: argparse.ArgumentParser) -> None:
@@ -246,10 +243,6 @@ def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
 TRAIN_OPTIONS = ("data", "fraction", "val_fraction", "widths", "batch_size", "seed", "device", "test_every")
 
 
-def _config(args, **fixed):
-    return AutoGrowConfig.from_dict({**given_options(args, AutoGrowConfig), **fixed})
-
-
 def _label_for_path(arch: str) -> str:
     """An architecture as one folder name: an architecture file by its run, '/' and ':' replaced."""
     if arch.endswith(".json"):
@@ -264,44 +257,20 @@ def _run_dir(args, kind: str, net: str) -> Path:
     return Path("runs") / f"{kind}-{net}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _start_or_resume(args, config_type, run, kind: str, net: Callable, plan: Callable) -> tuple[dict, Path]:
-    """Resume the run named by --resume, or start one with the options given; (result, run directory)."""
+def _run_search(args, entry: Algorithm) -> int:
+    """Resume the run named by --resume, or start one with the options given; print its result."""
     if args.resume:
-        _refuse_settings_on_resume(args, config_type)
-        return run(None, args.resume, resume=True, allow_code=args.allow_code), Path(args.resume)
-    config = config_type.from_dict(given_options(args, config_type))
-    where = _run_dir(args, kind, _label_for_path(net(config)))
-    args.run_dir = str(where)
-    _tell(f"{plan(config)}; writing {where}")
-    return run(config, where), where
-
-
-def _run_autogrow(args) -> int:
-    from graphmorph.search.autogrow import run
-
-    result, where = _start_or_resume(
-        args, AutoGrowConfig, run, "autogrow", lambda c: c.model or c.seed_net,
-        lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth, K={c.K}, "
-                  f"tau={c.tau}, init={c.init}")
-    _print_result(result, where)
-    return 0
-
-
-def _run_nac(args) -> int:
-    from graphmorph.graph.flops import si
-    from graphmorph.search.nac import run
-
-    result, where = _start_or_resume(
-        args, NACConfig, run, "nac", lambda c: c.base,
-        lambda c: f"NAC from {c.base} on {c.data}: {c.iterations} iterations of {c.steps} steps, "
-                  f"{'keeping' if c.keep_weights else 'resetting'} weights")
-    _tell(f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
-          f"{si(result['params'])} parameters; construction {result['construction_seconds']:.1f} s"
-          + (f", training {result['train_seconds']:.1f} s" if result["train_seconds"] else "")
-          + f"; results in {where}; the net: {Path(where) / 'architecture.json'} (train, flops and export take it)")
-    for group, row in result.get("comparison", {}).items():
-        _tell(f"  {group:<12} test {row['test_acc_mean']:6.2f}% +- {row['test_acc_std']:.2f} "
-              f"({row['count']} net(s), {si(row['params_mean'])} parameters)")
+        _refuse_settings_on_resume(args, entry.config_type)
+        where = Path(args.resume)
+        result = entry.run(None, where, resume=True, allow_code=args.allow_code)
+    else:
+        config = entry.config_type.from_dict(given_options(args, entry.config_type))
+        where = _run_dir(args, entry.kind, _label_for_path(entry.net(config)))
+        args.run_dir = str(where)
+        _tell(f"{entry.plan(config)}; writing {where}")
+        result = entry.run(config, where)
+    for line in entry.summary(result, where):
+        _tell(line)
     return 0
 
 
@@ -313,14 +282,14 @@ def _refuse_settings_on_resume(args, config_type) -> None:
 
 
 def _run_train(args) -> int:
-    from graphmorph.search.autogrow import run
-
-    config = _config(args, seed_net=args.arch, grow=False,
-                     **({"finetune_epochs": args.epochs} if args.epochs else {}))
+    entry = algorithm("autogrow")
+    fixed = {"seed_net": args.arch, "grow": False, **({"finetune_epochs": args.epochs} if args.epochs else {})}
+    config = entry.config_type.from_dict({**given_options(args, entry.config_type), **fixed})
     where = _run_dir(args, "train", _label_for_path(args.arch))
     args.run_dir = str(where)
     _tell(f"training {args.arch} on {config.data}; writing {where}")
-    _print_result(run(config, where), where)
+    for line in entry.summary(entry.run(config, where), where):
+        _tell(line)
     return 0
 
 
@@ -352,6 +321,7 @@ def _overridden(source, args):
 
 def _run_report(args) -> int:
     from graphmorph.run.report import ReportError, plot_tradeoff, read_results, results_table
+    from graphmorph.search.algorithms import report_rows, result_kinds
 
     output = Path(args.output)
     if output.exists() and not args.force:
@@ -361,21 +331,11 @@ def _run_report(args) -> int:
         _say(f"left out {reason}")
     if not results:
         raise ReportError("none of the runs has a result to report")
-    print(results_table(results))
-    plot_tradeoff(results, output)
+    rows = report_rows(results)
+    print(results_table(rows))
+    plot_tradeoff(rows, output, result_kinds())
     print(f"wrote {output}")
     return 0
-
-
-def _print_result(result: dict, where) -> None:
-    from graphmorph.graph.flops import si
-
-    if result["kind"] == "train":
-        verb, timing = "trained", f"training {result['finetune_seconds']:.1f} s"
-    else:
-        verb, timing = "found", f"growth {result['growth_seconds']:.1f} s, fine-tuning {result['finetune_seconds']:.1f} s"
-    _tell(f"{verb} {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
-          f"{si(result['params'])} parameters; {timing}; results in {where}")
 
 
 def _version() -> str:

@@ -39,7 +39,7 @@ def test_an_interrupt_before_the_run_directory_exists_names_no_directory(tmp_pat
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(autogrow, "run", interrupted)
+    monkeypatch.setattr(autogrow._Session, "run", classmethod(interrupted))
     code, _, err = run_cli(capsys, "autogrow", "--run-dir", str(tmp_path / "comp"))
     assert code == 130
     assert f"it stopped before creating {tmp_path / 'comp'}: nothing was written" in err

@@ -135,7 +135,7 @@ def test_compare_groups_random_nets_with_mean_and_std():
 
 @pytest.mark.parametrize("argv, message", [
     (["nac", "--base", "EnvelopeNet-4/1"], "is not of the form EnvelopeNet-C/n1-n2-.../M"),
-    (["nac", "--max-cells", "2,2"], "max cells needs 3 positive counts"),
+    (["nac", "--max-cells", "2,2"], "max_cells needs 3 positive counts"),
     (["nac", "--baseline", "worst", "--epochs", "0"], "baselines are compared after training"),
     (["nac", "--data", "nosuchset"], "nosuchset"),
 ])

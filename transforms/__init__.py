@@ -7,8 +7,9 @@ The functions below (`grow`, `prune_channels`, ...) build and apply one. This pa
 the graphmorph core.
 """
 from transforms.cells import CELL_INITS, AddCell, add_cell
-from transforms.channel_pruning import (CRITERIA, PruneChannels, PruneFilters, head_units, mask_channels, prune_channels,
+from transforms.channel_pruning import (PruneChannels, PruneFilters, head_units, mask_channels, prune_channels,
                                         prune_filters, prune_heads)
+from transforms.criteria import CRITERIA, Criterion, register_criterion
 from transforms.dense import GrowDense, dense_layer, grow_dense
 from transforms.growth import PRESERVED_MODES, Grow, grow, growth_refusal
 from transforms.initializers import INITS, AdamInitOptions
@@ -21,7 +22,7 @@ from transforms.statistics import branch_statistics, instrument_branches, remove
 
 __all__ = ["grow", "growth_refusal", "replay_architecture", "prune_channels", "prune_filters", "prune_heads",
            "head_units", "mask_channels",
-           "CRITERIA", "prune_branches", "prune_skips", "prune_skip_edges", "remove_block", "add_cell", "CELL_INITS",
+           "CRITERIA", "Criterion", "register_criterion", "prune_branches", "prune_skips", "prune_skip_edges", "remove_block", "add_cell", "CELL_INITS",
            "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
            "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation",
            "apply", "register", "rewrite_of", "Rewrite", "Edit", "Step", "REWRITES",

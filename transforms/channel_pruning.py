@@ -18,20 +18,20 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import torch
 from torch import fx
 
-from graphmorph.graph.channel_ops import ChannelLayout, is_channel_mean, is_channel_norm, output_weight
+from graphmorph.graph.channel_ops import ChannelLayout, is_channel_mean, is_channel_norm
 from graphmorph.graph.channel_surgery import KEPT_KEY, apply_removal, check_removal
 from graphmorph.graph.channels import ChannelDependencies, ChannelGroup, channel_dependencies
 from graphmorph.graph.copying import clone
 from graphmorph.graph.memo import unchanged
 from graphmorph.graph.registry import Registry, analysis_registry
 from graphmorph.errors import Refusal, RewriteError
-from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
+from graphmorph.graph.shapes import Inputs
+from transforms.criteria import criterion_named
 from transforms.masked_norm import mask_statistics
 from transforms.protocol import Edit, Rewrite, Step, apply, register
 
-__all__ = ["prune_channels", "prune_filters", "mask_channels", "CRITERIA", "ROUNDINGS", "PruneChannels", "PruneFilters"]
+__all__ = ["prune_channels", "prune_filters", "FilterRanking", "mask_channels", "ROUNDINGS", "PruneChannels", "PruneFilters"]
 
-CRITERIA = ("l2", "featuremap_l2")
 ROUNDINGS: dict[str, Callable[[float], int]] = {   # a group's per-layer count from ratio * size
     "nearest": lambda share: int(share + 0.5),
     "up": lambda share: math.ceil(share - 1e-9),     # 0.3 * 10 is 3.0000000000000004: 3, not 4
@@ -85,9 +85,11 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
                   registry: Registry | None = None, heads: bool = False) -> fx.GraphModule:
     """Remove about `ratio` of the prunable channels, lowest importance first, in one verified rewrite.
 
-    `criterion` "l2" scores a channel by the L2 norm of the weights that produce it; "featuremap_l2"
-    by the mean square of its featuremaps on `data` (a batch of inputs, or an iterable of batches or
-    (inputs, labels) pairs). Globally (scores normalised by each group's mean) or, with `per_layer`,
+    `criterion` names a registered criterion (`transforms.criteria`): "l2" (the default) and "l1"
+    score a channel by the norm of the weights that produce it, "featuremap_l2" by its featuremaps'
+    mean square on `data` (a batch of inputs, or an iterable of batches or (inputs, labels)
+    pairs), "taylor" by |weight x gradient| of the loss on `data`'s (inputs, labels) batches,
+    "bn_scale" by its BatchNorms' |gamma|, "random" at random. Globally (scores normalised by each group's mean) or, with `per_layer`,
     the count nearest `ratio` of every group (`rounding="up"`: ratio * size rounded up, which is
     Torch-Pruning's count). Never empties a layer; never touches a group that reaches the model's
     output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even:
@@ -97,29 +99,49 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     `heads`, attention heads are the units of q, k, v and the output projection (see `prune_heads`),
     scored by the norm of all their weights; other groups are pruned as before.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
-    if criterion not in CRITERIA:
-        raise RewriteError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    if rounding not in ROUNDINGS:
-        raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
-    if criterion == "featuremap_l2" and data is None:
-        raise RewriteError("criterion 'featuremap_l2' needs calibration batches: pass data=...")
     with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
-        deps = channel_dependencies(gm, analysis_registry(registry, heads))
-        ignore = set(ignore)
-        groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
-        scores = _scores(gm, deps, groups, criterion, data)
-        pruned, skipped = [], []
-        for group, picked in _choose(deps, groups, scores, ratio, per_layer, ROUNDINGS[rounding]):
-            reason = check_removal(gm, deps, deps.removal(picked))
-            if reason:
-                skipped.append((group.producers[0], reason))
-            else:
-                pruned += _by_producer(deps, group, picked)
-        rewrite = PruneFilters(ratio, criterion, per_layer, tuple(pruned), tuple(skipped), rounding=rounding,
-                               registry=registry, heads=heads)
+        ranking = FilterRanking(gm, criterion, data, ignore, registry=registry, heads=heads)
+        rewrite = ranking.rewrite(ratio, per_layer, rounding=rounding)
         return apply(gm, rewrite, example_input=example_input, verify=verify)
+
+
+class FilterRanking:
+    """The channel analysis of `gm` and every prunable channel's importance under `criterion`,
+    computed once, to choose removals at several ratios (a search for the ratio that meets a
+    budget). `prune_filters` is `apply(gm, FilterRanking(gm, ...).rewrite(ratio))`; call
+    `rewrite` while `gm` is unchanged."""
+
+    def __init__(self, gm: fx.GraphModule, criterion: str = "l2", data: Any = None, ignore: Iterable[str] = (), *,
+                 registry: Registry | None = None, heads: bool = False):
+        scorer = criterion_named(criterion, data)
+        self.gm, self.criterion, self.registry, self.heads = gm, criterion, registry, heads
+        with unchanged(gm):
+            self.deps = deps = channel_dependencies(gm, analysis_registry(registry, heads))
+        ignore = set(ignore)
+        self.groups = [g for g in deps.groups if g.prunable and not ignore & {*g.producers, *g.readers}]
+        self.scores = scorer.score(gm, deps, self.groups, data)
+
+    @property
+    def size(self) -> int:
+        """How many channel classes the ranking holds."""
+        return sum(g.size for g in self.groups)
+
+    def rewrite(self, ratio: float, per_layer: bool = False, *, rounding: str = "nearest") -> "PruneFilters":
+        """The `PruneFilters` rewrite removing about `ratio` of the ranked channels (see `prune_filters`)."""
+        if not 0.0 <= ratio < 1.0:
+            raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
+        if rounding not in ROUNDINGS:
+            raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        deps, pruned, skipped = self.deps, [], []
+        with unchanged(self.gm):
+            for group, picked in _choose(deps, self.groups, self.scores, ratio, per_layer, ROUNDINGS[rounding]):
+                reason = check_removal(self.gm, deps, deps.removal(picked))
+                if reason:
+                    skipped.append((group.producers[0], reason))
+                else:
+                    pruned += _by_producer(deps, group, picked)
+        return PruneFilters(ratio, self.criterion, per_layer, tuple(pruned), tuple(skipped), rounding=rounding,
+                            registry=self.registry, heads=self.heads)
 
 
 class _ChannelRemoval(Rewrite):
@@ -239,52 +261,6 @@ def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[i
             entries.append((producer, tuple(channels)))
             left -= set(deps.classes(producer, channels))
     return entries
-
-
-def _scores(gm, deps, groups: list[ChannelGroup], criterion: str, data) -> list[list[float]]:
-    """Per group, one importance per class: the summed squares over its producers, square-rooted."""
-    per_node = _featuremap_squares(gm, deps, groups, data) if criterion == "featuremap_l2" else None
-    scores = []
-    for group in groups:
-        total = [0.0] * group.size
-        for producer, positions in deps.members(group):
-            if per_node is not None:
-                values = per_node[producer.name]
-            else:
-                weight = output_weight(gm, producer).detach()
-                values = weight.reshape(weight.shape[0], -1).pow(2).sum(1).tolist()
-            for position, value in zip(positions, values):
-                total[position] += value
-        scores.append([math.sqrt(v) for v in total])
-    return scores
-
-
-def _featuremap_squares(gm, deps, groups, data) -> dict[str, list[float]]:
-    """Mean over `data` of each producer's per-channel mean square featuremap (eval mode)."""
-    wanted = {p.name for g in groups for p, _ in deps.members(g)}
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, node):
-            value = super().run_node(node)
-            if node.name in wanted:
-                axis = deps.layout.axes.get(node.name, 1)
-                dims = [d for d in range(value.dim()) if d != axis]
-                square = value.detach().double().pow(2).mean(dims)
-                sums[node.name] = sums.get(node.name, 0) + square
-            return value
-
-    batches = [data] if isinstance(data, torch.Tensor) else data
-    device = next((p.device for p in gm.parameters()), torch.device("cpu"))
-    with evaluating(gm):
-        for batch in batches:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else batch
-            Recorder(gm).run(*[t.to(device) for t in as_inputs(inputs)])
-            count += 1
-    if not count:
-        raise RewriteError("data for 'featuremap_l2' held no batches")
-    return {name: (total / count).tolist() for name, total in sums.items()}
 
 
 def _choose(deps, groups, scores, ratio: float, per_layer: bool,

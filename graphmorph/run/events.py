@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Event", "Grew", "Stopped", "DepthCapped", "BudgetSpent", "Found", "PrunedBranches", "PrunedSkips",
-           "AddedCell", "EVENTS", "event_fields", "read_events"]
+__all__ = ["Event", "event", "Grew", "Stopped", "DepthCapped", "BudgetSpent", "Found", "PrunedBranches", "PrunedSkips",
+           "AddedCell", "EVENTS", "register_events", "event_fields", "read_events"]
 
 
 @dataclass(frozen=True)
@@ -25,24 +25,32 @@ class Event:
         return {"kind": self.kind, **{f.name: _listed(getattr(self, f.name)) for f in dataclasses.fields(self)}}
 
 
-def _event(name: str, kind: str, template: str, **fields: type) -> type[Event]:
-    """A frozen Event dataclass named `name` with `fields` (name: type), in order."""
+def event(name: str, kind: str, template: str, module: str = __name__, **fields: type) -> type[Event]:
+    """A frozen Event dataclass named `name` (defined in `module`) with `fields` (name: type), in
+    order; a search lists its events in its registration (`graphmorph.search.algorithms`)."""
     return dataclasses.make_dataclass(name, list(fields.items()), bases=(Event,), frozen=True,
-                                      namespace={"kind": kind, "template": template, "__module__": __name__})
+                                      namespace={"kind": kind, "template": template, "__module__": module})
 
 
-Grew = _event("Grew", "grew", "grew stage {stage} -> {arch}", stage=int, arch=str)
-Stopped = _event("Stopped", "stopped", "stopped stage {stage}", stage=int)  # growth did not pay within J epochs
-DepthCapped = _event("DepthCapped", "depth_capped", "stage {stage} reached the depth cap {cap}", stage=int, cap=int)
-BudgetSpent = _event("BudgetSpent", "budget_spent", "growth budget spent")
-Found = _event("Found", "found", "found {arch}; fine-tuning {finetune_epochs} epochs", arch=str, finetune_epochs=int)
-PrunedBranches = _event("PrunedBranches", "pruned_branches", "stage{stage}: pruned {branches}", stage=int,
+Grew = event("Grew", "grew", "grew stage {stage} -> {arch}", stage=int, arch=str)
+Stopped = event("Stopped", "stopped", "stopped stage {stage}", stage=int)  # growth did not pay within J epochs
+DepthCapped = event("DepthCapped", "depth_capped", "stage {stage} reached the depth cap {cap}", stage=int, cap=int)
+BudgetSpent = event("BudgetSpent", "budget_spent", "growth budget spent")
+Found = event("Found", "found", "found {arch}; fine-tuning {finetune_epochs} epochs", arch=str, finetune_epochs=int)
+PrunedBranches = event("PrunedBranches", "pruned_branches", "stage{stage}: pruned {branches}", stage=int,
                         branches=tuple)  # "cellK.branch" names
-PrunedSkips = _event("PrunedSkips", "pruned_skips", "stage{stage}: pruned {count} skip(s)", stage=int, count=int)
-AddedCell = _event("AddedCell", "added_cell", "stage{stage}: added {cell}", stage=int, cell=str)
+PrunedSkips = event("PrunedSkips", "pruned_skips", "stage{stage}: pruned {count} skip(s)", stage=int, count=int)
+AddedCell = event("AddedCell", "added_cell", "stage{stage}: added {cell}", stage=int, cell=str)
 
-EVENTS = {cls.kind: cls for cls in (Grew, Stopped, DepthCapped, BudgetSpent, Found, PrunedBranches, PrunedSkips,
-                                    AddedCell)}
+EVENTS: dict[str, type[Event]] = {}   # by kind: these, and the events every registered search lists
+
+
+def register_events(*classes: type[Event]) -> None:
+    """Make `classes` readable from log rows; a kind names one class."""
+    for cls in classes:
+        if EVENTS.get(cls.kind, cls) is not cls:
+            raise ValueError(f"event kind {cls.kind!r} is registered already, by {EVENTS[cls.kind].__name__}")
+        EVENTS[cls.kind] = cls
 
 
 def event_fields(events: list[Event]) -> dict[str, Any]:
@@ -58,3 +66,6 @@ def read_events(row: dict[str, Any]) -> list[Event]:
 
 def _listed(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+register_events(Grew, Stopped, DepthCapped, BudgetSpent, Found, PrunedBranches, PrunedSkips, AddedCell)

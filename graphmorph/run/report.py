@@ -22,7 +22,7 @@ from graphmorph.run.history_file import history_document
 from graphmorph.run.rundir import RunDirectory
 from graphmorph.run.sources import ModelSource
 
-__all__ = ["ReportError", "finish_run", "save_result", "onnx_metadata", "INPUT_NAMES", "OUTPUT_NAMES", "write_rewrites", "plot_growth", "read_results", "results_table", "plot_tradeoff", "pyplot", "save_figure"]
+__all__ = ["ReportError", "finish_run", "save_result", "onnx_metadata", "INPUT_NAMES", "OUTPUT_NAMES", "write_rewrites", "plot_growth", "read_results", "results_table", "pareto_front", "plot_tradeoff", "pyplot", "save_figure"]
 
 
 def finish_run(directory: RunDirectory, gm: fx.GraphModule, source: ModelSource,
@@ -111,8 +111,6 @@ def _blocks(arch: str) -> int:
 
 
 REPORT_KEYS = ("kind", "data", "found", "test_acc", "macs", "params")
-KIND_LABELS = {"autogrow": "AutoGrow", "train": "trained from scratch", "nac": "NAC constructed"}
-KIND_MARKERS = {"autogrow": "o", "train": "s", "nac": "^"}
 
 
 def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -143,31 +141,54 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], list[st
     return results, skipped
 
 
+def pareto_front(results: list[dict[str, Any]]) -> set[int]:
+    """Indices of the results no other result on the same data beats: none as accurate or more with
+    fewer MACs, or more accurate with as few."""
+    front = set()
+    for k, r in enumerate(results):
+        beaten = any(o["data"] == r["data"] and o["macs"] <= r["macs"] and o["test_acc"] >= r["test_acc"]
+                     and (o["macs"] < r["macs"] or o["test_acc"] > r["test_acc"]) for o in results)
+        if not beaten:
+            front.add(k)
+    return front
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
-    """One row per run: its full name, kind, data, found net, test accuracy, MACs, parameters, time."""
+    """One row per result: its full name, kind, data, net, test accuracy, MACs, parameters, time,
+    and a star on the Pareto front (`pareto_front`)."""
     width = max([len("run"), *(len(r["run"]) for r in results)])
     found = max([len("found net"), *(len(str(r["found"])) for r in results)])
     data = max([len("data"), *(len(str(r["data"])) for r in results)])
-    header = (f"{'run':<{width}} {'kind':<8} {'data':<{data}} {'found net':<{found}} {'test %':>7} {'MACs':>9} "
-              f"{'params':>8} {'time s':>8}")
+    kind = max([len("kind"), *(len(r["kind"]) for r in results)])
+    header = (f"{'run':<{width}} {'kind':<{kind}} {'data':<{data}} {'found net':<{found}} {'test %':>7} {'MACs':>9} "
+              f"{'params':>8} {'time s':>8}  front")
     lines = [header, "-" * len(header)]
-    for r in results:
-        seconds = (r.get("growth_seconds") or 0) + (r.get("finetune_seconds") or 0)
-        lines.append(f"{r['run']:<{width}} {r['kind']:<8} {r['data']:<{data}} {r['found']:<{found}} "
-                     f"{r['test_acc']:>7.2f} {si(r['macs']):>9} {si(r['params']):>8} {seconds:>8.1f}")
+    front = pareto_front(results)
+    for k, r in enumerate(results):
+        seconds = (r.get("growth_seconds") or 0) + (r.get("finetune_seconds") or 0) + (r.get("prune_seconds") or 0)
+        lines.append(f"{r['run']:<{width}} {r['kind']:<{kind}} {r['data']:<{data}} {r['found']:<{found}} "
+                     f"{r['test_acc']:>7.2f} {si(r['macs']):>9} {si(r['params']):>8} {seconds:>8.1f}  "
+                     f"{'*' if k in front else ''}")
     return "\n".join(lines)
 
 
-def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy vs MACs per run (the trade-off of the paper's Figures 3 and 4), one marker per
-    kind of run, labelled in the legend."""
+def plot_tradeoff(results: list[dict[str, Any]], path: Path, kinds: dict[str, Any], title: str | None = None) -> None:
+    """Test accuracy vs MACs per result (the trade-off of the paper's Figures 3 and 4), one marker
+    per kind (`kinds`: kind -> its `label` and `marker`), the Pareto front of each data set joined
+    by a line and its points ringed."""
     plt = pyplot()
     fig, axis = plt.subplots(figsize=(9, 5))
-    for kind, label in KIND_LABELS.items():
+    for kind, shown in kinds.items():
         runs = [r for r in results if r["kind"] == kind]
         if runs:
-            axis.scatter([r["macs"] for r in runs], [r["test_acc"] for r in runs], marker=KIND_MARKERS[kind],
-                         label=label)
+            axis.scatter([r["macs"] for r in runs], [r["test_acc"] for r in runs], marker=shown.marker,
+                         label=shown.label, zorder=3)
+    front = [results[k] for k in sorted(pareto_front(results))]
+    for data in sorted({r["data"] for r in front}):
+        points = sorted((r["macs"], r["test_acc"]) for r in front if r["data"] == data)
+        axis.plot(*zip(*points), color="tab:red", alpha=0.5, linewidth=1, drawstyle="steps-post", zorder=2,
+                  label="Pareto front" if data == min(r["data"] for r in front) else None)
+        axis.scatter(*zip(*points), s=120, facecolors="none", edgecolors="tab:red", zorder=4)
     for r in results:
         axis.annotate(f"{r['found']} ({r['data']})", (r["macs"], r["test_acc"]), fontsize=7, xytext=(4, 4),
                       textcoords="offset points", wrap=True)
@@ -175,7 +196,7 @@ def plot_tradeoff(results: list[dict[str, Any]], path: Path) -> None:
     axis.margins(x=0.35, y=0.12)  # room for the labels right of the last point
     axis.set_xlabel("MACs per image")
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title("accuracy vs computation", fontsize=9)
+    axis.set_title(title or "accuracy vs computation (ringed: the Pareto front)", fontsize=9)
     axis.legend(loc="best", fontsize=8)
     save_figure(fig, path)
 

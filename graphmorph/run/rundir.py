@@ -130,7 +130,7 @@ class RunDirectory:
 
     @classmethod
     def existing(cls, path: str | Path, kind: str) -> "RunDirectory":
-        """The run directory at `path` of a `kind` ("autogrow" or "nac") run, with a checkpoint."""
+        """The run directory at `path` of a `kind` run (a registered search's), with a checkpoint."""
         run = cls(path)
         if not run.path.is_dir():
             raise RunError(f"there is no run directory {run.path}")
@@ -143,12 +143,16 @@ class RunDirectory:
         return run
 
     def kind(self) -> str | None:
-        """"nac" or "autogrow" (AutoGrow and `graphmorph train`), from config.json; None without one."""
+        """The search that wrote the run ("autogrow" for `graphmorph train` too), as config.json
+        records it; None without one. Runs written before config.json recorded its kind are NAC's
+        when their settings name a base net, else AutoGrow's."""
         try:
             config = json.loads((self.path / "config.json").read_text())
         except (OSError, ValueError):
             return None
-        return "nac" if isinstance(config, dict) and "base" in config else "autogrow"
+        if not isinstance(config, dict):
+            return None
+        return config.get("kind") or ("nac" if "base" in config else "autogrow")
 
     def write_text(self, name: str, text: str) -> Path:
         return _write_via_temporary(self.path / name, lambda temporary: temporary.write_text(text))

@@ -21,7 +21,8 @@ from graphmorph.run.rundir import load_saved, save_atomically
 from graphmorph.run.sources import ModelSource
 from transforms.replayer import replay, replay_architecture
 
-__all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint", "saved_normalization"]
+__all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint", "load_weights",
+           "saved_normalization", "has_history"]
 
 WEIGHTS_FORMAT = "graphmorph.weights"
 
@@ -63,13 +64,29 @@ def load_checkpoint(path: str | Path, history_path: str | Path | None = None,
     else:
         raise HistoryError(f"{path} has no history inside it and no rewrites.json beside it: pass --history FILE")
     gm = replay_architecture(source.capture(), rewrites)
+    _load_into(gm, payload, path, f"{source.model} after its {len(rewrites)} rewrites",
+               "use the history written with these weights")
+    return gm, source
+
+
+def load_weights(gm: fx.GraphModule, path: str | Path, what: str) -> fx.GraphModule:
+    """Load the weights file at `path` (a state dict, a graphmorph weights file or a run's checkpoint)
+    into `gm` (described as `what` in the error when they do not fit); returns `gm`."""
+    _load_into(gm, _load(path), path, what, "pass the weights saved from that net")
+    return gm
+
+
+def _load_into(gm: fx.GraphModule, payload: dict[str, Any], path: str | Path, what: str, fix: str) -> None:
     weights = next((payload[key] for key in ("final_model", "model") if isinstance(payload.get(key), dict)), payload)
     try:
         gm.load_state_dict(weights)
     except RuntimeError as err:
-        raise HistoryError(f"the weights in {path} do not fit {source.model} after its {len(rewrites)} rewrites "
-                           f"({first_line(err)}); use the history written with these weights") from None
-    return gm, source
+        raise HistoryError(f"the weights in {path} do not fit {what} ({first_line(err)}); {fix}") from None
+
+
+def has_history(path: str | Path) -> bool:
+    """Whether the weights file at `path` carries its rewrite history (a graphmorph weights file)."""
+    return isinstance(_load(path).get("history"), dict)
 
 
 def saved_normalization(path: str | Path) -> dict[str, list[float]] | None:

@@ -26,13 +26,14 @@ from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.history import history
 from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
-from graphmorph.run.events import Grew, event_fields
+from graphmorph.run.events import BudgetSpent, DepthCapped, Found, Grew, Stopped, event_fields
 from graphmorph.run.report import finish_run
 from graphmorph.run.optim import optimizer_state, restore_optimizer
 from graphmorph.run.sources import ModelSource, is_factory
+from graphmorph.search.algorithms import Algorithm, ResultKind, register_algorithm
 from graphmorph.search.budget import Budget, Estimate, baseline_epochs, estimate
-from graphmorph.search.config import config_from_dict
-from graphmorph.search.grower import AutoGrow, Change, shape_text
+from graphmorph.search.config import config_from_dict, require
+from graphmorph.search.grower import AutoGrow, Change, growth_checks, shape_text
 from graphmorph.search.session import SearchSession
 from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float, shape, sizes)
@@ -98,17 +99,10 @@ class AutoGrowConfig:
         return config_from_dict(cls, values, "AutoGrow")
 
     def validate(self) -> None:
-        checks = [
-            (self.K >= 1, f"K must be at least 1 epoch, got {self.K}"),
-            (self.J is None or self.J >= 1, f"J must be at least 1 epoch, got {self.J}"),
-            (0 <= self.tau <= 100, f"tau must be 0 to 100 percentage points of accuracy, got {self.tau}"),
-            (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
-            (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
-            (self.std > 0, f"std must be > 0, got {self.std}"),
+        require(growth_checks(self.policy, self.K, self.J, self.tau, self.init, self.std, self.max_depth,
+                              self.finetune_epochs) + [
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"),
-            (self.finetune_epochs is None or self.finetune_epochs >= 0, "finetune epochs must be >= 0"),
-            (self.max_depth >= 1, f"max depth must be at least 1, got {self.max_depth}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.test_every >= 0, f"test every must be >= 0 epochs, got {self.test_every}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
@@ -118,10 +112,7 @@ class AutoGrowConfig:
              "widths apply to seed nets; a model factory sets its own widths"),
             (self.input_shape is None or (len(self.input_shape) == 3 and min(self.input_shape) >= 1),
              f"input shape must be three positive sizes C,H,W, got {self.input_shape}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        ])
         self.seed_arch()  # raises ArchError for a bad seed net
 
     def label(self) -> str:
@@ -347,3 +338,26 @@ def _name_of(gm: fx.GraphModule) -> str:
     if model_name(gm) == "EnvelopeNet":
         return structure_label(envelope_arch(gm))
     return arch_of(gm)
+
+
+def _summary(result: dict[str, Any], where) -> list[str]:
+    from graphmorph.graph.flops import si
+
+    if result["kind"] == "train":
+        verb, timing = "trained", f"training {result['finetune_seconds']:.1f} s"
+    else:
+        verb, timing = "found", f"growth {result['growth_seconds']:.1f} s, fine-tuning {result['finetune_seconds']:.1f} s"
+    return [f"{verb} {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+            f"{si(result['params'])} parameters; {timing}; results in {where}"]
+
+
+ALGORITHM = register_algorithm(Algorithm(
+    kind="autogrow", title="AutoGrow", config_type=AutoGrowConfig, run=run,
+    help="discover a network's depth with AutoGrow (the main job)",
+    description="Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising validation "
+                "accuracy, then fine-tune. With no options: p-AutoGrow on digits.",
+    unit="epoch", net=lambda c: c.model or c.seed_net,
+    plan=lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth, K={c.K}, tau={c.tau}, init={c.init}",
+    summary=_summary,
+    results={"autogrow": ResultKind("AutoGrow", "o"), "train": ResultKind("trained from scratch", "s")},
+    events=(Grew, Stopped, DepthCapped, BudgetSpent, Found), controller=("AutoGrow", "graphmorph.search.grower")))

@@ -28,7 +28,7 @@ from torch import fx
 
 from graphmorph.graph.flops import count_flops
 
-__all__ = ["Budget", "Estimate", "baseline_epochs", "estimate"]
+__all__ = ["Budget", "Estimate", "baseline_epochs", "estimate", "step_seconds"]
 
 PAPER_EPOCHS, PAPER_IMAGES = 200, 50_000
 EXPONENT = 0.69           # through (1294 images, 16 epochs) and (50000, 200)
@@ -80,7 +80,7 @@ class Estimate:
 def estimate(gm: fx.GraphModule, example: torch.Tensor, trainer, x: torch.Tensor, y: torch.Tensor,
              evaluated: int, budget: Budget, K: int, growing: list[int], max_depth: int) -> Estimate:
     """The run's expected seconds: a timed epoch of the seed net, scaled by the expected MACs."""
-    step = _step_seconds(gm, trainer, x, y)
+    step = step_seconds(gm, trainer, x, y)
     steps_per_epoch = math.ceil(len(y) / trainer.batch_size)
     epoch = step * (steps_per_epoch + evaluated / trainer.batch_size / 3)   # a forward is about a third of a step
     growth_epochs = 0
@@ -103,7 +103,7 @@ def _stage_macs(report, label: str) -> int:
     return cost.macs if cost is not None else 0
 
 
-def _step_seconds(gm: fx.GraphModule, trainer, x: torch.Tensor, y: torch.Tensor) -> float:
+def step_seconds(gm: fx.GraphModule, trainer, x: torch.Tensor, y: torch.Tensor) -> float:
     """Seconds per training step of a copy of `gm` (its own optimizer and batch order)."""
     model = trainer.place_model(copy.deepcopy(gm))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

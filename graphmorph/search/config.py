@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 from graphmorph.errors import ConfigError
 
-__all__ = ["config_from_dict"]
+__all__ = ["config_from_dict", "require"]
 
 Config = TypeVar("Config")
 
@@ -21,3 +21,10 @@ def config_from_dict(cls: type[Config], values: dict[str, Any], label: str) -> C
     config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
     config.validate()
     return config
+
+
+def require(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise ConfigError with the message of the first check that failed."""
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -20,6 +20,7 @@ import torch
 from torch import fx, nn
 
 from graphmorph.errors import ConfigError
+from graphmorph.search.config import require
 from graphmorph.graph.capture import capture
 from graphmorph.graph.history import history
 from graphmorph.graph.verify import output_shape
@@ -153,17 +154,21 @@ class NAC:
 
     def _validate(self) -> None:
         unknown = [b for b in self.branches if b not in BRANCH_TYPES]
-        checks = [
-            (self.iterations >= 1, f"iterations must be at least 1, got {self.iterations}"),
-            (self.max_prune >= 0, f"max_prune must be >= 0, got {self.max_prune}"),
-            (self.max_cells is None or (len(self.max_cells) == self.stages and min(self.max_cells) >= 1),
-             f"max_cells needs {self.stages} positive counts, one per stage, got {self.max_cells}"),
-            (self.cell_init in CELL_INITS, f"cell_init must be one of {', '.join(CELL_INITS)}, got {self.cell_init!r}"),
+        require(construction_checks(self.iterations, self.max_prune, self.max_cells, self.stages, self.cell_init) + [
             (not unknown and self.branches, f"branches must be among {', '.join(BRANCH_TYPES)}, got {self.branches}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        ])
+
+
+def construction_checks(iterations: int, max_prune: int, max_cells: Sequence[int] | None, stages: int,
+                        cell_init: str) -> list[tuple[bool, str]]:
+    """The construction settings' checks, (holds, message if not), shared by the controller and the run's config."""
+    return [
+        (iterations >= 1, f"iterations must be at least 1, got {iterations}"),
+        (max_prune >= 0, f"max_prune must be >= 0, got {max_prune}"),
+        (max_cells is None or (len(max_cells) == stages and min(max_cells) >= 1),
+         f"max_cells needs {stages} positive counts, one per stage, got {max_cells}"),
+        (cell_init in CELL_INITS, f"cell_init must be one of {', '.join(CELL_INITS)}, got {cell_init!r}"),
+    ]
 
 
 def _branch_set(gm: fx.GraphModule) -> tuple[str, ...]:

@@ -29,11 +29,12 @@ from graphmorph.run.events import BudgetSpent, DepthCapped, Event, Found, Grew, 
 from graphmorph.run.optim import rebuild_optimizer
 from graphmorph.run.sources import ModelError
 from graphmorph.run.train import staircase_lr
+from graphmorph.search.config import require
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
 
-__all__ = ["AutoGrow", "Change", "GrowthState", "shape_text"]
+__all__ = ["AutoGrow", "Change", "GrowthState", "growth_checks", "shape_text"]
 
 
 @dataclass
@@ -214,21 +215,10 @@ class AutoGrow:
     # ---- setup
 
     def _validate(self) -> None:
-        checks = [
-            (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
-            (self.K >= 1, f"K must be at least 1 epoch, got {self.K}"),
-            (self.J >= 1, f"J must be at least 1 epoch, got {self.J}"),
-            (0 <= self.tau <= 100, f"tau must be 0 to 100 percentage points of accuracy, got {self.tau}"),
-            (self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}"),
-            (self.std > 0, f"std must be > 0, got {self.std}"),
-            (self.max_depth >= 1, f"max depth must be at least 1, got {self.max_depth}"),
-            (self.finetune_epochs >= 0, f"finetune epochs must be >= 0, got {self.finetune_epochs}"),
+        require(growth_checks(self.policy, self.K, self.J, self.tau, self.init, self.std, self.max_depth,
+                              self.finetune_epochs) + [
             (self.init != "adam" or self.data is not None,
-             "init='adam' trains the new block's last BatchNorm: pass data=<batches of (x, y) or a callable>"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+             "init='adam' trains the new block's last BatchNorm: pass data=<batches of (x, y) or a callable>")])
 
     def _growing_stages(self, stages: Sequence[int] | None) -> list[int]:
         """The stages that may grow: those asked for (or all) that a trial growth accepts."""
@@ -245,6 +235,21 @@ class AutoGrow:
         if stages is None and not found:
             raise ModelError(nothing_to_grow(self.model, {}, self.name))
         return growing
+
+
+def growth_checks(policy: str, K: int, J: int | None, tau: float, init: str, std: float, max_depth: int,
+                  finetune_epochs: int | None) -> list[tuple[bool, str]]:
+    """The growth settings' checks, (holds, message if not), shared by the controller and the run's config."""
+    return [
+        (policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {policy!r}"),
+        (K >= 1, f"K must be at least 1 epoch, got {K}"),
+        (J is None or J >= 1, f"J must be at least 1 epoch, got {J}"),
+        (0 <= tau <= 100, f"tau must be 0 to 100 percentage points of accuracy, got {tau}"),
+        (init in INITS, f"init must be one of {', '.join(INITS)}, got {init!r}"),
+        (std > 0, f"std must be > 0, got {std}"),
+        (max_depth >= 1, f"max depth must be at least 1, got {max_depth}"),
+        (finetune_epochs is None or finetune_epochs >= 0, f"finetune epochs must be >= 0, got {finetune_epochs}"),
+    ]
 
 
 def _captured(model: nn.Module, example_input: torch.Tensor | None) -> fx.GraphModule:

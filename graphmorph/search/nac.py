@@ -28,19 +28,19 @@ from torch import fx
 from graphmorph.graph.capture import capture
 from graphmorph.run.data import Dataset
 from graphmorph.run.distributed import World
-from graphmorph.errors import ConfigError
 from graphmorph.graph.flops import count_flops
 from graphmorph.graph.verify import parameter_count
 from graphmorph.models import BRANCH_TYPES, arch_of, build, envelope_arch, structure_label
 from graphmorph.models.envelope import parse_envelope
-from graphmorph.run.events import event_fields
+from graphmorph.run.events import AddedCell, PrunedBranches, PrunedSkips, event_fields
 from graphmorph.run.report import save_result
 from graphmorph.run.sources import ModelSource
-from graphmorph.search.config import config_from_dict
+from graphmorph.search.algorithms import Algorithm, ResultKind, register_algorithm
+from graphmorph.search.config import config_from_dict, require
 from graphmorph.search.session import SearchSession
 from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float, sizes)
-from graphmorph.search.constructor import NAC
+from graphmorph.search.constructor import NAC, construction_checks
 from graphmorph.search.nac_choices import random_structure
 from graphmorph.search.nac_plots import plot_comparison, plot_iterations, plot_statistics
 from graphmorph.run.train import TrainingDiverged, staircase_lr
@@ -94,14 +94,9 @@ class NACConfig:
 
     def validate(self) -> None:
         depths = parse_envelope(self.base)[1]  # ArchError for a bad base
-        checks = [
-            (self.iterations >= 1, f"iterations must be at least 1, got {self.iterations}"),
+        require(construction_checks(self.iterations, self.max_prune, self.max_cells, len(depths), self.cell_init) + [
             (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
             (self.log_every >= 1, f"log every must be at least 1 step, got {self.log_every}"),
-            (self.max_prune >= 0, f"max prune must be >= 0, got {self.max_prune}"),
-            (self.max_cells is None or (len(self.max_cells) == len(depths) and min(self.max_cells) >= 1),
-             f"max cells needs {len(depths)} positive counts, one per stage of {self.base}, got {self.max_cells}"),
-            (self.cell_init in CELL_INITS, f"cell init must be one of {', '.join(CELL_INITS)}, got {self.cell_init!r}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
@@ -110,10 +105,7 @@ class NACConfig:
             (not self.baselines or self.epochs >= 1, "baselines are compared after training: give --epochs >= 1"),
             (self.n_random >= 1, f"n must be at least 1, got {self.n_random}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        ])
 
     def branch_set(self) -> tuple[str, ...]:
         return BRANCH_TYPES[: parse_envelope(self.base)[2]]
@@ -365,3 +357,29 @@ def _progress_line(row: dict[str, Any], iterations: int) -> str:
     return (f"iteration {row['iteration']}/{iterations}  {row['arch']:<28} train {row['train_acc']:5.1f}%  "
             f"val {row['val_acc']:5.1f}%  test {row['test_acc']:5.1f}%  -> {row['next_arch']}  ({row['seconds']:.1f} s)"
             + (f"\n    {row['event']}" if row["event"] else ""))
+
+
+def _summary(result: dict[str, Any], where) -> list[str]:
+    from graphmorph.graph.flops import si
+
+    lines = [f"constructed {result['found']}: test accuracy {result['test_acc']:.2f}%, {si(result['macs'])} MACs, "
+             f"{si(result['params'])} parameters; construction {result['construction_seconds']:.1f} s"
+             + (f", training {result['train_seconds']:.1f} s" if result["train_seconds"] else "")
+             + f"; results in {where}; the net: {Path(where) / 'architecture.json'} (train, flops and export take it)"]
+    for group, row in result.get("comparison", {}).items():
+        lines.append(f"  {group:<12} test {row['test_acc_mean']:6.2f}% +- {row['test_acc_std']:.2f} "
+                     f"({row['count']} net(s), {si(row['params_mean'])} parameters)")
+    return lines
+
+
+ALGORITHM = register_algorithm(Algorithm(
+    kind="nac", title="NAC", config_type=NACConfig, run=run,
+    help="construct a net from an EnvelopeNet with NAC (prune branches and skips, add cells)",
+    description="Neural Architecture Construction: train an EnvelopeNet briefly, prune the branches with the lowest "
+                "featuremap statistic and half the skips per stage, add a cell per stage, repeat; then train the "
+                "constructed net (and any baselines) from scratch. With no options: digits.",
+    unit="iteration or trained net", net=lambda c: c.base,
+    plan=lambda c: f"NAC from {c.base} on {c.data}: {c.iterations} iterations of {c.steps} steps, "
+                   f"{'keeping' if c.keep_weights else 'resetting'} weights",
+    summary=_summary, results={"nac": ResultKind("NAC constructed", "^")},
+    events=(PrunedBranches, PrunedSkips, AddedCell), controller=("NAC", "graphmorph.search.constructor")))

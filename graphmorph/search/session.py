@@ -55,6 +55,7 @@ class SearchSession:
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.rewrite_rng = torch.Generator().manual_seed(config.seed + 1)
         self.checkpointed = False
+        self.allow_code: Collection[str] = ()     # factories the user named, for files the run reads
 
     @classmethod
     def run(cls, config, run_dir: str | Path, resume: bool = False,
@@ -72,6 +73,7 @@ class SearchSession:
                 for spec in cls.named_code(config):
                     require_named(spec, allow_code, f"{directory.path / CHECKPOINT}'s settings", ConfigError)
                 session = cls(config, world, progress)
+                session.allow_code = allow_code
                 session.restore(checkpoint)
                 session.directory = directory
                 world.from_main(session.write_derived)  # the checkpoint may be ahead of the log it left
@@ -81,9 +83,11 @@ class SearchSession:
                 world.check_same(f"{cls.title} settings", dataclasses.asdict(config))
                 world.from_main(lambda: RunDirectory.ensure_new(run_dir))
                 session = cls(config, world, progress)  # data and model first: a failed start leaves no folder
+                session.allow_code = allow_code
                 session.begin()
                 session.directory = world.from_main(
-                    lambda: RunDirectory.create(run_dir, session.resolved_config(), session.checkpoint_payload()))
+                    lambda: RunDirectory.create(run_dir, {"kind": cls.kind, **session.resolved_config()},
+                                                session.checkpoint_payload()))
                 if world.is_main:
                     held.enter_context(session.directory.locked())
                 session.checkpointed = True  # an interrupt in the first unit can resume from the start

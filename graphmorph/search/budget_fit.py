@@ -1,0 +1,94 @@
+"""Meeting a computation budget with verified pruning rewrites: how much a net costs (`MEASURES`),
+the channel pruning that lands nearest a target cost (a bisection over the global ratio of one
+`FilterRanking`), and block removal chosen by the validation accuracy it costs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import fx
+
+from graphmorph.errors import RewriteError
+from graphmorph.graph.analysis import find_blocks, find_stages
+from graphmorph.graph.flops import count_flops
+from graphmorph.graph.memo import unchanged
+from graphmorph.graph.verify import parameter_count
+from transforms import apply, remove_block
+from transforms.channel_pruning import FilterRanking
+
+__all__ = ["MEASURES", "Fit", "fit_channels", "removable_blocks", "cheapest_block"]
+
+# what a budget counts: MACs for one example input, or parameters
+MEASURES: dict[str, Callable[[fx.GraphModule, torch.Tensor], float]] = {
+    "macs": lambda gm, example: float(count_flops(gm, example).macs),
+    "params": lambda gm, example: float(parameter_count(gm)),
+}
+
+_BISECTIONS = 24   # halvings of the ratio interval: far finer than one channel of any net we prune
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A pruned net and its cost: the nearest to the target the ranking reaches."""
+
+    model: fx.GraphModule
+    cost: float
+    ratio: float          # the global share of ranked channels removed
+
+
+def fit_channels(gm: fx.GraphModule, target: float, measure: str, example: torch.Tensor, *, criterion: str = "l2",
+                 data: Any = None, verify: bool = True) -> Fit:
+    """`gm` with channels pruned (lowest `criterion` importance first, one `PruneFilters` rewrite)
+    so that its `measure` lands as near `target` as the ranking allows; `gm` itself when it
+    already costs no more than `target`. The search applies candidate rewrites unverified; the
+    one returned is verified (pruning equals masking) when `verify`."""
+    cost = MEASURES[measure]
+    if cost(gm, example) <= target:
+        return Fit(gm, cost(gm, example), 0.0)
+    tried: dict[float, float] = {}
+    with unchanged(gm):
+        ranking = FilterRanking(gm, criterion, data)
+        if not ranking.size:
+            raise RewriteError("the net has no prunable channels (each channel group reaches the output or is refused)")
+
+        def measured(ratio: float) -> float:
+            if ratio not in tried:
+                tried[ratio] = cost(apply(gm, ranking.rewrite(ratio), verify=False), example)
+            return tried[ratio]
+
+        low, high = 0.0, 1.0 - 1.0 / (ranking.size + 1)
+        for _ in range(_BISECTIONS):
+            middle = (low + high) / 2
+            if measured(middle) > target:
+                low = middle
+            else:
+                high = middle
+        best = min(tried, key=lambda r: (abs(tried[r] - target), r))
+        model = apply(gm, ranking.rewrite(best), example_input=example, verify=verify)
+    return Fit(model, cost(model, example), best)
+
+
+def removable_blocks(gm: fx.GraphModule) -> list[str]:
+    """Blocks `remove_block` can take out: residual, identity shortcut, not their stage's only block."""
+    alone = {stage.blocks[0] for stage in find_stages(gm) if len(stage.blocks) == 1}
+    return [b.name for b in find_blocks(gm) if b.residual and b.shortcut == "identity" and b.name not in alone]
+
+
+def cheapest_block(gm: fx.GraphModule, evaluate: Callable[[fx.GraphModule], float], floor: float, measure: str,
+                   example: torch.Tensor) -> tuple[str, fx.GraphModule, float] | None:
+    """The removable block whose removal keeps `evaluate` (validation accuracy) highest, among those
+    that leave the net costing at least `floor`: (its name, the net without it, that accuracy);
+    None when no block qualifies. Candidates are applied unverified; the chosen one is verified."""
+    best = None
+    for name in removable_blocks(gm):
+        candidate = remove_block(gm, name, verify=False)
+        if MEASURES[measure](candidate, example) < floor:
+            continue
+        accuracy = evaluate(candidate)
+        if best is None or accuracy > best[1]:
+            best = (name, accuracy)
+    if best is None:
+        return None
+    return best[0], remove_block(gm, best[0], example_input=example), best[1]
