@@ -87,7 +87,7 @@ def grow_and_scratch(config, folder: Path) -> dict[str, object]:
 
     name = f"{config.seed_net}-{config.data.partition(':')[0]}-{config.fraction}"
     grown = run(config, folder / f"grow-{name}", progress=lambda _: None)
-    fixed = run(dataclasses.replace(config, seed_net=grown["found"], grow=False), folder / f"scratch-{name}",
+    fixed = run(dataclasses.replace(config, seed_net=grown["found"], grow="none"), folder / f"scratch-{name}",
                 progress=lambda _: None)
     compiles = grown["compile_seconds"]
     # with compile "always", every compile but at most one happens in the growth phase (an upper bound)

@@ -253,7 +253,7 @@ def _label_for_path(arch: str) -> str:
 def _run_dir(args, kind: str, net: str) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
-    data = (args.data or "digits").partition(":")[0]
+    data = (getattr(args, "data", None) or "digits").partition(":")[0]
     return Path("runs") / f"{kind}-{net}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -283,7 +283,7 @@ def _refuse_settings_on_resume(args, config_type) -> None:
 
 def _run_train(args) -> int:
     entry = algorithm("autogrow")
-    fixed = {"seed_net": args.arch, "grow": False, **({"finetune_epochs": args.epochs} if args.epochs else {})}
+    fixed = {"seed_net": args.arch, "grow": "none", **({"finetune_epochs": args.epochs} if args.epochs else {})}
     config = entry.config_type.from_dict({**given_options(args, entry.config_type), **fixed})
     where = _run_dir(args, "train", _label_for_path(args.arch))
     args.run_dir = str(where)

@@ -31,7 +31,7 @@ def test_J_and_finetuning_come_from_the_data_unless_given(settings, J, finetune)
 
 
 def test_without_growth_the_estimate_is_the_timed_epoch_times_the_finetuning(monkeypatch):
-    monkeypatch.setattr(budget_module, "_step_seconds", lambda *args: 0.5)
+    monkeypatch.setattr(budget_module, "step_seconds", lambda *args: 0.5)
     gm = graphmorph.capture(graphmorph.models.build("Basic3ResNet-1-1-1", in_channels=1, widths=(4, 4, 4)),
                             torch.zeros(1, 1, 8, 8))
     x, y = torch.zeros(300, 1, 8, 8), torch.zeros(300, dtype=torch.int64)

@@ -191,6 +191,8 @@ def _loss_gradients(gm: fx.GraphModule, weights: list[torch.Tensor], data: Any) 
             logits = gm(*[t.to(device) for t in as_inputs(inputs)])
             if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
                 raise RewriteError("criterion 'taylor' needs a model whose output is a batch of logits [N, classes]")
+            if len(labels) != len(logits):
+                raise RewriteError(f"criterion 'taylor': a batch of {len(logits)} inputs came with {len(labels)} labels")
             loss = F.cross_entropy(logits, labels.to(device).long())
             for accumulated, grad in zip(total, torch.autograd.grad(loss, weights, allow_unused=True)):
                 if grad is not None:

@@ -21,6 +21,7 @@ from graphmorph.graph.channels import ChannelDependencies
 from graphmorph.graph.registry import Registry
 
 __all__ = ["ChannelEdit", "WidthInit", "kept_index", "check_edit", "apply_edit", "check_removal", "apply_removal", "KEPT_KEY",
+           "compose_kept",
            "apply_kept", "copies"]
 
 KEPT_KEY = "graphmorph.kept_indices"   # gm.meta: {parameter name: {"old_shape": [...], "steps": [...]}}
@@ -215,6 +216,17 @@ def apply_kept(tensor: torch.Tensor, steps: list[dict], fresh: float | None = No
             if fresh is not None and step.get("copies"):
                 tensor = tensor.index_fill(step["dim"], torch.as_tensor(step["copies"], device=tensor.device), fresh)
     return tensor
+
+
+def compose_kept(earlier: dict[str, dict], later: dict[str, dict]) -> dict[str, dict]:
+    """The kept indices (`KEPT_KEY`) of two channel rewrites applied one after the other, as one:
+    a parameter both changed takes the earlier's old shape and both's steps in order."""
+    composed = dict(earlier)
+    for name, entry in later.items():
+        first = earlier.get(name)
+        composed[name] = entry if first is None else {"old_shape": first["old_shape"],
+                                                      "steps": [*first["steps"], *entry["steps"]]}
+    return composed
 
 
 def copies(index: list[int]) -> list[int]:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-__all__ = ["Event", "event", "Grew", "Stopped", "DepthCapped", "BudgetSpent", "Found", "PrunedBranches", "PrunedSkips",
+__all__ = ["Event", "event", "Grew", "Stopped", "DepthCapped", "WidthCapped", "BudgetSpent", "Found", "PrunedBranches", "PrunedSkips",
            "AddedCell", "EVENTS", "register_events", "event_fields", "read_events"]
 
 
@@ -34,6 +34,8 @@ def event(name: str, kind: str, template: str, module: str = __name__, **fields:
 
 Grew = event("Grew", "grew", "grew stage {stage} -> {arch}", stage=int, arch=str)
 Stopped = event("Stopped", "stopped", "stopped stage {stage}", stage=int)  # growth did not pay within J epochs
+WidthCapped = event("WidthCapped", "width_capped", "stage {stage} reached the width cap ({width} channels)",
+                    stage=int, width=int)
 DepthCapped = event("DepthCapped", "depth_capped", "stage {stage} reached the depth cap {cap}", stage=int, cap=int)
 BudgetSpent = event("BudgetSpent", "budget_spent", "growth budget spent")
 Found = event("Found", "found", "found {arch}; fine-tuning {finetune_epochs} epochs", arch=str, finetune_epochs=int)
@@ -68,4 +70,4 @@ def _listed(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-register_events(Grew, Stopped, DepthCapped, BudgetSpent, Found, PrunedBranches, PrunedSkips, AddedCell)
+register_events(Grew, Stopped, DepthCapped, WidthCapped, BudgetSpent, Found, PrunedBranches, PrunedSkips, AddedCell)

@@ -26,14 +26,14 @@ from graphmorph.run.distributed import World
 from graphmorph.errors import ConfigError
 from graphmorph.graph.history import history
 from graphmorph.models import FAMILIES, arch_of, check_arch, envelope_arch, structure_label
-from graphmorph.run.events import BudgetSpent, DepthCapped, Found, Grew, Stopped, event_fields
+from graphmorph.run.events import BudgetSpent, DepthCapped, Found, Grew, Stopped, WidthCapped, event_fields
 from graphmorph.run.report import finish_run
 from graphmorph.run.optim import optimizer_state, restore_optimizer
 from graphmorph.run.sources import ModelSource, is_factory
 from graphmorph.search.algorithms import Algorithm, ResultKind, register_algorithm
 from graphmorph.search.budget import Budget, Estimate, baseline_epochs, estimate
 from graphmorph.search.config import config_from_dict, require
-from graphmorph.search.grower import AutoGrow, Change, growth_checks, shape_text
+from graphmorph.search.grower import GROW_DIMENSIONS, AutoGrow, Change, growth_checks, shape_text
 from graphmorph.search.session import SearchSession
 from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float, shape, sizes)
@@ -88,7 +88,11 @@ class AutoGrowConfig:
     compile: str = field(default="off", metadata=option(
         "torch.compile the found net for fine-tuning (bare --compile), or also after every growth (always)",
         nargs="?", const="finetune", choices=COMPILE_MODES))
-    grow: bool = True                  # False: train the seed net as is (graphmorph train)
+    grow: str = field(default="depth", metadata=option(
+        "what a growth adds to a stage: a block (depth, the paper), a quarter more channels in each of its channel "
+        "groups (width), or both", choices=GROW_DIMENSIONS))   # "none": graphmorph train
+    max_width: float = field(default=4.0, metadata=option(
+        "width growth: a stage stops at this multiple of its seed width", type=positive_float))
     test_every: int = field(default=1, metadata=option(
         "score the test set every N epochs, for plots; 0 scores the final net only", type=int, metavar="N"))
 
@@ -96,11 +100,13 @@ class AutoGrowConfig:
     def from_dict(cls, values: dict[str, Any]) -> "AutoGrowConfig":
         if isinstance(values.get("compile"), bool):  # checkpoints before the compile modes
             values = {**values, "compile": "always" if values["compile"] else "off"}
+        if isinstance(values.get("grow"), bool):     # checkpoints before width growth: True grew depth
+            values = {**values, "grow": "depth" if values["grow"] else "none"}
         return config_from_dict(cls, values, "AutoGrow")
 
     def validate(self) -> None:
         require(growth_checks(self.policy, self.K, self.J, self.tau, self.init, self.std, self.max_depth,
-                              self.finetune_epochs) + [
+                              self.finetune_epochs, "depth" if self.grow == "none" else self.grow, self.max_width) + [
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
@@ -146,7 +152,7 @@ class RunTimes:
 
 def run(config: AutoGrowConfig | None, run_dir: str | Path, resume: bool = False,
         progress: Callable[[str], None] = print, allow_code: Collection[str] = ()) -> dict[str, Any]:
-    """Run (or resume) AutoGrow, or plain training when `config.grow` is False; returns the result
+    """Run (or resume) AutoGrow, or plain training when `config.grow` is "none"; returns the result
     that is also written to `run_dir/result.json`."""
     return _Session.run(config, run_dir, resume, progress, allow_code)
 
@@ -183,8 +189,14 @@ class _Session(SearchSession):
         return AutoGrow(self.gm, policy=config.policy, K=config.K, J=budget.J, tau=config.tau,
                         init=config.init, std=config.std, max_depth=config.max_depth,
                         max_growth_epochs=config.max_growth_epochs, finetune_epochs=budget.finetune_epochs,
-                        stages=None if config.grow else [], data=self._adam_batches if config.init == "adam" else None,
+                        stages=None if self.grows else [], grow=self.config.grow if self.grows else "depth",
+                        max_width=config.max_width, data=self._adam_batches if config.init == "adam" else None,
                         generator=self.rewrite_rng, name=config.label())
+
+    @property
+    def grows(self) -> bool:
+        """False for `graphmorph train`: the seed net trained as it is."""
+        return self.config.grow != "none"
 
     def _estimate(self) -> Estimate:
         config = self.config
@@ -236,7 +248,7 @@ class _Session(SearchSession):
         lr = self.grower.learning_rate(self.base_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        phase = search.phase if self.config.grow else "train"   # graphmorph train: no growth, no fine-tuning
+        phase = search.phase if self.grows else "train"   # graphmorph train: no growth, no fine-tuning
         self.trainer.compile = self.config.compile == "always" or (
             self.config.compile == "finetune" and search.phase == "finetune")
         try:
@@ -294,7 +306,7 @@ class _Session(SearchSession):
             if self.world.is_main:
                 self.directory.write_log(self.rows)
         result = {
-            "kind": "autogrow" if self.config.grow else "train",
+            "kind": "autogrow" if self.grows else "train",
             "data": self.config.data,
             "seed_arch": self.config.label(),
             "found": self.grower.state.found or _name_of(self.gm),
@@ -357,7 +369,8 @@ ALGORITHM = register_algorithm(Algorithm(
     description="Grow a seed network stage by stage (AutoGrow, Algorithm 1) until growth stops raising validation "
                 "accuracy, then fine-tune. With no options: p-AutoGrow on digits.",
     unit="epoch", net=lambda c: c.model or c.seed_net,
-    plan=lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth, K={c.K}, tau={c.tau}, init={c.init}",
+    plan=lambda c: f"AutoGrow {c.label()} on {c.data}: {c.policy} growth in {c.grow}, K={c.K}, tau={c.tau}, "
+                   f"init={c.init}",
     summary=_summary,
     results={"autogrow": ResultKind("AutoGrow", "o"), "train": ResultKind("trained from scratch", "s")},
-    events=(Grew, Stopped, DepthCapped, BudgetSpent, Found), controller=("AutoGrow", "graphmorph.search.grower")))
+    events=(Grew, Stopped, DepthCapped, WidthCapped, BudgetSpent, Found), controller=("AutoGrow", "graphmorph.search.grower")))

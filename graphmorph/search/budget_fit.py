@@ -1,6 +1,6 @@
 """Meeting a computation budget with verified pruning rewrites: how much a net costs (`MEASURES`),
-the channel pruning that lands nearest a target cost (a bisection over the global ratio of one
-`FilterRanking`), and block removal chosen by the validation accuracy it costs.
+the channel pruning that lands nearest a target cost (a bisection over how many of one
+`FilterRanking`'s ranked channel classes go, log2 of their number of unverified trials), and block removal chosen by the validation accuracy it costs.
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ MEASURES: dict[str, Callable[[fx.GraphModule, torch.Tensor], float]] = {
     "params": lambda gm, example: float(parameter_count(gm)),
 }
 
-_BISECTIONS = 24   # halvings of the ratio interval: far finer than one channel of any net we prune
-
 
 @dataclass(frozen=True)
 class Fit:
@@ -35,7 +33,7 @@ class Fit:
 
     model: fx.GraphModule
     cost: float
-    ratio: float          # the global share of ranked channels removed
+    ratio: float          # the global share of ranked channel classes removed
 
 
 def fit_channels(gm: fx.GraphModule, target: float, measure: str, example: torch.Tensor, *, criterion: str = "l2",
@@ -47,27 +45,31 @@ def fit_channels(gm: fx.GraphModule, target: float, measure: str, example: torch
     cost = MEASURES[measure]
     if cost(gm, example) <= target:
         return Fit(gm, cost(gm, example), 0.0)
-    tried: dict[float, float] = {}
+    tried: dict[int, float] = {}     # classes removed -> cost
     with unchanged(gm):
         ranking = FilterRanking(gm, criterion, data)
         if not ranking.size:
             raise RewriteError("the net has no prunable channels (each channel group reaches the output or is refused)")
 
-        def measured(ratio: float) -> float:
-            if ratio not in tried:
-                tried[ratio] = cost(apply(gm, ranking.rewrite(ratio), verify=False), example)
-            return tried[ratio]
+        def ratio(removed: int) -> float:    # the global ratio whose cutoff removes `removed` ranked classes
+            return (removed + 0.5) / ranking.size
 
-        low, high = 0.0, 1.0 - 1.0 / (ranking.size + 1)
-        for _ in range(_BISECTIONS):
-            middle = (low + high) / 2
+        def measured(removed: int) -> float:
+            if removed not in tried:
+                tried[removed] = cost(apply(gm, ranking.rewrite(ratio(removed)), verify=False), example)
+            return tried[removed]
+
+        low, high = 0, ranking.size - 1      # cost(low) > target; the search keeps it so
+        while high - low > 1:
+            middle = (low + high) // 2
             if measured(middle) > target:
                 low = middle
             else:
                 high = middle
-        best = min(tried, key=lambda r: (abs(tried[r] - target), r))
-        model = apply(gm, ranking.rewrite(best), example_input=example, verify=verify)
-    return Fit(model, cost(model, example), best)
+        measured(high)
+        best = min(tried, key=lambda k: (abs(tried[k] - target), k))
+        model = apply(gm, ranking.rewrite(ratio(best)), example_input=example, verify=verify)
+    return Fit(model, cost(model, example), ratio(best) if tried else 0.0)
 
 
 def removable_blocks(gm: fx.GraphModule) -> list[str]:

@@ -25,16 +25,19 @@ from graphmorph.graph.analysis import find_blocks, find_stages
 from graphmorph.graph.capture import capture
 from graphmorph.graph.history import history
 from graphmorph.models import arch_of
-from graphmorph.run.events import BudgetSpent, DepthCapped, Event, Found, Grew, Stopped
+from graphmorph.run.events import BudgetSpent, DepthCapped, Event, Found, Grew, Stopped, WidthCapped
 from graphmorph.run.optim import rebuild_optimizer
 from graphmorph.run.sources import ModelError
 from graphmorph.run.train import staircase_lr
 from graphmorph.search.config import require
+from graphmorph.search.widths import stage_widths, widen_stage, width_label, width_refusal
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from transforms import grow, growth_refusal, replay
 from transforms.initializers import INITS
 
-__all__ = ["AutoGrow", "Change", "GrowthState", "growth_checks", "shape_text"]
+__all__ = ["AutoGrow", "Change", "GrowthState", "GROW_DIMENSIONS", "growth_checks", "shape_text"]
+
+GROW_DIMENSIONS = ("depth", "width", "both")   # what one growth of a stage adds: a block, channels, or both
 
 
 @dataclass
@@ -87,24 +90,30 @@ class AutoGrow:
     growth accepts; an empty list fine-tunes the model as is). After the growth phase come
     `finetune_epochs` epochs (default 0), then `done`. New blocks draw from `generator`
     (default: seeded with `seed`), so a run is reproducible and `state_dict` resumes it. `name`
-    is how messages call the model (default: its architecture string).
+    is how messages call the model (default: its architecture string). grow: what one growth of
+    a stage adds, a block ("depth", the paper), a quarter more channels in each of the stage's
+    channel groups ("width", `graphmorph.search.widths`, function-preserving), or both; a
+    stage stops widening at `max_width` times its seed width.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor | None = None, *, policy: str = "periodic",
                  K: int = 3, J: int | None = None, tau: float = 0.05, init: str = "gau", std: float = 1.0,
                  max_depth: int = 64, max_growth_epochs: int | None = None, finetune_epochs: int = 0,
                  stages: Sequence[int] | None = None, data=None, seed: int = 0,
-                 generator: torch.Generator | None = None, name: str | None = None):
+                 generator: torch.Generator | None = None, name: str | None = None, grow: str = "depth",
+                 max_width: float = 4.0):
         if J is None and policy == "periodic":
             raise ConfigError("policy='periodic' needs J, the stopping window in epochs (J >> K; the paper uses the "
                               "epochs a baseline trains at its largest learning rate), e.g. AutoGrow(..., J=30)")
         self.policy, self.K, self.J = policy, K, (K if J is None else J)
         self.tau, self.init, self.std, self.data = tau, init, std, data
         self.max_depth, self.max_growth_epochs, self.finetune_epochs = max_depth, max_growth_epochs, finetune_epochs
+        self.dimension, self.max_width = grow, max_width
         self._validate()
         self.model = model if isinstance(model, fx.GraphModule) else _captured(model, example_input)
         self.name = name or arch_of(self.model)
         self.seed_model = self.model
+        self.seed_widths = stage_widths(self.model) if grow != "depth" else ()
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.refusals: dict[int, str] = {}
         self.state = GrowthState()
@@ -169,8 +178,12 @@ class AutoGrow:
             events.append(self._grow(stage))
             state.grown = stage
             state.current = next_stage(state.growing, stage)
-            if len(find_stages(self.model)[stage].blocks) >= self.max_depth:
+            if self.dimension != "width" and len(find_stages(self.model)[stage].blocks) >= self.max_depth:
                 events.append(DepthCapped(stage, self.max_depth))
+                self._remove(stage)
+            elif self.dimension != "depth" and \
+                    stage_widths(self.model)[stage] >= self.max_width * self.seed_widths[stage]:
+                events.append(WidthCapped(stage, stage_widths(self.model)[stage]))
                 self._remove(stage)
         if not state.growing:
             self._begin_finetune(events)
@@ -179,7 +192,7 @@ class AutoGrow:
     def _begin_finetune(self, events: list[Event]) -> None:
         state = self.state
         state.phase, state.finetune_start = "finetune", state.epoch
-        state.found = arch_of(self.model)
+        state.found = self._arch()
         events.append(Found(state.found, self.finetune_epochs))
         if self.finetune_epochs == 0:
             state.phase = "done"
@@ -193,9 +206,17 @@ class AutoGrow:
         state.growing.remove(stage)
 
     def _grow(self, stage: int) -> Grew:
-        self.model = grow(self.model, stage=stage, init=self.init, std=self.std,
-                          data=self.data if self.init == "adam" else None, generator=self.generator)
-        return Grew(stage, arch_of(self.model))
+        """Add a block to `stage` (depth), widen its channel groups (width), or both."""
+        if self.dimension != "width":
+            self.model = grow(self.model, stage=stage, init=self.init, std=self.std,
+                              data=self.data if self.init == "adam" else None, generator=self.generator)
+        if self.dimension != "depth":
+            self.model, _ = widen_stage(self.model, stage, self.generator)
+        return Grew(stage, self._arch())
+
+    def _arch(self) -> str:
+        """The net's name: its architecture string, with its stage widths when growth widens."""
+        return arch_of(self.model) + (f" ({width_label(self.model)})" if self.dimension != "depth" else "")
 
     # ---- resume
 
@@ -216,9 +237,14 @@ class AutoGrow:
 
     def _validate(self) -> None:
         require(growth_checks(self.policy, self.K, self.J, self.tau, self.init, self.std, self.max_depth,
-                              self.finetune_epochs) + [
+                              self.finetune_epochs, self.dimension, self.max_width) + [
             (self.init != "adam" or self.data is not None,
              "init='adam' trains the new block's last BatchNorm: pass data=<batches of (x, y) or a callable>")])
+
+    def _refusal(self, stage: int) -> str | None:
+        if self.dimension == "width":
+            return width_refusal(self.model, stage)
+        return growth_refusal(self.model, stage, self.init)
 
     def _growing_stages(self, stages: Sequence[int] | None) -> list[int]:
         """The stages that may grow: those asked for (or all) that a trial growth accepts."""
@@ -227,8 +253,7 @@ class AutoGrow:
         unknown = sorted(set(wanted) - {s.index for s in found})
         if unknown:
             raise ConfigError(f"stages {unknown} do not exist: the model has {len(found)} stage(s)")
-        self.refusals = {index: reason for index in wanted
-                         if (reason := growth_refusal(self.model, index, self.init)) is not None}
+        self.refusals = {index: reason for index in wanted if (reason := self._refusal(index)) is not None}
         growing = [index for index in wanted if index not in self.refusals]
         if wanted and not growing:
             raise ModelError(nothing_to_grow(self.model, self.refusals, self.name))
@@ -238,7 +263,7 @@ class AutoGrow:
 
 
 def growth_checks(policy: str, K: int, J: int | None, tau: float, init: str, std: float, max_depth: int,
-                  finetune_epochs: int | None) -> list[tuple[bool, str]]:
+                  finetune_epochs: int | None, dimension: str, max_width: float) -> list[tuple[bool, str]]:
     """The growth settings' checks, (holds, message if not), shared by the controller and the run's config."""
     return [
         (policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {policy!r}"),
@@ -249,6 +274,8 @@ def growth_checks(policy: str, K: int, J: int | None, tau: float, init: str, std
         (std > 0, f"std must be > 0, got {std}"),
         (max_depth >= 1, f"max depth must be at least 1, got {max_depth}"),
         (finetune_epochs is None or finetune_epochs >= 0, f"finetune epochs must be >= 0, got {finetune_epochs}"),
+        (dimension in GROW_DIMENSIONS, f"grow must be one of {', '.join(GROW_DIMENSIONS)}, got {dimension!r}"),
+        (max_width > 1, f"max width must be > 1 (a multiple of the seed's stage widths), got {max_width}"),
     ]
 
 
