@@ -29,15 +29,17 @@ __version__ = "0.1.0"
 
 
 def _controllers() -> dict[str, str]:
-    """The controllers of the registered searches (`graphmorph.search.algorithms`): name -> module."""
-    from graphmorph.search.algorithms import algorithms
+    """The controllers of the registered searches (`graphmorph.search.algorithms`): name -> module.
+    Imported by name on first use: the core does not import the searches."""
+    import importlib
 
-    return dict(entry.controller for entry in algorithms().values() if entry.controller is not None)
+    registry = importlib.import_module("graphmorph.search.algorithms")
+    return dict(entry.controller for entry in registry.algorithms().values() if entry.controller is not None)
 
 
 def __getattr__(name: str):
     """A registered search's controller (`graphmorph.AutoGrow`, `graphmorph.NAC`, `graphmorph.Prune`),
-    imported on first use: the core does not import the searches."""
+    imported on first use."""
     import importlib
 
     module = _controllers().get(name)
