@@ -1,4 +1,4 @@
-"""AutoGrow in a PyTorch Lightning fit (`pip install "graphmorph[lightning]"`).
+"""AutoGrow and pruning in a PyTorch Lightning fit (`pip install "graphmorph[lightning]"`).
 
     module = MyLightningModule()                      # keeps its network in `module.net`
     grow = AutoGrowCallback(example_input, monitor="val_acc", K=3, J=30, tau=0.05, init="gau")
@@ -8,6 +8,11 @@ At setup the callback captures `module.net` and puts the captured net in its pla
 validation it reports the logged accuracy to `graphmorph.AutoGrow`, and when the net grows it
 swaps `module.net` for the grown net and rebuilds the trainer's optimizers (surviving parameters
 keep their state, and schedulers follow). When the search is done it stops the fit.
+
+`PruneCallback(example_input, targets=(0.7, 0.5), steps=2, finetune_epochs=4)` drives
+`graphmorph.Prune` the same way: it prunes before the first epoch and whenever a step's fine-tuning
+epochs are done, swaps the pruned net in, and stops the fit after the last target's fine-tuning;
+`points` lists each target reached with the monitored metric after its fine-tuning.
 """
 from __future__ import annotations
 
@@ -18,13 +23,14 @@ import torch
 
 from graphmorph.errors import ConfigError, first_line
 from graphmorph.search.grower import AutoGrow, Change
+from graphmorph.search.pruner import Point, Prune
 
 try:
     import lightning.pytorch as pl
 except ImportError as err:   # the optional extra is not installed
     raise ImportError('graphmorph.lightning needs PyTorch Lightning: pip install "graphmorph[lightning]"') from err
 
-__all__ = ["AutoGrowCallback"]
+__all__ = ["AutoGrowCallback", "PruneCallback"]
 
 
 class AutoGrowCallback(pl.Callback):
@@ -77,11 +83,7 @@ class AutoGrowCallback(pl.Callback):
             trainer.should_stop = True
 
     def _adopt(self, trainer: pl.Trainer, pl_module: pl.LightningModule, change: Change) -> None:
-        setattr(pl_module, self.attribute, change.model.to(pl_module.device))
-        rebuilt = {id(old): change.optimizer(old) for old in trainer.optimizers}
-        for config in trainer.lr_scheduler_configs:
-            config.scheduler.optimizer = rebuilt[id(config.scheduler.optimizer)]
-        trainer.optimizers = list(rebuilt.values())
+        _swap(trainer, pl_module, self.attribute, change.model, change.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         return self.grower.state_dict() if self.grower is not None else {}
@@ -107,3 +109,64 @@ class AutoGrowCallback(pl.Callback):
         if not saved:
             raise ConfigError(f"{path} holds no {self.state_key} state: it was not saved by a fit with this callback")
         return saved
+
+
+def _swap(trainer: pl.Trainer, pl_module: pl.LightningModule, attribute: str, model: torch.nn.Module,
+          rebuild) -> None:
+    """Put `model` in the module's `attribute` and every optimizer (and its schedulers) on its parameters."""
+    setattr(pl_module, attribute, model.to(pl_module.device))
+    rebuilt = {id(old): rebuild(old) for old in trainer.optimizers}
+    for config in trainer.lr_scheduler_configs:
+        config.scheduler.optimizer = rebuilt[id(config.scheduler.optimizer)]
+    trainer.optimizers = list(rebuilt.values())
+
+
+class PruneCallback(pl.Callback):
+    """Drive `graphmorph.Prune` from a Lightning fit.
+
+    example_input: a batch the net takes. attribute: the LightningModule attribute holding the
+    network. monitor: a logged metric recorded with each point after its fine-tuning (optional).
+    Other keywords go to `Prune` (targets, measure, schedule, steps, finetune_epochs, criterion,
+    method, evaluate, data, tolerance). One device; a fit is not resumed mid-pruning.
+    """
+
+    def __init__(self, example_input: torch.Tensor, *, attribute: str = "net", monitor: str | None = None,
+                 **settings: Any):
+        self.example_input, self.attribute, self.monitor, self.settings = example_input, attribute, monitor, settings
+        self.pruner: Prune | None = None
+        self.points: list[tuple[Point, float | None]] = []
+        self._left, self._pending = 0, None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.pruner is not None:
+            return
+        if trainer.world_size > 1:
+            raise ConfigError("PruneCallback swaps the network between epochs, which a multi-process strategy "
+                              "cannot follow; fit on one device")
+        if not hasattr(pl_module, self.attribute):
+            raise ConfigError(f"{type(pl_module).__name__} has no attribute {self.attribute!r} holding the network: "
+                              "pass PruneCallback(..., attribute=NAME)")
+        self.pruner = Prune(getattr(pl_module, self.attribute), self.example_input, **self.settings)
+        setattr(pl_module, self.attribute, self.pruner.model.to(pl_module.device))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune when the last step's fine-tuning is done (steps without fine-tuning follow at once)."""
+        while self._left == 0 and not self.pruner.done:
+            step = self.pruner.step()
+            _swap(trainer, pl_module, self.attribute, step.model, step.optimizer)
+            self._left, self._pending = step.finetune_epochs, step.point
+            if not self._left:
+                self._reach(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._left = max(0, self._left - 1)
+        if self._left == 0:
+            self._reach(trainer)
+            if self.pruner.done:
+                trainer.should_stop = True
+
+    def _reach(self, trainer: pl.Trainer) -> None:
+        if self._pending is not None:
+            metric = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+            self.points.append((self._pending, None if metric is None else float(metric)))
+            self._pending = None
