@@ -33,15 +33,13 @@ from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten, parameter_count
 from graphmorph.graph.copying import copied_meta
 from transforms.dense import grow_dense, is_dense_block
-from transforms.initializers import INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
+from transforms.initializers import GROWTH_INITS, INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
 __all__ = ["grow", "growth_refusal", "Grow", "PRESERVED_MODES"]
 
 # The modes in which each init promises the same function, and the float64 tolerance it is held to.
-# Identity's BN pass-through is exact in float32 (sqrt(1 - eps + eps) == 1); cast to float64, the
-# float32-rounded running variance leaves a relative error near 1e-8.
-PRESERVED_MODES = {"zero": (("eval", "train"), FLOAT64_ATOL), "identity": (("eval",), 1e-6)}
+PRESERVED_MODES = {name: init.preserves for name, init in GROWTH_INITS.items() if init.preserves}
 
 
 def grow(
@@ -96,7 +94,8 @@ def growth_refusal(gm: fx.GraphModule, stage: int, init: str = "gau") -> str | N
             template = _template(gm, stage, None, None)
             reason = Grow(after=template.name, stage=stage, init=init, std=1.0, seed=0).check(gm)
             if reason is None:
-                trial = Grow(after=template.name, stage=stage, init="gau" if init == "adam" else init, std=1.0, seed=0)
+                trial = Grow(after=template.name, stage=stage, init=GROWTH_INITS[init].without_data(), std=1.0,
+                             seed=0)
                 apply(gm, trial, verify=False)
     except RewriteError as err:
         return str(err)
@@ -136,8 +135,9 @@ class Grow(Rewrite):
         return _init_refusal(gm, template, self.init, self.shortcut, self.op_registry)
 
     def edit(self, step: Step) -> Edit:
-        if self.init == "adam" and step.data is None:
-            raise RewriteError("init='adam' optimises on training data: pass data=<loader or callable of (x, y) batches>")
+        if GROWTH_INITS[self.init].needs_data and step.data is None:
+            raise RewriteError(f"init={self.init!r} optimises on training data: pass data=<loader or callable of "
+                               "(x, y) batches>")
         gm, work = step.source, step.work
         template = block_named(gm, self.after, registry=self.op_registry)
         plan = _plan(work, template)
@@ -156,7 +156,7 @@ class Grow(Rewrite):
         _initialise(work, self.init, layers, self.std, self.seed, new_block, template, self.op_registry)
         layer = layers[-1] if layers else None
         notes = {"new_block": new_block.name if new_block else None}
-        if self.init == "adam":
+        if GROWTH_INITS[self.init].needs_data:
             new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
             notes["adam"] = adam_init(gm, work, layer, new_modules, step.data, self.adam_options)
         modes, atol = PRESERVED_MODES.get(self.init, ((), FLOAT64_ATOL))
@@ -220,11 +220,12 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, r
         if after is not None:
             return (f"init='zero' silences block {name!r}'s residual branch, but the block applies "
                     f"{after} after its residual add, so a silenced copy would apply it twice")
-    if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None and block.kind == "branches":
+    sets_last_affine = GROWTH_INITS[init].sets_last_affine
+    if sets_last_affine and block.last_affine_module is None and block.kind == "branches":
         return (f"init={init!r} silences each parallel branch of block {name!r} at its last affine layer, and one "
                 "of them has none: it passes the block's input on (as a channel-split unit's untouched half "
                 "does), or ops after the merge do not keep zero at zero, so no copy of it starts as an identity")
-    if init in ("zero", "uni", "gau", "adam") and block.last_affine_module is None:
+    if sets_last_affine and block.last_affine_module is None:
         return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
                 "end in a BatchNorm, conv or linear module, or a layer scale (a product with a parameter), "
                 "followed only by zero-preserving ops")

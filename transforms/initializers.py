@@ -21,9 +21,40 @@ from torch import nn
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import evaluating, kept_modes
 
-__all__ = ["INITS", "AdamInitOptions", "zero_init", "noise_init", "identity_init", "adam_init"]
+__all__ = ["GrowthInit", "GROWTH_INITS", "INITS", "AdamInitOptions", "zero_init", "noise_init", "identity_init",
+           "adam_init"]
 
-INITS = ("zero", "uni", "gau", "adam", "identity")
+
+@dataclass(frozen=True)
+class GrowthInit:
+    """What an init promises and needs, so that growth, replay and the searches ask it instead of
+    naming inits: the modes and float64 tolerance in which the grown net computes what the old one
+    did (None: it changes the function), whether it trains on data after the copy (AdamInit: growth
+    needs `data=`), the init that stands in for it where there is no data (a trial growth, a replay
+    of the architecture whose trained weights are loaded after), and whether it sets each residual
+    branch's last affine layer (every init but identity, which makes a plain block an identity)."""
+
+    name: str
+    preserves: tuple[tuple[str, ...], float] | None = None
+    needs_data: bool = False
+    stand_in: str | None = None
+    sets_last_affine: bool = True
+
+    def without_data(self) -> str:
+        """The init to apply where no data is: this one, or its stand-in."""
+        return self.stand_in if self.needs_data else self.name
+
+
+# Identity's BN pass-through is exact in float32 (sqrt(1 - eps + eps) == 1); cast to float64, the
+# float32-rounded running variance leaves a relative error near 1e-8.
+GROWTH_INITS: dict[str, GrowthInit] = {init.name: init for init in (
+    GrowthInit("zero", preserves=(("eval", "train"), 1e-10)),
+    GrowthInit("uni"),
+    GrowthInit("gau"),
+    GrowthInit("adam", needs_data=True, stand_in="gau"),
+    GrowthInit("identity", preserves=(("eval",), 1e-6), sets_last_affine=False),
+)}
+INITS = tuple(GROWTH_INITS)
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 

@@ -11,7 +11,7 @@ from graphmorph.graph.capture import capture
 from graphmorph.graph.registry import Registry
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import Inputs
-from transforms.initializers import Batches
+from transforms.initializers import GROWTH_INITS, Batches
 from transforms.protocol import apply, rewrite_class
 
 __all__ = ["replay", "replay_architecture"]
@@ -45,8 +45,8 @@ def replay_architecture(
     history: Iterable[dict[str, Any]],
     example_input: torch.Tensor | Inputs | None = None,
 ) -> fx.GraphModule:
-    """`replay` for the architecture alone, when trained weights will be loaded over it: AdamInit
-    growths, which would train on data, draw GauInit parameters instead."""
-    records = [{**r, "init": "gau"} if r.get("rewrite") == "grow" and r.get("init") == "adam" else r
-               for r in history]
+    """`replay` for the architecture alone, when trained weights will be loaded over it: growths
+    whose init trains on data (AdamInit) apply its stand-in (GauInit) instead."""
+    records = [{**r, "init": GROWTH_INITS[r["init"]].without_data()}
+               if r.get("rewrite") == "grow" and r.get("init") in GROWTH_INITS else r for r in history]
     return replay(model, records, example_input)

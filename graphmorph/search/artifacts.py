@@ -19,6 +19,7 @@ from graphmorph.graph.history import history
 from graphmorph.run.history_file import HistoryError, history_document, parse_history, read_history
 from graphmorph.run.rundir import load_saved, save_atomically
 from graphmorph.run.sources import ModelSource
+from transforms.initializers import GROWTH_INITS
 from transforms.replayer import replay, replay_architecture
 
 __all__ = ["WEIGHTS_FORMAT", "replay_onto_fresh", "save_weights", "load_checkpoint", "load_weights",
@@ -30,7 +31,8 @@ WEIGHTS_FORMAT = "graphmorph.weights"
 def replay_onto_fresh(source: ModelSource, rewrites: list[dict[str, Any]]) -> fx.GraphModule:
     """The model `source` builds (under its seed), captured, with `rewrites` applied in order:
     the recorded architecture and, before any training, the recorded parameters."""
-    adam = [index for index, record in enumerate(rewrites) if record.get("init") == "adam"]
+    adam = [index for index, record in enumerate(rewrites)
+            if record.get("rewrite") == "grow" and getattr(GROWTH_INITS.get(record.get("init")), "needs_data", False)]
     if adam:
         raise HistoryError(
             f"history record(s) {', '.join(map(str, adam))} grow with AdamInit, which trains each new block on data: "

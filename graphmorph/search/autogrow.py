@@ -39,7 +39,7 @@ from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED,
                                        positive_float, shape, sizes)
 from graphmorph.search.policies import POLICIES
 from graphmorph.run.train import TrainingDiverged
-from transforms.initializers import INITS
+from transforms.initializers import GROWTH_INITS, INITS
 
 __all__ = ["AutoGrowConfig", "ConfigError", "RunTimes", "run", "COMPILE_MODES"]
 
@@ -190,7 +190,7 @@ class _Session(SearchSession):
                         init=config.init, std=config.std, max_depth=config.max_depth,
                         max_growth_epochs=config.max_growth_epochs, finetune_epochs=budget.finetune_epochs,
                         stages=None if self.grows else [], grow=self.config.grow if self.grows else "depth",
-                        max_width=config.max_width, data=self._adam_batches if config.init == "adam" else None,
+                        max_width=config.max_width, data=self._adam_batches if GROWTH_INITS[config.init].needs_data else None,
                         generator=self.rewrite_rng, name=config.label())
 
     @property

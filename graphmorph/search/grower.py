@@ -33,7 +33,7 @@ from graphmorph.search.config import require
 from graphmorph.search.widths import stage_widths, widen_stage, width_label, width_refusal
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from transforms import grow, growth_refusal, replay
-from transforms.initializers import INITS
+from transforms.initializers import GROWTH_INITS, INITS
 
 __all__ = ["AutoGrow", "Change", "GrowthState", "GROW_DIMENSIONS", "growth_checks", "shape_text"]
 
@@ -209,7 +209,7 @@ class AutoGrow:
         """Add a block to `stage` (depth), widen its channel groups (width), or both."""
         if self.dimension != "width":
             self.model = grow(self.model, stage=stage, init=self.init, std=self.std,
-                              data=self.data if self.init == "adam" else None, generator=self.generator)
+                              data=self.data if GROWTH_INITS[self.init].needs_data else None, generator=self.generator)
         if self.dimension != "depth":
             self.model, _ = widen_stage(self.model, stage, self.generator)
         return Grew(stage, self._arch())
@@ -238,8 +238,9 @@ class AutoGrow:
     def _validate(self) -> None:
         require(growth_checks(self.policy, self.K, self.J, self.tau, self.init, self.std, self.max_depth,
                               self.finetune_epochs, self.dimension, self.max_width) + [
-            (self.init != "adam" or self.data is not None,
-             "init='adam' trains the new block's last BatchNorm: pass data=<batches of (x, y) or a callable>")])
+            (self.init not in GROWTH_INITS or not GROWTH_INITS[self.init].needs_data or self.data is not None,
+             f"init={self.init!r} trains the new block's last BatchNorm: pass data=<batches of (x, y) or a "
+             "callable>")])
 
     def _refusal(self, stage: int) -> str | None:
         if self.dimension == "width":
