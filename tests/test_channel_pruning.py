@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
@@ -19,7 +18,7 @@ from graphmorph.graph.registry import Registry
 from graphmorph.graph.channels import channel_dependencies
 from graphmorph.testing import assert_prune_equals_mask, cnns
 from graphmorph.graph.verify import verification_inputs
-from pruning_zoo import PRUNING_ZOO, REFUSED
+from pruning_zoo import PRUNING_ZOO, REFUSED, Plain
 from zoo import ZOO
 
 ATOL = 1e-10
@@ -148,20 +147,8 @@ def test_pruned_generated_cnns_export_to_onnx_with_parity(spec, tmp_path_factory
 # --------------------------------------------------------------------------- prune_filters
 
 
-class _Plain(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-        return self.fc(x.mean((2, 3)))
-
-
 def _plain_with_weak_filters(weak=(1, 4, 6)):
-    gm = _captured(_Plain, 8)
+    gm = _captured(Plain, 8)
     with torch.no_grad():
         gm.get_submodule("conv1").weight[list(weak)] *= 1e-3
     return gm
@@ -178,7 +165,7 @@ def test_prune_filters_l2_removes_the_weakest_filters_per_layer():
 
 
 def test_prune_filters_featuremap_l2_uses_the_calibration_data():
-    gm = _captured(_Plain, 8)
+    gm = _captured(Plain, 8)
     with torch.no_grad():   # channels 2 and 5 of conv1 output almost nothing, whatever their weights
         gm.get_submodule("conv1").weight[[2, 5]] *= 1e-4
         gm.get_submodule("conv1").bias[[2, 5]] = 0.0
@@ -244,7 +231,7 @@ def test_depthwise_pruning_removes_whole_groups():
 
 
 def test_momentum_of_surviving_channels_is_carried_through_pruning():
-    gm = _captured(_Plain, 8)
+    gm = _captured(Plain, 8)
     optimizer = torch.optim.SGD(gm.parameters(), lr=0.1, momentum=0.9)
     gm(torch.randn(4, 3, 8, 8)).sum().backward()
     optimizer.step()
@@ -271,7 +258,7 @@ def test_momentum_of_surviving_channels_is_carried_through_pruning():
 ])
 def test_prune_channels_refuses_with_the_cause(target, channels, message):
     with pytest.raises(graphmorph.RewriteError, match=message):
-        transforms.prune_channels(_captured(_Plain, 8), target, channels)
+        transforms.prune_channels(_captured(Plain, 8), target, channels)
 
 
 def test_uneven_grouped_convolution_pruning_is_refused_with_the_fix():
@@ -287,7 +274,7 @@ def test_uneven_grouped_convolution_pruning_is_refused_with_the_fix():
 ])
 def test_prune_filters_rejects_bad_options(kwargs, message):
     with pytest.raises(graphmorph.RewriteError, match=message):
-        transforms.prune_filters(_captured(_Plain, 8), **kwargs)
+        transforms.prune_filters(_captured(Plain, 8), **kwargs)
 
 
 class _Mixer(nn.Module):

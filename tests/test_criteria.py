@@ -7,34 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings, strategies as st
-from torch import nn
 
 import graphmorph
 import transforms
 from graphmorph.graph.verify import parameter_count
 from graphmorph.testing import cnns
+from pruning_zoo import Plain
 from transforms.criteria import CRITERIA
 
 BUILT_IN = ("l1", "l2", "featuremap_l2", "taylor", "bn_scale", "random")
 
 
-class _Plain(nn.Module):
-    """conv1 -> bn1 -> relu -> conv2 -> bn2 -> relu -> mean -> fc: conv1's channels are one group alone."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
-        return self.fc(x.mean((2, 3)))
-
-
-def _model(seed=0) -> _Plain:
+def _model(seed=0) -> Plain:
     torch.manual_seed(seed)
-    model = _Plain()
+    model = Plain()
     with torch.no_grad():   # BatchNorms with statistics and scales of their own
         for bn in (model.bn1, model.bn2):
             bn.weight.uniform_(0.5, 1.5)
