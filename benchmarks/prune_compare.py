@@ -133,7 +133,7 @@ def torch_pruning_pruned(base: nn.Module, target: float, criterion: str, data, e
         return model
 
     low, high, best = 0.0, 0.95, None
-    for _ in range(14):
+    for _ in range(10):
         middle = (low + high) / 2
         model = pruned(middle)
         cost = macs(model, example)
