@@ -37,12 +37,12 @@ def parts(smoke: bool, folder: Path) -> dict[str, tuple[list[str], int]]:
     if smoke:
         return {
             "train_throughput": (bench("train_throughput") + ["--nets", "Basic3ResNet-1-1-1", "--steps", "1",
-                                                             "--repeats", "1"], 300),
-            "search_cost": (bench("search_cost") + ["--families", "Basic3ResNet", "--K", "1", "--J", "1"], 300),
-            "export": (bench("export") + ["--nets", "Basic3ResNet-1-1-1", "--repeats", "2"], 300),
+                                                             "--repeats", "1"], 600),
+            "search_cost": (bench("search_cost") + ["--families", "Basic3ResNet", "--K", "1", "--J", "1"], 600),
+            "export": (bench("export") + ["--nets", "Basic3ResNet-1-1-1", "--repeats", "2"], 600),
             "prune": ([PYTHON, "-m", "graphmorph", "prune", "--seed-net", "Basic3ResNet-1-1-1", "--fraction", "0.2",
                        "--train-epochs", "1", "--finetune-epochs", "1", "--macs", "0.5", "--run-dir",
-                       str(folder / "prune")], 300),
+                       str(folder / "prune")], 600),
         }
     return {
         "train_throughput": (bench("train_throughput") + ["--repeats", "3"], 150),
