@@ -179,7 +179,7 @@ def main() -> None:
                     torch.manual_seed(0)
                     model = prune(base, target, criterion, data, example)
                     pruned_acc = accuracy(model, test_x, test_y)
-                    train(model, data, args.finetune_epochs, LR / 5, seed=1)
+                    train(model, data, args.finetune_epochs, LR / 2, seed=1)
                     row = {"net": name, "data": DATA[name], "target": round(target, 4), "speedup": label,
                            "criterion": criterion, "tool": tool, "macs": macs(model, example),
                            "params": sum(p.numel() for p in model.parameters()),
@@ -189,19 +189,27 @@ def main() -> None:
                     rows.append(row)
                     print(f"{name:<13} {label:<6} {criterion:<9} {tool:<14} {row['macs_ratio']:>10.3f} "
                           f"{pruned_acc:>9.2f} {row['test_acc']:>8.2f} {row['seconds']:>6.1f}", flush=True)
+                    save_rows(rows, args, done=False)
+    save_rows(rows, args, done=True)
+
+
+def save_rows(rows: list[dict], args, done: bool) -> None:
+    """Write the rows so far with the pairs compared (after every row: an interrupted run keeps them)."""
     pairs = {}
     for row in rows:
-        if row["tool"] == "graphmorph":
-            other = next(r for r in rows if r["tool"] == "torch_pruning" and r["net"] == row["net"]
-                         and r["target"] == row["target"] and r["criterion"] == row["criterion"])
+        other = next((r for r in rows if r["tool"] == "torch_pruning" and r["net"] == row["net"]
+                      and r["target"] == row["target"] and r["criterion"] == row["criterion"]), None)
+        if row["tool"] == "graphmorph" and other is not None:
             pairs[f"{row['net']}/{row['speedup']}/{row['criterion']}"] = {
                 "graphmorph": row["test_acc"], "torch_pruning": other["test_acc"],
                 "difference": round(row["test_acc"] - other["test_acc"], 3),
                 "macs_ratios": [row["macs_ratio"], other["macs_ratio"]]}
-    summary = {"budget": vars(args), "pairs": pairs,
+    summary = {"budget": vars(args), "complete": done, "pairs": pairs,
                "graphmorph_at_least_as_accurate": sum(p["difference"] >= 0 for p in pairs.values()),
                "pairs_compared": len(pairs)}
-    print("wrote", save("prune_compare", rows, summary))
+    path = save("prune_compare", rows, summary)
+    if done:
+        print("wrote", path)
 
 
 if __name__ == "__main__":
