@@ -38,7 +38,7 @@ def _macs(model) -> int:
     return counter.get_total_flops() // 2
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.floats(0.25, 0.9), measure=st.sampled_from(("macs", "params")), seed=st.integers(0, 3))
 def test_fit_channels_lands_within_two_percent_of_the_target(target, measure, seed):
     gm = _net(seed=seed)
