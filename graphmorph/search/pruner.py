@@ -192,16 +192,20 @@ class Prune:
     def _prune_to(self, start: fx.GraphModule, budget: float) -> tuple[fx.GraphModule, tuple[Event, ...]]:
         """`start` pruned to cost about `budget`, by the method; the events say what went."""
         measure, example, events = self.measure, self.example, []
-        channels = self._channels(start, budget)
-        current, best = start, channels
-        if self.method != "channels":
-            floor = budget * (1 - self.tolerance)
-            score = None if self.method == "blocks" else self.evaluate(channels[0])
+        floor = budget * (1 - self.tolerance)
+        current = start
+        if self.method == "blocks":     # every block the budget allows, then channels for the rest
+            while (found := cheapest_block(current, self.evaluate, floor, measure, example)) is not None:
+                current = found[1]
+                events.append(RemovedBlock(found[0], found[2]))
+        best = self._channels(current, budget)
+        if self.method == "auto":       # a block only while it scores higher than channels alone
+            score = self.evaluate(best[0])
             while (found := cheapest_block(current, self.evaluate, floor, measure, example)) is not None:
                 name, without, val_acc = found
                 candidate = self._channels(without, budget)
-                candidate_score = None if score is None else self.evaluate(candidate[0])
-                if score is not None and candidate_score <= score:
+                candidate_score = self.evaluate(candidate[0])
+                if candidate_score <= score:
                     break
                 current, best, score = without, candidate, candidate_score
                 events.append(RemovedBlock(name, val_acc))
