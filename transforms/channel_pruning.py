@@ -81,7 +81,7 @@ def head_units(gm: fx.GraphModule, target: str, registry: Registry | None = None
 
 def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data: Any = None,
                   per_layer: bool = False, ignore: Iterable[str] = (), *, rounding: str = "nearest",
-                  example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
+                  multiple: int = 1, example_input: torch.Tensor | Inputs | None = None, verify: bool = True,
                   registry: Registry | None = None, heads: bool = False) -> fx.GraphModule:
     """Remove about `ratio` of the prunable channels, lowest importance first, in one verified rewrite.
 
@@ -89,11 +89,13 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     score a channel by the norm of the weights that produce it, "featuremap_l2" by its featuremaps'
     mean square on `data` (a batch of inputs, or an iterable of batches or (inputs, labels)
     pairs), "taylor" by |weight x gradient| of the loss on `data`'s (inputs, labels) batches,
-    "bn_scale" by its BatchNorms' |gamma|, "random" at random. Globally (scores normalised by each group's mean) or, with `per_layer`,
-    the count nearest `ratio` of every group (`rounding="up"`: ratio * size rounded up, which is
-    Torch-Pruning's count). Never empties a layer; never touches a group that reaches the model's
-    output, or one holding a layer named in `ignore`. A grouped convolution keeps its groups even:
-    each loses that count of its own channels (at 0.3, 1 of 4 rounded to the nearest, 2 rounded up).
+    "bn_scale" by its BatchNorms' |gamma|, "random" at random. Globally (scores normalised by each
+    group's mean) or, with `per_layer`, the count nearest `ratio` of every group (`rounding="up"`:
+    ratio * size rounded up, which is Torch-Pruning's count). `multiple` rounds each group's kept
+    channels to a multiple of it (8 suits onnxruntime's blocked convolutions; a group no larger is
+    kept whole). Never empties a layer; never touches a group that reaches the model's output, or
+    one holding a layer named in `ignore`. A grouped convolution keeps its groups even: each loses
+    that count of its own channels (at 0.3, 1 of 4 rounded to the nearest, 2 rounded up).
     Groups whose removal is refused are skipped; the history record lists them with the reason.
     `registry` holds the channel handlers of the ops (default: `Registry.default()`). With
     `heads`, attention heads are the units of q, k, v and the output projection (see `prune_heads`),
@@ -101,7 +103,7 @@ def prune_filters(gm: fx.GraphModule, ratio: float, criterion: str = "l2", data:
     """
     with unchanged(gm):  # choosing and the rewrite's check and edit share one channel analysis
         ranking = FilterRanking(gm, criterion, data, ignore, registry=registry, heads=heads)
-        rewrite = ranking.rewrite(ratio, per_layer, rounding=rounding)
+        rewrite = ranking.rewrite(ratio, per_layer, rounding=rounding, multiple=multiple)
         return apply(gm, rewrite, example_input=example_input, verify=verify)
 
 
@@ -126,22 +128,26 @@ class FilterRanking:
         """How many channel classes the ranking holds."""
         return sum(g.size for g in self.groups)
 
-    def rewrite(self, ratio: float, per_layer: bool = False, *, rounding: str = "nearest") -> "PruneFilters":
+    def rewrite(self, ratio: float, per_layer: bool = False, *, rounding: str = "nearest",
+                multiple: int = 1) -> "PruneFilters":
         """The `PruneFilters` rewrite removing about `ratio` of the ranked channels (see `prune_filters`)."""
         if not 0.0 <= ratio < 1.0:
             raise RewriteError(f"ratio must be in [0, 1), got {ratio}")
         if rounding not in ROUNDINGS:
             raise RewriteError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        if not (isinstance(multiple, int) and multiple >= 1):
+            raise RewriteError(f"multiple must be a whole number >= 1, got {multiple!r}")
         deps, pruned, skipped = self.deps, [], []
         with unchanged(self.gm):
-            for group, picked in _choose(deps, self.groups, self.scores, ratio, per_layer, ROUNDINGS[rounding]):
+            for group, picked in _choose(deps, self.groups, self.scores, ratio, per_layer, ROUNDINGS[rounding],
+                                          multiple):
                 reason = check_removal(self.gm, deps, deps.removal(picked))
                 if reason:
                     skipped.append((group.producers[0], reason))
                 else:
                     pruned += _by_producer(deps, group, picked)
         return PruneFilters(ratio, self.criterion, per_layer, tuple(pruned), tuple(skipped), rounding=rounding,
-                            registry=self.registry, heads=self.heads)
+                            multiple=multiple, registry=self.registry, heads=self.heads)
 
 
 class _ChannelRemoval(Rewrite):
@@ -193,7 +199,8 @@ class PruneChannels(_ChannelRemoval):
 @dataclass(frozen=True)
 class PruneFilters(_ChannelRemoval):
     """Remove the channels `prune_filters` chose: `pruned` lists (producer, its output channels);
-    `ratio`, `criterion`, `per_layer`, `rounding` and the `skipped` groups (with the reason) say how it chose."""
+    `ratio`, `criterion`, `per_layer`, `rounding`, `multiple` and the `skipped` groups (with the reason)
+    say how it chose."""
 
     name: ClassVar[str] = "prune_filters"
     ratio: float
@@ -202,6 +209,7 @@ class PruneFilters(_ChannelRemoval):
     pruned: tuple[tuple[str, tuple[int, ...]], ...]
     skipped: tuple[tuple[str, str], ...]
     rounding: str = field(default="nearest", kw_only=True)
+    multiple: int = field(default=1, kw_only=True)
     heads: bool = field(default=False, kw_only=True)
 
     def _classes(self, deps: ChannelDependencies) -> list[int]:
@@ -263,10 +271,11 @@ def _by_producer(deps: ChannelDependencies, group: ChannelGroup, classes: list[i
     return entries
 
 
-def _choose(deps, groups, scores, ratio: float, per_layer: bool,
-            count: Callable[[float], int]) -> list[tuple[ChannelGroup, list[int]]]:
+def _choose(deps, groups, scores, ratio: float, per_layer: bool, count: Callable[[float], int],
+            multiple: int = 1) -> list[tuple[ChannelGroup, list[int]]]:
     """Classes to remove per group: the lowest scores, at least one channel kept in every run of a
-    group's partition, equal counts in every run."""
+    group's partition, equal counts in every run, the group's kept channels a multiple of
+    `multiple` (rounded to the nearest; a group no larger than that is kept whole)."""
     if per_layer:
         budgets = [None] * len(groups)
     else:
@@ -279,6 +288,9 @@ def _choose(deps, groups, scores, ratio: float, per_layer: bool,
         size = min(len(r) for r in runs)
         per_run = count(ratio * size) if budget is None else budget // len(runs)
         per_run = min(size - 1, per_run)
+        if multiple > 1:
+            step = multiple // math.gcd(multiple, len(runs))     # kept per run, so kept in all is a multiple
+            per_run = size - min(size, max(step, step * int((size - per_run) / step + 0.5)))
         if per_run <= 0:
             continue
         classes = deps.group_classes(group)

@@ -141,64 +141,79 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], list[st
     return results, skipped
 
 
-def pareto_front(results: list[dict[str, Any]]) -> set[int]:
-    """Indices of the results no other result on the same data beats: none as accurate or more with
-    fewer MACs, or more accurate with as few."""
+def pareto_front(results: list[dict[str, Any]], cost: str = "macs") -> set[int]:
+    """Indices of the results no other result on the same data beats: none as accurate or more at a
+    lower `cost` ("macs", or "latency_ms" among the results that measured it), or more accurate at
+    as low a one."""
+    measured = [r for r in results if r.get(cost) is not None]
     front = set()
     for k, r in enumerate(results):
-        beaten = any(o["data"] == r["data"] and o["macs"] <= r["macs"] and o["test_acc"] >= r["test_acc"]
-                     and (o["macs"] < r["macs"] or o["test_acc"] > r["test_acc"]) for o in results)
-        if not beaten:
+        beaten = any(o["data"] == r["data"] and o[cost] <= r[cost] and o["test_acc"] >= r["test_acc"]
+                     and (o[cost] < r[cost] or o["test_acc"] > r["test_acc"]) for o in measured)
+        if r.get(cost) is not None and not beaten:
             front.add(k)
     return front
 
 
 def results_table(results: list[dict[str, Any]]) -> str:
-    """One row per result: its full name, kind, data, net, test accuracy, MACs, parameters, time,
-    and a star on the Pareto front (`pareto_front`)."""
+    """One row per result: its full name, kind, data, net, test accuracy, MACs, parameters, the
+    measured latency where any result has one, time, and a star on the Pareto front (`pareto_front`)."""
     width = max([len("run"), *(len(r["run"]) for r in results)])
     found = max([len("found net"), *(len(str(r["found"])) for r in results)])
     data = max([len("data"), *(len(str(r["data"])) for r in results)])
     kind = max([len("kind"), *(len(r["kind"]) for r in results)])
+    latency = any(r.get("latency_ms") is not None for r in results)
     header = (f"{'run':<{width}} {'kind':<{kind}} {'data':<{data}} {'found net':<{found}} {'test %':>7} {'MACs':>9} "
-              f"{'params':>8} {'time s':>8}  front")
+              f"{'params':>8}{' latency ms' if latency else ''} {'time s':>8}  front")
     lines = [header, "-" * len(header)]
     front = pareto_front(results)
     for k, r in enumerate(results):
         seconds = (r.get("growth_seconds") or 0) + (r.get("finetune_seconds") or 0) + (r.get("prune_seconds") or 0)
+        measured = f" {r['latency_ms']:>10.4f}" if r.get("latency_ms") is not None else " " * 11
         lines.append(f"{r['run']:<{width}} {r['kind']:<{kind}} {r['data']:<{data}} {r['found']:<{found}} "
-                     f"{r['test_acc']:>7.2f} {si(r['macs']):>9} {si(r['params']):>8} {seconds:>8.1f}  "
-                     f"{'*' if k in front else ''}")
+                     f"{r['test_acc']:>7.2f} {si(r['macs']):>9} {si(r['params']):>8}{measured if latency else ''} "
+                     f"{seconds:>8.1f}  {'*' if k in front else ''}")
     return "\n".join(lines)
+
+
+COSTS = {"macs": ("MACs per image", "log"), "latency_ms": ("onnxruntime CPU latency per image (ms, one thread)",
+                                                          "linear")}
 
 
 def plot_tradeoff(results: list[dict[str, Any]], path: Path, kinds: dict[str, Any], title: str | None = None) -> None:
     """Test accuracy vs MACs per result (the trade-off of the paper's Figures 3 and 4), one marker
     per kind (`kinds`: kind -> its `label` and `marker`), the Pareto front of each data set joined
-    by a line and its points ringed."""
+    by a line and its points ringed; beside it, accuracy vs latency for the results that measured it."""
     plt = pyplot()
-    fig, axis = plt.subplots(figsize=(9, 5))
+    costs = [c for c in COSTS if any(r.get(c) is not None for r in results)]
+    fig, axes = plt.subplots(1, len(costs), figsize=(9 * len(costs), 5), squeeze=False)
+    for axis, cost in zip(axes[0], costs):
+        _tradeoff_axis(axis, [r for r in results if r.get(cost) is not None], kinds, cost)
+    fig.suptitle(title or "accuracy vs computation (ringed: the Pareto front)", fontsize=9)
+    save_figure(fig, path)
+
+
+def _tradeoff_axis(axis, results: list[dict[str, Any]], kinds: dict[str, Any], cost: str) -> None:
     for kind, shown in kinds.items():
         runs = [r for r in results if r["kind"] == kind]
         if runs:
-            axis.scatter([r["macs"] for r in runs], [r["test_acc"] for r in runs], marker=shown.marker,
+            axis.scatter([r[cost] for r in runs], [r["test_acc"] for r in runs], marker=shown.marker,
                          label=shown.label, zorder=3)
-    front = [results[k] for k in sorted(pareto_front(results))]
+    front = [results[k] for k in sorted(pareto_front(results, cost))]
     for data in sorted({r["data"] for r in front}):
-        points = sorted((r["macs"], r["test_acc"]) for r in front if r["data"] == data)
+        points = sorted((r[cost], r["test_acc"]) for r in front if r["data"] == data)
         axis.plot(*zip(*points), color="tab:red", alpha=0.5, linewidth=1, drawstyle="steps-post", zorder=2,
                   label="Pareto front" if data == min(r["data"] for r in front) else None)
         axis.scatter(*zip(*points), s=120, facecolors="none", edgecolors="tab:red", zorder=4)
     for r in results:
-        axis.annotate(f"{r['found']} ({r['data']})", (r["macs"], r["test_acc"]), fontsize=7, xytext=(4, 4),
+        axis.annotate(f"{r['found']} ({r['data']})", (r[cost], r["test_acc"]), fontsize=7, xytext=(4, 4),
                       textcoords="offset points", wrap=True)
-    axis.set_xscale("log")
+    label, scale = COSTS[cost]
+    axis.set_xscale(scale)
     axis.margins(x=0.35, y=0.12)  # room for the labels right of the last point
-    axis.set_xlabel("MACs per image")
+    axis.set_xlabel(label)
     axis.set_ylabel("test accuracy (%)")
-    axis.set_title(title or "accuracy vs computation (ringed: the Pareto front)", fontsize=9)
     axis.legend(loc="best", fontsize=8)
-    save_figure(fig, path)
 
 
 def save_figure(fig, path: Path, right: float = 1.0) -> None:

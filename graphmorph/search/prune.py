@@ -1,4 +1,4 @@
-"""`graphmorph prune`: a trained net at fractions of its MACs (or parameters), fine-tuned, every point saved.
+"""`graphmorph prune`: a trained net at fractions of its MACs (parameters, latency), fine-tuned, every point saved.
 
 The net comes from a finished run (`--from RUN`: autogrow, nac or train), a weights file
 (`--weights FILE`: a graphmorph weights file with its history, or a state dict for `--model` or
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +42,14 @@ from graphmorph.run.train import TrainingDiverged, staircase_lr
 from graphmorph.search.algorithms import Algorithm, ResultKind, register_algorithm
 from graphmorph.search.artifacts import has_history, load_checkpoint, load_weights, save_weights
 from graphmorph.search.budget import baseline_epochs, step_seconds
+from graphmorph.search.budget_fit import MEASURES
 from graphmorph.search.config import config_from_dict, require
 from graphmorph.search.options import (BATCH_SIZE, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
                                        positive_float)
 from graphmorph.search.pruner import (METHODS, SCHEDULES, PrunedChannels, Prune, ReachedPoint, RemovedBlock,
                                       prune_checks)
 from graphmorph.search.session import SearchSession
+from transforms.channel_pruning import FilterRanking
 from transforms.criteria import CRITERIA
 from transforms.replayer import replay_architecture
 
@@ -92,6 +95,9 @@ class PruneConfig:
     params: tuple[float, ...] | None = field(default=None, metadata=option(
         "targets: fractions of the unpruned net's parameters, comma-separated", type=_fractions,
         exclusive="budget"))
+    latency: tuple[float, ...] | None = field(default=None, metadata=option(
+        "targets: fractions of the unpruned net's latency, measured in onnxruntime on one CPU thread for one "
+        "image (kept channels in multiples of 8), comma-separated", type=_fractions, exclusive="budget"))
     schedule: str = field(default="iterative", metadata=option(
         "iterative: each target from the last in --steps steps with fine-tuning between; oneshot: each target "
         "from the unpruned net in one step", choices=SCHEDULES))
@@ -123,7 +129,8 @@ class PruneConfig:
     def validate(self) -> None:
         require(prune_checks(self.targets, self.measure, self.schedule, self.steps, self.finetune_epochs or 0,
                              self.criterion, self.method, self.tolerance) + [
-            (self.macs is None or self.params is None, "give --macs or --params, not both"),
+            (sum(t is not None for t in (self.macs, self.params, self.latency)) <= 1,
+             "give one of --macs, --params or --latency"),
             (self.model is None or is_factory(self.model),
              f"--model must be package.module:factory, got {self.model!r} (an architecture goes in --seed-net)"),
             (self.model is None or self.weights is not None,
@@ -137,11 +144,11 @@ class PruneConfig:
 
     @property
     def measure(self) -> str:
-        return "params" if self.params is not None else "macs"
+        return "params" if self.params is not None else "latency" if self.latency is not None else "macs"
 
     @property
     def targets(self) -> tuple[float, ...]:
-        return self.params or self.macs or (0.7, 0.5, 0.3)
+        return self.params or self.latency or self.macs or (0.7, 0.5, 0.3)
 
     def start(self) -> str:
         """What is pruned, for messages and the run directory's name."""
@@ -252,8 +259,8 @@ class PruneRun(SearchSession):
         targets = config.targets
         finetune = self._finetune_epochs()
         scaled = sum(finetune * t for t in targets)
-        seconds = epoch * (self.state.epochs + scaled) + 2.0 * len(targets) * (config.steps if config.schedule ==
-                                                                               "iterative" else 1)
+        steps = len(targets) * (config.steps if config.schedule == "iterative" else 1)
+        seconds = epoch * (self.state.epochs + scaled) + steps * (2.0 + self._measuring_seconds())
         self.state.estimated_seconds = round(seconds, 1)
         self.progress(f"budget: {', '.join(f'{t:g}' for t in targets)} of the unpruned {config.measure} "
                       f"(within {config.tolerance:.0%}), {config.schedule}"
@@ -261,6 +268,17 @@ class PruneRun(SearchSession):
                       + f", {finetune} fine-tuning epoch(s) per target"
                       + (f", after {self.state.epochs} epochs training the unpruned net" if self.state.epochs else ""))
         self.progress(f"estimate: about {seconds:.0f} s (an epoch of the unpruned net takes {epoch:.2f} s here)")
+
+    def _measuring_seconds(self) -> float:
+        """For latency targets, the seconds a pruning step spends measuring: one measurement of the
+        unpruned net timed, times the bisection's trials (log2 of the ranked channels, and two
+        more) and the paired measurement of the point; nothing for MACs or parameters."""
+        if self.config.measure != "latency":
+            return 0.0
+        began = time.perf_counter()
+        MEASURES["latency"](self.base, self.example)
+        trials = math.ceil(math.log2(max(2, FilterRanking(self.base).size))) + 4
+        return (time.perf_counter() - began) * trials
 
     def resolved_config(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.config), "resolved": {
@@ -292,17 +310,18 @@ class PruneRun(SearchSession):
         return line
 
     def _baseline(self) -> str:
-        """Score the unpruned net, save it as the first point, and start the controller."""
+        """Start the controller (it measures the unpruned net), score the unpruned net and save it as
+        the first point."""
+        self.pruner = self._controller()
         point = self._save_point("unpruned", self.gm, None)
         self.state.points.append(point)
         self.state.rows.append({"unit": len(self.state.rows) + 1, "phase": "baseline", "epoch": None, "lr": None,
                                 "train_loss": None, "train_acc": None, "val_acc": point["val_acc"],
-                                "macs_fraction": 1.0, **event_fields([])})
-        self.pruner = self._controller()
+                                "cost_fraction": 1.0, **event_fields([])})
         self.optimizer = self._sgd(self.config.lr)
         self.state.phase = "prune"
-        return f"unpruned {point['found']}: val {point['val_acc']:5.1f}%, test {point['test_acc']:.2f}%, " \
-               f"{si(point['macs'])} MACs, {si(point['params'])} parameters"
+        return (f"unpruned {point['found']}: val {point['val_acc']:5.1f}%, test {point['test_acc']:.2f}%, "
+                f"{si(point['macs'])} MACs, {si(point['params'])} parameters" + _latency_text(point))
 
     def _epoch(self) -> str:
         state, training = self.state, self.state.phase == "train"
@@ -319,7 +338,7 @@ class PruneRun(SearchSession):
         state.epoch += 1
         row = {"unit": len(state.rows) + 1, "phase": state.phase, "epoch": state.epoch, "lr": lr,
                "train_loss": round(loss, 6), "train_acc": round(train_acc, 4), "val_acc": round(val_acc, 4),
-               "macs_fraction": None, **event_fields([])}
+               "cost_fraction": None, **event_fields([])}
         state.rows.append(row)
         line = f"{label:<22} loss {loss:.3f}  train {train_acc:5.1f}%  val {val_acc:5.1f}%"
         if state.epoch == state.epochs:
@@ -339,7 +358,7 @@ class PruneRun(SearchSession):
         val_acc = self.trainer.evaluate(self.gm, self.val_x, self.val_y)[1]
         state.rows.append({"unit": len(state.rows) + 1, "phase": "prune", "epoch": None, "lr": None,
                            "train_loss": None, "train_acc": None, "val_acc": round(val_acc, 4),
-                           "macs_fraction": round(step.fraction, 5), **event_fields(list(step.events))})
+                           "cost_fraction": round(step.fraction, 5), **event_fields(list(step.events))})
         line = (f"prune to {step.budget:.3f} of the {self.config.measure}: {step.fraction:.3f}, val {val_acc:5.1f}% "
                 f"before fine-tuning  | {step.text()}")
         if not step.finetune_epochs:
@@ -372,6 +391,8 @@ class PruneRun(SearchSession):
                   "point": label, "target": point["target"] if point else 1.0,
                   "fraction": point["fraction"] if point else 1.0, "within": point["within"] if point else True,
                   "val_acc": round(val_acc, 4), "test_acc": round(test_acc, 4)}
+        if self.config.measure == "latency":
+            result["latency_ms"] = round(1000 * (point["cost"] if point else self.pruner.base_cost), 4)
         result = save_result(directory, gm, self.source, result, normalization=self.data.normalization)
         save_weights(directory.path / "weights.pt", gm, self.source)
         return {**result, "path": str(Path("points") / label)}
@@ -415,6 +436,8 @@ class PruneRun(SearchSession):
                   "prune_seconds": round(self.state.prune_seconds, 3),
                   "finetune_seconds": round(self.state.finetune_seconds, 3),
                   "estimated_seconds": self.state.estimated_seconds, "device": str(self.trainer.device)}
+        if "latency_ms" in base:
+            result["latency_ms"] = base["latency_ms"]
         if self.world.is_main:
             rows = _rows({**result, "run": str(self.directory.path)})
             self.directory.write_text("points.txt", results_table(rows) + "\n")
@@ -463,21 +486,27 @@ def _label(gm: fx.GraphModule, source: ModelSource) -> str:
 def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The report's rows for a prune run: the unpruned net, then every point."""
     run = result.get("run", "")
-    base = {key: result[key] for key in ("kind", "data", "found", "test_acc", "macs", "params")}
+    base = {key: result[key] for key in ("kind", "data", "found", "test_acc", "macs", "params", "latency_ms")
+            if key in result}
     return [{**base, "run": f"{run} unpruned", "found": f"{result['found']} (unpruned)"}] + [
         {**point, "run": f"{run} {point['point']}", "found": f"{point['found']} @{point['fraction']:.2f}"}
         for point in result["points"]]
 
 
+def _latency_text(result: dict[str, Any]) -> str:
+    """", 0.123 ms onnxruntime CPU" where the latency was measured, else nothing."""
+    return f", {result['latency_ms']:.3f} ms onnxruntime CPU" if "latency_ms" in result else ""
+
+
 def _summary(result: dict[str, Any], where) -> list[str]:
     lines = [f"pruned {result['found']} on {result['data']} ({result['criterion']}, {result['method']}, "
              f"{result['schedule']}): unpruned test {result['test_acc']:.2f}% at {si(result['macs'])} MACs, "
-             f"{si(result['params'])} parameters"]
+             f"{si(result['params'])} parameters" + _latency_text(result)]
     for point in result["points"]:
         lines.append(f"  {point['point']:<12} {point['fraction']:.3f} of the {result['measure']} "
                      f"({'within' if point['within'] else 'NOT within'} {result['tolerance']:.0%})  "
                      f"{point['found']:<24} test {point['test_acc']:6.2f}%  {si(point['macs']):>8} MACs  "
-                     f"{si(point['params']):>8} params  -> {Path(where) / point['path']}")
+                     f"{si(point['params']):>8} params{_latency_text(point)}  -> {Path(where) / point['path']}")
     seconds = result["train_seconds"] + result["prune_seconds"] + result["finetune_seconds"]
     lines.append(f"{seconds:.1f} s (training {result['train_seconds']:.1f}, pruning {result['prune_seconds']:.1f}, "
                  f"fine-tuning {result['finetune_seconds']:.1f}); table {Path(where) / 'points.txt'}, plot "
@@ -489,9 +518,9 @@ RESULTS = {"prune": ResultKind("unpruned (prune's start)", "D"), "pruned": Resul
 
 ALGORITHM = register_algorithm(Algorithm(
     kind="prune", title="prune", config_type=PruneConfig, run=run,
-    help="prune a trained net to fractions of its MACs or parameters, fine-tuned, every point saved",
+    help="prune a trained net to fractions of its MACs, parameters or latency, fine-tuned, every point saved",
     description="Prune a trained net (--from RUN, --weights FILE, or a seed net trained first) to fractions of its "
-                "MACs (--macs 0.7,0.5,0.3) or parameters, one-shot or iteratively with fine-tuning between, by "
+                "MACs (--macs 0.7,0.5,0.3), parameters or measured onnxruntime CPU latency, one-shot or iteratively with fine-tuning between, by "
                 "channels and/or whole residual blocks; every step a verified rewrite. Each point is saved with "
                 "its weights, replayable history and ONNX. With no options: a Basic3ResNet-3-3-3 trained on "
                 "digits, pruned to 0.7, 0.5 and 0.3 of its MACs.",

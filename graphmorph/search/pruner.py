@@ -10,8 +10,9 @@
         if step.point is not None:
             save(pruner.model, step.point)                     # the net at this target, fine-tuned
 
-Targets are fractions of the unpruned net's cost (`measure`: "macs" for one example input, or
-"params"), reached in descending order. An `iterative` schedule reaches each target from the
+Targets are fractions of the unpruned net's cost (`measure`: "macs" for one example input,
+"params", or "latency": onnxruntime's CPU latency for the example on one thread, measured; see
+`graphmorph.graph.latency`), reached in descending order. An `iterative` schedule reaches each target from the
 previous one in `steps` steps whose budgets fall geometrically, fine-tuning between; `oneshot`
 prunes each target from the unpruned net in one step. Each step meets its budget within
 `tolerance` (relative) where the net's channels allow it, and says whether it did.
@@ -171,7 +172,7 @@ class Prune:
         state.step += 1
         budget = before * (target / before) ** (state.step / self.steps)
         pruned, events = self._prune_to(start, budget * self.base_cost)
-        fraction = MEASURES[self.measure](pruned, self.example) / self.base_cost
+        fraction = MEASURES[self.measure].fraction(pruned, self.base, self.base_cost, self.example)
         point = None
         if state.step == self.steps:
             within = abs(fraction - target) <= self.tolerance * target
@@ -209,15 +210,14 @@ class Prune:
                     break
                 current, best, score = without, candidate, candidate_score
                 events.append(RemovedBlock(name, val_acc))
-        model, share = best
+        model, share, cost = best
         if share:
-            events.append(PrunedChannels(share, self.criterion,
-                                         MEASURES[measure](model, example) / self.base_cost, measure))
+            events.append(PrunedChannels(share, self.criterion, cost / self.base_cost, measure))
         return (deep_copy(model) if model is start else model), tuple(events)
 
-    def _channels(self, gm: fx.GraphModule, budget: float) -> tuple[fx.GraphModule, float]:
+    def _channels(self, gm: fx.GraphModule, budget: float) -> tuple[fx.GraphModule, float, float]:
         fit = fit_channels(gm, budget, self.measure, self.example, criterion=self.criterion, data=self.data)
-        return fit.model, fit.ratio
+        return fit.model, fit.ratio, fit.cost
 
     # ---- resuming
 
