@@ -12,10 +12,12 @@ keep their state, and schedulers follow). When the search is done it stops the f
 `PruneCallback(example_input, targets=(0.7, 0.5), steps=2, finetune_epochs=4)` drives
 `graphmorph.Prune` the same way: it prunes before the first epoch and whenever a step's fine-tuning
 epochs are done, swaps the pruned net in, and stops the fit after the last target's fine-tuning;
-`points` lists each target reached with the monitored metric after its fine-tuning.
+`points` lists each target reached with the monitored metric after its fine-tuning. Both resume
+from a Lightning checkpoint given as `resume_from` (and to `fit(ckpt_path=...)`).
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,7 @@ class AutoGrowCallback(pl.Callback):
                               "pass AutoGrowCallback(..., attribute=NAME)")
         self.grower = AutoGrow(getattr(pl_module, self.attribute), self.example_input, **self.settings)
         if self.resume_from is not None:
-            self.grower.load_state_dict(self._saved_state(self.resume_from))
+            self.grower.load_state_dict(_saved_state(self.resume_from, self.state_key))
         setattr(pl_module, self.attribute, self.grower.model.to(pl_module.device))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -94,21 +96,21 @@ class AutoGrowCallback(pl.Callback):
             raise ConfigError("the checkpoint's search state differs from the one loaded from resume_from: pass the "
                               "same checkpoint to AutoGrowCallback(resume_from=...) and fit(ckpt_path=...)")
 
-    def _saved_state(self, path: str | Path) -> dict[str, Any]:
-        """The callback's state in the Lightning checkpoint at `path`, read with `weights_only=True`:
-        tensors and plain containers only, so a crafted checkpoint runs no code."""
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ConfigError(f"resume_from={str(path)!r}: there is no such file") from None
-        except Exception as err:  # torch's UnpicklingError for anything beyond weights
-            raise ConfigError(f"resume_from={str(path)!r} holds more than tensors and plain data, or is not a "
-                              f"checkpoint; graphmorph reads checkpoints with weights_only=True and runs no code from "
-                              f"them ({first_line(err)})") from None
-        saved = checkpoint.get("callbacks", {}).get(self.state_key)
-        if not saved:
-            raise ConfigError(f"{path} holds no {self.state_key} state: it was not saved by a fit with this callback")
-        return saved
+def _saved_state(path: str | Path, key: str) -> dict[str, Any]:
+    """A callback's state (`key`) in the Lightning checkpoint at `path`, read with
+    `weights_only=True`: tensors and plain containers only, so a crafted checkpoint runs no code."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"resume_from={str(path)!r}: there is no such file") from None
+    except Exception as err:  # torch's UnpicklingError for anything beyond weights
+        raise ConfigError(f"resume_from={str(path)!r} holds more than tensors and plain data, or is not a "
+                          f"checkpoint; graphmorph reads checkpoints with weights_only=True and runs no code from "
+                          f"them ({first_line(err)})") from None
+    saved = checkpoint.get("callbacks", {}).get(key)
+    if not saved:
+        raise ConfigError(f"{path} holds no {key} state: it was not saved by a fit with this callback")
+    return saved
 
 
 def _swap(trainer: pl.Trainer, pl_module: pl.LightningModule, attribute: str, model: torch.nn.Module,
@@ -126,16 +128,23 @@ class PruneCallback(pl.Callback):
 
     example_input: a batch the net takes. attribute: the LightningModule attribute holding the
     network. monitor: a logged metric recorded with each point after its fine-tuning (optional).
-    Other keywords go to `Prune` (targets, measure, schedule, steps, finetune_epochs, criterion,
-    method, evaluate, data, tolerance). One device; a fit is not resumed mid-pruning.
+    resume_from: the Lightning checkpoint a resumed fit loads (`fit(ckpt_path=...)` too), so the
+    callback can prune the net to the saved architecture before Lightning loads its weights. Other
+    keywords go to `Prune` (targets, measure, schedule, steps, finetune_epochs, criterion, method,
+    evaluate, data, tolerance). One device.
     """
 
     def __init__(self, example_input: torch.Tensor, *, attribute: str = "net", monitor: str | None = None,
-                 **settings: Any):
+                 resume_from: str | Path | None = None, **settings: Any):
         self.example_input, self.attribute, self.monitor, self.settings = example_input, attribute, monitor, settings
+        self.resume_from = resume_from
         self.pruner: Prune | None = None
         self.points: list[tuple[Point, float | None]] = []
-        self._left, self._pending = 0, None
+        self._until, self._pending = 0, None     # the epoch the step's fine-tuning ends before; its point
+
+    @property
+    def state_key(self) -> str:
+        return f"PruneCallback[{self.attribute}]"
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.pruner is not None:
@@ -147,20 +156,21 @@ class PruneCallback(pl.Callback):
             raise ConfigError(f"{type(pl_module).__name__} has no attribute {self.attribute!r} holding the network: "
                               "pass PruneCallback(..., attribute=NAME)")
         self.pruner = Prune(getattr(pl_module, self.attribute), self.example_input, **self.settings)
+        if self.resume_from is not None:
+            self._restore(_saved_state(self.resume_from, self.state_key))
         setattr(pl_module, self.attribute, self.pruner.model.to(pl_module.device))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Prune when the last step's fine-tuning is done (steps without fine-tuning follow at once)."""
-        while self._left == 0 and not self.pruner.done:
+        while trainer.current_epoch >= self._until and not self.pruner.done:
             step = self.pruner.step()
             _swap(trainer, pl_module, self.attribute, step.model, step.optimizer)
-            self._left, self._pending = step.finetune_epochs, step.point
-            if not self._left:
+            self._until, self._pending = trainer.current_epoch + step.finetune_epochs, step.point
+            if not step.finetune_epochs:
                 self._reach(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._left = max(0, self._left - 1)
-        if self._left == 0:
+        if trainer.current_epoch + 1 >= self._until:
             self._reach(trainer)
             if self.pruner.done:
                 trainer.should_stop = True
@@ -170,3 +180,22 @@ class PruneCallback(pl.Callback):
             metric = trainer.callback_metrics.get(self.monitor) if self.monitor else None
             self.points.append((self._pending, None if metric is None else float(metric)))
             self._pending = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.pruner is None:
+            return {}
+        return {"pruner": self.pruner.state_dict(), "until": self._until,
+                "pending": asdict(self._pending) if self._pending else None,
+                "points": [(asdict(point), metric) for point, metric in self.points]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores this after the weights; the architecture came from `resume_from`."""
+        if state_dict and self.pruner is not None and self.state_dict() != state_dict:
+            raise ConfigError("the checkpoint's pruning state differs from the one loaded from resume_from: pass "
+                              "the same checkpoint to PruneCallback(resume_from=...) and fit(ckpt_path=...)")
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(saved["pruner"])
+        self._until = saved["until"]
+        self._pending = Point(**saved["pending"]) if saved["pending"] else None
+        self.points = [(Point(**point), metric) for point, metric in saved["points"]]
