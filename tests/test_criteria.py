@@ -43,17 +43,29 @@ def _batches(seed=1):
             for _ in range(3)]
 
 
-def test_l1_and_l2_rank_by_their_own_norm_of_the_producing_weights():
+def _removed(model, values) -> torch.Tensor:
+    """Per conv1 channel, `values` (a function of a weight) summed over what its removal deletes:
+    conv1's row and conv2's column."""
+    return values(model.conv1.weight).reshape(8, -1).sum(1) + values(model.conv2.weight).transpose(0, 1).reshape(
+        8, -1).sum(1)
+
+
+def test_l1_and_l2_rank_by_the_norm_of_every_weight_a_channels_removal_deletes():
     model = _model()
     with torch.no_grad():   # channel 0: one large weight (large L2, small L1); channel 1: many small ones
         model.conv1.weight[0] = 0.0
         model.conv1.weight[0, 0, 1, 1] = 0.9
         model.conv1.weight[1] = 0.08
+        model.conv2.weight.mul_(0.05)
     gm = graphmorph.capture(model, torch.randn(1, 3, 8, 8))
-    weight = model.conv1.weight.detach().reshape(8, -1)
-    assert _pruned_conv1(gm, "l1") == _lowest(weight.abs().sum(1))
-    assert _pruned_conv1(gm, "l2") == _lowest(weight.norm(dim=1))
+    assert _pruned_conv1(gm, "l1") == _lowest(_removed(model, lambda w: w.detach().abs()))
+    assert _pruned_conv1(gm, "l2") == _lowest(_removed(model, lambda w: w.detach().pow(2)).sqrt())
     assert _pruned_conv1(gm, "l1") != _pruned_conv1(gm, "l2")
+    with torch.no_grad():   # equal rows: the reader's columns decide
+        model.conv1.weight.fill_(0.1)
+        model.conv2.weight[:, [3, 6]] *= 0.01
+    gm = graphmorph.capture(model, torch.randn(1, 3, 8, 8))
+    assert _pruned_conv1(gm, "l1") == _pruned_conv1(gm, "l2") == [3, 6]
 
 
 def test_bn_scale_prunes_the_channels_with_the_smallest_batchnorm_gamma():
@@ -72,7 +84,7 @@ def test_taylor_matches_weight_times_gradient_of_the_loss_on_the_eager_model():
     oracle.zero_grad()
     for x, y in batches:
         F.cross_entropy(oracle(x), y).backward()
-    importance = (oracle.conv1.weight * oracle.conv1.weight.grad).detach().reshape(8, -1).sum(1).abs()
+    importance = _removed(oracle, lambda w: (w * w.grad).detach()).abs()
     assert _pruned_conv1(gm, "taylor", 3, batches) == _lowest(importance, 3)
     assert all(p.grad is None for p in gm.parameters())          # the captured net's .grad is untouched
 

@@ -230,13 +230,45 @@ def test_grow_refuses_uncaptured_models_and_replay_refuses_unknown_rewrites():
         transforms.replay(gm, [{"rewrite": "grow", "after": "layer1.0", "init": "gau", "std": 1.0}])
 
 
-def test_verification_catches_a_rewrite_that_breaks_its_promise(monkeypatch):
-    import transforms.growth as grow_module
+@pytest.fixture
+def registered_inits():
+    """Growth inits registered for one test, unregistered after it."""
+    names = []
 
-    monkeypatch.setattr(grow_module, "zero_init", lambda layer: None)  # forget to zero the branch
+    def register(init):
+        names.append(init.name)
+        return transforms.register_growth_init(init)
+    yield register
+    for name in names:
+        transforms.GROWTH_INITS.pop(name, None)
+
+
+def _quarter(layer, std, seed):
+    layer.weight.fill_(0.25)
+    layer.bias.zero_()
+
+
+def test_a_registered_growth_init_sets_each_new_branch_and_replays_by_name(registered_inits):
+    registered_inits(transforms.GrowthInit("quarter", _quarter))
+    gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(2, 4, 4)), torch.zeros(1, 3, 8, 8))
+    grown = transforms.grow(gm, stage=1, init="quarter", generator=torch.Generator().manual_seed(0))
+    new_norm = grown.get_submodule(f"{history(grown)[-1]['new_block']}.bn2")
+    assert torch.all(new_norm.weight == 0.25) and torch.all(new_norm.bias == 0)
+    replayed = transforms.replay(gm, history(grown))
+    assert all(torch.equal(v, replayed.state_dict()[k]) for k, v in grown.state_dict().items())
+    assert graphmorph.AutoGrow(gm, torch.zeros(1, 3, 8, 8), J=4, init="quarter").init == "quarter"
+    with pytest.raises(ValueError, match="'zero' is registered already"):
+        transforms.register_growth_init(transforms.GrowthInit("zero", _quarter))
+    with pytest.raises(graphmorph.RewriteError, match="register yours with transforms.register_growth_init"):
+        transforms.grow(gm, stage=1, init="quater")
+
+
+def test_verification_catches_an_init_that_breaks_its_promise(registered_inits):
+    registered_inits(transforms.GrowthInit("forgets", lambda layer, std, seed: None,   # should silence the branch
+                                           preserves=(("eval",), 1e-10)))
     gm = graphmorph.capture(build("Basic3ResNet-1-1-1", widths=(2, 4, 4)), torch.zeros(1, 3, 8, 8))
     with pytest.raises(graphmorph.RewriteError, match="should preserve the function in eval mode but changed the output"):
-        transforms.grow(gm, stage=1, init="zero")
+        transforms.grow(gm, stage=1, init="forgets")
 
 
 class _PlainTensorScale(torch.nn.Module):

@@ -11,8 +11,8 @@ from transforms.channel_pruning import (PruneChannels, PruneFilters, head_units,
                                         prune_filters, prune_heads)
 from transforms.criteria import CRITERIA, Criterion, register_criterion
 from transforms.dense import GrowDense, dense_layer, grow_dense
-from transforms.growth import PRESERVED_MODES, Grow, grow, growth_refusal
-from transforms.initializers import INITS, AdamInitOptions
+from transforms.growth import Grow, grow, growth_refusal
+from transforms.initializers import GROWTH_INITS, INITS, AdamInitOptions, GrowthInit, register_growth_init
 from transforms.protocol import REWRITES, Edit, Rewrite, Step, apply, register, rewrite_of
 from transforms.pruning import PruneBranches, PruneSkips, prune_branches, prune_skips
 from transforms.replayer import replay, replay_architecture
@@ -23,7 +23,7 @@ from transforms.statistics import branch_statistics, instrument_branches, remove
 __all__ = ["grow", "growth_refusal", "replay_architecture", "prune_channels", "prune_filters", "prune_heads",
            "head_units", "mask_channels",
            "CRITERIA", "Criterion", "register_criterion", "prune_branches", "prune_skips", "prune_skip_edges", "remove_block", "add_cell", "CELL_INITS",
-           "replay", "INITS", "AdamInitOptions", "PRESERVED_MODES",
+           "replay", "INITS", "GROWTH_INITS", "GrowthInit", "register_growth_init", "AdamInitOptions",
            "instrument_branches", "branch_statistics", "reset_statistics", "remove_instrumentation",
            "apply", "register", "rewrite_of", "Rewrite", "Edit", "Step", "REWRITES",
            "Grow", "PruneChannels", "PruneFilters", "PruneBranches", "PruneSkips", "PruneSkipEdges", "RemoveBlock",

@@ -33,13 +33,10 @@ from graphmorph.graph.ops import attribute, has_attribute
 from graphmorph.graph.verify import FLOAT64_ATOL, annotate_rewritten, parameter_count
 from graphmorph.graph.copying import copied_meta
 from transforms.dense import grow_dense, is_dense_block
-from transforms.initializers import GROWTH_INITS, INITS, AdamInitOptions, Batches, adam_init, identity_init, noise_init, zero_init
+from transforms.initializers import GROWTH_INITS, AdamInitOptions, Batches, adam_init, identity_init
 from transforms.protocol import NOT_RECORDED, Edit, Rewrite, Step, apply, register
 
-__all__ = ["grow", "growth_refusal", "Grow", "PRESERVED_MODES"]
-
-# The modes in which each init promises the same function, and the float64 tolerance it is held to.
-PRESERVED_MODES = {name: init.preserves for name, init in GROWTH_INITS.items() if init.preserves}
+__all__ = ["grow", "growth_refusal", "Grow"]
 
 
 def grow(
@@ -122,8 +119,9 @@ class Grow(Rewrite):
         return f"grow after {self.after!r} (init={self.init!r})"
 
     def check(self, gm: fx.GraphModule) -> str | None:
-        if self.init not in INITS:
-            return f"unknown init {self.init!r}; choose one of {', '.join(INITS)}"
+        if self.init not in GROWTH_INITS:
+            return (f"unknown init {self.init!r}; choose one of {', '.join(GROWTH_INITS)} (or register yours "
+                    "with transforms.register_growth_init)")
         if not (isinstance(self.std, (int, float)) and self.std > 0):
             return f"std must be a positive number, got {self.std!r}"
         template = block_named(gm, self.after, registry=self.op_registry)
@@ -159,7 +157,7 @@ class Grow(Rewrite):
         if GROWTH_INITS[self.init].needs_data:
             new_modules = [v for v in values.values() if isinstance(v, nn.Module)]
             notes["adam"] = adam_init(gm, work, layer, new_modules, step.data, self.adam_options)
-        modes, atol = PRESERVED_MODES.get(self.init, ((), FLOAT64_ATOL))
+        modes, atol = GROWTH_INITS[self.init].preserves or ((), FLOAT64_ATOL)
         return Edit(sum(_numel(v) for v in values.values()), lambda: gm, modes, atol, same_shapes, notes)
 
 
@@ -202,45 +200,47 @@ class _Plan:
 
 
 def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, registry: Registry) -> str | None:
-    name = block.name
-    if shortcut and (block.kind == "residual" or init == "identity"):
+    name, spec = block.name, GROWTH_INITS[init]
+    identity = not spec.sets_last_affine                         # makes a plain block an identity
+    silences = spec.preserves is not None and spec.sets_last_affine   # zero: a silenced residual branch
+    if shortcut and (block.kind == "residual" or identity):
         return (f"shortcut=True wraps a plain, branch or dense block's copy for init='zero', 'uni', 'gau' or "
                 f"'adam'; block {name!r} is {block.kind} and init is {init!r}")
-    if init == "zero" and block.kind != "residual" and not shortcut:
-        return _zero_refusal(gm, block)
-    if init == "identity" and block.kind == "branches":
+    if silences and block.kind != "residual" and not shortcut:
+        return _zero_refusal(gm, block, init)
+    if identity and block.kind == "branches":
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is branches: it joins "
                 "parallel branches with no shortcut (an Inception or fire module, a channel-shuffle unit), so "
                 "no init makes its copy an identity; grow a residual, dense or plain block instead")
-    if init == "identity" and block.kind != "plain":
+    if identity and block.kind != "plain":
         return (f"init='identity' is for plain conv-BN-ReLU blocks, but block {name!r} is {block.kind}; "
                 "use init='zero' for residual blocks")
-    if init == "zero" and block.kind == "residual":
+    if silences and block.kind == "residual":
         after = _after_merge(gm, block, registry)
         if after is not None:
-            return (f"init='zero' silences block {name!r}'s residual branch, but the block applies "
+            return (f"init={init!r} silences block {name!r}'s residual branch, but the block applies "
                     f"{after} after its residual add, so a silenced copy would apply it twice")
-    sets_last_affine = GROWTH_INITS[init].sets_last_affine
-    if sets_last_affine and block.last_affine_module is None and block.kind == "branches":
+    if spec.sets_last_affine and block.last_affine_module is None and block.kind == "branches":
         return (f"init={init!r} silences each parallel branch of block {name!r} at its last affine layer, and one "
                 "of them has none: it passes the block's input on (as a channel-split unit's untouched half "
                 "does), or ops after the merge do not keep zero at zero, so no copy of it starts as an identity")
-    if sets_last_affine and block.last_affine_module is None:
+    if spec.sets_last_affine and block.last_affine_module is None:
         return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
                 "end in a BatchNorm, conv or linear module, or a layer scale (a product with a parameter), "
                 "followed only by zero-preserving ops")
-    if init == "adam" and len(block.initialised) > 1:
-        return (f"init='adam' optimises one BatchNorm, but block {name!r} has {len(block.initialised)} residual "
+    if spec.needs_data and len(block.initialised) > 1:
+        return (f"init={init!r} optimises one BatchNorm, but block {name!r} has {len(block.initialised)} residual "
                 "branches; use init='zero'")
-    if init == "adam" and not ops.is_norm(gm, _node(gm, block.last_affine)):
-        return (f"init='adam' optimises the block's last BatchNorm, but block {name!r}'s branch "
+    if spec.needs_data and not ops.is_norm(gm, _node(gm, block.last_affine)):
+        return (f"init={init!r} optimises the block's last BatchNorm, but block {name!r}'s branch "
                 f"ends in {block.last_affine_module!r}, which is not a normalisation layer")
     return None
 
 
-def _zero_refusal(gm: fx.GraphModule, block: Block) -> str:
-    """Why init='zero' cannot grow a block without a residual branch, and what can grow it instead."""
-    name, why = block.name, "init='zero' silences a residual branch"
+def _zero_refusal(gm: fx.GraphModule, block: Block, init: str) -> str:
+    """Why init='zero' (an init that silences the branch) cannot grow a block without a residual
+    branch, and what can grow it instead."""
+    name, why = block.name, f"init={init!r} silences a residual branch"
     if block.kind == "plain":
         return (f"{why}, but block {name!r} is a plain block with no shortcut to carry its input; use "
                 "init='identity' for a conv-BN-ReLU block, or shortcut=True to wrap the copy in one")
@@ -428,16 +428,16 @@ def _insert(work: fx.GraphModule, plan: _Plan) -> fx.Node:
 def _initialise(work, init: str, layers: list[nn.Module | torch.Tensor | _Projection], std: float, seed: int,
                 block: Block | None, template: Block, registry: Registry):
     """Set the last affine layer of each of the new block's residual branches (modules or layer-scale
-    parameters), or make a plain block an identity."""
-    if init == "identity":
+    parameters) as the init says, or make a plain block an identity."""
+    spec = GROWTH_INITS[init]
+    if not spec.sets_last_affine:
         conv, norm = _identity_layers(work, block, template, registry)
         identity_init(conv, norm)
         return
-    for k, layer in enumerate(layers):
-        if init == "zero":
-            zero_init(layer)
-        elif init in ("uni", "gau"):
-            noise_init(layer, init, std, seed + k)
+    if spec.set_layer is not None:
+        for k, layer in enumerate(layers):
+            with torch.no_grad():
+                spec.set_layer(layer, std, seed + k)
 
 
 @dataclass

@@ -7,6 +7,8 @@
 - `identity`: for plain conv-BN-ReLU (or VGG's conv-ReLU) blocks, a Net2DeeperNet-style morphism:
   dirac conv, BN passing its input through in eval mode, ReLU idempotent after the previous block's ReLU.
 - `adam`: AdamInit, see `adam_init`.
+
+Each is a `GrowthInit` in `GROWTH_INITS`; `register_growth_init` adds your own.
 """
 from __future__ import annotations
 
@@ -21,20 +23,24 @@ from torch import nn
 from graphmorph.errors import RewriteError
 from graphmorph.graph.shapes import evaluating, kept_modes
 
-__all__ = ["GrowthInit", "GROWTH_INITS", "INITS", "AdamInitOptions", "zero_init", "noise_init", "identity_init",
+__all__ = ["GrowthInit", "register_growth_init", "GROWTH_INITS", "INITS", "AdamInitOptions", "zero_init", "noise_init", "identity_init",
            "adam_init"]
 
 
 @dataclass(frozen=True)
 class GrowthInit:
-    """What an init promises and needs, so that growth, replay and the searches ask it instead of
-    naming inits: the modes and float64 tolerance in which the grown net computes what the old one
-    did (None: it changes the function), whether it trains on data after the copy (AdamInit: growth
-    needs `data=`), the init that stands in for it where there is no data (a trial growth, a replay
-    of the architecture whose trained weights are loaded after), and whether it sets each residual
-    branch's last affine layer (every init but identity, which makes a plain block an identity)."""
+    """What an init does, promises and needs, so that growth, replay and the searches ask it instead
+    of naming inits: `set_layer(layer, std, seed)` sets the last affine layer of each of a new
+    block's residual branches (a module with `weight` and `bias`, or a layer-scale tensor; None:
+    the layer stays as copied, for AdamInit to train); the modes and float64 tolerance in which the
+    grown net computes what the old one did (None: it changes the function; a promise growth
+    verifies), whether it trains on data after the copy (AdamInit: growth needs `data=`), the init
+    that stands in for it where there is no data (a trial growth, a replay of the architecture
+    whose trained weights are loaded after), and whether it sets each residual branch's last affine
+    layer (every init but identity, which makes a plain block an identity)."""
 
     name: str
+    set_layer: Callable[[nn.Module | torch.Tensor, float, int], None] | None = None
     preserves: tuple[tuple[str, ...], float] | None = None
     needs_data: bool = False
     stand_in: str | None = None
@@ -45,16 +51,32 @@ class GrowthInit:
         return self.stand_in if self.needs_data else self.name
 
 
+def register_growth_init(init: GrowthInit) -> GrowthInit:
+    """Make `init` a choice of `grow`, `graphmorph.AutoGrow` and replay, by its name: an init that
+    sets each new residual branch's last affine layer with `set_layer`. Where it declares
+    `preserves`, every growth checks that promise (the grown net computes what the old one did).
+    Identity's whole-block init and AdamInit's training are built in; a name is registered once."""
+    if not (isinstance(init, GrowthInit) and init.name and isinstance(init.name, str)):
+        raise ValueError(f"register a GrowthInit with a name, got {init!r}")
+    if init.name in GROWTH_INITS:
+        raise ValueError(f"a growth init named {init.name!r} is registered already; choose another name")
+    if not callable(init.set_layer) or init.needs_data or not init.sets_last_affine:
+        raise ValueError(f"growth init {init.name!r} must set the last affine layer with set_layer(layer, std, "
+                         "seed); identity's whole-block init and AdamInit's training on data are built in")
+    GROWTH_INITS[init.name] = init
+    return init
+
+
 # Identity's BN pass-through is exact in float32 (sqrt(1 - eps + eps) == 1); cast to float64, the
 # float32-rounded running variance leaves a relative error near 1e-8.
 GROWTH_INITS: dict[str, GrowthInit] = {init.name: init for init in (
-    GrowthInit("zero", preserves=(("eval", "train"), 1e-10)),
-    GrowthInit("uni"),
-    GrowthInit("gau"),
+    GrowthInit("zero", lambda layer, std, seed: zero_init(layer), preserves=(("eval", "train"), 1e-10)),
+    GrowthInit("uni", lambda layer, std, seed: noise_init(layer, "uni", std, seed)),
+    GrowthInit("gau", lambda layer, std, seed: noise_init(layer, "gau", std, seed)),
     GrowthInit("adam", needs_data=True, stand_in="gau"),
     GrowthInit("identity", preserves=(("eval",), 1e-6), sets_last_affine=False),
 )}
-INITS = tuple(GROWTH_INITS)
+INITS = tuple(GROWTH_INITS)          # the built-in ones
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 

@@ -33,7 +33,7 @@ from graphmorph.search.config import require
 from graphmorph.search.widths import stage_widths, widen_stage, width_label, width_refusal
 from graphmorph.search.policies import POLICIES, meets_growing_policy, meets_stopping_policy, next_stage, running_max
 from transforms import grow, growth_refusal, replay
-from transforms.initializers import GROWTH_INITS, INITS
+from transforms.initializers import GROWTH_INITS
 
 __all__ = ["AutoGrow", "Change", "GrowthState", "GROW_DIMENSIONS", "growth_checks", "shape_text"]
 
@@ -271,7 +271,7 @@ def growth_checks(policy: str, K: int, J: int | None, tau: float, init: str, std
         (K >= 1, f"K must be at least 1 epoch, got {K}"),
         (J is None or J >= 1, f"J must be at least 1 epoch, got {J}"),
         (0 <= tau <= 100, f"tau must be 0 to 100 percentage points of accuracy, got {tau}"),
-        (init in INITS, f"init must be one of {', '.join(INITS)}, got {init!r}"),
+        (init in GROWTH_INITS, f"init must be one of {', '.join(GROWTH_INITS)}, got {init!r}"),
         (std > 0, f"std must be > 0, got {std}"),
         (max_depth >= 1, f"max depth must be at least 1, got {max_depth}"),
         (finetune_epochs is None or finetune_epochs >= 0, f"finetune epochs must be >= 0, got {finetune_epochs}"),
