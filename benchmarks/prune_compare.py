@@ -3,7 +3,7 @@ fine-tuning budget and criterion, 2x and 3x fewer MACs, test accuracy after fine
 
     PYTHONPATH=. .zoo-venv/bin/python benchmarks/prune_compare.py --data-root ../shared/data
         [--nets resnet56,mobilenet_v2] [--criteria l1,l2,taylor,bn_scale,random] [--fraction 0.05]
-        [--epochs 8] [--finetune-epochs 2]
+        [--epochs 8] [--finetune-epochs 2] [--resume]
 
 Runs in the zoo environment (torchvision for MobileNetV2, torch-pruning). Nets: Basic3ResNet-9-9-9
 (ResNet-56's layout) on a Fashion-MNIST subset, torchvision's MobileNetV2 on an MNIST subset (the
@@ -12,8 +12,11 @@ copy of it to the target and fine-tunes it with the same SGD schedule and batch 
 `fit_channels` (one verified `prune_filters`, globally ranked, sized by bisection to the target).
 Torch-Pruning: `MetaPruner` with `global_pruning=True` and the matching importance
 (MagnitudeImportance p=1 / p=2, TaylorImportance, BNScaleImportance, RandomImportance), its
-`pruning_ratio` found by bisection to the same target, the classifier kept. Both nets' MACs are
-counted by the same FlopCounterMode count. Writes results/prune_compare-<device>.json.
+`pruning_ratio` found by bisection to the same target, the classifier kept; for l1 and l2 also
+with `group_reduction="first"` (the producing layer's weights alone, as graphmorph scores a
+channel; tool `torch_pruning_producers_only`). Both nets' MACs are
+counted by the same FlopCounterMode count. Writes results/prune_compare-<device>.json after every
+row; `--resume` keeps the rows such a file holds (same budget) and runs the rest.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ import graphmorph  # noqa: E402
 from graphmorph.search.budget_fit import fit_channels  # noqa: E402
 
 TARGETS = {"2x": 1 / 2, "3x": 1 / 3}
+NETS = ("resnet56", "mobilenet_v2")
+CRITERIA = ("l1", "l2", "taylor", "bn_scale", "random")
 BATCH, LR = 128, 0.05
 
 
@@ -106,12 +111,15 @@ def graphmorph_pruned(base: nn.Module, target: float, criterion: str, data, exam
     return fit.model
 
 
-def torch_pruning_pruned(base: nn.Module, target: float, criterion: str, data, example) -> nn.Module:
-    """Torch-Pruning, global pruning, its ratio bisected until the MACs are nearest the target."""
+def torch_pruning_pruned(base: nn.Module, target: float, criterion: str, data, example,
+                         reduction: str = "mean") -> nn.Module:
+    """Torch-Pruning, global pruning, its ratio bisected until the MACs are nearest the target;
+    a magnitude importance reduced over the group by `reduction` ("mean": every layer of the group,
+    Torch-Pruning's default; "first": the layer whose output the group prunes only)."""
     import torch_pruning as tp
 
-    importance = {"l1": lambda: tp.importance.MagnitudeImportance(p=1),
-                  "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    importance = {"l1": lambda: tp.importance.MagnitudeImportance(p=1, group_reduction=reduction),
+                  "l2": lambda: tp.importance.MagnitudeImportance(p=2, group_reduction=reduction),
                   "taylor": tp.importance.TaylorImportance, "bn_scale": tp.importance.BNScaleImportance,
                   "random": tp.importance.RandomImportance}[criterion]
     goal = target * macs(base, example)
@@ -143,21 +151,31 @@ def torch_pruning_pruned(base: nn.Module, target: float, criterion: str, data, e
     return best[0]
 
 
-TOOLS = {"graphmorph": graphmorph_pruned, "torch_pruning": torch_pruning_pruned}
+def torch_pruning_producers_only(base: nn.Module, target: float, criterion: str, data, example) -> nn.Module:
+    """Torch-Pruning with its magnitude importance read from the producing layer alone, as
+    graphmorph's l1 and l2 score a channel: does the readers' share explain the difference?"""
+    return torch_pruning_pruned(base, target, criterion, data, example, reduction="first")
+
+
+TOOLS = {"graphmorph": graphmorph_pruned, "torch_pruning": torch_pruning_pruned,
+         "torch_pruning_producers_only": torch_pruning_producers_only}
+ONLY = {"torch_pruning_producers_only": ("l1", "l2")}      # tools that run for some criteria alone
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", required=True)
-    parser.add_argument("--nets", default="resnet56,mobilenet_v2")
-    parser.add_argument("--criteria", default="l1,l2,taylor,bn_scale,random")
+    parser.add_argument("--nets", default=",".join(NETS))
+    parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--fraction", type=float, default=0.05, help="share of each data set's training images")
     parser.add_argument("--epochs", type=int, default=8, help="epochs training each net before pruning")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--test-images", type=int, default=2000, help="test images scored (the first ones)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of the results file a run with the same budget left, run the rest")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
+    rows = earlier_rows(args) if args.resume else []
     print(f"{'net':<13} {'target':<6} {'criterion':<9} {'tool':<14} {'MACs ratio':>10} {'pruned %':>9} "
           f"{'tuned %':>8} {'s':>6}")
     for name in args.nets.split(","):
@@ -168,13 +186,22 @@ def main() -> None:
         began = time.perf_counter()
         train(base, data, args.epochs, LR)
         base_acc, base_macs = accuracy(base, test_x, test_y), macs(base, example)
-        rows.append({"net": name, "data": DATA[name], "target": 1.0, "criterion": None, "tool": "unpruned",
-                     "macs": base_macs, "macs_ratio": 1.0, "test_acc": base_acc,
-                     "seconds": round(time.perf_counter() - began, 1)})
+        unpruned = {"net": name, "data": DATA[name], "target": 1.0, "criterion": None, "tool": "unpruned",
+                    "macs": base_macs, "macs_ratio": 1.0, "test_acc": base_acc,
+                    "seconds": round(time.perf_counter() - began, 1)}
+        kept = next((r for r in rows if r["tool"] == "unpruned" and r["net"] == name), None)
+        if kept is not None and (kept["test_acc"], kept["macs"]) != (base_acc, base_macs):
+            raise SystemExit(f"{name} trained to {base_acc}% now, {kept['test_acc']}% in the kept rows: "
+                             "the run is not reproducible here, start afresh without --resume")
+        if kept is None:
+            rows.append(unpruned)
         print(f"{name:<13} {'1x':<6} {'-':<9} {'unpruned':<14} {1.0:>10.3f} {base_acc:>9.2f} {base_acc:>8.2f}")
         for label, target in TARGETS.items():
             for criterion in args.criteria.split(","):
                 for tool, prune in TOOLS.items():
+                    if criterion not in ONLY.get(tool, CRITERIA) or any(r["net"] == name and r["target"] == round(target, 4) and r["criterion"] == criterion
+                           and r["tool"] == tool for r in rows):
+                        continue
                     began = time.perf_counter()
                     torch.manual_seed(0)
                     model = prune(base, target, criterion, data, example)
@@ -193,20 +220,48 @@ def main() -> None:
     save_rows(rows, args, done=True)
 
 
+BUDGET_KEYS = ("fraction", "epochs", "finetune_epochs", "test_images")
+
+
+def earlier_rows(args) -> list[dict]:
+    """The rows of the recorded results file when its budget is this run's (`--resume`), else none."""
+    import json
+    import os
+
+    from common import LOCAL, RECORD, RESULTS
+
+    path = (RESULTS if os.environ.get(RECORD) == "1" else LOCAL) / "prune_compare-cpu.json"
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    budget = earlier["summary"]["budget"]
+    if any(budget.get(key) != getattr(args, key) for key in BUDGET_KEYS):
+        settings = ", ".join(f"{key}={budget.get(key)}" for key in BUDGET_KEYS)
+        raise SystemExit(f"{path} was measured with another budget ({settings}): give the same options to resume it")
+    return earlier["rows"]
+
+
 def save_rows(rows: list[dict], args, done: bool) -> None:
     """Write the rows so far with the pairs compared (after every row: an interrupted run keeps them)."""
     pairs = {}
     for row in rows:
-        other = next((r for r in rows if r["tool"] == "torch_pruning" and r["net"] == row["net"]
-                      and r["target"] == row["target"] and r["criterion"] == row["criterion"]), None)
-        if row["tool"] == "graphmorph" and other is not None:
+        if row["tool"] != "graphmorph":
+            continue
+        same = {r["tool"]: r for r in rows if r["net"] == row["net"] and r["target"] == row["target"]
+                and r["criterion"] == row["criterion"]}
+        if "torch_pruning" in same:
+            other = same["torch_pruning"]
             pairs[f"{row['net']}/{row['speedup']}/{row['criterion']}"] = {
                 "graphmorph": row["test_acc"], "torch_pruning": other["test_acc"],
                 "difference": round(row["test_acc"] - other["test_acc"], 3),
-                "macs_ratios": [row["macs_ratio"], other["macs_ratio"]]}
-    summary = {"budget": vars(args), "complete": done, "pairs": pairs,
+                "macs_ratios": [row["macs_ratio"], other["macs_ratio"]],
+                **({"torch_pruning_producers_only": same["torch_pruning_producers_only"]["test_acc"]}
+                   if "torch_pruning_producers_only" in same else {})}
+    wanted = len(NETS) * len(TARGETS) * len(CRITERIA)
+    summary = {"budget": {key: getattr(args, key) for key in ("data_root", *BUDGET_KEYS)},
+               "complete": len(pairs) == wanted, "pairs": pairs,
                "graphmorph_at_least_as_accurate": sum(p["difference"] >= 0 for p in pairs.values()),
-               "pairs_compared": len(pairs)}
+               "pairs_compared": len(pairs), "pairs_in_the_full_comparison": wanted}
     path = save("prune_compare", rows, summary)
     if done:
         print("wrote", path)
