@@ -122,13 +122,13 @@ def test_a_pickle_payload_in_a_checkpoint_or_weights_file_does_not_run(tmp_path,
 def test_a_lightning_checkpoint_with_a_payload_does_not_run(tmp_path):
     pytest.importorskip("lightning")
     from graphmorph.errors import ConfigError
-    from graphmorph.lightning import AutoGrowCallback
+    from graphmorph.lightning import AutoGrowCallback, PruneCallback, _saved_state
 
-    torch.save({"callbacks": {"AutoGrowCallback[net]": Payload(tmp_path / "marker")}}, tmp_path / "evil.ckpt")
-    callback = AutoGrowCallback(torch.zeros(1, 1, 8, 8), resume_from=tmp_path / "evil.ckpt")
-    with pytest.raises(ConfigError, match="weights_only=True and runs no code"):
-        callback._saved_state(tmp_path / "evil.ckpt")
-    assert not (tmp_path / "marker").exists()
+    for callback in (AutoGrowCallback(torch.zeros(1, 1, 8, 8)), PruneCallback(torch.zeros(1, 1, 8, 8))):
+        torch.save({"callbacks": {callback.state_key: Payload(tmp_path / "marker")}}, tmp_path / "evil.ckpt")
+        with pytest.raises(ConfigError, match="weights_only=True and runs no code"):
+            _saved_state(tmp_path / "evil.ckpt", callback.state_key)
+        assert not (tmp_path / "marker").exists()
 
 
 def test_a_cifar_pickle_with_a_payload_does_not_run(tmp_path):
