@@ -84,7 +84,7 @@ def test_an_interrupted_fit_resumes_pruned_to_the_same_points(tmp_path):
     assert [p.target for p, _ in first.points] == [0.7] and not first.pruner.done
     checkpoint = tmp_path / "last.ckpt"
     module, resumed = _Classifier(), PruneCallback(x, resume_from=checkpoint, **settings)
-    trainer = _fit(module, resumed, train, val, max_epochs=20, folder=tmp_path, ckpt_path=checkpoint)
+    trainer = _fit(module, resumed, train, val, max_epochs=20, folder=tmp_path / "resumed", ckpt_path=checkpoint)
     assert trainer.current_epoch == 2 and resumed.pruner.done and module.net is resumed.pruner.model
     assert [(p.target, p.fraction) for p, _ in resumed.points] == [(p.target, p.fraction) for p, _ in whole.points]
     assert [m.shape for m in module.net.state_dict().values()] == \
