@@ -76,7 +76,8 @@ def grow(
         if init == "zero" and template.kind != "residual" and is_dense_block(gm, template.name):
             return grow_dense(gm, template.name, seed=seed, example_input=example_input, verify=verify,
                               registry=registry)
-        shortcut = shortcut or (template.kind in ("branches", "dense") and init != "identity")
+        sets_last_affine = getattr(GROWTH_INITS.get(init), "sets_last_affine", True)   # not identity's
+        shortcut = shortcut or (template.kind in ("branches", "dense") and sets_last_affine)
         rewrite = Grow(after=template.name, stage=stage, init=init, std=std, seed=seed, shortcut=shortcut,
                        adam_options=adam_options, registry=registry)
         return apply(gm, rewrite, example_input=example_input, data=data, verify=verify)
