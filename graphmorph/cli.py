@@ -240,7 +240,7 @@ def _run_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 # the settings `graphmorph train` takes: the data and the net, no growth
-TRAIN_OPTIONS = ("data", "fraction", "val_fraction", "widths", "batch_size", "seed", "device", "test_every")
+TRAIN_OPTIONS = ("data", "fraction", "val_fraction", "widths", "batch_size", "seed", "device", "threads", "test_every")
 
 
 def _label_for_path(arch: str) -> str:

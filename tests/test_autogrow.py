@@ -13,10 +13,11 @@ from graphmorph.run.events import Grew, Stopped, read_events
 from graphmorph.search.autogrow import AutoGrowConfig, ConfigError, run
 
 TINY = {"seed_net": "Basic3ResNet", "widths": (4, 4, 4), "K": 1, "J": 2, "tau": 0.5, "finetune_epochs": 2,
-        "batch_size": 64, "fraction": 0.5, "max_growth_epochs": 14, "device": "cpu"}
+        "batch_size": 64, "fraction": 0.5, "max_growth_epochs": 14, "device": "cpu",
+        "threads": 1}
 TINY_ARGS = ["--seed-net", "Basic3ResNet", "--widths", "4,4,4", "--K", "1", "--J", "2", "--tau", "0.5",
              "--finetune-epochs", "2", "--batch-size", "64", "--fraction", "0.5", "--max-growth-epochs", "14",
-             "--device", "cpu"]
+             "--device", "cpu", "--threads", "1"]
 
 
 def without_timing(rows):
@@ -49,7 +50,8 @@ def test_autogrow_grows_stops_and_leaves_a_complete_run_directory(tiny_run):
     assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"] and len(epoch_lines) == len(rows)
     assert lines[0].startswith("budget: 647 training images -> a 10-epoch baseline schedule")
     assert "J=2 epochs, fine-tuning 2 epochs, growth capped at 14 epochs" in lines[0]
-    assert lines[1].startswith("estimate: about ") and result["estimated_seconds"] > 0
+    assert lines[1] == "threads: 1 (1 as asked)"
+    assert lines[2].startswith("estimate: about ") and result["estimated_seconds"] > 0
     assert rows[-1]["arch"] == result["found"] != "Basic3ResNet-1-1-1"
     assert (where / "log.csv").read_text().splitlines()[0].startswith("epoch,phase,arch,lr")
 

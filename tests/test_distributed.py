@@ -22,7 +22,7 @@ DRIVER = Path(__file__).with_name("distributed_driver.py")
 
 # Tiny and decision-stable: tau 0 never stops a stage, so growth ends on the epoch budget alone;
 # ZeroInit keeps the function at each growth, so the runs stay comparable epoch by epoch.
-TINY = ["autogrow", "--data", "digits", "--fraction", "0.3", "--seed-net", "Basic3ResNet", "--widths", "4,8,8",
+TINY = ["autogrow", "--threads", "1", "--data", "digits", "--fraction", "0.3", "--seed-net", "Basic3ResNet", "--widths", "4,8,8",
         "--K", "1", "--tau", "0", "--init", "zero", "--max-growth-epochs", "3", "--finetune-epochs", "2",
         "--batch-size", "64"]
 

@@ -27,9 +27,9 @@ from graphmorph.search import autogrow, nac
 
 AUTOGROW = autogrow.AutoGrowConfig.from_dict({
     "seed_net": "Basic3ResNet", "widths": (2, 2, 2), "K": 1, "J": 1, "tau": 0.5, "finetune_epochs": 1,
-    "batch_size": 64, "fraction": 0.2, "max_growth_epochs": 3, "device": "cpu", "test_every": 2})
+    "batch_size": 64, "fraction": 0.2, "max_growth_epochs": 3, "device": "cpu", "test_every": 2, "threads": 1})
 NAC = nac.NACConfig(base="EnvelopeNet-4/1-1/3", iterations=2, steps=3, log_every=3, epochs=1, fraction=0.2,
-                    batch_size=32, device="cpu")
+                    batch_size=32, device="cpu", threads=1)
 SEARCHES = {"autogrow": (autogrow.run, AUTOGROW), "nac": (nac.run, NAC)}
 TIMINGS = {"seconds", "rewrite_seconds", "estimated_seconds", "compile_seconds", "growth_seconds",
            "finetune_seconds", "construction_seconds", "train_seconds", "construction_to_training"}

@@ -283,7 +283,15 @@ class _PlainTensorScale(torch.nn.Module):
         return self.conv(x) * self.scale
 
 
-@pytest.mark.parametrize("model", [build("Basic3ResNet-1-1-1", widths=(2, 2, 2)), _PlainTensorScale()],
+def _seeded_two_channel_resnet() -> torch.nn.Module:
+    """Built under its own seed: with two channels, some draws leave a ReLU dead to the change below,
+    so the weights must not depend on the tests collected before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build("Basic3ResNet-1-1-1", widths=(2, 2, 2))
+
+
+@pytest.mark.parametrize("model", [_seeded_two_channel_resnet(), _PlainTensorScale()],
                          ids=["parameters and buffers", "plain tensor attribute"])
 def test_float64_comparison_leaves_the_models_untouched_and_sees_a_change(model):
     from graphmorph.graph.verify import output_differences

@@ -19,6 +19,17 @@ TEXT = GUIDE.read_text()
 LOOP, RESUME, NAC_LOOP = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
 
 
+@contextlib.contextmanager
+def keeping_the_thread_count():
+    """The guide's loops set the process's thread count (to match the command's --threads): the
+    tests after them keep theirs."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def guide_run(tmp_path_factory):
     """The guide's loop, run once in a folder of its own: (namespace, printed lines, folder)."""
@@ -27,7 +38,7 @@ def guide_run(tmp_path_factory):
     out = io.StringIO()
     os.chdir(folder)
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), keeping_the_thread_count():
             exec(compile(LOOP, str(GUIDE), "exec"), namespace)
     finally:
         os.chdir(before)
@@ -81,7 +92,7 @@ def test_the_guides_loop_finds_the_net_and_history_its_autogrow_command_finds(gu
 
 def test_the_guides_nac_loop_constructs_the_net_its_nac_command_constructs(tmp_path):
     namespace: dict = {}
-    with contextlib.redirect_stdout(io.StringIO()) as out:
+    with contextlib.redirect_stdout(io.StringIO()) as out, keeping_the_thread_count():
         exec(compile(NAC_LOOP, str(GUIDE), "exec"), namespace)
     nac = namespace["nac"]
     printed = out.getvalue().splitlines()

@@ -14,7 +14,8 @@ from graphmorph.models import BRANCH_TYPES, build, envelope_arch, structure_labe
 from graphmorph.search.nac import NACConfig, compare, run
 from graphmorph.search.nac_choices import branches_to_prune, random_structure, skips_to_prune
 
-TINY = dict(base="EnvelopeNet-4/1-1/3", iterations=2, steps=6, log_every=3, epochs=1, fraction=0.3, batch_size=32)
+TINY = dict(base="EnvelopeNet-4/1-1/3", iterations=2, steps=6, log_every=3, epochs=1, fraction=0.3, batch_size=32,
+            threads=1)
 
 
 @st.composite

@@ -23,7 +23,7 @@ from graphmorph.search.pruner import Prune
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 TINY = ["--seed-net", "Basic3ResNet-2-2-2", "--fraction", "0.3", "--train-epochs", "2", "--finetune-epochs", "1",
-        "--macs", "0.4"]
+        "--macs", "0.4", "--threads", "1"]
 
 
 def _net(arch="Basic3ResNet-2-2-2", seed=0):

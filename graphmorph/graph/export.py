@@ -16,7 +16,7 @@ from graphmorph.errors import ExportError, first_line
 from graphmorph.graph.quiet import quiet_torch_export
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 
-__all__ = ["ExportReport", "export_onnx", "Normalized"]
+__all__ = ["ExportReport", "export_onnx", "Normalized", "onnx_session"]
 
 
 class Normalized(nn.Module):
@@ -32,6 +32,20 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)
+
+
+def onnx_session(path: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 threads: int | None = None):
+    """An onnxruntime session on `threads` threads, by default torch's setting (which a job's
+    `--threads` sets), so onnxruntime does not start a pool of its own on every core; its threads
+    sleep rather than spin between runs, leaving the cores to training."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,6 @@ def export_onnx(
 
 def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, providers, names, metadata) -> ExportReport:
     import onnx
-    import onnxruntime as ort
 
     export_inputs = tuple(_batch_of(t, max(2, t.shape[0])) for t in inputs)  # batch 1 would specialise
     check_batch = export_inputs[0].shape[0] + 1 if dynamic_batch else inputs[0].shape[0]
@@ -121,7 +134,7 @@ def _export_checked(model, path: Path, inputs, dynamic_batch, atol, rtol, provid
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as err:
         raise ExportError(f"onnx.checker rejected the exported model: {first_line(err)}") from err
-    session = ort.InferenceSession(str(path), providers=list(providers))
+    session = onnx_session(path, providers)
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), check_inputs)}
     outputs = session.run(None, feeds)
     if len(outputs) != len(expected):

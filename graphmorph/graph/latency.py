@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from graphmorph.graph.copying import deep_copy
-from graphmorph.graph.export import export_onnx
+from graphmorph.graph.export import export_onnx, onnx_session
 
 __all__ = ["LatencyTimer", "onnx_latency", "latency_ratio"]
 
@@ -29,17 +29,13 @@ class LatencyTimer:
     block of runs."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, threads: int = 1):
-        import onnxruntime as ort
-
         if any(p.device.type != "cpu" for p in model.parameters()):
             model = deep_copy(model).cpu()
         example = example.detach().cpu().float()
         with tempfile.TemporaryDirectory(prefix="graphmorph-latency-") as folder:
             path = Path(folder) / "model.onnx"
             export_onnx(model, path, example, dynamic_batch=False)
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(path, threads=threads)
         self.feed = {self.session.get_inputs()[0].name: example.numpy()}
         began, runs = time.perf_counter(), 0
         while (elapsed := time.perf_counter() - began) < WARMUP_SECONDS:

@@ -12,6 +12,7 @@ the same numbers and take the same decisions.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graphmorph.run.distributed import World
+from graphmorph.run.threads import ThreadPolicy
 from graphmorph.errors import GraphmorphError
 
 __all__ = ["Trainer", "TrainingDiverged", "pick_device", "staircase_lr"]
@@ -66,6 +68,7 @@ class Trainer:
     channels_last: bool = True      # GPU only: NHWC memory format for model and batches
     data_on_device: bool = True     # GPU only: keep the dataset in device memory when it fits
     world: World = World()          # the processes sharing each batch (one without torchrun)
+    threads: ThreadPolicy | None = None   # CPU threads: decided before the first training, then watched
     compile_seconds: list[float] = field(default_factory=list)   # first step after each (re)compile
     _runners: dict[tuple[int, bool], nn.Module] = field(default_factory=dict, repr=False)
     _untimed: set[int] = field(default_factory=set, repr=False)
@@ -127,19 +130,48 @@ class Trainer:
             return batches
         return tqdm(batches, total=total, desc=label, unit="step", leave=False, disable=None, dynamic_ncols=True)
 
+    def step_timer(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
+        """A function that runs one training step of a copy of `model` (its own optimizer, this
+        rank's share of the first batch of (x, y)) and returns its seconds; the model, its optimizer
+        and the global random stream are left as they were."""
+        twin = self.place_model(copy.deepcopy(model)).train()
+        optimizer = torch.optim.SGD(twin.parameters(), lr=0.0)
+        share = max(2, self.batch_size // self.world.size)
+        xb, yb = self._batch(x, y, torch.arange(min(len(y), share)), torch.Generator().manual_seed(0))
+
+        def timed_step() -> float:
+            with torch.random.fork_rng(devices=[self.device] if self.on_gpu else []):
+                began = time.perf_counter()
+                with self._autocast():
+                    loss = F.cross_entropy(twin(xb).float(), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if self.on_gpu:
+                    torch.cuda.synchronize(self.device)
+                return time.perf_counter() - began
+        return timed_step
+
+    def settle_threads(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Decide an "auto" thread count on `model`'s training steps, and announce the count, once."""
+        if self.threads is not None and not self.threads.settled:
+            self.threads.settle(self.step_timer(model, x, y), model)
+
     def _train(self, model, optimizer, x, y, generator, batches: Iterable[torch.Tensor],
                on_step: Callable[[int], None] | None = None) -> tuple[float, float]:
+        self.settle_threads(model, x, y)
         runner = self._runner(model)
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = done = classes = 0
+        stepping = 0.0    # seconds in the steps, for the thread policy's watch
         for index in batches:
             if len(index) < 2 * self.world.size:  # BatchNorm needs two samples per rank in train mode
                 continue
+            began = time.perf_counter()
             xb, yb = self._batch(x, y, index, generator)
             first = id(model) in self._untimed
-            began = time.perf_counter()
             with self._autocast():
                 out = runner(xb)
                 loss = F.cross_entropy(out.float(), yb)
@@ -151,11 +183,14 @@ class Trainer:
                     torch.cuda.synchronize(self.device)
                 self.compile_seconds.append(time.perf_counter() - began)
                 self._untimed.discard(id(model))
+            stepping += time.perf_counter() - began
             loss_sum += loss.detach() * len(yb)
             correct += (out.argmax(1) == yb).sum()
             seen, done, classes = seen + len(yb), done + 1, out.shape[1]
             if on_step is not None:
                 on_step(done)
+        if self.threads is not None and done and not (self.compile or self.on_gpu):
+            self.threads.watch(model, stepping / done, lambda: self.step_timer(model, x, y))
         self.world.average_buffers(model)
         loss_sum, correct, seen = self.world.all_sum(torch.stack([
             loss_sum.double(), correct.double(), torch.tensor(float(seen), device=self.device, dtype=torch.float64)]))

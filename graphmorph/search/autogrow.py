@@ -35,9 +35,10 @@ from graphmorph.search.budget import Budget, Estimate, baseline_epochs, estimate
 from graphmorph.search.config import config_from_dict, require
 from graphmorph.search.grower import GROW_DIMENSIONS, AutoGrow, Change, growth_checks, shape_text
 from graphmorph.search.session import SearchSession
-from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
-                                       positive_float, shape, sizes)
+from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, THREADS, VAL_FRACTION, option,
+                                       positive, positive_float, shape, sizes)
 from graphmorph.search.policies import POLICIES
+from graphmorph.run.threads import threads_check
 from graphmorph.run.train import TrainingDiverged
 from transforms.initializers import GROWTH_INITS, INITS
 
@@ -85,6 +86,7 @@ class AutoGrowConfig:
         "per-stage widths, comma-separated", type=sizes, default_text="the family's"))
     seed: int = field(default=0, metadata=SEED)
     device: str = field(default="auto", metadata=DEVICE)
+    threads: int | str = field(default="auto", metadata=THREADS)
     compile: str = field(default="off", metadata=option(
         "torch.compile the found net for fine-tuning (bare --compile), or also after every growth (always)",
         nargs="?", const="finetune", choices=COMPILE_MODES))
@@ -110,6 +112,7 @@ class AutoGrowConfig:
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            threads_check(self.threads),
             (self.test_every >= 0, f"test every must be >= 0 epochs, got {self.test_every}"),
             (self.compile in COMPILE_MODES, f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
             (self.model is None or is_factory(self.model),

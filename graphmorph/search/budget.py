@@ -18,9 +18,7 @@ accuracy stops improving, which no estimate knows in advance).
 """
 from __future__ import annotations
 
-import copy
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -104,14 +102,13 @@ def _stage_macs(report, label: str) -> int:
 
 
 def step_seconds(gm: fx.GraphModule, trainer, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Seconds per training step of a copy of `gm` (its own optimizer and batch order)."""
-    model = trainer.place_model(copy.deepcopy(gm))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    order = torch.Generator().manual_seed(0)
-    trainer.train_steps(model, optimizer, x, y, order, WARMUP_STEPS)
-    began = time.perf_counter()
-    trainer.train_steps(model, optimizer, x, y, order, TIMED_STEPS)
-    return (time.perf_counter() - began) / TIMED_STEPS
+    """Seconds per training step of a copy of `gm` (its own optimizer and batch), at the thread
+    count the trainer's policy decides on this net first."""
+    trainer.settle_threads(gm, x, y)
+    step = trainer.step_timer(gm, x, y)
+    for _ in range(WARMUP_STEPS):
+        step()
+    return sum(step() for _ in range(TIMED_STEPS)) / TIMED_STEPS
 
 
 def _count(number: int, noun: str) -> str:

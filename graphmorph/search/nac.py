@@ -38,11 +38,12 @@ from graphmorph.run.sources import ModelSource
 from graphmorph.search.algorithms import Algorithm, ResultKind, register_algorithm
 from graphmorph.search.config import config_from_dict, require
 from graphmorph.search.session import SearchSession
-from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
-                                       positive_float, sizes)
+from graphmorph.search.options import (BATCH_SIZE, DATA, DEVICE, FRACTION, SEED, THREADS, VAL_FRACTION, option,
+                                       positive, positive_float, sizes)
 from graphmorph.search.constructor import NAC, construction_checks
 from graphmorph.search.nac_choices import random_structure
 from graphmorph.search.nac_plots import plot_comparison, plot_iterations, plot_statistics
+from graphmorph.run.threads import threads_check
 from graphmorph.run.train import TrainingDiverged, staircase_lr
 from transforms import CELL_INITS
 from transforms.statistics import branch_statistics
@@ -87,6 +88,7 @@ class NACConfig:
     n_random: int = field(default=10, metadata=option("random baseline nets", flag="--n", type=positive))
     seed: int = field(default=0, metadata=SEED)
     device: str = field(default="auto", metadata=DEVICE)
+    threads: int | str = field(default="auto", metadata=THREADS)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "NACConfig":
@@ -105,6 +107,7 @@ class NACConfig:
             (not self.baselines or self.epochs >= 1, "baselines are compared after training: give --epochs >= 1"),
             (self.n_random >= 1, f"n must be at least 1, got {self.n_random}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            threads_check(self.threads),
         ])
 
     def branch_set(self) -> tuple[str, ...]:

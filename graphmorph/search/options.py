@@ -14,8 +14,10 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+from graphmorph.run.threads import threads_option
+
 __all__ = ["option", "add_options", "given_options", "flag_of", "positive", "positive_float", "non_negative_float",
-           "fraction", "sizes", "shape", "DATA", "FRACTION", "VAL_FRACTION", "BATCH_SIZE", "SEED", "DEVICE"]
+           "fraction", "sizes", "shape", "DATA", "FRACTION", "VAL_FRACTION", "BATCH_SIZE", "SEED", "DEVICE", "THREADS"]
 
 
 def option(help: str, *, type: Callable[[str], Any] | None = None, default_text: str | None = None,
@@ -123,3 +125,6 @@ VAL_FRACTION = option("validation share of the training data, held out for decis
 BATCH_SIZE = option("batch size", type=positive)
 SEED = option("random seed", type=int)
 DEVICE = option("device", choices=("auto", "cpu", "cuda"), default_text="auto: cuda when present")
+THREADS = option("CPU threads for training, verification and onnxruntime: N, or auto (time training steps of the net "
+                 "on 1 thread and on all cores, keep the faster, fall back to 1 if the machine gets busy)",
+                 type=threads_option, metavar="N|auto")

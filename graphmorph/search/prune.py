@@ -38,13 +38,14 @@ from graphmorph.run.optim import optimizer_state, restore_optimizer
 from graphmorph.run.report import plot_tradeoff, results_table, save_result
 from graphmorph.run.rundir import RunDirectory, RunError
 from graphmorph.run.sources import ModelSource, is_factory
+from graphmorph.run.threads import threads_check
 from graphmorph.run.train import TrainingDiverged, staircase_lr
 from graphmorph.search.algorithms import Algorithm, ResultKind, register_algorithm
 from graphmorph.search.artifacts import has_history, load_checkpoint, load_weights, save_weights
 from graphmorph.search.budget import baseline_epochs, step_seconds
 from graphmorph.search.budget_fit import MEASURES
 from graphmorph.search.config import config_from_dict, require
-from graphmorph.search.options import (BATCH_SIZE, DEVICE, FRACTION, SEED, VAL_FRACTION, option, positive,
+from graphmorph.search.options import (BATCH_SIZE, DEVICE, FRACTION, SEED, THREADS, VAL_FRACTION, option, positive,
                                        positive_float)
 from graphmorph.search.pruner import (METHODS, SCHEDULES, PrunedChannels, Prune, ReachedPoint, RemovedBlock,
                                       prune_checks)
@@ -121,6 +122,7 @@ class PruneConfig:
     batch_size: int = field(default=128, metadata=BATCH_SIZE)
     seed: int = field(default=0, metadata=SEED)
     device: str = field(default="auto", metadata=DEVICE)
+    threads: int | str = field(default="auto", metadata=THREADS)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "PruneConfig":
@@ -138,6 +140,7 @@ class PruneConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.batch_size >= 2, f"batch size must be at least 2, got {self.batch_size}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            threads_check(self.threads),
         ])
         if self.from_run is None and self.model is None:
             check_arch(self.seed_net)

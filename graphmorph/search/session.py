@@ -26,7 +26,9 @@ from graphmorph.run.distributed import World, joined
 from graphmorph.run.history_file import history_document
 from graphmorph.run.imports import require_named
 from graphmorph.run.report import write_rewrites
+from graphmorph.run.reproduce import reproduction_record
 from graphmorph.run.rundir import CHECKPOINT, RunDirectory
+from graphmorph.run.threads import ThreadPolicy
 from graphmorph.run.train import Trainer, TrainingDiverged, pick_device
 
 __all__ = ["SearchSession"]
@@ -72,27 +74,45 @@ class SearchSession:
                 config = cls.config_type.from_dict(checkpoint["config"])
                 for spec in cls.named_code(config):
                     require_named(spec, allow_code, f"{directory.path / CHECKPOINT}'s settings", ConfigError)
-                session = cls(config, world, progress)
-                session.allow_code = allow_code
+                threads = held.enter_context(
+                    ThreadPolicy.restored(checkpoint.get("threads"), config.threads, progress).held())
+                session = cls._started(config, world, progress, threads, allow_code)
                 session.restore(checkpoint)
                 session.directory = directory
                 world.from_main(session.write_derived)  # the checkpoint may be ahead of the log it left
-                progress(f"resuming {run_dir} {session.where()}")
+                progress(f"resuming {run_dir} {session.where()} on {threads.threads} thread(s)")
             else:
                 config.validate()
                 world.check_same(f"{cls.title} settings", dataclasses.asdict(config))
                 world.from_main(lambda: RunDirectory.ensure_new(run_dir))
-                session = cls(config, world, progress)  # data and model first: a failed start leaves no folder
-                session.allow_code = allow_code
+                threads = held.enter_context(ThreadPolicy(config.threads, say=progress).held())
+                # data and model first: a failed start leaves no folder
+                session = cls._started(config, world, progress, threads, allow_code)
                 session.begin()
+                session.trainer.settle_threads(session.gm, session.train_x, session.train_y)
                 session.directory = world.from_main(
-                    lambda: RunDirectory.create(run_dir, {"kind": cls.kind, **session.resolved_config()},
+                    lambda: RunDirectory.create(run_dir, {"kind": cls.kind, **session.resolved_config(),
+                                                          "reproduce": session.reproduction()},
                                                 session.checkpoint_payload()))
                 if world.is_main:
                     held.enter_context(session.directory.locked())
                 session.checkpointed = True  # an interrupt in the first unit can resume from the start
                 world.from_main(session.write_derived)
             return session.loop()
+
+    @classmethod
+    def _started(cls, config, world: World, progress: Callable[[str], None], threads: ThreadPolicy,
+                 allow_code: Collection[str]) -> "SearchSession":
+        """A session (data loaded, model built) whose trainer follows `threads`."""
+        threads.watching = not world.distributed
+        session = cls(config, world, progress)
+        session.trainer.threads = threads
+        session.allow_code = allow_code
+        return session
+
+    def reproduction(self) -> dict[str, Any]:
+        """config.json's record of what a rerun needs: seed, threads, versions, device."""
+        return reproduction_record(self.config.seed, self.trainer.threads, self.trainer.device, self.world.size)
 
     @classmethod
     def named_code(cls, config) -> list[str]:
@@ -146,8 +166,13 @@ class SearchSession:
         return self.finish()
 
     def advance(self) -> None:
-        """One step, checkpointed, then its progress line."""
+        """One step, its log row stamped with the thread count it started at, checkpointed, then
+        its progress line."""
+        threads = self.trainer.threads.threads if self.trainer.threads is not None else None
         line = self.step()
+        rows = self.log_rows()
+        if rows and "threads" not in rows[-1] and threads is not None:
+            rows[-1]["threads"] = threads
         self.checkpoint()
         if line:
             self.progress(line)
@@ -164,6 +189,7 @@ class SearchSession:
         """Everything a resume needs, and the history the checkpoint's weights fit."""
         return {"config": dataclasses.asdict(self.config), "state": dataclasses.asdict(self.state), **self.saved(),
                 "history": history_document(self.source, self.rewrites()), "normalization": self.data.normalization,
+                "threads": self.trainer.threads.record() if self.trainer.threads is not None else None,
                 "rng": torch.get_rng_state(), "shuffle_rng": self.shuffle.get_state(),
                 self.rewrite_rng_key: self.rewrite_rng.get_state()}
 
