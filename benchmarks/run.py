@@ -5,7 +5,8 @@
 Each script prints its table and writes results/local/<name>-<device>.json (ignored by git), or
 with --record results/<name>-<device>.json, the numbers the README quotes; `accuracy` needs
 `--data-root` (a folder with mnist/ and fashion-mnist/) and is skipped without it. `nac_compare`
-takes about an hour on 2 CPU cores and runs only when named in --only.
+(about an hour on 2 CPU cores) and `contention` (the default jobs beside a busy process, about 15
+minutes) run only when named in --only.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from common import RECORD
 HERE = Path(__file__).resolve().parent
 SUITE = ("rewrite", "analysis", "channel_pruning", "statistics_overhead", "testing_helpers", "train_throughput", "export",
          "search_cost", "accuracy", "distributed")
-ON_REQUEST = ("nac_compare",)
+ON_REQUEST = ("nac_compare", "contention")
 
 
 def main() -> int:
