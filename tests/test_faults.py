@@ -147,7 +147,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_from_the_last_checkpoint(tm
     where = tmp_path / "run"
     code = main(["autogrow", "--seed-net", "Basic3ResNet", "--widths", "2,2,2", "--K", "1", "--J", "1",
                  "--max-growth-epochs", "3", "--finetune-epochs", "1", "--fraction", "0.2", "--batch-size", "64",
-                 "--device", "cpu", "--test-every", "2", "--run-dir", str(where)])
+                 "--device", "cpu", "--test-every", "2", "--threads", "1", "--run-dir", str(where)])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert f"cannot write {where / 'checkpoint.pt'}: " in err and "MB free on that disk" in err

@@ -1,9 +1,9 @@
 """How many CPU threads a job computes with: a number the user gives, or `auto`, decided by measurement.
 
 PyTorch's intra-op pool starts one thread per core. On a machine where another process keeps a
-core busy, every parallel region then waits for a thread the scheduler has parked: the small nets
-graphmorph trains on a CPU ran 20-35x slower so, while every core buys a whole job 20-25% on an idle
-machine (the evaluation, the float64 verification and the grown nets gain more than the seed net's
+core busy, every parallel region then waits for a thread the scheduler has parked: graphmorph's
+default jobs ran 2-36x slower so (by machine), while on an idle machine every core buys them 20-30%
+(the evaluation, the float64 verification and the grown nets gain more than the seed net's
 training step). So `auto` times training steps of the job's own net (a copy: the run's weights and
 random streams untouched) on one thread and on every core this process may use, alternately, and
 keeps every core unless they are slower (by `TOLERANCE`, so that an idle machine, where the two
