@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from graphmorph.cli import main
 from graphmorph.run.events import Grew, Stopped, read_events
 from graphmorph.search.autogrow import AutoGrowConfig, ConfigError, run
 
@@ -123,26 +124,29 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp
 
 
 @pytest.mark.slow
-def test_train_and_report_measure_the_delta(tiny_run, tmp_path):
+def test_train_and_report_measure_the_delta(tiny_run, tmp_path, capsys):
     grown, _, _ = tiny_run
     found = json.loads((grown / "result.json").read_text())["found"]
-    scratch = cli("train", found, "--widths", "4,4,4", "--epochs", "4", "--fraction", "0.5", "--device", "cpu",
-                  "--run-dir", str(tmp_path / "scratch"))
-    assert scratch.returncode == 0, scratch.stderr
+    code = main(["train", found, "--widths", "4,4,4", "--epochs", "4", "--fraction", "0.5", "--device", "cpu",
+                 "--run-dir", str(tmp_path / "scratch")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     result = json.loads((tmp_path / "scratch" / "result.json").read_text())
     assert result["kind"] == "train" and result["found"] == found and result["epochs"] == 4
     rows = json.loads((tmp_path / "scratch" / "log.json").read_text())
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])  # staircase at 1/2 and 3/4
-    assert f"trained {found}: test accuracy" in scratch.stdout and "growth" not in scratch.stdout
+    assert f"trained {found}: test accuracy" in printed.out and "growth" not in printed.out
     assert {r["phase"] for r in rows} == {"train"}   # before: "finetune" epochs and "growth 0.0 s"
     (tmp_path / "notes.txt").write_text("not a run")
-    report = cli("report", str(grown), str(tmp_path / "scratch"), str(tmp_path / "notes.txt"), "-o", str(tmp_path / "r.png"))
-    assert report.returncode == 0 and found in report.stdout and "autogrow" in report.stdout   # before: aborted
-    assert f"left out {tmp_path / 'notes.txt'}: a file, not a run directory" in report.stderr
+    code = main(["report", str(grown), str(tmp_path / "scratch"), str(tmp_path / "notes.txt"), "-o",
+                 str(tmp_path / "r.png")])
+    report = capsys.readouterr()
+    assert code == 0 and found in report.out and "autogrow" in report.out   # before: aborted
+    assert f"left out {tmp_path / 'notes.txt'}: a file, not a run directory" in report.err
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_exported_net_scores_raw_images_as_the_run_scored_its_test_set(tiny_run, tmp_path):
+def test_the_exported_net_scores_raw_images_as_the_run_scored_its_test_set(tiny_run, tmp_path, capsys):
     """onnxruntime on raw [0, 1] digits scored 30.6% where the run said 97.8%: the normalisation was
     neither recorded nor in the graph. The oracle re-reads digits from scikit-learn itself."""
     import numpy as np
@@ -154,8 +158,8 @@ def test_the_exported_net_scores_raw_images_as_the_run_scored_its_test_set(tiny_
     assert saved is not None and len(saved["mean"]) == len(saved["std"]) == 1
     meta = ort.InferenceSession(str(where / "model.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["graphmorph.input_mean"]) == saved["mean"] and "normalised" in meta["graphmorph.input"]
-    done = cli("export", "--checkpoint", str(where / "checkpoint.pt"), "--normalize", "-o", str(tmp_path / "n.onnx"))
-    assert done.returncode == 0, done.stderr
+    code = main(["export", "--checkpoint", str(where / "checkpoint.pt"), "--normalize", "-o", str(tmp_path / "n.onnx")])
+    assert code == 0, capsys.readouterr().err
     digits = load_digits()
     order = torch.randperm(len(digits.target), generator=torch.Generator().manual_seed(2024))
     test = order[: len(digits.target) // 5].numpy()   # graphmorph's fixed digits test split

@@ -182,15 +182,13 @@ def test_the_default_autogrow_twice_with_the_same_seed_and_threads_finds_the_sam
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     done_before = len(json.loads(log.read_text()))
+    resumed = _graphmorph("autogrow", "--resume", str(killed)).communicate(timeout=900)[0]   # while first runs
     printed = first.communicate(timeout=900)[0]
     assert first.returncode == 0, printed
     assert "threads: 1 (1 as asked)" in printed.splitlines()[:4]
-    logs = [json.loads((whole / "log.json").read_text())]
-    assert 5 <= done_before < len(logs[0]), "the run must be killed mid-way"
-
-    resumed = _graphmorph("autogrow", "--resume", str(killed)).communicate(timeout=900)[0]
     assert f"resuming {killed} after epoch {done_before} on 1 thread(s)" in resumed, resumed
-    logs.append(json.loads(log.read_text()))
+    logs = [json.loads((where / "log.json").read_text()) for where in (whole, killed)]
+    assert 5 <= done_before < len(logs[0]), "the run must be killed mid-way"
     assert _untimed(logs[0]) == _untimed(logs[1]) and {row["threads"] for row in logs[1]} == {1}
     results = [json.loads((where / "result.json").read_text()) for where in (whole, killed)]
     assert results[0]["found"] == results[1]["found"] and results[0]["test_acc"] == results[1]["test_acc"]
