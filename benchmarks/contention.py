@@ -6,11 +6,11 @@ graphmorph's before `--threads`) against `--threads auto`.
 
 The busy process is a plain single-threaded Python loop that this script starts before a case and
 stops after it; with `--late S` it starts S seconds into the job instead (auto has decided on an
-idle machine by then, and must notice), and the results go to contention-late. Each case runs the command line in a fresh process with its own run directory, and
-is stopped at `--cap` times the same job's time alone with auto (a run that slow is recorded as
-stopped, its time a lower bound). Targets (issue 38): beside the busy process, auto takes at most
-2x its time alone; alone, auto is no slower than one thread per core within noise.
-Writes results/contention-<device>.json.
+idle machine by then, and must notice). Each case runs the command line in a fresh process with its
+own run directory, and is stopped at `--cap` times the same job's time alone with auto (a run that
+slow is recorded as stopped, its time a lower bound). Targets (issue 38): beside the busy process,
+auto takes at most 2x its time alone; alone, auto is no slower than one thread per core within noise.
+Writes results/contention-<device>.json (contention-late-<device>.json with `--late`).
 """
 from __future__ import annotations
 

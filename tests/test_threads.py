@@ -50,7 +50,7 @@ def test_auto_keeps_the_count_that_measures_faster(two_cores, one, two, chosen):
     policy = ThreadPolicy(AUTO, say=said.append)
     with policy.held():
         assert torch.get_num_threads() == 1   # undecided: one thread while data loads
-        policy.settle(Machine({1: one, 2: two}), NET)
+        policy.settle(Machine({1: one, 2: two}))
         assert policy.threads == chosen == torch.get_num_threads()
     assert policy.step_ms == {1: round(one * 1e3, 3), 2: round(two * 1e3, 3)}
     assert said == [f"threads: {chosen} ({policy.reason})"]
@@ -74,7 +74,7 @@ def test_a_busy_machine_mid_run_sends_auto_back_to_one_thread_and_records_why(tw
     policy = ThreadPolicy(AUTO, say=said.append)
     idle, busy = Machine({1: 0.03, 2: 0.02}), Machine({1: 0.03, 2: 0.09})
     with policy.held():
-        policy.settle(idle, NET)
+        policy.settle(idle)
         policy.watch(NET, 0.021, lambda: idle)     # the pace it measured: nothing to do
         policy.watch(NET, 0.025, lambda: idle)
         assert policy.threads == 2 and idle.steps[1] == (1 + threads_module.TIMED) * threads_module.ROUNDS
@@ -89,7 +89,8 @@ def test_a_busy_machine_mid_run_sends_auto_back_to_one_thread_and_records_why(tw
 def test_a_grown_net_or_a_slower_pass_that_two_threads_still_win_keeps_them(two_cores):
     policy = ThreadPolicy(AUTO, say=lambda _: None)
     with policy.held():
-        policy.settle(Machine({1: 0.03, 2: 0.02}), NET)
+        policy.settle(Machine({1: 0.03, 2: 0.02}))
+        policy.watch(NET, 0.02, lambda: pytest.fail("the first pass sets the pace"))
         grown = torch.nn.Linear(40, 20)    # 82x the parameters: its slower pace is expected
         policy.watch(grown, 0.5, lambda: pytest.fail("a net that grew is not measured again"))
         still = Machine({1: 0.6, 2: 0.4})

@@ -113,7 +113,7 @@ class ThreadPolicy:
     say: Callable[[str], None] = field(default=print, repr=False, compare=False)
     watching: bool = True                      # False in a distributed run: ranks would decide apart
     announced: bool = field(default=False, repr=False, compare=False)    # the choice was printed
-    _pace: tuple[int, float] | None = field(default=None, repr=False, compare=False)  # (net size, s/step)
+    _pace: tuple[int, float] | None = field(default=None, repr=False, compare=False)  # last pass: (net size, s/step)
 
     def __post_init__(self):
         if self.requested != AUTO and self.threads is None:
@@ -139,16 +139,16 @@ class ThreadPolicy:
         finally:
             _set(before)
 
-    def settle(self, time_step: Callable[[], float], model: nn.Module) -> None:
-        """Decide an "auto" count by timing `time_step` (a training step of `model`'s copy), and
+    def settle(self, time_step: Callable[[], float]) -> None:
+        """Decide an "auto" count by timing `time_step` (a training step of a copy of the net), and
         say the count in force and why, once."""
         if self.threads is None:
-            self._decide(time_step, model)
+            self._decide(time_step)
         if not self.announced:
             self.announced = True
             self.say(f"threads: {self.threads} ({self.reason})")
 
-    def _decide(self, time_step: Callable[[], float], model: nn.Module) -> None:
+    def _decide(self, time_step: Callable[[], float]) -> None:
         cores = _cores_per_process()
         if cores == 1:
             self.threads, self.reason = 1, "auto: this process may use one core (its share of them)"
@@ -162,12 +162,12 @@ class ThreadPolicy:
         self.reason = (f"auto: a training step took {self.step_ms[1]:.1f} ms on 1 thread and "
                        f"{self.step_ms[cores]:.1f} ms on {cores}; "
                        + (f"keeping {cores}" if every else f"{cores} are slower: another process is using the cores"))
-        self._pace = (_size(model), measured[self.threads])
 
     def watch(self, model: nn.Module, seconds_per_step: float, time_step: Callable[[], Callable[[], float]]) -> None:
         """Follow a training pass of `model` that took `seconds_per_step`: if an "auto" count above
-        one runs it `SLOWDOWN` times slower than the last pace (scaled by the net's size), compare
-        again (`time_step()` gives the timer) and fall back to one thread when that is faster."""
+        one runs it `SLOWDOWN` times slower than the last pass (scaled by the net's size), compare
+        again (`time_step()` gives the timer) and fall back to one thread when that is faster. The
+        first pass sets the pace: a pass times batch gathering too, which the comparison's steps do not."""
         if self.requested != AUTO or not self.watching or (self.threads or 1) == 1:
             return
         size = _size(model)

@@ -142,20 +142,27 @@ class Trainer:
         def timed_step() -> float:
             with torch.random.fork_rng(devices=[self.device] if self.on_gpu else []):
                 began = time.perf_counter()
-                with self._autocast():
-                    loss = F.cross_entropy(twin(xb).float(), yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                self._step(twin, optimizer, xb, yb)
                 if self.on_gpu:
                     torch.cuda.synchronize(self.device)
                 return time.perf_counter() - began
         return timed_step
 
+    def _step(self, runner: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
+              yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the batch (xb, yb); returns (logits, loss)."""
+        with self._autocast():
+            out = runner(xb)
+            loss = F.cross_entropy(out.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return out, loss
+
     def settle_threads(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         """Decide an "auto" thread count on `model`'s training steps, and announce the count, once."""
         if self.threads is not None and not self.threads.settled:
-            self.threads.settle(self.step_timer(model, x, y), model)
+            self.threads.settle(self.step_timer(model, x, y))
 
     def _train(self, model, optimizer, x, y, generator, batches: Iterable[torch.Tensor],
                on_step: Callable[[int], None] | None = None) -> tuple[float, float]:
@@ -172,12 +179,7 @@ class Trainer:
             began = time.perf_counter()
             xb, yb = self._batch(x, y, index, generator)
             first = id(model) in self._untimed
-            with self._autocast():
-                out = runner(xb)
-                loss = F.cross_entropy(out.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            out, loss = self._step(runner, optimizer, xb, yb)
             if first:
                 if self.on_gpu:
                     torch.cuda.synchronize(self.device)

@@ -126,5 +126,5 @@ BATCH_SIZE = option("batch size", type=positive)
 SEED = option("random seed", type=int)
 DEVICE = option("device", choices=("auto", "cpu", "cuda"), default_text="auto: cuda when present")
 THREADS = option("CPU threads for training, verification and onnxruntime: N, or auto (time training steps of the net "
-                 "on 1 thread and on all cores, keep the faster, fall back to 1 if the machine gets busy)",
+                 "on 1 thread and on all cores, keep all unless slower, fall back to 1 if the machine gets busy)",
                  type=threads_option, metavar="N|auto")
