@@ -14,10 +14,10 @@ import torch
 from torch import fx
 
 from graphmorph.graph.capture import INPUT_RANGE_KEY, INPUT_SPEC_KEY, example_inputs
-from graphmorph.graph.copying import deep_copy
 from graphmorph.errors import RewriteError, first_line
-from graphmorph.graph.rng import seeded
-from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, kept_modes, with_shapes
+from graphmorph.graph.channel_ops.protocols import describe
+from graphmorph.graph.float64 import Float64Failure, float64_output
+from graphmorph.graph.shapes import Inputs, annotate_shapes, as_inputs, has_shapes, with_shapes
 
 __all__ = ["VerifyReport", "verify", "output_differences", "parameter_count", "verification_inputs",
            "annotate_rewritten", "finish_rewrite", "output_shape"]
@@ -158,12 +158,9 @@ def output_differences(
     diffs = {}
     for mode in sorted(modes):
         try:
-            outputs = [_flat(_float64_output(model, inputs, mode == "train")) for model in (before, after)]
-        except RuntimeError as err:
-            raise RewriteError(
-                f"cannot compare the graphs in float64: {first_line(err)}. A graph captured through torch.export "
-                "keeps the dtypes its casts and new tensors had at capture; if the model fixes float32 this "
-                "way, capture it with method='fx' where it traces") from err
+            outputs = [_flat(float64_output(model, inputs, mode == "train")) for model in (before, after)]
+        except Float64Failure as failure:
+            raise RewriteError(_float64_refusal(failure)) from failure
         scale = max(1.0, float(outputs[0].abs().max())) if scaled else 1.0
         diffs[mode] = float((outputs[1] - outputs[0]).abs().max()) / scale
     return diffs
@@ -176,26 +173,13 @@ def _flat(output) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in leaves]) if leaves else torch.zeros(0, dtype=torch.float64)
 
 
-def _float64_output(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], train: bool) -> torch.Tensor:
-    """`model(*inputs)` with float64 copies of its parameters and buffers swapped in: no module copy,
-    which for a GraphModule also means no code generation. A model holding tensors that are not
-    parameters or buffers is deep-copied instead, since those would stay float32."""
-    with torch.no_grad(), seeded(0, like=model):
-        if _has_plain_tensors(model):
-            twin = deep_copy(model).double()
-            twin.train(train)
-            return twin(*inputs)
-        # Always fresh tensors: `.double()` of a float64 tensor is the tensor itself, and train-mode
-        # BatchNorm would then update the model's own running statistics in place.
-        state = {name: t.to(torch.float64 if t.is_floating_point() else t.dtype, copy=True)
-                 for name, t in (*model.named_parameters(), *model.named_buffers())}
-        with kept_modes(model):
-            model.train(train)
-            return torch.func.functional_call(model, state, inputs)
-
-
-def _has_plain_tensors(model: torch.nn.Module) -> bool:
-    return any(isinstance(value, torch.Tensor) for m in model.modules() for value in vars(m).values())
+def _float64_refusal(failure: Float64Failure) -> str:
+    """Why the models cannot be compared in float64, where, and what the user can do."""
+    node = failure.node
+    where = f" at node {describe(node.graph.owning_module, node)}" if node is not None else ""
+    return (f"cannot verify the rewrite: the model does not run in float64{where}: {failure}. Verification computes "
+            "every float dtype in float64 (casts and created tensors included), and this op refuses it; pass "
+            "verify=False to apply the rewrite unchecked")
 
 
 def output_shape(gm: fx.GraphModule) -> tuple:
