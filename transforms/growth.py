@@ -152,6 +152,7 @@ class Grow(Rewrite):
         _check_shape_preserving(template, plan.entry, output)
         new_block = next((b for b in find_blocks(work, self.op_registry) if b.input_node == plan.entry.name), None)
         layers = [_copied_layer(work, plan, target) for target in template.initialised]
+        layers = [_Shifted(layer, at) if at else layer for layer, at in zip(layers, template.silent_at)]
         _initialise(work, self.init, layers, self.std, self.seed, new_block, template, self.op_registry)
         layer = layers[-1] if layers else None
         notes = {"new_block": new_block.name if new_block else None}
@@ -438,7 +439,21 @@ def _initialise(work, init: str, layers: list[nn.Module | torch.Tensor | _Projec
     if spec.set_layer is not None:
         for k, layer in enumerate(layers):
             with torch.no_grad():
-                spec.set_layer(layer, std, seed + k)
+                if isinstance(layer, _Shifted):     # set as a scale, then shifted back
+                    scale = layer.parameter - layer.silent_at
+                    spec.set_layer(scale, std, seed + k)
+                    layer.parameter.copy_(scale + layer.silent_at)
+                else:
+                    spec.set_layer(layer, std, seed + k)
+
+
+@dataclass
+class _Shifted:
+    """A parameter whose branch is silent when it is filled with `silent_at`, not zero (a norm
+    scaling by `1 + weight`): an init sets `parameter - silent_at` as it sets a scale."""
+
+    parameter: torch.Tensor
+    silent_at: float
 
 
 @dataclass

@@ -53,7 +53,8 @@ class Block:
     that layer's module, the layer scale's parameter, or an attention module's output projection.
     A block of several residual branches (a transformer layer: attention, then an MLP) has one such
     target per branch in `initialised`, in graph order; `last_affine` is the last branch's, and both
-    are None when any branch has none.
+    are None when any branch has none. A target silences its branch at zero, or at the value in
+    `silent_at` (a norm scaling by `1 + weight`: -1).
     """
 
     name: str                      # qualified module name, or its first weighted layer's name
@@ -69,6 +70,7 @@ class Block:
     last_affine_module: str | None
     named_by_module: bool          # True when `name` is a module that holds exactly this block
     initialised: tuple[str, ...] = ()
+    silent_at: tuple[float, ...] = ()   # per `initialised` target, the value filling it silences its branch
 
     @property
     def residual(self) -> bool:
@@ -309,7 +311,31 @@ class _Analysis:
         layer: `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`) into one unit named by that module:
         first branches no module of their own holds, then what is left of them with branches the
         module's own children hold (BERT's `layer.0.attention` beside the MLP written in `layer.0`)."""
-        return self._join(self._join(units, mixed=False), mixed=True)
+        return self._sublayers(self._join(self._join(units, mixed=False), mixed=True))
+
+    def _sublayers(self, units: list[_Unit]) -> list[_Unit]:
+        """Join consecutive units of different module classes that start the one module around
+        them and are all of it: a layer made of sublayers (T5's block of an attention and a
+        feed-forward sublayer, DistilBERT's attention and FFN with its norms). Named by the
+        outermost module of that span (`block.0`, not its ModuleList `block.0.layer`). Blocks of
+        one class in a stage are not sublayers: the stage stays a run of blocks."""
+        joined: list[_Unit] = []
+        for unit in units:
+            if joined and joined[-1].lo <= unit.lo <= joined[-1].hi:
+                continue
+            parts, best = unit.name.split("."), None
+            for depth in range(len(parts) - 1, 0, -1):
+                prefix = ".".join(parts[:depth])
+                lo, hi = self.aligned.get(prefix, (-1, -1))
+                if best is not None and (lo, hi) != (best.lo, best.hi):
+                    break
+                inside = [u for u in units if lo <= u.lo <= hi]
+                classes = [self.classes.get(u.name) for u in inside]
+                if lo == unit.lo and len(inside) > 1 and all(u.hi <= hi for u in inside) \
+                        and None not in classes and len(set(classes)) == len(classes):
+                    best = _Unit(lo, hi, prefix, True)
+            joined.append(best or unit)
+        return joined
 
     def _join(self, units: list[_Unit], mixed: bool) -> list[_Unit]:
         """One pass of `_layers`: the smallest aligned module around a loose branch that holds only
@@ -465,6 +491,7 @@ class _Analysis:
             last_affine_module=targets[-1] if complete else None,
             named_by_module=unit.named_by_module,
             initialised=tuple(targets) if complete else (),
+            silent_at=tuple(self._silent_at(end) for end in ends) if complete else (),
         )
 
     def _merge_structure(self, core: _Segment):
@@ -488,25 +515,60 @@ class _Analysis:
         return "residual", "projection", branches[short], inputs[long_]
 
     def _last_affine(self, node: fx.Node, region: frozenset[fx.Node]) -> fx.Node | None:
-        """Walk back from the branch's end through zero-preserving ops and gates to an affine layer."""
+        """Walk back from the branch's end through zero-preserving ops and gates to the last op
+        linear in a parameter: an affine layer, an attention's output projection, or a product with
+        a tensor made from one parameter (a layer scale, a norm's `(1 + weight)`, experts' weights)."""
         while node in region:
-            if ops.is_affine(self.gm, node) or self._layer_scale(node) is not None or ops.is_attention(self.gm, node):
+            if ops.is_affine(self.gm, node) or self._parameter_factor(node) is not None \
+                    or ops.is_attention(self.gm, node):
                 return node
             inputs = [i for i in node.all_input_nodes if i in self.graph]
             if node.target is operator.getitem and node.args[1] == 0 and ops.is_attention(self.gm, node.args[0]):
                 node = node.args[0]          # attention's output, before its weights
                 continue
             if ops.is_mul(node) and len(inputs) == 2:
-                a, b = inputs  # the gated tensor is upstream of its gate
-                node = a if a in upstream(b, region) else b if b in upstream(a, region) else None
-                if node is None:
-                    return None
-            elif self.registry.has(self.gm, node, "zero_preserving") and (len(inputs) == 1 or ops.takes_shape_of(node)):
-                node = node.args[0]
+                node = self._gated(node, inputs, region)
             else:
-                return None
+                node = self._zero_operand(node, inputs)
         return None
 
+    def _gated(self, node: fx.Node, inputs: list[fx.Node], region: frozenset[fx.Node]) -> fx.Node | None:
+        """The operand of a product of two data tensors to silence: the gated tensor where one is
+        computed from the other (a squeeze-excitation gate: silencing the gate's layer leaves
+        sigmoid(0)), else the one whose own walk reaches a layer (experts' outputs, not their
+        routing weights)."""
+        a, b = inputs
+        if a in upstream(b, region):
+            return a
+        if b in upstream(a, region):
+            return b
+        return next((i for i in inputs if self._last_affine(i, region) is not None), None)
+
+    def _zero_operand(self, node: fx.Node, inputs: list[fx.Node]) -> fx.Node | None:
+        """The operand a zero passes through `node` from, or None: the one input of a zero-preserving
+        op, the data of an op whose other operands give only indices, a shape or a dtype, or of a
+        product or quotient by a number."""
+        if len(inputs) == 1 and (self.registry.has(self.gm, node, "zero_preserving")
+                                 or (ops.is_scaling(node) and ops.scaled_operand(node) is inputs[0])):
+            return inputs[0]
+        if ops.reads_first_operand_only(node) and self.registry.has(self.gm, node, "zero_preserving"):
+            return node.args[0] if node.args[0] in inputs else None
+        return None
+
+    def _parameter_factor(self, node: fx.Node) -> tuple[fx.Node, float] | None:
+        """(parameter, value) where `node` is linear in a tensor made from one parameter (`gamma * x`,
+        `x * (1 + weight)`, `matmul(x, w.T)`, experts' `grouped_mm(x, w, offsets)`) that is zero
+        when every element of the parameter has that value; None for any other node."""
+        position = ops.parameter_operand(node)
+        if position is None:
+            return None
+        constants = [i for i in node.all_input_nodes if i not in self.graph]
+        if len(constants) != 1 or (ops.is_mul(node) and len(node.all_input_nodes) != 2):
+            return None
+        operand = constants[0]
+        if position >= 0 and ops.argument(node, position, None) is not operand:
+            return None
+        return _filled_by(operand, self.registry, self.gm)
 
     def _branch_ends(self, node: fx.Node, region: frozenset[fx.Node]) -> list[fx.Node | None]:
         """The affine layers that, set to zero, make `node` zero: its last affine layer, else, back
@@ -518,26 +580,17 @@ class _Analysis:
             return [end]
         if (ops.is_cat(node) or ops.is_add(node)) and len(inputs) > 1:
             return [e for i in inputs for e in self._branch_ends(i, region)]
-        if len(inputs) == 1 and self.registry.has(self.gm, node, "zero_preserving"):
-            return self._branch_ends(inputs[0], region)
-        return [None]
+        operand = self._zero_operand(node, inputs)
+        return self._branch_ends(operand, region) if operand is not None else [None]
 
     def _learned(self, node: fx.Node) -> bool:
         """A layer with learned weights on the data path: conv, linear, attention or layer scale."""
-        return ops.is_weighted(self.gm, node) or ops.is_attention(self.gm, node) or self._layer_scale(node) is not None
+        return ops.is_weighted(self.gm, node) or ops.is_attention(self.gm, node) \
+            or self._parameter_factor(node) is not None
 
-    def _layer_scale(self, node: fx.Node) -> fx.Node | None:
-        """The parameter (get_attr) a product scales its one data operand by, directly or through a
-        view (`gamma * x`, `x.mul(gamma.reshape(1, -1, 1, 1))`); None for any other node."""
-        if not ops.is_mul(node):
-            return None
-        constants = [i for i in node.all_input_nodes if i not in self.graph]
-        if len(constants) != 1 or len(node.all_input_nodes) != 2:
-            return None
-        source = constants[0]
-        while source.op in ("call_method", "call_function") and len(source.all_input_nodes) == 1:
-            source = source.all_input_nodes[0]
-        return source if source.op == "get_attr" else None
+    def _silent_at(self, affine: fx.Node) -> float:
+        factor = self._parameter_factor(affine)
+        return factor[1] if factor is not None else 0.0
 
     def _initialised(self, affine: fx.Node | None) -> str | None:
         if affine is None:
@@ -546,10 +599,29 @@ class _Analysis:
             return ops.attention_output(self.gm, affine)
         if affine.op == "call_module":
             return str(affine.target)
-        scale = self._layer_scale(affine)
-        if scale is not None:
-            return str(scale.target)
+        factor = self._parameter_factor(affine)
+        if factor is not None:
+            return str(factor[0].target)
         return ops.weight_owner(self.gm, affine)
+
+
+def _filled_by(node: fx.Node, registry: Registry, gm: fx.GraphModule) -> tuple[fx.Node, float] | None:
+    """(parameter, value) where `node` is computed from one parameter (a get_attr) by ops that keep
+    a tensor filled with one value so filled (views, casts) and by adding or multiplying a number,
+    and is zero when the parameter is filled with that value (`w.to(float32) + 1.0`: -1.0)."""
+    value = 0.0
+    while node.op != "get_attr":
+        inputs = node.all_input_nodes
+        if len(inputs) != 1:
+            return None
+        if ops.is_scaling(node) or ops.is_shift(node):
+            value = ops.inverse_of(node, value)
+            if value is None:
+                return None
+        elif not registry.has(gm, node, "value_preserving"):
+            return None
+        node = inputs[0]
+    return node, value
 
 
 def upstream(node: fx.Node, region: Collection[fx.Node]) -> set[fx.Node]:

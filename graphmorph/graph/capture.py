@@ -99,6 +99,10 @@ def _capture_exported(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     config = getattr(root, "config", None)
     if getattr(config, "use_cache", False):
         config.use_cache = False
+    # exported in eval mode: a dropout module is lifted back to one and trains as one; a dropout
+    # the export baked in train mode would drop in eval mode too
+    training = root.training
+    root.eval()
     try:
         with quiet_torch_export():
             exported = export_program(root, inputs, kwargs).module()
@@ -108,7 +112,7 @@ def _capture_exported(model: nn.Module, inputs: tuple[torch.Tensor, ...],
                            f"{f' at {line}' if line else ''}: {type(err).__name__}: {first_line(err)}") from err
     gm = lift(exported, root)
     _check_lifted(exported, gm, inputs, kwargs)
-    return gm
+    return gm.train(training)
 
 
 def _check_lifted(exported: fx.GraphModule, gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...],

@@ -95,6 +95,13 @@ def _constant_pad(args, kwargs):
     return "call_function", F.pad, (x, pad, "constant", value[0] if value else 0.0), {}
 
 
+def _batch_norm(args, kwargs):
+    """aten.batch_norm(x, weight, bias, mean, var, training, momentum, eps, cudnn) as F.batch_norm,
+    which takes the statistics first (timm's BatchNormAct2d calls it from a forward of its own)."""
+    x, weight, bias, mean, var, training, momentum, eps = args[:8]
+    return "call_function", F.batch_norm, (x, mean, var, weight, bias, training, momentum, eps), {}
+
+
 def _softmax(args, kwargs):
     x, dim, *rest = args
     if rest and rest[0] not in (None, False):
@@ -110,6 +117,7 @@ _TWINS: dict[Any, Callable] = {
     aten.conv3d.default: _same(F.conv3d),
     aten.layer_norm.default: _first(F.layer_norm, 5),
     aten.group_norm.default: _first(F.group_norm, 5),
+    aten.batch_norm.default: _batch_norm,
     aten.rms_norm.default: _same(F.rms_norm),
     aten.scaled_dot_product_attention.default: _same(F.scaled_dot_product_attention),
     aten.embedding.default: _embedding,
@@ -133,6 +141,8 @@ _TWINS: dict[Any, Callable] = {
     aten.split_with_sizes.default: _same(torch.split),
     aten.chunk.default: _same(torch.chunk),
     aten.unbind.int: _same(torch.unbind),
+    aten.roll.default: _same(torch.roll),
+    aten.type_as.default: _same("type_as", "call_method"),
     aten.slice.Tensor: _slice,
     aten.select.int: _select,
     aten.relu.default: _same(F.relu),
@@ -221,11 +231,11 @@ def lift(exported: fx.GraphModule, root: nn.Module, registry: Registry | None = 
     info = exported.graph._codegen.pytree_info
     positional = torch.utils._pytree.tree_structure((tuple(info.orig_args), {}))   # keywords bind by name
     graph._codegen = _SharedCodeGen(_PyTreeInfo(info.orig_args, positional, info.out_spec))
-    lifted = fx.GraphModule(_attribute_holder(exported, root, graph), graph, class_name=type(root).__name__)
-    lifted.graph.eliminate_dead_code()
-    lifted.delete_all_unused_submodules()   # export reads every parameter, used or not (an auxiliary head's)
-    lifted.recompile()
-    return lifted
+    holder = fx.GraphModule(_attribute_holder(exported, root, graph), graph)
+    holder.graph.eliminate_dead_code()
+    # export reads every parameter, used or not (an auxiliary head's, DINOv2's mask token): the
+    # graph module holds what its graph uses, as every copy a rewrite makes does
+    return fx.GraphModule(holder, holder.graph, class_name=type(root).__name__)
 
 
 class _SharedCodeGen(_PyTreeCodeGen):

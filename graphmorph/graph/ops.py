@@ -29,6 +29,9 @@ LINEAR_FUNCTIONS = {F.linear}
 # linear layers of packages graphmorph does not import whose weight is stored [in, out]
 # (Hugging Face's GPT-2 `Conv1D`: `addmm(bias, x, weight)`)
 TRANSPOSED_LINEAR_NAMES = frozenset({"transformers.pytorch_utils.Conv1D"})
+# subclasses of nn.Linear with a forward of their own that computes what nn.Linear's does
+# (Falcon's `input @ weight.T + bias`): kept as one call, as nn.Linear is
+LINEAR_EQUIVALENT_NAMES = frozenset({"transformers.models.falcon.modeling_falcon.FalconLinear"})
 NORM_FUNCTIONS = {F.batch_norm, F.group_norm, F.layer_norm, F.instance_norm}
 POOL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
@@ -50,6 +53,15 @@ ELEMENTWISE_BINARY_FUNCTIONS = ADD_FUNCTIONS | MUL_FUNCTIONS | {
     operator.sub, operator.isub, torch.sub, operator.truediv, operator.itruediv, torch.div,
 }
 ELEMENTWISE_BINARY_METHODS = ADD_METHODS | MUL_METHODS | {"sub", "sub_", "div", "div_"}
+SUB_FUNCTIONS = {operator.sub, operator.isub, torch.sub}
+DIV_FUNCTIONS = {operator.truediv, operator.itruediv, torch.div}
+MATMUL_FUNCTIONS = {torch.matmul, operator.matmul, torch.bmm}
+# experts' grouped matrix products, linear in their weight operand (position 1): ATen's, and the
+# fallback transformers 5 registers (`torch.ops.transformers.grouped_mm_fallback`)
+GROUPED_MM_NAMES = frozenset({"aten::_grouped_mm", "transformers::grouped_mm_fallback"})
+# ops whose operands after the first give only indices, a shape or a dtype
+FIRST_OPERAND_METHODS = {"type_as", "reshape_as", "view_as", "expand_as"}
+FIRST_OPERAND_NAMES = frozenset({"aten::type_as", "aten::index.Tensor"})
 
 
 def channels_of(node: fx.Node) -> int:
@@ -202,6 +214,79 @@ def is_mul(node: fx.Node) -> bool:
     return (node.op == "call_function" and node.target in MUL_FUNCTIONS) or (
         node.op == "call_method" and node.target in MUL_METHODS
     )
+
+
+def _is_call(node: fx.Node, functions: set, methods: set) -> bool:
+    return (node.op == "call_function" and node.target in functions) or (
+        node.op == "call_method" and node.target in methods)
+
+
+def is_scaling(node: fx.Node) -> bool:
+    """`x * k`, `k * x` or `x / k` with k a number: linear in its one tensor operand."""
+    if not (is_mul(node) or _is_call(node, DIV_FUNCTIONS, {"div", "div_"})) or len(node.args) != 2:
+        return False
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    return len(tensors) == 1 and (is_mul(node) or node.args[0] is tensors[0]) and _number(node.args[1 - node.args.index(tensors[0])])
+
+
+def is_shift(node: fx.Node) -> bool:
+    """`x + k`, `k + x`, `x - k` or `k - x` with k a number."""
+    if not (is_add(node) or _is_call(node, SUB_FUNCTIONS, {"sub", "sub_", "rsub"})) or len(node.args) != 2 \
+            or node.kwargs.get("alpha", 1) != 1:
+        return False
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    return len(tensors) == 1 and _number(node.args[1 - node.args.index(tensors[0])])
+
+
+def scaled_operand(node: fx.Node) -> fx.Node:
+    """The tensor operand of a scaling or shift (see `is_scaling`, `is_shift`)."""
+    return next(a for a in node.args if isinstance(a, fx.Node))
+
+
+def inverse_of(node: fx.Node, value: float) -> float | None:
+    """The value that, filling the tensor operand of a scaling or shift, makes it output `value`
+    (None for a product by zero, whose output is zero whatever the operand)."""
+    first = isinstance(node.args[0], fx.Node)
+    k = float(node.args[1] if first else node.args[0])
+    if is_mul(node):
+        return value / k if k else None
+    if _is_call(node, DIV_FUNCTIONS, {"div", "div_"}):
+        return value * k
+    if is_add(node):
+        return value - k
+    if node.target == "rsub":           # x.rsub(k) == k - x
+        return k - value
+    return value + k if first else k - value
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) != float("inf")
+
+
+def reads_first_operand_only(node: fx.Node) -> bool:
+    """An op whose output is its first operand's elements, the other operands giving only indices,
+    a shape or a dtype (`x.type_as(y)`, `x.view_as(y)`, `aten.index(x, [i])`)."""
+    return (node.op == "call_method" and node.target in FIRST_OPERAND_METHODS) or (
+        node.op == "call_function" and op_name(node) in FIRST_OPERAND_NAMES)
+
+
+def parameter_operand(node: fx.Node) -> int | None:
+    """Where a product linear in each operand takes the operand a parameter may be: -1 for either
+    (`x * w`, `matmul(x, w)`), 1 for experts' grouped products; None for any other op."""
+    if is_mul(node) or _is_call(node, MATMUL_FUNCTIONS, {"matmul", "bmm"}):
+        return -1
+    if node.op == "call_function" and op_name(node) in GROUPED_MM_NAMES:
+        return 1
+    return None
+
+
+def op_name(node: fx.Node) -> str:
+    """An ATen or custom op's `namespace::name[.overload]` ('' for other call targets); overload
+    'default' is left out."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return ""
+    return schema.name + (f".{schema.overload_name}" if schema.overload_name else "")
 
 
 def is_cat(node: fx.Node) -> bool:

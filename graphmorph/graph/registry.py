@@ -33,12 +33,14 @@ __all__ = ["Registry", "Key", "Fact", "FACTS", "DEFAULT_MODULES", "DEFAULT_FUNCT
            "DEFAULT_FACTS", "UNARY_ELEMENTWISE", "analysis_registry"]
 
 Key = Union[type, Callable, str]
-Fact = Literal["zero_preserving", "activation", "layout", "stochastic", "no_macs", "idempotent"]
+Fact = Literal["zero_preserving", "activation", "layout", "stochastic", "no_macs", "idempotent", "value_preserving"]
 FACTS: tuple[str, ...] = get_args(Fact)
 """zero_preserving: one input, f(0) == 0 elementwise (a zero branch stays zero through it);
 activation: an elementwise nonlinearity, one operation per element; layout: moves elements and
 computes nothing (permute, reshape); stochastic: draws random masks in train mode (dropout, drop
-path); no_macs: no multiply-accumulates whatever the shapes; idempotent: f(f(x)) == f(x) (ReLU)."""
+path); no_macs: no multiply-accumulates whatever the shapes; idempotent: f(f(x)) == f(x) (ReLU);
+value_preserving: every output element is an element of the (first) input, so a tensor filled with
+one value stays filled with it (views, casts, indexing)."""
 
 
 class _Table:
@@ -164,8 +166,13 @@ _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU
 _ACTIVATION_FUNCTIONS = (F.relu, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.hardswish, torch.relu, torch.tanh)
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
-_LAYOUT_FUNCTIONS = (torch.permute, torch.transpose, torch.reshape, torch.flatten)
-_LAYOUT_METHODS = ("permute", "transpose", "reshape", "view", "flatten", "reshape_as", "view_as")
+_LAYOUT_FUNCTIONS = (torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.reshape, torch.flatten)
+_LAYOUT_METHODS = ("permute", "transpose", "swapaxes", "swapdims", "reshape", "view", "flatten", "reshape_as", "view_as")
+# casts: the identity within a dtype, idempotent across dtypes, zero kept zero
+_CASTS = ("to", "float", "double", "half", "bfloat16", "type_as", torch.ops.aten.type_as.default)
+# ops whose output elements are their (first) input's, moved or repeated
+_COPYING = (torch.unsqueeze, torch.squeeze, "unsqueeze", "squeeze", "expand", "expand_as", "contiguous", torch.clone,
+            "clone", operator.getitem, torch.roll, "roll", torch.ops.aten.index.Tensor)
 # unary elementwise torch functions (the same name in torch and in ATen): channel c stays channel c
 UNARY_ELEMENTWISE = ("rsqrt", "sqrt", "exp", "log", "erf", "abs", "cos", "sin", "reciprocal")
 # stochastic depth of packages graphmorph does not import: it zeroes whole samples in train mode
@@ -184,7 +191,7 @@ def _facts(*groups: tuple[Iterable[Key], set[str]]) -> dict[Key, frozenset[str]]
     return {key: frozenset(facts) for key, facts in table.items()}
 
 
-_ZERO, _ACT, _NO_MACS = "zero_preserving", "activation", "no_macs"
+_ZERO, _ACT, _NO_MACS, _SAME = "zero_preserving", "activation", "no_macs", "value_preserving"
 DEFAULT_FACTS: dict[Key, frozenset[str]] = _facts(
     ((*_ACTIVATION_MODULES, *_ACTIVATION_FUNCTIONS, "relu", "relu_", "tanh"), {_ZERO, _ACT}),
     ((nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, F.sigmoid, torch.sigmoid, F.hardsigmoid, F.softmax, torch.softmax,
@@ -192,7 +199,10 @@ DEFAULT_FACTS: dict[Key, frozenset[str]] = _facts(
     ((nn.ReLU, nn.ReLU6, F.relu, torch.relu, "relu", "relu_", nn.Identity), {"idempotent"}),
     ((nn.Identity, "contiguous", *ops.POOL_MODULES, *ops.POOL_FUNCTIONS), {_ZERO}),
     ((*_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, *STOCHASTIC_DEPTH_NAMES), {_ZERO, "stochastic"}),
-    ((*_LAYOUT_FUNCTIONS, *_LAYOUT_METHODS), {_ZERO, "layout", _NO_MACS}),
+    ((*_LAYOUT_FUNCTIONS, *_LAYOUT_METHODS), {_ZERO, "layout", _NO_MACS, _SAME}),
+    (_CASTS, {_ZERO, "idempotent", _NO_MACS, _SAME}),
+    (_COPYING, {_ZERO, _NO_MACS, _SAME}),
+    ((torch.mean, torch.sum, "mean", "sum"), {_ZERO}),
     ((operator.getitem, torch.roll, "roll"), {_ZERO, _NO_MACS}),
     ((nn.Identity, nn.Flatten, nn.Unflatten, nn.Embedding, F.embedding, *_DROPOUT_MODULES, *_DROPOUT_FUNCTIONS, getattr, torch.squeeze,
       torch.unsqueeze, torch.chunk, torch.split, torch.mean, torch.sum, F.pad, *ops.CAT_FUNCTIONS,
@@ -254,6 +264,8 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.pixel_shuffle: Refuse("moves channels into space"),
     F.channel_shuffle: Refuse("permutes channels across groups"),
     torch.transpose: Permute(),
+    torch.swapaxes: Permute(),
+    torch.swapdims: Permute(),
     torch.permute: Permute(),
     torch.unsqueeze: Unsqueeze(),
     torch.squeeze: Unsqueeze(),
@@ -285,6 +297,8 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
     "norm": Reduce(dim_at=2),
     **{m: Ignore() for m in ("size", "dim")},
     "transpose": Permute(),
+    "swapaxes": Permute(),
+    "swapdims": Permute(),
     "permute": Permute(),
     "unsqueeze": Unsqueeze(),
     "squeeze": Unsqueeze(),
@@ -297,4 +311,5 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
 
 _DEFAULT = Registry({**DEFAULT_MODULES, **DEFAULT_FUNCTIONS, **DEFAULT_METHODS,
                      **{name: _PASS for name in STOCHASTIC_DEPTH_NAMES},
-                     **{name: Linear() for name in ops.TRANSPOSED_LINEAR_NAMES}}, DEFAULT_FACTS, DEFAULT_LAYERS)
+                     **{name: Linear() for name in (*ops.TRANSPOSED_LINEAR_NAMES, *ops.LINEAR_EQUIVALENT_NAMES)}},
+                    DEFAULT_FACTS, DEFAULT_LAYERS)

@@ -146,7 +146,9 @@ def output_differences(
     with `scaled`, divided by max(1, max |before(x)|), so deep nets whose outputs run to 1e13
     are held to float64 round-off rather than to an absolute bound they cannot meet.
 
-    Both models run from the same random state, so dropout draws the same masks in train mode.
+    Both models run from the same random state, so dropout draws the same masks in train mode;
+    two GraphModules run node by node in train mode, each node seeded by its name, so a dropout
+    keeps its mask when a rewrite adds random ops before it (a grown block's own dropout).
     The models themselves are left untouched (train mode updates only the copies' statistics).
     """
     unknown = set(modes) - {"eval", "train"}
@@ -155,10 +157,11 @@ def output_differences(
     if not modes:
         return {}
     inputs = tuple(t.double() if t.is_floating_point() else t for t in as_inputs(example_input))
+    by_node = all(isinstance(model, fx.GraphModule) for model in (before, after))
     diffs = {}
     for mode in sorted(modes):
         try:
-            outputs = [_flat(float64_output(model, inputs, mode == "train")) for model in (before, after)]
+            outputs = [_flat(float64_output(model, inputs, mode == "train", by_node)) for model in (before, after)]
         except Float64Failure as failure:
             raise RewriteError(_float64_refusal(failure)) from failure
         scale = max(1.0, float(outputs[0].abs().max())) if scaled else 1.0

@@ -112,7 +112,7 @@ class Unsqueeze(ChannelOp):
 
 
 class Permute(ChannelOp):
-    """permute / transpose: the channels move to another axis (channels-last blocks, tokens)."""
+    """permute / transpose / swapaxes: the channels move to another axis (channels-last blocks, tokens)."""
 
     def relate(self, rel, node):
         source = node.args[0]
@@ -123,7 +123,7 @@ class Permute(ChannelOp):
     @staticmethod
     def order(node: fx.Node, rank: int) -> list[int]:
         """The source dimension each output dimension takes."""
-        if node.target in ("transpose", torch.transpose):
+        if node.target in ("transpose", "swapaxes", "swapdims", torch.transpose, torch.swapaxes, torch.swapdims):
             a, b = (d % rank for d in node.args[1:3])
             order = list(range(rank))
             order[a], order[b] = b, a
