@@ -308,6 +308,8 @@ def _layers(model, gm):
     import graphmorph
     import hf_models
     found, expected = sum(len(s.blocks) for s in graphmorph.find_stages(gm)), hf_models.layers(model)
+    if expected is None:
+        return "refused", f"{found} blocks found; the config gives no layer count", {"blocks": found}
     status = "ok" if found == expected else "wrong"
     return status, f"{found} blocks found, {expected} layers in the config", {"blocks": found, "layers": expected}
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Collection, Literal
 
 import networkx as nx
+import torch
 from torch import fx
 
 from graphmorph.graph.memo import memoized
@@ -602,26 +603,76 @@ class _Analysis:
         factor = self._parameter_factor(affine)
         if factor is not None:
             return str(factor[0].target)
-        return ops.weight_owner(self.gm, affine)
+        return ops.weight_owner(self.gm, affine) or self._computed_weight(affine)
+
+    def _computed_weight(self, node: fx.Node) -> str | None:
+        """The parameter a functional layer without bias computes its weight from, where filling it
+        with zeros makes the weight zero (a weight-standardised convolution's)."""
+        weight = ops.layer_weight(node)
+        if not isinstance(weight, fx.Node) or ops.layer_bias(node) is not None:
+            return None
+        found = _filled_by(weight, self.registry, self.gm)
+        return str(found[0].target) if found is not None and found[1] == 0.0 else None
 
 
 def _filled_by(node: fx.Node, registry: Registry, gm: fx.GraphModule) -> tuple[fx.Node, float] | None:
-    """(parameter, value) where `node` is computed from one parameter (a get_attr) by ops that keep
-    a tensor filled with one value so filled (views, casts) and by adding or multiplying a number,
-    and is zero when the parameter is filled with that value (`w.to(float32) + 1.0`: -1.0)."""
-    value = 0.0
-    while node.op != "get_attr":
-        inputs = node.all_input_nodes
-        if len(inputs) != 1:
+    """(parameter, value) where `node` is computed from one parameter (a get_attr) alone and is zero
+    when the parameter is filled with that value: `w.to(float32) + 1.0` at -1.0, a layer scale or
+    experts' `w.transpose(-2, -1)` at 0, a weight-standardised convolution's weight at 0. The value
+    is read back through views, casts and numbers added or multiplied (else 0), then checked by
+    computing `node` from the filled parameter."""
+    sources = _constant_sources(node)
+    if sources is None or len(sources) != 1:
+        return None
+    parameter, value, walked = sources[0], 0.0, node
+    while walked is not parameter and value is not None:
+        if ops.is_scaling(walked) or ops.is_shift(walked):
+            value = ops.inverse_of(walked, value)
+        elif not (registry.has(gm, walked, "value_preserving") and len(walked.all_input_nodes) == 1):
+            value = 0.0
+            break
+        walked = walked.all_input_nodes[0]
+    if value is None:
+        return None
+    try:
+        with torch.no_grad():
+            silent = not bool(torch.count_nonzero(_computed(gm, node, parameter, value, {})))
+    except Exception:  # noqa: BLE001 - a computation the check cannot redo: not a silencing target
+        return None
+    return (parameter, value) if silent else None
+
+
+def _constant_sources(node: fx.Node) -> list[fx.Node] | None:
+    """The get_attr nodes `node` is computed from, or None when it reads the model's input."""
+    seen, stack, sources = set(), [node], []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "get_attr":
+            sources.append(n)
+        elif n.op in ("call_function", "call_method", "call_module"):
+            stack.extend(n.all_input_nodes)
+        else:
             return None
-        if ops.is_scaling(node) or ops.is_shift(node):
-            value = ops.inverse_of(node, value)
-            if value is None:
-                return None
-        elif not registry.has(gm, node, "value_preserving"):
-            return None
-        node = inputs[0]
-    return node, value
+    return sources
+
+
+def _computed(gm: fx.GraphModule, node: fx.Node, parameter: fx.Node, value: float, memo: dict):
+    """`node`'s value with `parameter` filled with `value` (every input a constant)."""
+    if node not in memo:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: _computed(gm, n, parameter, value, memo))
+        if node.op == "get_attr":
+            tensor = ops.attribute(gm, str(node.target))
+            memo[node] = torch.full_like(tensor, value) if node is parameter else tensor
+        elif node.op == "call_function":
+            memo[node] = node.target(*args, **kwargs)
+        elif node.op == "call_method":
+            memo[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            memo[node] = gm.get_submodule(str(node.target))(*args, **kwargs)
+    return memo[node]
 
 
 def upstream(node: fx.Node, region: Collection[fx.Node]) -> set[fx.Node]:
