@@ -281,14 +281,20 @@ def _flops(model, gm, x):
 
 def _reference_flops(model, x) -> int:
     """FlopCounterMode run as it counts attention everywhere: autograd on (no fused fast path) and
-    torch's own attention formula for the CPU kernel it has none for."""
+    torch's own attention formula for the CPU kernel it has none for; experts' grouped products,
+    for which it has no formula, counted as each routed token's row through its expert."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def attention(q, k, v, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(q, k, v)
 
-    cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    def grouped(a, b, *args, out_shape=None, **kwargs):   # experts: each routed token's row through its expert
+        return 2 * a[0] * a[1] * b[-1]
+
+    cpu = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention, torch.ops.aten._grouped_mm: grouped}
+    if hasattr(torch.ops, "transformers") and hasattr(torch.ops.transformers, "grouped_mm_fallback"):
+        cpu[torch.ops.transformers.grouped_mm_fallback] = grouped
     with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=cpu) as counter:
         model(x)
     return counter.get_total_flops()

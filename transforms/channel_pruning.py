@@ -237,7 +237,7 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
         masked.register_buffer(name, mask.view(*[-1 if d == axis else 1 for d in range(len(shape))]))
         with masked.graph.inserting_after(node):
             attr = masked.graph.get_attr(name)
-        product = _multiplied(masked, node, attr)
+        product = _multiplied(masked, node, attr, where=True)
         for user in list(product.users):
             if is_channel_norm(masked, user):
                 mask_statistics(masked, user, attr)
@@ -247,14 +247,22 @@ def mask_channels(gm: fx.GraphModule, removal: dict[str, list[int]],
     return masked
 
 
+def masked_by(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`x` where the 0/1 `mask` (broadcast to it) is 1, zero where it is 0."""
+    return torch.where(mask != 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 # --------------------------------------------------------------------------- implementation
 
 
-def _multiplied(gm: fx.GraphModule, node: fx.Node, factor: fx.Node | float) -> fx.Node:
-    """`node * factor`, inserted after both and read by all of `node`'s readers instead of it."""
+def _multiplied(gm: fx.GraphModule, node: fx.Node, factor: fx.Node | float, where: bool = False) -> fx.Node:
+    """`node * factor`, inserted after both and read by all of `node`'s readers instead of it; with
+    `where`, a 0/1 mask selecting `node` or zero, so that a masked channel is zero even where the
+    op made it infinite (`rsqrt` of a masked variance: inf x 0 would be NaN)."""
     anchor = factor if isinstance(factor, fx.Node) else node
     with gm.graph.inserting_after(anchor):
-        product = gm.graph.call_function(operator.mul, (node, factor))
+        product = gm.graph.call_function(masked_by, (node, factor)) if where \
+            else gm.graph.call_function(operator.mul, (node, factor))
     node.replace_all_uses_with(product, delete_user_cb=lambda user: user is not product)
     return product
 

@@ -64,10 +64,11 @@ class ChannelEdit(TensorQuestions):
         return self.gm.get_submodule(node.target)
 
     def select_tensor(self, path: str, dim: int, index: Sequence[int]) -> None:
-        """Take `index` along `dim` of the parameter or buffer at `path` (once per path)."""
-        if path in self._done:
+        """Take `index` along `dim` of the parameter or buffer at `path` (once per path and dimension:
+        an experts' weight loses input and output channels in two selections)."""
+        if (path, dim) in self._done:
             return
-        self._done.add(path)
+        self._done.add((path, dim))
         old = ops.attribute(self.gm, path)
         selected = old.detach().index_select(dim, torch.as_tensor(list(index), dtype=torch.long, device=old.device))
         added = copies(list(index))
@@ -77,30 +78,39 @@ class ChannelEdit(TensorQuestions):
         self._store(path, selected, [_step(dim, list(index))])
 
     def resize_weighted(self, node: fx.Node, rows: list[int], columns: list[int] | list[list[int]],
-                        groups: int | None = None) -> None:
+                        groups: int | None = None, stored: tuple[str, int, int] | None = None) -> None:
         """Give a convolution or linear node the weight rows (output channels) `rows` and, per row or
         for all rows, the input columns `columns` (old indices, repeated where a widening copies
-        them); the bias follows the rows; `groups` is updated."""
-        module = ops.module_of(self.gm, node)
+        them); the bias follows the rows; `groups` is updated. `stored` is (path, output dimension,
+        input dimension) of a weight kept another way (experts' `[experts, out, in]`), without bias."""
+        module = ops.module_of(self.gm, node) if stored is None else None
         key = str(node.target) if module is not None else node.name
         if key in self._done:
             return
         self._done.add(key)
-        transposed = ops.stores_weight_transposed(module)
-        weight_path, bias_path = self._weight_paths(node, module)
+        if stored is not None:
+            weight_path, bias_path = stored[0], None
+            order = [stored[1], stored[2], *(d for d in range(3) if d not in stored[1:])]
+        else:
+            weight_path, bias_path = self._weight_paths(node, module)
+            order = [1, 0] if ops.stores_weight_transposed(module) else None
         old = ops.attribute(self.gm, weight_path).detach()
+        if order is not None:
+            order += [d for d in range(old.dim()) if d not in order]
+            old = old.permute(order)
         steps = _weight_steps(rows, columns)
-        new = apply_kept(old.transpose(0, 1) if transposed else old, steps)
+        new = apply_kept(old, steps)
         if self.init is not None:
             self.init.weights(new, rows, columns)
-        if transposed:
-            new, steps = new.transpose(0, 1), [{**s, "dim": 1 - s["dim"]} for s in steps]
+        if order is not None:   # back to the stored layout; the steps named by its dimensions
+            new = new.permute([order.index(d) for d in range(new.dim())])
+            steps = [{**s, "dim": order[s["dim"]]} for s in steps]
         if module is not None:
             self._resize_module(module, new, groups)
-        self._store(weight_path, new, steps)
+        self._store(weight_path, new.contiguous(), steps)
         if bias_path is not None:
             self.select_tensor(bias_path, 0, rows)
-        if module is None and groups is not None and _functional_groups(node) != groups:
+        if module is None and stored is None and groups is not None and _functional_groups(node) != groups:
             if len(node.args) > 6:
                 node.args = (*node.args[:6], groups, *node.args[7:])
             else:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from graphmorph.errors import ExportError, first_line
+from graphmorph.graph.onnx_ops import translation_table
 from graphmorph.graph.quiet import quiet_torch_export
 from graphmorph.graph.shapes import Inputs, as_inputs, evaluating
 
@@ -178,7 +179,8 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], dynamic_batch: b
     with quiet_torch_export():
         try:
             return torch.onnx.export(
-                model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, report=False, **names
+                model, inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False, report=False,
+                custom_translation_table=translation_table(), **names
             )
         except Exception as err:
             raise ExportError(f"ONNX export failed: {_export_cause(err)}") from err

@@ -2,7 +2,7 @@
 
 Convention: `macs` are the multiply-accumulates of convolutions, transposed
 convolutions, linear layers and matrix products of every form (matmul, bmm, baddbmm, einsum,
-scaled_dot_product_attention); `flops` = 2 x `macs`, what `torch.utils.flop_counter.FlopCounterMode`
+scaled_dot_product_attention, experts' grouped products); `flops` = 2 x `macs`, what `torch.utils.flop_counter.FlopCounterMode`
 counts. Convolutions and linear layers are counted from their shapes. When the graph holds a node
 whose cost does not follow from shapes (a leaf module, an `fx.wrap`-ped attention function, a
 matrix product, an op this module does not list), every node is measured with FlopCounterMode
@@ -13,6 +13,8 @@ the CPU's, and would leave attention out on the CPU only). Everything else is co
 as `elementwise` operations, one per output element (normalisation: 2, scale and shift; pooling:
 kernel area per output element, adaptive pooling: one per input element; a layer's bias: 1).
 Counts are for the example input as given, batch included: pass batch size 1 for per-image numbers.
+A mixture-of-experts layer is counted as it runs: each token through the top-k experts its router
+picks for it (the grouped product's rows), not through every expert; the report says so.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class FlopReport:
     by_stage: dict[str, Cost]
     by_node: tuple[NodeCost, ...]
     stage_blocks: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()    # what the counts mean where that is not plain (routed experts)
 
     @property
     def macs(self) -> int:
@@ -94,7 +97,7 @@ class FlopReport:
                 f"{part:<8} {blocks!s:>6} {si(cost.macs):>10} {si(cost.flops):>10} "
                 f"{si(cost.elementwise):>12} {si(cost.params):>10}"
             )
-        return "\n".join(rows)
+        return "\n".join([*rows, *self.notes])
 
 
 def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = None, *,
@@ -117,7 +120,8 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     seen_modules: set[int] = set()
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
-        macs = measured.get(node.name, 0) // 2 if measured is not None else _shape_macs(model, node)
+        hidden = measured is not None and _hides_macs(model, node, registry)
+        macs = measured.get(node.name, 0) // 2 if hidden else _shape_macs(model, node)
         cost = Cost(macs, _elementwise(model, node, registry), _params(model, node, seen_modules))
         part = part_of[node]
         by_stage[part] = by_stage.get(part, Cost()) + cost
@@ -125,7 +129,9 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     total = sum(by_stage.values(), Cost())
     shapes = tuple(tuple(n.meta["tensor_meta"].shape) for n in model.graph.nodes
                    if n.op == "placeholder" and "tensor_meta" in n.meta)  # not an unused optional input
-    return FlopReport(shapes, total, by_stage, tuple(by_node), stage_blocks)
+    routed = any(_is_grouped_product(node) for node in model.graph.nodes)
+    notes = ("experts: MACs of the top-k experts each token is routed to, not of every expert",) if routed else ()
+    return FlopReport(shapes, total, by_stage, tuple(by_node), stage_blocks, notes)
 
 
 def si(value: float) -> str:
@@ -174,7 +180,13 @@ def _shape_macs(gm: fx.GraphModule, node: fx.Node) -> int:
         return _numel(node) * math.prod(_weight_shape(gm, node)[1:])
     if ops.is_conv_transpose(gm, node):
         return _numel(node.all_input_nodes[0]) * math.prod(_weight_shape(gm, node)[1:])
+    if _is_grouped_product(node):   # one row per token and expert it is routed to: rows x out x in
+        return _numel(node) * node.args[0].meta["tensor_meta"].shape[-1]
     return 0
+
+
+def _is_grouped_product(node: fx.Node) -> bool:
+    return node.op == "call_function" and ops.op_name(node) in ops.GROUPED_MM_NAMES
 
 
 def _hides_macs(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> bool:
@@ -182,7 +194,7 @@ def _hides_macs(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> bool:
     einsum, attention, or any op the registry does not know as an activation or free of MACs;
     count_flops then measures them."""
     return not (ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node)
-                or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node)
+                or _is_grouped_product(node) or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node)
                 or ops.is_pool(gm, node) or ops.is_elementwise_binary(node)
                 or not {"activation", "no_macs"}.isdisjoint(registry.facts(gm, node)))
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from graphmorph.graph import ops
-from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convolution, Elementwise, Embedding, Expand,
+from graphmorph.graph.channel_ops import (ChannelNorm, ChannelOp, Concat, Convolution, Elementwise, Embedding, Expand, GroupedMatMul,
                                           FunctionalBatchNorm, GetItem, Ignore, Linear, MatMul, Pad, PassThrough,
                                           Permute, Reduce, Refuse, Reshape, ScaledDotProductAttention, Shift, Split,
                                           Unsqueeze,
@@ -44,8 +44,9 @@ one value stays filled with it (views, casts, indexing)."""
 
 
 class _Table:
-    """Values by module class (matched through base classes), function, method name, or qualified
-    name ("package.module.Name") of a class or function of a package graphmorph does not import."""
+    """Values by module class (matched through base classes), function, method name, qualified
+    name ("package.module.Name") of a class or function of a package graphmorph does not import,
+    or an ATen or custom op's schema name ("transformers::grouped_mm_fallback")."""
 
     def __init__(self, entries: dict | None = None):
         self.entries: dict[Key, object] = dict(entries or {})
@@ -61,6 +62,8 @@ class _Table:
             found = self.entries.get(node.target)
         if found is None and node.op in ("call_module", "call_function"):
             found = next((self.entries[n] for n in ops.qualified_names(gm, node) if n in self.entries), None)
+        if found is None and node.op == "call_function":
+            found = self.entries.get(ops.op_name(node))   # an ATen or custom op by its schema name
         return found
 
 
@@ -311,5 +314,6 @@ DEFAULT_METHODS: dict[str, ChannelOp] = {
 
 _DEFAULT = Registry({**DEFAULT_MODULES, **DEFAULT_FUNCTIONS, **DEFAULT_METHODS,
                      **{name: _PASS for name in STOCHASTIC_DEPTH_NAMES},
-                     **{name: Linear() for name in (*ops.TRANSPOSED_LINEAR_NAMES, *ops.LINEAR_EQUIVALENT_NAMES)}},
+                     **{name: Linear() for name in (*ops.TRANSPOSED_LINEAR_NAMES, *ops.LINEAR_EQUIVALENT_NAMES)},
+                     **{name: GroupedMatMul() for name in ops.GROUPED_MM_NAMES}},
                     DEFAULT_FACTS, DEFAULT_LAYERS)

@@ -23,10 +23,12 @@ from graphmorph.graph.channel_ops.protocols import ChannelLayout, ChannelOp, Edi
 from graphmorph.graph.channel_ops.shape import Expand, Permute, Reshape, Unsqueeze
 from graphmorph.graph.channel_ops.structural import (Concat, Elementwise, GetItem, Pad, Reduce, Shift, Split, Unbind,
                                                      is_channel_mean)
-from graphmorph.graph.channel_ops.weighted import Convolution, Embedding, Linear, TransposedConvolution, output_weight
+from graphmorph.graph.channel_ops.weighted import (Convolution, Embedding, GroupedMatMul, Linear, TransposedConvolution,
+                                                   output_weight)
 
 __all__ = ["ChannelOp", "PassThrough", "Refuse", "Ignore", "Elementwise", "Concat", "Split", "GetItem", "Reduce",
            "Reshape", "Expand", "Permute", "Unsqueeze", "Shift", "Unbind", "MatMul", "Pad",
-           "ScaledDotProductAttention", "Convolution", "Embedding", "TransposedConvolution", "Linear", "ChannelNorm",
+           "ScaledDotProductAttention", "Convolution", "Embedding", "TransposedConvolution", "Linear", "GroupedMatMul",
+           "ChannelNorm",
            "FunctionalBatchNorm", "output_weight", "is_channel_norm", "is_channel_mean", "TensorQuestions",
            "ChannelLayout", "Relating", "Editing", "describe"]

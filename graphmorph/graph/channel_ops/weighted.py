@@ -8,7 +8,7 @@ from torch import fx
 from graphmorph.graph import ops
 from graphmorph.graph.channel_ops.protocols import ChannelOp, Relating
 
-__all__ = ["Convolution", "TransposedConvolution", "Linear", "Embedding", "output_weight"]
+__all__ = ["Convolution", "TransposedConvolution", "Linear", "GroupedMatMul", "Embedding", "output_weight"]
 
 
 class Convolution(ChannelOp):
@@ -136,6 +136,40 @@ class Linear(_WeightedLayer):
             super().resize(edit, node)
 
 
+class GroupedMatMul(ChannelOp):
+    """Experts' grouped product `grouped_mm(x, w, offsets)`: x `[tokens, in]` sorted by expert, w
+    `[experts, in, out]` a parameter or a transposed view of one (Mixtral's `gate_up_proj.transpose(-2,
+    -1)`). Fresh output channels, input channels dropped from every expert's weight: the same
+    channels in each expert, so the fused weight stays one tensor."""
+
+    def relate(self, rel, node):
+        x, weight = node.args[:2]
+        if rel.channel_axis(x) != rel.rank(x) - 1 or expert_weight(rel.gm, node) is None:
+            rel.refuse(node, f"{rel.describe(node)} takes a weight that is not an experts' parameter, or tokens "
+                             "without their features along the last axis")
+            return
+        rel.set_axis(node, rel.rank(node) - 1)
+        rel.fresh(node)
+        rel.reads(node, x)
+
+    def resize(self, edit, node):
+        if edit.changed(node.args[0]) or edit.changed(node):
+            edit.resize_weighted(node, edit.index(node), edit.index(node.args[0]), stored=expert_weight(edit.gm, node))
+
+
+def expert_weight(gm: fx.GraphModule, node: fx.Node) -> tuple[str, int, int] | None:
+    """(parameter path, its output dimension, its input dimension) of a grouped product's weight
+    operand: a 3-D parameter, or a transpose of its last two dimensions; else None."""
+    weight = node.args[1] if len(node.args) > 1 else None
+    swapped = False
+    if isinstance(weight, fx.Node) and weight.target in (torch.transpose, "transpose") \
+            and sorted(d % 3 for d in weight.args[1:3]) == [1, 2]:
+        weight, swapped = weight.args[0], True
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr") or ops.attribute(gm, weight.target).dim() != 3:
+        return None
+    return (str(weight.target), 1, 2) if swapped else (str(weight.target), 2, 1)
+
+
 class Embedding(ChannelOp):
     """nn.Embedding / F.embedding: token ids in, a vector per token along the last dimension out.
     That width is the model's hidden width, shared by every residual add and norm after it:
@@ -151,7 +185,14 @@ class Embedding(ChannelOp):
 
 
 def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
-    """The weight of a convolution or linear node with its output channels first, else None."""
+    """The weight of a convolution, linear or experts' grouped product node with its output
+    channels first (then its input channels; an experts' weight `[out, in, experts]`), else None."""
+    if node.op == "call_function" and ops.op_name(node) in ops.GROUPED_MM_NAMES:
+        found = expert_weight(gm, node)
+        if found is None:
+            return None
+        path, out_dim, in_dim = found
+        return ops.attribute(gm, path).permute(out_dim, in_dim, 0)
     module = ops.module_of(gm, node)
     if ops.stores_weight_transposed(module):
         return module.weight.transpose(0, 1)
