@@ -76,3 +76,27 @@ def test_a_post_norm_layer_is_refused_for_its_structure_before_verification():
     assert graphmorph.find_stages(gm)[0].blocks == ("transformer.layer.0", "transformer.layer.1")
     with pytest.raises(graphmorph.RewriteError, match=r"applies .*output_layer_norm.* after its residual add"):
         transforms.grow(gm, stage=0, init="zero")
+
+
+def test_a_branch_that_cannot_be_silenced_names_the_op_that_stops_it():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x + torch.exp(self.fc(x))      # exp(0) == 1: no zeroed layer silences this branch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks, self.head = torch.nn.ModuleList([Block(), Block()]), torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x)
+
+    gm = graphmorph.capture(Net(), torch.randn(2, 3, 8))
+    with pytest.raises(graphmorph.RewriteError, match=r"exp_1 \(exp\) is neither linear in a parameter nor zero at zero"):
+        transforms.grow(gm, stage=0, init="zero")

@@ -227,9 +227,11 @@ def _init_refusal(gm: fx.GraphModule, block: Block, init: str, shortcut: bool, r
                 "of them has none: it passes the block's input on (as a channel-split unit's untouched half "
                 "does), or ops after the merge do not keep zero at zero, so no copy of it starts as an identity")
     if spec.sets_last_affine and block.last_affine_module is None:
-        return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found: its branch must "
-                "end in a BatchNorm, conv or linear module, or a layer scale (a product with a parameter), "
-                "followed only by zero-preserving ops")
+        stop = f": back from its end, {describe(gm, _node(gm, block.unsilenced))} is neither linear in a parameter " \
+               "nor zero at zero" if block.unsilenced else ""
+        return (f"init={init!r} sets the last affine layer of block {name!r}, and none was found{stop}; a branch must "
+                "end in an op linear in a parameter (a norm, conv or linear layer, a layer scale, experts' weights), "
+                "followed only by ops that keep zero at zero")
     if spec.needs_data and len(block.initialised) > 1:
         return (f"init={init!r} optimises one BatchNorm, but block {name!r} has {len(block.initialised)} residual "
                 "branches; use init='zero'")

@@ -55,7 +55,8 @@ class Block:
     A block of several residual branches (a transformer layer: attention, then an MLP) has one such
     target per branch in `initialised`, in graph order; `last_affine` is the last branch's, and both
     are None when any branch has none. A target silences its branch at zero, or at the value in
-    `silent_at` (a norm scaling by `1 + weight`: -1).
+    `silent_at` (a norm scaling by `1 + weight`: -1). Where a branch has none, `unsilenced` names
+    the node the walk back from its end could not pass.
     """
 
     name: str                      # qualified module name, or its first weighted layer's name
@@ -72,6 +73,7 @@ class Block:
     named_by_module: bool          # True when `name` is a module that holds exactly this block
     initialised: tuple[str, ...] = ()
     silent_at: tuple[float, ...] = ()   # per `initialised` target, the value filling it silences its branch
+    unsilenced: str | None = None      # where no target was found: the node a branch's walk could not pass
 
     @property
     def residual(self) -> bool:
@@ -471,12 +473,14 @@ class _Analysis:
                     for end in (self._branch_ends(branch, core.inner) if branch is not None else [None])]
             if kind in ("branches", "dense"):   # silenced where the whole block is (an affine layer after its merge)
                 whole = self._branch_ends(last.exit, frozenset(nodes))
-                ends = whole if kind == "branches" or None not in whole else ends
+                ends = whole if kind == "branches" or self._silenced(whole) else ends
         else:  # a plain block is all branch
             kind, shortcut, shortcut_nodes = "plain", None, ()
-            ends = [self._last_affine(last.exit, frozenset(nodes))]
-        targets = [self._initialised(end) for end in ends]
-        complete = all(target is not None for target in targets)
+            ends = [self._walk(last.exit, frozenset(nodes))]
+        complete = self._silenced(ends)
+        targets = [self._initialised(end) for end in ends] if complete else []
+        complete = complete and all(target is not None for target in targets)
+        stop = next((e for e in ends if e is not None and not self._ends_branch(e)), None)
         affine = ends[-1] if complete else None
         return Block(
             name=name,
@@ -493,6 +497,7 @@ class _Analysis:
             named_by_module=unit.named_by_module,
             initialised=tuple(targets) if complete else (),
             silent_at=tuple(self._silent_at(end) for end in ends) if complete else (),
+            unsilenced=stop.name if stop is not None and not complete else None,
         )
 
     def _merge_structure(self, core: _Segment):
@@ -516,22 +521,36 @@ class _Analysis:
         return "residual", "projection", branches[short], inputs[long_]
 
     def _last_affine(self, node: fx.Node, region: frozenset[fx.Node]) -> fx.Node | None:
+        """The last op linear in a parameter on the branch ending at `node` (see `_walk`), or None."""
+        end = self._walk(node, region)
+        return end if end is not None and self._ends_branch(end) else None
+
+    def _walk(self, node: fx.Node, region: frozenset[fx.Node]) -> fx.Node | None:
         """Walk back from the branch's end through zero-preserving ops and gates to the last op
-        linear in a parameter: an affine layer, an attention's output projection, or a product with
-        a tensor made from one parameter (a layer scale, a norm's `(1 + weight)`, experts' weights)."""
+        linear in a parameter (`_ends_branch`), or to the op the walk cannot pass (it neither ends
+        the branch nor keeps zero at zero); None where the walk leaves `region`."""
         while node in region:
-            if ops.is_affine(self.gm, node) or self._parameter_factor(node) is not None \
-                    or ops.is_attention(self.gm, node):
+            if self._ends_branch(node):
                 return node
             inputs = [i for i in node.all_input_nodes if i in self.graph]
             if node.target is operator.getitem and node.args[1] == 0 and ops.is_attention(self.gm, node.args[0]):
                 node = node.args[0]          # attention's output, before its weights
                 continue
-            if ops.is_mul(node) and len(inputs) == 2:
-                node = self._gated(node, inputs, region)
-            else:
-                node = self._zero_operand(node, inputs)
+            passed = self._gated(node, inputs, region) if ops.is_mul(node) and len(inputs) == 2 \
+                else self._zero_operand(node, inputs)
+            if passed is None:
+                return node
+            node = passed
         return None
+
+    def _ends_branch(self, node: fx.Node) -> bool:
+        """Linear in a parameter: an affine layer, an attention's output projection, or a product
+        with a tensor made from one parameter (a layer scale, a norm's `(1 + weight)`, experts' weights)."""
+        return ops.is_affine(self.gm, node) or self._parameter_factor(node) is not None \
+            or ops.is_attention(self.gm, node)
+
+    def _silenced(self, ends: list[fx.Node | None]) -> bool:
+        return all(end is not None and self._ends_branch(end) for end in ends)
 
     def _gated(self, node: fx.Node, inputs: list[fx.Node], region: frozenset[fx.Node]) -> fx.Node | None:
         """The operand of a product of two data tensors to silence: the gated tensor where one is
@@ -572,17 +591,17 @@ class _Analysis:
         return _filled_by(operand, self.registry, self.gm)
 
     def _branch_ends(self, node: fx.Node, region: frozenset[fx.Node]) -> list[fx.Node | None]:
-        """The affine layers that, set to zero, make `node` zero: its last affine layer, else, back
+        """Where the walks back from `node` end (`_walk`): its last op linear in a parameter, else,
         through zero-preserving ops to a merge (concatenation or add), those of every merged
-        branch, nested merges included; None for a branch that has none (the block's input, passed on)."""
-        end = self._last_affine(node, region)
-        inputs = [i for i in node.all_input_nodes if i in self.graph]
-        if end is not None or node not in region:
+        branch, nested merges included; an op a walk cannot pass where it stops; None for a branch
+        that has no layer (the block's input, passed on)."""
+        end = self._walk(node, region)
+        if end is None or self._ends_branch(end):
             return [end]
-        if (ops.is_cat(node) or ops.is_add(node)) and len(inputs) > 1:
+        inputs = [i for i in end.all_input_nodes if i in self.graph]
+        if (ops.is_cat(end) or ops.is_add(end)) and len(inputs) > 1:
             return [e for i in inputs for e in self._branch_ends(i, region)]
-        operand = self._zero_operand(node, inputs)
-        return self._branch_ends(operand, region) if operand is not None else [None]
+        return [end]
 
     def _learned(self, node: fx.Node) -> bool:
         """A layer with learned weights on the data path: conv, linear, attention or layer scale."""

@@ -120,8 +120,9 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     seen_modules: set[int] = set()
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
-        hidden = measured is not None and _hides_macs(model, node, registry)
-        macs = measured.get(node.name, 0) // 2 if hidden else _shape_macs(model, node)
+        # FlopCounterMode has no formula for experts' grouped products: counted from shapes
+        by_measure = measured is not None and not _is_grouped_product(node)
+        macs = measured.get(node.name, 0) // 2 if by_measure else _shape_macs(model, node)
         cost = Cost(macs, _elementwise(model, node, registry), _params(model, node, seen_modules))
         part = part_of[node]
         by_stage[part] = by_stage.get(part, Cost()) + cost
