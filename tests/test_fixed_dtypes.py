@@ -140,3 +140,24 @@ def test_an_op_that_refuses_float64_is_named_with_what_the_user_can_do():
     assert "at node kernel (Float32Only kernel): expected float32, got torch.float64" in message
     assert "verify=False" in message and "method=" not in message
     assert transforms.prune_channels(gm, "a", [0], verify=False).get_submodule("a").out_features == 3
+
+
+def test_bloom_fixing_float32_around_alibi_scores_prunes_its_fused_qkv_equal_to_masking():
+    T = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = T.BloomForCausalLM(T.BloomConfig(vocab_size=48, hidden_size=16, n_layer=2, n_head=4)).eval()
+    model.config.use_cache = False
+    tokens = torch.randint(0, 48, (2, 8), generator=torch.Generator().manual_seed(0))
+    gm = graphmorph.capture(model, tokens)
+    qkv = "transformer.h.0.self_attention.query_key_value"
+    group = graphmorph.graph.channels.channel_dependencies(gm).group_of(qkv)
+    assert group.prunable, group.refused
+    pruned = transforms.prune_channels(gm, qkv, [0])     # feature 0 of q, k and v in every head (ALiBi's baddbmm)
+    assert pruned.get_submodule(qkv).out_features == 48 - 12
+    rows = [head * 12 + offset for head in range(4) for offset in (0, 4, 8)]   # per head: q, k, v x 4 features
+
+    def mask(copy):
+        copy.get_submodule(qkv).weight[rows] = 0
+        copy.get_submodule(qkv).bias[rows] = 0
+
+    assert_prune_equals_mask(model, pruned, mask, torch.randint(0, 48, (3, 6)))

@@ -159,6 +159,8 @@ _TWINS: dict[Any, Callable] = {
     aten.mean.dim: _same(torch.mean),
     aten.sum.dim_IntList: _same(torch.sum),
     aten.matmul.default: _same(torch.matmul),
+    aten.bmm.default: _same(torch.bmm),
+    aten.baddbmm.default: _same(torch.baddbmm),
     aten.max_pool2d.default: _same(F.max_pool2d),
     aten.avg_pool2d.default: _same(F.avg_pool2d),
     aten.adaptive_avg_pool2d.default: _same(F.adaptive_avg_pool2d),

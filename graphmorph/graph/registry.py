@@ -280,6 +280,8 @@ DEFAULT_FUNCTIONS: dict[Callable, ChannelOp] = {
     F.pad: Pad(),
     torch.matmul: MatMul(),
     operator.matmul: MatMul(),
+    torch.bmm: MatMul(),
+    torch.baddbmm: MatMul(first=1),
     F.scaled_dot_product_attention: ScaledDotProductAttention(),
 }
 DEFAULT_METHODS: dict[str, ChannelOp] = {

@@ -10,12 +10,16 @@ __all__ = ["MatMul", "ScaledDotProductAttention"]
 
 
 class MatMul(ChannelOp):
-    """matmul / @ in attention: `q @ k.transpose(-2, -1)` meets q's and k's channels along the
+    """matmul / @ / bmm in attention: `q @ k.transpose(-2, -1)` meets q's and k's channels along the
     contracted dimension (channel d of q with channel d of k) and makes scores without channels;
-    `scores @ v` keeps v's channels along the last axis. Any other product is refused."""
+    `scores @ v` keeps v's channels along the last axis. Any other product is refused. `first` is
+    where the two factors start: 1 for `baddbmm(scores_bias, q, k)` (BLOOM's ALiBi scores)."""
+
+    def __init__(self, first: int = 0):
+        self.first = first
 
     def relate(self, rel, node):
-        a, b = node.args[:2]
+        a, b = node.args[self.first:self.first + 2]
         if not all(isinstance(t, fx.Node) and rel.rank(t) >= 2 for t in (a, b)):
             rel.refuse(node, f"{rel.describe(node)} multiplies a tensor that is not a matrix batch")
         elif rel.channels(a) is None and rel.channel_axis(b) == rel.rank(b) - 1 and rel.rank(node) == rel.rank(b):
@@ -29,7 +33,7 @@ class MatMul(ChannelOp):
             rel.refuse(node, f"{rel.describe(node)} multiplies matrices across the channels")
 
     def check(self, edit, node):
-        a = node.args[0]
+        a = node.args[self.first]
         if edit.grows and edit.changed(a):   # q in `q @ k.T`; scores in `scores @ v` carry no channels
             return (f"{edit.describe(node)} contracts q with k over these channels: new ones would change "
                     f"the attention scores")
