@@ -100,3 +100,28 @@ def test_a_branch_that_cannot_be_silenced_names_the_op_that_stops_it():
     gm = graphmorph.capture(Net(), torch.randn(2, 3, 8))
     with pytest.raises(graphmorph.RewriteError, match=r"exp_1 \(exp\) is neither linear in a parameter nor zero at zero"):
         transforms.grow(gm, stage=0, init="zero")
+
+
+def test_blocks_of_different_classes_in_one_stage_stay_blocks():
+    """A stage (a Sequential) mixing two block classes (EdgeNeXt's convolution and attention blocks)
+    is a run of blocks; only a layer module with a forward of its own joins its sublayers."""
+    class Conv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    class Mix(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return x + self.mix(torch.relu(x))
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Sequential(Conv(), Mix()),
+                              torch.nn.MaxPool2d(2), torch.nn.Sequential(Conv(), Mix()))
+    gm = graphmorph.capture(net, torch.randn(2, 3, 8, 8))
+    assert [s.blocks for s in graphmorph.find_stages(gm)] == [("1.0", "1.1"), ("3.0", "3.1")]

@@ -26,7 +26,7 @@ from typing import Collection, Literal
 
 import networkx as nx
 import torch
-from torch import fx
+from torch import fx, nn
 
 from graphmorph.graph.memo import memoized
 from graphmorph.graph import ops
@@ -320,23 +320,26 @@ class _Analysis:
         """Join consecutive units of different module classes that start the one module around
         them and are all of it: a layer made of sublayers (T5's block of an attention and a
         feed-forward sublayer, DistilBERT's attention and FFN with its norms). Named by the
-        outermost module of that span (`block.0`, not its ModuleList `block.0.layer`). Blocks of
-        one class in a stage are not sublayers: the stage stays a run of blocks."""
+        outermost module of that span with a forward of its own (`block.0`, not its ModuleList
+        `block.0.layer`); a container (Sequential, ModuleList) is a run of blocks, not a layer, so
+        blocks of different classes in one stage (EdgeNeXt's) stay blocks."""
         joined: list[_Unit] = []
         for unit in units:
             if joined and joined[-1].lo <= unit.lo <= joined[-1].hi:
                 continue
-            parts, best = unit.name.split("."), None
+            parts, span, best = unit.name.split("."), None, None
             for depth in range(len(parts) - 1, 0, -1):
                 prefix = ".".join(parts[:depth])
                 lo, hi = self.aligned.get(prefix, (-1, -1))
-                if best is not None and (lo, hi) != (best.lo, best.hi):
+                if span is not None and (lo, hi) != span:
                     break
                 inside = [u for u in units if lo <= u.lo <= hi]
                 classes = [self.classes.get(u.name) for u in inside]
                 if lo == unit.lo and len(inside) > 1 and all(u.hi <= hi for u in inside) \
                         and None not in classes and len(set(classes)) == len(classes):
-                    best = _Unit(lo, hi, prefix, True)
+                    span = (lo, hi)
+                    if _is_layer(self.classes.get(prefix)):
+                        best = _Unit(lo, hi, prefix, True)
             joined.append(best or unit)
         return joined
 
@@ -632,6 +635,14 @@ class _Analysis:
             return None
         found = _filled_by(weight, self.registry, self.gm)
         return str(found[0].target) if found is not None and found[1] == 0.0 else None
+
+
+def _is_layer(cls: type | str | None) -> bool:
+    """A module class (or an exported graph's qualified class name) with a forward of its own that
+    is not a container of blocks."""
+    if isinstance(cls, str):
+        return not cls.startswith("torch.nn.modules.container.")
+    return cls is not None and not issubclass(cls, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
 
 
 def _filled_by(node: fx.Node, registry: Registry, gm: fx.GraphModule) -> tuple[fx.Node, float] | None:
