@@ -121,7 +121,7 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     by_node, by_stage = [], {}
     for node in model.graph.nodes:
         # FlopCounterMode has no formula for experts' grouped products: counted from shapes
-        by_measure = measured is not None and not _is_grouped_product(node)
+        by_measure = measured is not None and not ops.is_grouped_product(node)
         macs = measured.get(node.name, 0) // 2 if by_measure else _shape_macs(model, node)
         cost = Cost(macs, _elementwise(model, node, registry), _params(model, node, seen_modules))
         part = part_of[node]
@@ -130,7 +130,7 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | Inputs | None = 
     total = sum(by_stage.values(), Cost())
     shapes = tuple(tuple(n.meta["tensor_meta"].shape) for n in model.graph.nodes
                    if n.op == "placeholder" and "tensor_meta" in n.meta)  # not an unused optional input
-    routed = any(_is_grouped_product(node) for node in model.graph.nodes)
+    routed = any(ops.is_grouped_product(node) for node in model.graph.nodes)
     notes = ("experts: MACs of the top-k experts each token is routed to, not of every expert",) if routed else ()
     return FlopReport(shapes, total, by_stage, tuple(by_node), stage_blocks, notes)
 
@@ -181,13 +181,10 @@ def _shape_macs(gm: fx.GraphModule, node: fx.Node) -> int:
         return _numel(node) * math.prod(_weight_shape(gm, node)[1:])
     if ops.is_conv_transpose(gm, node):
         return _numel(node.all_input_nodes[0]) * math.prod(_weight_shape(gm, node)[1:])
-    if _is_grouped_product(node):   # one row per token and expert it is routed to: rows x out x in
+    if ops.is_grouped_product(node):   # one row per token and expert it is routed to: rows x out x in
         return _numel(node) * node.args[0].meta["tensor_meta"].shape[-1]
     return 0
 
-
-def _is_grouped_product(node: fx.Node) -> bool:
-    return node.op == "call_function" and ops.op_name(node) in ops.GROUPED_MM_NAMES
 
 
 def _hides_macs(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> bool:
@@ -195,7 +192,7 @@ def _hides_macs(gm: fx.GraphModule, node: fx.Node, registry: Registry) -> bool:
     einsum, attention, or any op the registry does not know as an activation or free of MACs;
     count_flops then measures them."""
     return not (ops.is_conv(gm, node) or ops.is_linear(gm, node) or ops.is_conv_transpose(gm, node)
-                or _is_grouped_product(node) or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node)
+                or ops.is_grouped_product(node) or node.op in ("placeholder", "get_attr", "output") or ops.is_norm(gm, node)
                 or ops.is_pool(gm, node) or ops.is_elementwise_binary(node)
                 or not {"activation", "no_macs"}.isdisjoint(registry.facts(gm, node)))
 

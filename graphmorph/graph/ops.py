@@ -189,11 +189,6 @@ def is_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
     return _is(gm, node, POOL_MODULES, POOL_FUNCTIONS)
 
 
-def takes_shape_of(node: fx.Node) -> bool:
-    """`x.reshape_as(y)` / `x.view_as(y)`: the second tensor gives only its shape."""
-    return node.op == "call_method" and node.target in ("reshape_as", "view_as")
-
-
 def qualified_names(gm: fx.GraphModule, node: fx.Node) -> list[str]:
     """`package.module.Name` of a call_function's function, or of a call_module's class and its
     base classes (most specific first): how ops of packages graphmorph does not import are known."""
@@ -225,8 +220,10 @@ def is_scaling(node: fx.Node) -> bool:
     """`x * k`, `k * x` or `x / k` with k a number: linear in its one tensor operand."""
     if not (is_mul(node) or _is_call(node, DIV_FUNCTIONS, {"div", "div_"})) or len(node.args) != 2:
         return False
-    tensors = [a for a in node.args if isinstance(a, fx.Node)]
-    return len(tensors) == 1 and (is_mul(node) or node.args[0] is tensors[0]) and _number(node.args[1 - node.args.index(tensors[0])])
+    x, k = node.args
+    if is_mul(node) and isinstance(k, fx.Node):
+        x, k = k, x                                  # k * x
+    return isinstance(x, fx.Node) and _number(k)
 
 
 def is_shift(node: fx.Node) -> bool:
@@ -275,9 +272,14 @@ def parameter_operand(node: fx.Node) -> int | None:
     (`x * w`, `matmul(x, w)`), 1 for experts' grouped products; None for any other op."""
     if is_mul(node) or _is_call(node, MATMUL_FUNCTIONS, {"matmul", "bmm"}):
         return -1
-    if node.op == "call_function" and op_name(node) in GROUPED_MM_NAMES:
+    if is_grouped_product(node):
         return 1
     return None
+
+
+def is_grouped_product(node: fx.Node) -> bool:
+    """Experts' grouped matrix product (`GROUPED_MM_NAMES`)."""
+    return node.op == "call_function" and op_name(node) in GROUPED_MM_NAMES
 
 
 def op_name(node: fx.Node) -> str:

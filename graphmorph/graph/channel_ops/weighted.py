@@ -187,7 +187,7 @@ class Embedding(ChannelOp):
 def output_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
     """The weight of a convolution, linear or experts' grouped product node with its output
     channels first (then its input channels; an experts' weight `[out, in, experts]`), else None."""
-    if node.op == "call_function" and ops.op_name(node) in ops.GROUPED_MM_NAMES:
+    if ops.is_grouped_product(node):
         found = expert_weight(gm, node)
         if found is None:
             return None
